@@ -1,0 +1,44 @@
+# Every target bootstraps .venv from requirements.txt + constraints.txt, so a fresh clone needs
+# only Python 3.11 and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= data/sales.csv
+OUTPUT ?= output
+
+# Prefect must never phone home from these machines.
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt -c constraints.txt
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install pinned dependencies
+
+run: $(STAMP) ## train on $(DATA), write $(OUTPUT)/, print a summary
+	$(BIN)/python -m flows.train --data $(DATA) --output $(OUTPUT)
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: $(STAMP) lint ## lint, then the whole test suite
+	$(BIN)/python -m pytest
+
+clean: ## remove outputs and caches (keeps .venv)
+	rm -rf $(OUTPUT) .pytest_cache .ruff_cache
+
+.PHONY: help install run lint format test clean

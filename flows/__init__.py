@@ -1,0 +1,1 @@
+"""Prefect flows: wiring only, one flow a module."""

@@ -1,0 +1,45 @@
+"""Typed flow parameters: one place for every default and every bound.
+
+Prefect turns these annotations into the deployment's parameter schema, so a bad value
+(`--param max_epochs=-5`) is refused before a run is created, and the CLI validates through the
+same flow signature.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+DEFAULT_DATA = "data/sales.csv"
+DEFAULT_OUTPUT = "output"
+DEFAULT_HOLDOUT_FRACTION = 0.2
+DEFAULT_SEED = 0
+DEFAULT_MAX_EPOCHS = 20_000
+DEFAULT_TOL = 1e-9
+# A tenth of the rows may be bad before the run refuses the data: enough for the odd typo in a
+# country file, low enough that a broken export (wrong units, shifted columns) stops the run.
+DEFAULT_MAX_BAD_FRACTION = 0.1
+DEFAULT_DTYPE = "float32"
+
+ColumnList = Annotated[
+    tuple[Annotated[str, Field(min_length=1)], ...],
+    Field(min_length=1, description="CSV column names."),
+]
+HoldoutFraction = Annotated[
+    float, Field(ge=0.0, lt=1.0, description="Share of rows held out for evaluation, [0, 1).")
+]
+Seed = Annotated[int, Field(ge=0, description="Seed for the split and the initial weights.")]
+MaxEpochs = Annotated[int, Field(ge=1, description="Upper bound on gradient-descent epochs.")]
+LearningRate = Annotated[
+    float | None,
+    Field(gt=0.0, description="Step size on standardized features; default 1/L (auto)."),
+]
+Tolerance = Annotated[
+    float,
+    Field(gt=0.0, lt=1.0, description="Stop when the certified relative gap to optimum is below."),
+]
+BadFraction = Annotated[
+    float, Field(ge=0.0, le=1.0, description="Largest share of quarantined rows a run accepts.")
+]
+Dtype = Literal["float32", "float64"]

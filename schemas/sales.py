@@ -1,0 +1,99 @@
+"""The input contract: what a valid sales row is.
+
+This module is the single source of truth for the input columns, their units and their ranges.
+Feature and target columns are flow parameters; columns this contract does not know are held to
+the generic numeric rule (a finite number, no range).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing.pandas import Series
+
+ID_COLUMN = "country"
+DEFAULT_FEATURES = ("avg_income_k", "price_k", "tax_k")
+DEFAULT_TARGETS = ("units_sold_k",)
+
+# Text ids: no control characters. Padding is stripped before validation (see tasks/validate.py).
+_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+
+
+def _finite(series: pd.Series) -> pd.Series:
+    return pd.Series(
+        np.isfinite(series.to_numpy(dtype="float64", na_value=np.nan)), index=series.index
+    )
+
+
+IS_FINITE = pa.Check(_finite, name="is_finite", error="not finite", ignore_na=True)
+
+
+class SalesRecord(pa.DataFrameModel):
+    """One row of a sales file: a country's economics and the units sold there."""
+
+    country: Series[str] = pa.Field(
+        str_matches=_PRINTABLE, description="Country identifier (text, no control characters)."
+    )
+    avg_income_k: Series[float] = pa.Field(
+        gt=0, description="Average income in the country, thousands."
+    )
+    price_k: Series[float] = pa.Field(gt=0, description="Product price, thousands.")
+    tax_k: Series[float] = pa.Field(ge=0, description="Tax on the product, thousands.")
+    units_sold_k: Series[float] = pa.Field(
+        ge=0, description="Units sold, thousands (the default target)."
+    )
+
+    @pa.check(
+        "avg_income_k", "price_k", "tax_k", "units_sold_k", name="is_finite", error="not finite"
+    )
+    @classmethod
+    def is_finite(cls, series: Series[float]) -> Series[bool]:
+        return _finite(series)
+
+    class Config:
+        strict = True
+        unique_column_names = True
+        # Within one file a country appears once: later rows with the same key are quarantined.
+        unique = [ID_COLUMN]  # noqa: RUF012
+
+
+def generic_numeric_column(name: str) -> pa.Column:
+    """A column the contract does not know: a finite float, no range."""
+    return pa.Column(
+        float,
+        checks=IS_FINITE,
+        nullable=False,
+        name=name,
+        description=f"{name}: numeric column chosen by parameter (finite, no range check).",
+    )
+
+
+def sales_schema(features: tuple[str, ...], targets: tuple[str, ...]) -> pa.DataFrameSchema:
+    """The row schema for a run: the id column plus the chosen feature and target columns."""
+    known = SalesRecord.to_schema()
+    columns = {ID_COLUMN: known.columns[ID_COLUMN]}
+    for name in (*features, *targets):
+        columns[name] = known.columns.get(name) or generic_numeric_column(name)
+    return pa.DataFrameSchema(
+        columns,
+        strict=True,
+        unique_column_names=True,
+        unique=[ID_COLUMN],
+        report_duplicates="exclude_first",
+        name="sales",
+    )
+
+
+def required_columns(features: tuple[str, ...], targets: tuple[str, ...]) -> list[str]:
+    """Columns a file must have, in contract order."""
+    return [ID_COLUMN, *features, *targets]
+
+
+def allowed_columns(features: tuple[str, ...], targets: tuple[str, ...]) -> set[str]:
+    """Columns a file may have: the required ones and any other column of the contract.
+
+    Contract columns that a run does not use (e.g. tax_k when training on two features) are
+    allowed and ignored; anything else is an unexpected column and rejects the file.
+    """
+    return set(required_columns(features, targets)) | set(SalesRecord.to_schema().columns)

@@ -1,0 +1,243 @@
+"""Ingest: find the input CSVs and read each one as text, keeping file and line for every row.
+
+Every column is read as text so that one odd value cannot change a whole column's type; numbers
+are parsed under our control in tasks/validate.py. File-level problems raise InputFileError with
+one sentence naming the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from prefect import task
+from prefect.cache_policies import NONE
+
+from tasks.errors import InputFileError, PipelineError
+
+GLOB_CHARS = frozenset("*?[")
+UTF8_BOM = b"\xef\xbb\xbf"
+_MAGIC = {
+    b"\x1f\x8b": "gzip-compressed; decompress it first (gunzip)",
+    b"PK\x03\x04": "a zip archive; extract the CSV first",
+    b"BZh": "bzip2-compressed; decompress it first",
+    b"\xfd7zXZ": "xz-compressed; decompress it first",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed; decompress it first",
+}
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+READ_BLOCK_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """One CSV read as text.
+
+    rows: one column of text per CSV column plus `source_line` (1-based line in the file).
+    parse_errors: rows the CSV parser could not split into the header's fields, with
+    `source_line`, `reason`, `detail` and `raw` (the line as written).
+    """
+
+    path: Path
+    sha256: str
+    size_bytes: int
+    header: tuple[str, ...]
+    rows: pd.DataFrame
+    parse_errors: pd.DataFrame
+
+    @property
+    def data_rows(self) -> int:
+        return len(self.rows) + len(self.parse_errors)
+
+
+def resolve_inputs(data: str | Path) -> list[Path]:
+    """A file, a folder (its *.csv files) or a glob -> the sorted list of CSV files to read."""
+    text = str(data)
+    if any(ch in text for ch in GLOB_CHARS):
+        paths = sorted(Path(p) for p in glob.glob(text, recursive=True))
+        files = [p for p in paths if p.is_file()]
+        if not files:
+            raise InputFileError(f"no input files match '{text}'")
+        return files
+    path = Path(text)
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.csv") if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise InputFileError(f"no input files: folder '{text}' holds no *.csv file")
+        return files
+    if not path.exists():
+        raise InputFileError(f"{text}: file not found")
+    if not path.is_file():
+        raise InputFileError(f"{text}: not a regular file")
+    return [path]
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sniff_file(path: Path) -> None:
+    """Reject empty, compressed and UTF-16 files from their first bytes."""
+    with path.open("rb") as fh:
+        head = fh.read(64)
+    if not head:
+        raise InputFileError(f"{path}: empty file (0 bytes)")
+    for magic, what in _MAGIC.items():
+        if head.startswith(magic):
+            raise InputFileError(f"{path}: file is {what}")
+    if head.startswith(_UTF16_BOMS) or (len(head) >= 4 and head[1:4:2] == b"\x00\x00"):
+        raise InputFileError(f"{path}: file is UTF-16 encoded; save it as UTF-8")
+
+
+def read_header(path: Path) -> tuple[str, ...]:
+    """The column names on line 1 (a UTF-8 BOM is allowed)."""
+    with path.open("rb") as fh:
+        line = fh.readline()
+    line = line.removeprefix(UTF8_BOM)
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputFileError(f"{path}: line 1 (header) is not valid UTF-8") from None
+    if not text.strip():
+        raise InputFileError(f"{path}: line 1 is blank; expected a header row")
+    return tuple(next(csv.reader([text.rstrip("\r\n")])))
+
+
+def check_header(
+    path: Path, header: tuple[str, ...], required: list[str], allowed: set[str]
+) -> None:
+    """Reject a header with duplicate, missing or unexpected columns (order does not matter)."""
+    expected = ", ".join(required)
+    if len(header) == 1 and any(sep in header[0] for sep in (";", "\t", "|")):
+        sep = next(sep for sep in (";", "\t", "|") if sep in header[0])
+        raise InputFileError(
+            f"{path}: header does not match the expected columns ({expected}); "
+            f"the file seems to be delimited by {sep!r}, expected ','"
+        )
+    seen: set[str] = set()
+    duplicates = sorted({name for name in header if name in seen or seen.add(name)})
+    if duplicates:
+        raise InputFileError(f"{path}: duplicate column name(s) in header: {_names(duplicates)}")
+    missing = [name for name in required if name not in header]
+    if missing:
+        hints = [
+            f"'{found}' for '{want}'"
+            for want in missing
+            for found in header
+            if found != want and found.strip().lower() == want.lower()
+        ]
+        hint = f" (found {', '.join(hints)}: names are case- and space-sensitive)" if hints else ""
+        raise InputFileError(
+            f"{path}: missing required column(s) {_names(missing)}{hint}; expected {expected}"
+        )
+    extra = [name for name in header if name not in allowed]
+    if extra:
+        raise InputFileError(f"{path}: unexpected column(s) {_names(extra)}; expected {expected}")
+
+
+def read_sales_csv(path: Path, required: list[str], allowed: set[str]) -> RawFile:
+    """Read one CSV as text, checking it at file level first. See RawFile for what comes back."""
+    sniff_file(path)
+    header = read_header(path)
+    check_header(path, header, required, allowed)
+    parse_errors: list[tuple[int, str]] = []
+
+    def on_invalid_row(row: pacsv.InvalidRow) -> str:
+        parse_errors.append((row.number, row.text, row.actual_columns, row.expected_columns))
+        return "skip"
+
+    try:
+        table = pacsv.read_csv(
+            path,
+            # Row numbers are only reported single-threaded; blank lines are kept so that they
+            # are counted and lines do not shift.
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=READ_BLOCK_BYTES),
+            parse_options=pacsv.ParseOptions(
+                ignore_empty_lines=False, invalid_row_handler=on_invalid_row
+            ),
+            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string())),
+        )
+    except pa.ArrowInvalid as exc:
+        raise _explain_arrow_error(path, header, exc) from None
+    rows = table.to_pandas()
+    rows["source_line"] = _valid_row_lines(len(rows), parse_errors)
+    errors = pd.DataFrame(
+        {
+            "source_line": pd.Series([e[0] for e in parse_errors], dtype="int64"),
+            "reason": "wrong field count",
+            "detail": [f"expected {e[3]} fields, found {e[2]}" for e in parse_errors],
+            "raw": pd.Series([e[1] for e in parse_errors], dtype="str"),
+        }
+    )
+    if len(rows) + len(errors) == 0:
+        raise InputFileError(f"{path}: no data rows (header only)")
+    return RawFile(path, sha256_file(path), path.stat().st_size, header, rows, errors)
+
+
+def _valid_row_lines(n_valid: int, parse_errors: list[tuple]) -> np.ndarray:
+    """Line numbers of the rows the parser accepted: every line after the header, in order,
+    except those taken by rejected rows (which the parser numbers itself)."""
+    taken: set[int] = set()
+    for number, text, *_ in parse_errors:
+        taken.update(range(number, number + text.count("\n") + 1))
+    candidates = np.arange(2, 2 + n_valid + len(taken), dtype="int64")
+    if taken:
+        candidates = candidates[~np.isin(candidates, np.fromiter(taken, dtype="int64"))]
+    return candidates[:n_valid]
+
+
+def _explain_arrow_error(
+    path: Path, header: tuple[str, ...], exc: pa.ArrowInvalid
+) -> PipelineError:
+    message = str(exc)
+    if "UTF8" in message or "UTF-8" in message:
+        with path.open("rb") as fh:
+            for number, line in enumerate(fh, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    field = line[: err.start].count(b",")
+                    column = header[field] if field < len(header) else f"field {field + 1}"
+                    return InputFileError(
+                        f"{path}: line {number}, column '{column}': bytes that are not valid "
+                        "UTF-8 (latin-1?); save the file as UTF-8"
+                    )
+    first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+    return InputFileError(f"{path}: could not parse as CSV: {first}")
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(f"'{n}'" for n in names)
+
+
+def _retry_unless_user_error(task, task_run, state) -> bool:
+    """Retry transient I/O failures; a rejected file stays rejected."""
+    try:
+        state.result()
+    except PipelineError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(
+    retries=2,
+    retry_delay_seconds=[1, 5],
+    retry_condition_fn=_retry_unless_user_error,
+    cache_policy=NONE,
+)
+def read_inputs(data: str, required: list[str], allowed: set[str]) -> list[RawFile]:
+    """Resolve the data path and read every CSV it names."""
+    return [read_sales_csv(path, required, allowed) for path in resolve_inputs(data)]

@@ -1,0 +1,192 @@
+"""Train: linear regression y = X @ W.T + b by full-batch gradient descent with torch autograd.
+
+The notebook's loop (loss.backward(), W -= lr * W.grad under no_grad, zero the grads) on the true
+per-row MSE, with standardized features and a step size taken from the curvature of the loss, so
+it converges without hand tuning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from tasks.errors import TrainingError
+from tasks.tensors import check_shapes
+
+# Epochs without any decrease of the loss before training stops: gradient descent with step 1/L
+# decreases a quadratic every epoch, so a plateau means float rounding has been reached.
+STALL_PATIENCE = 200
+
+
+def predict(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The notebook's model: X [N, d], W [k, d], b [k] -> predictions [N, k]."""
+    return X @ W.T + b
+
+
+def mse_loss(preds: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over rows and targets; the shapes must match exactly."""
+    if preds.shape != y.shape:
+        raise ValueError(
+            f"predictions {tuple(preds.shape)} and targets {tuple(y.shape)} differ in shape; "
+            "refusing to broadcast"
+        )
+    diff = preds - y
+    return (diff * diff).mean()
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """Per-feature mean and standard deviation of the training rows (float64)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def fit_scaler(X: torch.Tensor) -> Scaler:
+    """Column mean and std (ddof=0) in float64; a constant column keeps std 1."""
+    X64 = X.to(torch.float64)
+    mean = X64.mean(dim=0).numpy()
+    std = X64.std(dim=0, correction=0).numpy()
+    return Scaler(mean, np.where(std > 0, std, 1.0))
+
+
+def standardize(X: torch.Tensor, scaler: Scaler) -> torch.Tensor:
+    """(X - mean) / std, computed in float64 and returned in X's dtype."""
+    mean = torch.from_numpy(scaler.mean)
+    std = torch.from_numpy(scaler.std)
+    return ((X.to(torch.float64) - mean) / std).to(X.dtype)
+
+
+def curvature(Xs: torch.Tensor, n_targets: int) -> tuple[float, float]:
+    """(L, mu): largest and smallest eigenvalues of the MSE's Hessian in (W, b).
+
+    loss = 1/(N k) * sum ||A theta_j - y_j||^2 with A = [Xs, 1], so H = 2/(N k) * A^T A.
+    """
+    A = torch.cat([Xs.to(torch.float64), torch.ones(Xs.shape[0], 1, dtype=torch.float64)], 1)
+    eig = torch.linalg.eigvalsh(A.T @ A / Xs.shape[0]).numpy()
+    scale = 2.0 / n_targets
+    return float(eig[-1] * scale), float(max(eig[0], 0.0) * scale)
+
+
+@dataclass
+class FitResult:
+    """A trained model: raw-scale W [k, d] and b [k] (float64), the standardized ones, the
+    scaler, and how training went."""
+
+    W: np.ndarray
+    b: np.ndarray
+    W_std: np.ndarray
+    b_std: np.ndarray
+    scaler: Scaler
+    lr: float
+    epochs: int
+    converged: bool
+    stop_reason: str
+    loss_history: list[float] = field(repr=False)
+
+
+def fit_linear_regression(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    lr: float | None = None,
+    max_epochs: int,
+    tol: float,
+    seed: int,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> FitResult:
+    """Gradient descent on the exact MSE. X [N, d], y [N, k] -> FitResult.
+
+    lr is the step on standardized features (default 1/L). Training stops when the certified
+    bound on the relative gap to the optimum, ||grad||^2 / (2 mu loss), is below tol, when the
+    loss stops decreasing (float precision reached), or after max_epochs. A non-finite loss or
+    gradient raises TrainingError.
+    """
+    check_shapes(X, y)
+    n_targets, n_features = y.shape[1], X.shape[1]
+    scaler = fit_scaler(X)
+    Xs = standardize(X, scaler)
+    L, mu = curvature(Xs, n_targets)
+    step = 1.0 / L if lr is None else lr
+
+    generator = torch.Generator().manual_seed(seed)
+    W = torch.randn(n_targets, n_features, generator=generator, dtype=X.dtype)
+    b = torch.randn(n_targets, generator=generator, dtype=X.dtype)
+    W.requires_grad_(True)
+    b.requires_grad_(True)
+
+    history: list[float] = []
+    best, since_best = float("inf"), 0
+    converged, reason, epoch = False, f"reached max_epochs={max_epochs}", 0
+    for epoch in range(max_epochs + 1):
+        loss = mse_loss(predict(Xs, W, b), y)
+        loss.backward()
+        value = loss.item()
+        grad_sq = float((W.grad * W.grad).sum() + (b.grad * b.grad).sum())
+        if not (np.isfinite(value) and np.isfinite(grad_sq)):
+            raise TrainingError(
+                f"training diverged at epoch {epoch}: loss={value}, squared gradient "
+                f"norm={grad_sq} (step size lr={step:g}); lower --lr or leave it unset"
+            )
+        history.append(value)
+        if on_epoch is not None:
+            on_epoch(epoch, value)
+        if mu > 0 and grad_sq / (2 * mu) <= tol * max(value, np.finfo(np.float64).tiny):
+            converged, reason = True, f"certified relative gap <= tol={tol:g}"
+            break
+        if value < best:
+            best, since_best = value, 0
+        else:
+            since_best += 1
+            if since_best >= STALL_PATIENCE:
+                converged = lr is None
+                reason = f"loss flat for {STALL_PATIENCE} epochs (float precision)"
+                break
+        if epoch == max_epochs:
+            break
+        with torch.no_grad():
+            W -= step * W.grad
+            b -= step * b.grad
+            W.grad.zero_()
+            b.grad.zero_()
+
+    W_std = W.detach().to(torch.float64).numpy()
+    b_std = b.detach().to(torch.float64).numpy()
+    W_raw = W_std / scaler.std
+    b_raw = b_std - W_raw @ scaler.mean
+    return FitResult(W_raw, b_raw, W_std, b_std, scaler, step, epoch, converged, reason, history)
+
+
+@task(cache_policy=NONE)
+def train_model(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    lr: float | None,
+    max_epochs: int,
+    tol: float,
+    seed: int,
+    log_every: int = 500,
+) -> FitResult:
+    """Fit the model, logging the loss every `log_every` epochs."""
+    logger = get_run_logger()
+
+    def log_progress(epoch: int, loss: float) -> None:
+        if epoch % log_every == 0:
+            logger.info("epoch %d: train MSE %.6g", epoch, loss)
+
+    fit = fit_linear_regression(
+        X, y, lr=lr, max_epochs=max_epochs, tol=tol, seed=seed, on_epoch=log_progress
+    )
+    logger.info(
+        "stopped after %d epochs (%s), step size %.4g, final train MSE %.6g",
+        fit.epochs,
+        fit.stop_reason,
+        fit.lr,
+        fit.loss_history[-1],
+    )
+    return fit

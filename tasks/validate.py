@@ -1,0 +1,236 @@
+"""Validate: text rows -> typed rows that pass the pandera schema, plus a quarantine record for
+every row that does not, with the column and the reason.
+
+Numbers are parsed here, under our control (no locale, no thousands separators, no hex), and
+the pandera schema (schemas/sales.py) decides the rest: not null, finite, in range, unique key.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from prefect import task
+from prefect.cache_policies import NONE
+
+from schemas.sales import ID_COLUMN, sales_schema
+from tasks.errors import DataQualityError, InputFileError, PipelineError
+from tasks.ingest import RawFile
+
+NUMBER_PATTERN = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+MISSING_TOKENS = frozenset({"", "na", "n/a", "#n/a", "null", "none", "nan", "-nan", "+nan"})
+INFINITE_TOKENS = frozenset({"inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
+QUARANTINE_COLUMNS = ["source_file", "source_line", "column", "reason", "detail", "raw"]
+
+# pandera check name (prefix) -> quarantine reason
+_REASONS = {
+    "not_nullable": "missing value",
+    "not finite": "not finite",
+    "greater_than": "out of range",
+    "less_than": "out of range",
+    "in_range": "out of range",
+    "multiple_fields_uniqueness": "duplicate key",
+    "field_uniqueness": "duplicate key",
+    "str_matches": "invalid text",
+}
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """Row accounting for one input file: rows = accepted + quarantined."""
+
+    path: str
+    sha256: str
+    size_bytes: int
+    rows: int
+    accepted: int
+    quarantined: int
+
+
+@dataclass(frozen=True)
+class ValidatedData:
+    """Accepted rows (typed, with source_file/source_line), quarantine records, accounting."""
+
+    accepted: pd.DataFrame
+    quarantine: pd.DataFrame
+    files: list[FileReport]
+
+    @property
+    def rows_in(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return sum(f.quarantined for f in self.files)
+
+
+def parse_numbers(text: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Text -> (float64 values, problem). Values are NaN where the text is missing or not a
+    number; `problem` is the text that failed to parse, NA elsewhere. inf/-inf parse as such
+    (the schema rejects them as not finite)."""
+    stripped = text.str.strip()
+    lowered = stripped.str.lower()
+    numeric = stripped.str.fullmatch(NUMBER_PATTERN).fillna(False).astype(bool)
+    infinite = lowered.isin(INFINITE_TOKENS)
+    missing = lowered.isin(MISSING_TOKENS)
+    values = pd.to_numeric(stripped.where(numeric), errors="coerce").astype("float64")
+    values[infinite] = np.where(lowered[infinite].str.startswith("-"), -np.inf, np.inf)
+    problem = text.where(~(numeric | infinite | missing))
+    return values, problem
+
+
+def validate_file(
+    raw: RawFile, features: tuple[str, ...], targets: tuple[str, ...]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One file's text rows -> (accepted typed rows, quarantine records)."""
+    source = str(raw.path)
+    rows = raw.rows.reset_index(drop=True)
+    text_columns = list(raw.header)
+    blank = (rows[text_columns] == "").all(axis=1).to_numpy()
+
+    typed = pd.DataFrame(index=rows.index)
+    typed[ID_COLUMN] = rows[ID_COLUMN].str.strip().replace("", pd.NA)
+    problems = []
+    for name in (*features, *targets):
+        typed[name], bad_text = parse_numbers(rows[name])
+        for pos, value in bad_text.dropna().items():
+            problems.append((pos, name, "not a number", f"{name}={value!r} is not a number"))
+
+    cells = pd.DataFrame(problems, columns=["pos", "column", "reason", "detail"])
+    cells = pd.concat(
+        [cells, _schema_failures(typed, rows, features, targets, source)], ignore_index=True
+    )
+    # A cell that did not parse also shows up as null: keep the parse reason only.
+    cells = cells.drop_duplicates(subset=["pos", "column"], keep="first")
+    cells = cells[~blank[cells["pos"].to_numpy(dtype="int64")]]
+    blanks = pd.DataFrame(
+        {"pos": np.flatnonzero(blank), "column": None, "reason": "blank line", "detail": ""}
+    )
+    cells = pd.concat([cells, blanks], ignore_index=True).sort_values("pos", kind="stable")
+
+    bad_pos = cells["pos"].to_numpy(dtype="int64")
+    quarantine = pd.DataFrame(
+        {
+            "source_file": source,
+            "source_line": rows["source_line"].to_numpy()[bad_pos],
+            "column": cells["column"].to_numpy(),
+            "reason": cells["reason"].to_numpy(),
+            "detail": cells["detail"].to_numpy(),
+            "raw": _as_csv_lines(rows.iloc[bad_pos][text_columns]),
+        }
+    )
+    parse_errors = raw.parse_errors.assign(source_file=source, column=None)
+    quarantine = pd.concat([quarantine, parse_errors[QUARANTINE_COLUMNS]], ignore_index=True)
+    quarantine = quarantine.sort_values("source_line", kind="stable").reset_index(drop=True)
+
+    keep = np.ones(len(rows), dtype=bool)
+    keep[bad_pos] = False
+    accepted = typed[keep].reset_index(drop=True)
+    accepted["source_file"] = source
+    accepted["source_line"] = rows["source_line"].to_numpy()[keep]
+    return accepted, quarantine.astype({"source_line": "int64"})
+
+
+def _schema_failures(typed, rows, features, targets, source) -> pd.DataFrame:
+    """Lazy pandera validation -> one record (pos, column, reason, detail) per failing cell."""
+    schema = sales_schema(features, targets)
+    try:
+        schema.validate(typed, lazy=True)
+    except pa.errors.SchemaErrors as err:
+        cases = err.failure_cases
+    else:
+        return pd.DataFrame(columns=["pos", "column", "reason", "detail"])
+    frame_level = cases[cases["index"].isna()]
+    if len(frame_level):
+        first = frame_level.iloc[0]
+        raise InputFileError(
+            f"{source}: schema check {first['check']} failed: {first['failure_case']}"
+        )
+    records = []
+    for case in cases.itertuples(index=False):
+        check = str(case.check)
+        reason = next((r for prefix, r in _REASONS.items() if check.startswith(prefix)), check)
+        pos = int(case.index)
+        text = str(rows.at[pos, case.column])
+        if reason == "duplicate key":
+            detail = f"{ID_COLUMN} {text.strip()!r} already appears earlier in this file"
+        elif not text.strip():
+            detail = f"{case.column} is empty"
+        elif reason == "missing value":
+            detail = f"{case.column}={text!r}"
+        else:
+            detail = f"{case.column}={text!r} fails {check}"
+        records.append((pos, case.column, reason, detail))
+    return pd.DataFrame(records, columns=["pos", "column", "reason", "detail"])
+
+
+def _as_csv_lines(frame: pd.DataFrame) -> list[str]:
+    """Rows of text back to CSV lines (a blank line stays empty)."""
+    out = []
+    for values in frame.itertuples(index=False):
+        if not any(values):
+            out.append("")
+            continue
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="").writerow(values)
+        out.append(buf.getvalue())
+    return out
+
+
+def check_columns(features: tuple[str, ...], targets: tuple[str, ...]) -> None:
+    """Raise PipelineError naming the parameter when column lists repeat or overlap."""
+    for name, columns in (("features", features), ("targets", targets)):
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        if repeated:
+            raise PipelineError(f"parameter {name}: column(s) {repeated} listed more than once")
+    both = sorted(set(features) & set(targets))
+    if both:
+        raise PipelineError(f"parameters features and targets: {both} cannot be both")
+    if ID_COLUMN in (*features, *targets):
+        raise PipelineError(f"parameters features and targets: '{ID_COLUMN}' is the row key")
+
+
+def validate_files(
+    raw_files: list[RawFile], features: tuple[str, ...], targets: tuple[str, ...]
+) -> ValidatedData:
+    """Validate every file; concatenate accepted rows and quarantine records."""
+    accepted, quarantine, reports = [], [], []
+    for raw in raw_files:
+        good, bad = validate_file(raw, features, targets)
+        n_bad = bad["source_line"].nunique()
+        assert len(good) + n_bad == raw.data_rows, f"row accounting broken for {raw.path}"
+        accepted.append(good)
+        quarantine.append(bad)
+        reports.append(
+            FileReport(str(raw.path), raw.sha256, raw.size_bytes, raw.data_rows, len(good), n_bad)
+        )
+    return ValidatedData(
+        pd.concat(accepted, ignore_index=True), pd.concat(quarantine, ignore_index=True), reports
+    )
+
+
+def check_quality(data: ValidatedData, max_bad_fraction: float) -> None:
+    """Raise DataQualityError when no rows are left or too many were quarantined."""
+    names = ", ".join(f.path for f in data.files)
+    if len(data.accepted) == 0:
+        raise DataQualityError(
+            f"no valid rows: all {data.rows_in} data rows of {names} were quarantined"
+        )
+    share = data.rows_quarantined / data.rows_in
+    if share > max_bad_fraction:
+        raise DataQualityError(
+            f"{data.rows_quarantined} of {data.rows_in} rows ({share:.1%}) of {names} were "
+            f"quarantined, above max_bad_fraction={max_bad_fraction}"
+        )
+
+
+@task(cache_policy=NONE)
+def validate_rows(
+    raw_files: list[RawFile], features: tuple[str, ...], targets: tuple[str, ...]
+) -> ValidatedData:
+    """Validate the ingested files against the sales schema."""
+    return validate_files(raw_files, features, targets)
