@@ -1,0 +1,188 @@
+"""The train-sales-model flow end to end on real files, read back with DuckDB."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import duckdb
+import numpy as np
+import pytest
+
+from flows.train import train_sales_model
+from tasks.errors import DataQualityError, InputFileError, TrainingError
+from tasks.evaluate import least_squares
+from tests.conftest import HEADER, REPO, sales_rows
+
+FEATURES = ["avg_income_k", "price_k", "tax_k"]
+BAD_LINES = [
+    'X001,"1,234.50",0.5,0.1,3',  # not a number
+    "X002,50,-0.5,0.1,3",  # out of range
+    "X003,50,0.5,,3",  # missing value
+    "X004,50,0.5",  # wrong field count
+    "",  # blank line
+]
+
+
+def read(output, table):
+    return duckdb.sql(
+        f"select * from read_parquet('{output}/{table}/*/*.parquet', hive_partitioning=true)"
+    ).df()
+
+
+@pytest.fixture
+def sales_csv(write_csv):
+    lines = sales_rows(80, seed=5)
+    for i, bad in enumerate(BAD_LINES):
+        lines.insert(10 * i + 5, bad)
+    return write_csv("\n".join([HEADER, *lines]) + "\n")
+
+
+def test_flow_publishes_tables_that_agree_with_each_other(sales_csv, tmp_path):
+    output = tmp_path / "out"
+    manifest = train_sales_model(data=str(sales_csv), output=str(output), seed=3)
+    run_id = manifest["run_id"]
+
+    predictions = read(output, "predictions")
+    quarantine = read(output, "quarantine")
+    weights = read(output, "weights")
+    metrics = read(output, "metrics")
+    assert set(predictions["run_id"]) == {run_id}
+
+    # Accounting: every data row is accepted or quarantined, never both, never neither.
+    lines_in = 80 + len(BAD_LINES)
+    quarantined = quarantine[["source_file", "source_line"]].drop_duplicates()
+    assert len(predictions) + len(quarantined) == lines_in
+    assert set(predictions["source_line"]).isdisjoint(quarantined["source_line"])
+    assert manifest["rows"] == {"in": lines_in, "accepted": 80, "quarantined": 5}
+    assert sorted(quarantine["reason"]) == sorted(
+        ["not a number", "out of range", "missing value", "wrong field count", "blank line"]
+    )
+
+    # Weights equal least squares on the train split.
+    train = predictions[predictions["split"] == "train"]
+    W_opt, b_opt = least_squares(train[FEATURES].to_numpy(), train[["units_sold_k"]].to_numpy())
+    w = weights.set_index("feature")["weight"]
+    scale = np.abs(W_opt).max()
+    np.testing.assert_allclose(w[FEATURES].to_numpy(), W_opt[0], atol=2e-3 * scale)
+    assert w["(intercept)"] == pytest.approx(b_opt[0], rel=2e-3)
+
+    # Metrics agree with the published predictions.
+    for row in metrics.itertuples():
+        part = predictions[predictions["split"] == row.split]
+        assert row.rows == len(part)
+        assert row.mse == pytest.approx((part["residual_units_sold_k"] ** 2).mean(), rel=1e-9)
+    train_metrics = metrics.set_index("split").loc["train"]
+    assert abs(train_metrics["relative_gap"]) < 1e-6
+    assert bool(train_metrics["converged"])
+
+    # The manifest is on disk, lists the outputs, and the outputs carry the run's metadata.
+    on_disk = json.loads((output / "manifests" / f"{run_id}.json").read_text())
+    assert on_disk["status"] == "completed"
+    assert set(on_disk["outputs"]) == {"predictions", "weights", "metrics", "quarantine"}
+    meta = duckdb.sql(
+        f"select key, value from parquet_kv_metadata('{output}/weights/*/*.parquet')"
+    ).fetchall()
+    meta = {k.decode(): v.decode() for k, v in meta}
+    assert meta["run_id"] == run_id
+    assert meta["data_fingerprint"] == on_disk["data_fingerprint"]
+    assert not list(output.rglob(".*.tmp"))
+
+
+def test_runs_accumulate_and_one_query_reads_them_all(sales_csv, tmp_path):
+    output = tmp_path / "out"
+    first = train_sales_model(data=str(sales_csv), output=str(output))
+    second = train_sales_model(data=str(sales_csv), output=str(output), dtype="float64")
+    runs = duckdb.sql(
+        f"select run_id, count(*) n from read_parquet('{output}/weights/*/*.parquet', "
+        "hive_partitioning=true) group by run_id order by run_id"
+    ).fetchall()
+    assert runs == sorted([(first["run_id"], 4), (second["run_id"], 4)])
+    # Same data, same seed: same split, same fingerprint.
+    assert first["data_fingerprint"] == second["data_fingerprint"]
+
+
+def test_too_many_bad_rows_fail_the_run_but_keep_the_quarantine(write_csv, tmp_path):
+    path = write_csv("\n".join([HEADER, *sales_rows(6), "Z1,x,1,1,1", "Z2,1,x,1,1"]) + "\n")
+    output = tmp_path / "out"
+    with pytest.raises(DataQualityError, match=r"2 of 8 rows \(25.0%\).*max_bad_fraction=0.1"):
+        train_sales_model(data=str(path), output=str(output))
+    (manifest_file,) = (output / "manifests").glob("*.json")
+    manifest = json.loads(manifest_file.read_text())
+    assert manifest["status"] == "failed"
+    assert "max_bad_fraction" in manifest["error"]
+    assert len(read(output, "quarantine")) == 2
+    assert not (output / "predictions").exists()
+    assert not (output / "weights").exists()
+
+
+def test_rejected_file_publishes_nothing(tmp_path):
+    output = tmp_path / "out"
+    with pytest.raises(InputFileError, match=r"missing\.csv: file not found"):
+        train_sales_model(data=str(tmp_path / "missing.csv"), output=str(output))
+    assert not output.exists()
+
+
+def test_divergence_fails_the_run_and_publishes_nothing(sales_csv, tmp_path):
+    output = tmp_path / "out"
+    state = train_sales_model(data=str(sales_csv), output=str(output), lr=100.0, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(TrainingError, match="diverged"):
+        state.result()
+    assert not (output / "manifests").exists()
+    assert not (output / "weights").exists()
+    assert not (output / "predictions").exists()
+
+
+def run_cli(args, api_url):
+    env = {**os.environ, "PREFECT_API_URL": api_url}
+    return subprocess.run(
+        [sys.executable, "-m", "flows.train", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_trains_and_prints_where_the_outputs_are(sales_csv, tmp_path, prefect_api_url):
+    output = tmp_path / "cli-out"
+    result = run_cli(
+        ["--data", str(sales_csv), "--output", str(output), "--seed", "2"], prefect_api_url
+    )
+    assert result.returncode == 0, result.stderr
+    assert "80 accepted, 5 quarantined" in result.stdout
+    assert f"outputs: {output}" in result.stdout
+    assert len(read(output, "predictions")) == 80
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (
+            ["--max-epochs", "-5"],
+            2,
+            "error: parameter max_epochs: Input should be greater than or equal to 1 (got '-5')",
+        ),
+        (["--holdout-fraction", "1.5"], 2, "error: parameter holdout_fraction:"),
+        (["--dtype", "float16"], 2, "error: parameter dtype:"),
+        (["--data", "does/not/exist.csv"], 1, "error: does/not/exist.csv: file not found"),
+        (
+            ["--features", "price_k", "--targets", "price_k"],
+            1,
+            "error: parameters features and targets: ['price_k'] cannot be both",
+        ),
+    ],
+)
+def test_cli_user_errors_are_one_line_without_traceback(
+    args, code, message, tmp_path, prefect_api_url
+):
+    result = run_cli([*args, "--output", str(tmp_path / "o")], prefect_api_url)
+    assert result.returncode == code
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error_lines == [error_lines[0]]
+    assert error_lines[0].startswith(message)

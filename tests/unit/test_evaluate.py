@@ -1,0 +1,108 @@
+"""Evaluation: deterministic split, metrics that agree with the predictions, weights table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tasks.evaluate import (
+    INTERCEPT,
+    evaluate_model,
+    least_squares,
+    predictions_frame,
+    weights_frame,
+)
+from tasks.split import split_holdout
+from tasks.train import fit_linear_regression
+
+
+def frame(n=500, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "country": [f"C{i}" for i in range(n)],
+            "x": rng.uniform(1, 10, n),
+            "y": rng.uniform(1, 10, n),
+            "source_file": "f.csv",
+            "source_line": np.arange(2, n + 2),
+        }
+    )
+
+
+def test_split_is_deterministic_and_follows_the_row_not_its_position():
+    df = frame()
+    keys = ["country", "x", "y"]
+    mask = split_holdout(df, keys, 0.2, seed=1)
+    assert 0.12 < mask.mean() < 0.28
+    np.testing.assert_array_equal(mask, split_holdout(df, keys, 0.2, seed=1))
+    shuffled = df.sample(frac=1.0, random_state=3)
+    np.testing.assert_array_equal(
+        split_holdout(shuffled, keys, 0.2, seed=1), mask[shuffled.index.to_numpy()]
+    )
+    assert (split_holdout(df, keys, 0.2, seed=2) != mask).any()
+    assert not split_holdout(df, keys, 0.0, seed=1).any()
+
+
+def test_metrics_agree_with_the_predictions_and_the_optimum():
+    df = frame()
+    df["y"] = 3 * df["x"] + 1 + np.random.default_rng(1).normal(0, 0.5, len(df))
+    is_holdout = split_holdout(df, ["country", "x", "y"], 0.25, seed=0)
+    train = df[~is_holdout]
+    X = torch.tensor(train[["x"]].to_numpy())
+    y = torch.tensor(train[["y"]].to_numpy())
+    fit = fit_linear_regression(X, y, max_epochs=5000, tol=1e-12, seed=0)
+    metrics = evaluate_model(df[["x"]].to_numpy(), df[["y"]].to_numpy(), is_holdout, fit, ("y",))
+    preds = predictions_frame(df, is_holdout, fit, ("x",), ("y",), "country")
+
+    assert metrics["split"].tolist() == ["train", "holdout"]
+    for split, row in metrics.set_index("split").iterrows():
+        part = preds[preds["split"] == split]
+        assert row["rows"] == len(part)
+        assert row["mse"] == pytest.approx((part["residual_y"] ** 2).mean(), rel=1e-12)
+        baseline = ((part["y"] - train["y"].mean()) ** 2).mean()
+        assert row["baseline_mse"] == pytest.approx(baseline, rel=1e-12)
+        assert row["r2"] == pytest.approx(1 - row["mse"] / baseline)
+    train_row = metrics.set_index("split").loc["train"]
+    assert abs(train_row["relative_gap"]) < 1e-9
+    W_opt, b_opt = least_squares(train[["x"]].to_numpy(), train[["y"]].to_numpy())
+    assert train_row["optimum_mse"] == pytest.approx(
+        ((train["x"] * W_opt[0, 0] + b_opt[0] - train["y"]) ** 2).mean(), rel=1e-12
+    )
+    np.testing.assert_allclose(preds["predicted_y"] + preds["residual_y"], df["y"])
+
+
+def test_empty_holdout_split_is_left_out():
+    df = frame(20)
+    fit = fit_linear_regression(
+        torch.tensor(df[["x"]].to_numpy()),
+        torch.tensor(df[["y"]].to_numpy()),
+        max_epochs=100,
+        tol=1e-9,
+        seed=0,
+    )
+    metrics = evaluate_model(
+        df[["x"]].to_numpy(), df[["y"]].to_numpy(), np.zeros(20, bool), fit, ("y",)
+    )
+    assert metrics["split"].tolist() == ["train"]
+
+
+def test_weights_table_has_a_row_per_target_and_term():
+    df = frame(50)
+    X = torch.tensor(df[["x", "y"]].to_numpy())
+    y = torch.tensor(np.column_stack([df["x"] + df["y"], df["x"] - df["y"]]))
+    fit = fit_linear_regression(X, y, max_epochs=3000, tol=1e-12, seed=0)
+    weights = weights_frame(fit, ("x", "y"), ("s", "d"))
+    assert weights[["target", "feature"]].values.tolist() == [
+        ["s", "x"],
+        ["s", "y"],
+        ["s", INTERCEPT],
+        ["d", "x"],
+        ["d", "y"],
+        ["d", INTERCEPT],
+    ]
+    w = weights.set_index(["target", "feature"])["weight"]
+    assert w[("s", "x")] == pytest.approx(1.0, abs=1e-6)
+    assert w[("d", "y")] == pytest.approx(-1.0, abs=1e-6)
+    assert weights["scaler_mean"].isna().tolist() == [False, False, True] * 2

@@ -1,0 +1,159 @@
+"""Training: the true per-row MSE, autograd = analytic gradients, convergence to least squares."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.errors import TrainingError
+from tasks.evaluate import least_squares
+from tasks.tensors import to_tensors
+from tasks.train import curvature, fit_linear_regression, fit_scaler, mse_loss, predict, standardize
+
+NOTEBOOK_X = [
+    [70.0, 0.1, 0.043],
+    [90.0, 0.8, 0.064],
+    [80.0, 0.13, 0.058],
+    [100.0, 0.4, 0.037],
+    [60.0, 0.9, 0.7],
+]
+NOTEBOOK_Y = [5.0, 8.0, 12.0, 2.0, 1.0]
+NOTEBOOK_W = [[0.7765, -0.1135, 0.7029]]
+NOTEBOOK_B = [0.4655]
+NOTEBOOK_OPTIMUM_MSE = 9.6427
+
+
+def notebook(dtype=torch.float32):
+    X = torch.tensor(NOTEBOOK_X, dtype=dtype)
+    y = torch.tensor(NOTEBOOK_Y, dtype=dtype).reshape(-1, 1)
+    return X, y
+
+
+def mse_np(X, y, W, b) -> float:
+    return float(((np.asarray(X, float) @ W.T + b - np.asarray(y, float)) ** 2).mean())
+
+
+def correlated_data(n: int, k: int, seed: int = 0):
+    """Features with correlation ~0.9 on very different scales, k linear targets with noise."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=n)
+    X = np.column_stack(
+        [
+            50 + 15 * base + rng.normal(0, 3, n),
+            0.5 + 0.2 * base + rng.normal(0, 0.05, n),
+            0.1 * (0.5 + 0.2 * base) + rng.normal(0, 0.01, n),
+        ]
+    )
+    W = rng.normal(size=(k, 3)) * [0.1, 3.0, 20.0]
+    y = X @ W.T + rng.normal(size=k) + rng.normal(0, 0.5, (n, k))
+    return X, y
+
+
+def test_notebook_loss_is_the_true_per_row_mse():
+    X, y = notebook()
+    W = torch.tensor(NOTEBOOK_W, requires_grad=True)
+    b = torch.tensor(NOTEBOOK_B, requires_grad=True)
+    loss = mse_loss(predict(X, W, b), y)
+    assert loss.item() == pytest.approx(3375.03, abs=0.01)
+    # The notebook's broadcast ([N,1] - [N] -> [N,N]) gives a different number.
+    broadcast = ((predict(X, W, b) - y.reshape(-1)) ** 2).mean().item()
+    assert broadcast == pytest.approx(3389.9, abs=0.1)
+    assert abs(loss.item() - broadcast) > 10
+
+
+def test_autograd_gradients_equal_the_analytic_ones():
+    X, y = notebook(torch.float64)
+    W = torch.tensor(NOTEBOOK_W, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(NOTEBOOK_B, dtype=torch.float64, requires_grad=True)
+    mse_loss(predict(X, W, b), y).backward()
+    residual = (X @ W.T + b - y).detach()
+    n = X.shape[0]
+    torch.testing.assert_close(W.grad, 2 / n * residual.T @ X)
+    torch.testing.assert_close(b.grad, 2 / n * residual.sum(dim=0))
+
+
+def test_shape_mismatch_is_refused_not_broadcast():
+    X, y = notebook()
+    preds = predict(X, torch.zeros(1, 3), torch.zeros(1))
+    with pytest.raises(ValueError, match=r"\(5, 1\) and targets \(5,\) differ in shape"):
+        mse_loss(preds, y.reshape(-1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_notebook_rows_reach_the_least_squares_optimum(dtype):
+    X, y = notebook(dtype)
+    fit = fit_linear_regression(X, y, max_epochs=20_000, tol=1e-12, seed=0)
+    W_opt, b_opt = least_squares(np.array(NOTEBOOK_X), np.array(NOTEBOOK_Y).reshape(-1, 1))
+    optimum = mse_np(NOTEBOOK_X, np.reshape(NOTEBOOK_Y, (-1, 1)), W_opt, b_opt)
+    assert optimum == pytest.approx(NOTEBOOK_OPTIMUM_MSE, abs=1e-4)
+    trained = mse_np(NOTEBOOK_X, np.reshape(NOTEBOOK_Y, (-1, 1)), fit.W, fit.b)
+    assert (trained - optimum) / optimum < 1e-6
+    assert fit.converged
+
+
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gradient_descent_matches_lstsq_on_correlated_features(k, dtype):
+    X_np, y_np = correlated_data(400, k)
+    assert np.corrcoef(X_np.T)[0, 1] > 0.8
+    import pandas as pd
+
+    cols = ["x0", "x1", "x2"]
+    targets = [f"y{j}" for j in range(k)]
+    frame = pd.DataFrame(np.column_stack([X_np, y_np]), columns=cols + targets)
+    X, y = to_tensors(frame, tuple(cols), tuple(targets), dtype)
+    fit = fit_linear_regression(X, y, max_epochs=50_000, tol=1e-12, seed=1)
+    W_opt, b_opt = least_squares(X_np, y_np)
+    assert fit.W.shape == (k, 3)
+    assert fit.b.shape == (k,)
+    for j in range(k):
+        optimum = mse_np(X_np, y_np[:, [j]], W_opt[[j]], b_opt[[j]])
+        trained = mse_np(X_np, y_np[:, [j]], fit.W[[j]], fit.b[[j]])
+        assert (trained - optimum) / optimum < 1e-6, (j, trained, optimum)
+
+
+def test_same_seed_gives_identical_weights_and_another_seed_starts_elsewhere():
+    X, y = notebook()
+    a = fit_linear_regression(X, y, max_epochs=50, tol=1e-12, seed=3)
+    b = fit_linear_regression(X, y, max_epochs=50, tol=1e-12, seed=3)
+    c = fit_linear_regression(X, y, max_epochs=50, tol=1e-12, seed=4)
+    np.testing.assert_array_equal(a.W, b.W)
+    np.testing.assert_array_equal(a.b, b.b)
+    assert a.loss_history == b.loss_history
+    assert a.loss_history[0] != c.loss_history[0]
+
+
+def test_raw_scale_weights_reproduce_the_standardized_model():
+    X, y = notebook(torch.float64)
+    fit = fit_linear_regression(X, y, max_epochs=30, tol=1e-12, seed=0)
+    standardized = standardize(X, fit.scaler).numpy() @ fit.W_std.T + fit.b_std
+    raw = X.numpy() @ fit.W.T + fit.b
+    np.testing.assert_allclose(raw, standardized, rtol=1e-12)
+
+
+def test_default_step_is_one_over_the_largest_curvature():
+    X, y = notebook(torch.float64)
+    Xs = standardize(X, fit_scaler(X))
+    L, mu = curvature(Xs, n_targets=1)
+    A = np.column_stack([Xs.numpy(), np.ones(5)])
+    hessian = 2 / 5 * A.T @ A
+    assert pytest.approx(np.linalg.eigvalsh(hessian).max()) == L
+    assert mu == pytest.approx(np.linalg.eigvalsh(hessian).min())
+    fit = fit_linear_regression(X, y, max_epochs=1, tol=1e-12, seed=0)
+    assert fit.lr == pytest.approx(1 / L)
+
+
+def test_divergence_fails_loudly():
+    X, y = notebook()
+    with pytest.raises(TrainingError, match=r"diverged at epoch \d+.*lower --lr"):
+        fit_linear_regression(X, y, lr=50.0, max_epochs=10_000, tol=1e-12, seed=0)
+
+
+def test_max_epochs_bounds_training_and_reports_not_converged():
+    X, y = notebook()
+    fit = fit_linear_regression(X, y, lr=1e-4, max_epochs=7, tol=1e-12, seed=0)
+    assert fit.epochs == 7
+    assert len(fit.loss_history) == 8
+    assert not fit.converged
+    assert fit.loss_history[-1] < fit.loss_history[0]
