@@ -65,7 +65,7 @@ def summary_text(manifest: dict[str, Any], output_root: Path) -> str:
             f"r2={m['r2']:.4f} gap_to_optimum={m['relative_gap']:.1e}"
         )
     out.append(f"outputs: {output_root.resolve()}")
-    out.append(f"manifest: {manifest_path(output_root, manifest['run_id'])}")
+    out.append(f"manifest: {manifest_path(output_root.resolve(), manifest['run_id'])}")
     return "\n".join(out)
 
 
