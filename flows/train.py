@@ -21,22 +21,26 @@ from schemas.params import (
     DEFAULT_MAX_BAD_FRACTION,
     DEFAULT_MAX_EPOCHS,
     DEFAULT_OUTPUT,
+    DEFAULT_PROMOTION_TOLERANCE,
     DEFAULT_SEED,
     DEFAULT_TOL,
     BadFraction,
     ColumnList,
+    DataPaths,
     Dtype,
     HoldoutFraction,
     LearningRate,
     MaxEpochs,
     Seed,
     Tolerance,
+    Tolerance0,
 )
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS, allowed_columns, required_columns
 from tasks.evaluate import evaluate_run
 from tasks.ingest import read_inputs
-from tasks.publish import check_data_quality, new_run, publish_run
+from tasks.publish import check_data_quality, publish_run
 from tasks.report import report_run, summary_text
+from tasks.storage import new_run
 from tasks.tensors import make_tensors
 from tasks.train import train_model
 from tasks.validate import check_columns, validate_rows
@@ -44,7 +48,7 @@ from tasks.validate import check_columns, validate_rows
 
 @flow(name="train-sales-model", log_prints=True)
 def train_sales_model(
-    data: str = DEFAULT_DATA,
+    data: DataPaths = DEFAULT_DATA,
     output: str = DEFAULT_OUTPUT,
     features: ColumnList = DEFAULT_FEATURES,
     targets: ColumnList = DEFAULT_TARGETS,
@@ -55,6 +59,7 @@ def train_sales_model(
     tol: Tolerance = DEFAULT_TOL,
     max_bad_fraction: BadFraction = DEFAULT_MAX_BAD_FRACTION,
     dtype: Dtype = DEFAULT_DTYPE,
+    promotion_tolerance: Tolerance0 = DEFAULT_PROMOTION_TOLERANCE,
 ) -> dict[str, Any]:
     """Train the sales model on the CSV(s) at `data` and publish it under `output`.
 
@@ -70,7 +75,7 @@ def train_sales_model(
     )
     fit = train_model(X, y, lr, max_epochs, tol, seed)
     tables = evaluate_run(validated.accepted, is_holdout, fit, features, targets)
-    manifest = publish_run(run, validated, tables, fit, features, targets)
+    manifest = publish_run(run, validated, tables, fit, features, targets, promotion_tolerance)
     report_run(manifest, tables["weights"], output)
     return manifest
 
@@ -93,6 +98,11 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tol", help=f"default {DEFAULT_TOL}")
     parser.add_argument("--max-bad-fraction", help=f"default {DEFAULT_MAX_BAD_FRACTION}")
     parser.add_argument("--dtype", help=f"float32 or float64 (default {DEFAULT_DTYPE})")
+    parser.add_argument(
+        "--promotion-tolerance",
+        help="relative holdout-MSE slack against the champion "
+        f"(default {DEFAULT_PROMOTION_TOLERANCE})",
+    )
     args = vars(parser.parse_args(argv))
     # Values stay text: the flow's typed signature parses and bounds them, one rule for all.
     return {name: value for name, value in args.items() if value is not None}

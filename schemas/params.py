@@ -21,7 +21,13 @@ DEFAULT_TOL = 1e-9
 # country file, low enough that a broken export (wrong units, shifted columns) stops the run.
 DEFAULT_MAX_BAD_FRACTION = 0.1
 DEFAULT_DTYPE = "float32"
+# A candidate must be at least as good as the champion on the same holdout rows.
+DEFAULT_PROMOTION_TOLERANCE = 0.0
 
+DataPaths = Annotated[
+    str | list[Annotated[str, Field(min_length=1)]],
+    Field(description="A CSV file, a folder of CSVs, a glob, or a list of those."),
+]
 ColumnList = Annotated[
     tuple[Annotated[str, Field(min_length=1)], ...],
     Field(min_length=1, description="CSV column names."),
@@ -41,5 +47,9 @@ Tolerance = Annotated[
 ]
 BadFraction = Annotated[
     float, Field(ge=0.0, le=1.0, description="Largest share of quarantined rows a run accepts.")
+]
+Tolerance0 = Annotated[
+    float,
+    Field(ge=0.0, description="Relative holdout-MSE slack a new model gets against the champion."),
 ]
 Dtype = Literal["float32", "float64"]

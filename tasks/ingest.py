@@ -56,8 +56,14 @@ class RawFile:
         return len(self.rows) + len(self.parse_errors)
 
 
-def resolve_inputs(data: str | Path) -> list[Path]:
-    """A file, a folder (its *.csv files) or a glob -> the sorted list of CSV files to read."""
+def resolve_inputs(data: str | Path | list[str]) -> list[Path]:
+    """A file, a folder (its *.csv files), a glob, or a list of those -> the CSV files to read,
+    in order, each once."""
+    if isinstance(data, list):
+        if not data:
+            raise InputFileError("parameter data: no input paths given")
+        files = [path for item in data for path in resolve_inputs(item)]
+        return list(dict.fromkeys(files))
     text = str(data)
     if any(ch in text for ch in GLOB_CHARS):
         paths = sorted(Path(p) for p in glob.glob(text, recursive=True))
@@ -238,6 +244,6 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
     retry_condition_fn=_retry_unless_user_error,
     cache_policy=NONE,
 )
-def read_inputs(data: str, required: list[str], allowed: set[str]) -> list[RawFile]:
+def read_inputs(data: str | list[str], required: list[str], allowed: set[str]) -> list[RawFile]:
     """Resolve the data path and read every CSV it names."""
     return [read_sales_csv(path, required, allowed) for path in resolve_inputs(data)]

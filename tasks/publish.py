@@ -1,26 +1,12 @@
-"""Publish: Parquet tables and the run manifest under the output root, each written atomically.
-
-Layout: `<root>/<table>/run_id=<id>/part-0.parquet` per table, `<root>/manifests/<id>.json`.
-Every file is written to a hidden temp name in its final folder and renamed into place, so a reader
-never sees a half-written file; the manifest is written last, and a run counts only once it has one.
-"""
+"""Publish: validate a run's tables, write them, decide promotion, write the manifest last and
+then move the champion pointer, all under the output root's lock."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
-import secrets
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow
-import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
@@ -33,115 +19,39 @@ from schemas.outputs import (
     predictions_schema,
 )
 from tasks.errors import DataQualityError
+from tasks.promote import (
+    decide_promotion,
+    load_model,
+    model_from_weights,
+    output_lock,
+    read_champion,
+    write_champion,
+)
+from tasks.storage import (
+    RunInfo,
+    data_fingerprint,
+    manifest_path,
+    sweep_temp_files,
+    write_json,
+    write_table,
+)
 from tasks.train import FitResult
 from tasks.validate import ValidatedData, check_quality
 
-MANIFESTS = "manifests"
-_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp$")
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """Identity of one training run: its id, output root, start time and parameters."""
-
-    run_id: str
-    output_root: Path
-    started_at: str
-    parameters: dict[str, Any]
-
-
-def new_run(output: str | Path, parameters: dict[str, Any], now: datetime | None = None) -> RunInfo:
-    """A new run id: UTC start time (sortable) plus random hex (unique)."""
-    now = now or datetime.now(UTC)
-    run_id = f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
-    return RunInfo(run_id, Path(output), now.isoformat(timespec="seconds"), parameters)
-
-
-def data_fingerprint(sha256s: list[str]) -> str:
-    """sha256 over the sorted input sha256s: the same data gives the same fingerprint."""
-    return hashlib.sha256("\n".join(sorted(sha256s)).encode()).hexdigest()
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write via `write(tmp)` to a hidden temp file beside `path`, fsync, rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        write(tmp)
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def sweep_temp_files(root: Path) -> list[Path]:
-    """Remove temp files left by writers that are no longer running; return what was removed."""
-    removed = []
-    if not root.exists():
-        return removed
-    for path in root.rglob(".*.tmp"):
-        match = _TEMP_NAME.match(path.name)
-        if match and not _pid_alive(int(match.group(1))):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def table_path(root: Path, table: str, run_id: str) -> Path:
-    """Where a run's part of a table lives."""
-    return root / table / f"run_id={run_id}" / "part-0.parquet"
-
-
-def write_table(
-    frame: pd.DataFrame, root: Path, table: str, run: RunInfo, fingerprint: str
-) -> Path:
-    """Write one table of one run as Parquet with the run's key-value metadata."""
-    arrow = pyarrow.Table.from_pandas(frame, preserve_index=False)
-    metadata = {
-        **(arrow.schema.metadata or {}),
-        b"run_id": run.run_id.encode(),
-        b"table": table.encode(),
-        b"data_fingerprint": fingerprint.encode(),
-        b"schema_version": SCHEMA_VERSION.encode(),
-        b"parameters": json.dumps(run.parameters, sort_keys=True).encode(),
-    }
-    arrow = arrow.replace_schema_metadata(metadata)
-    return atomic_write(table_path(root, table, run.run_id), lambda tmp: pq.write_table(arrow, tmp))
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> Path:
-    """Atomically write a JSON document."""
-    text = json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n"
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def manifest_path(root: Path, run_id: str) -> Path:
-    return root / MANIFESTS / f"{run_id}.json"
+# How long a run waits for another run's publish step before it gives up.
+LOCK_TIMEOUT_SECONDS = 300.0
 
 
 def build_manifest(
     run: RunInfo,
     data: ValidatedData,
     status: str,
-    outputs: dict[str, Path],
+    outputs: dict[str, Any],
     *,
     error: str | None = None,
     fit: FitResult | None = None,
     metrics: pd.DataFrame | None = None,
+    promotion: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The run's manifest: identity, parameters, inputs with row accounting, outputs, results."""
     return {
@@ -170,6 +80,7 @@ def build_manifest(
             "final_train_loss": fit.loss_history[-1],
         },
         "metrics": None if metrics is None else metrics.to_dict(orient="records"),
+        "promotion": promotion,
         "outputs": {name: str(path.relative_to(run.output_root)) for name, path in outputs.items()},
     }
 
@@ -181,8 +92,10 @@ def publish_outputs(
     fit: FitResult,
     features: tuple[str, ...],
     targets: tuple[str, ...],
+    promotion_tolerance: float,
 ) -> dict[str, Any]:
-    """Validate and write predictions, weights, metrics and quarantine, then the manifest."""
+    """Validate and write predictions, weights, metrics and quarantine; decide promotion
+    against the champion; write the manifest; then move the champion pointer if promoted."""
     tables = {**tables, "quarantine": data.quarantine}
     schemas = {
         "predictions": predictions_schema(features, targets),
@@ -192,14 +105,36 @@ def publish_outputs(
     }
     for name, frame in tables.items():
         schemas[name].validate(frame, lazy=True)
-    sweep_temp_files(run.output_root)
+    root = run.output_root
     fingerprint = data_fingerprint([f.sha256 for f in data.files])
-    outputs = {
-        name: write_table(frame, run.output_root, name, run, fingerprint)
-        for name, frame in tables.items()
-    }
-    manifest = build_manifest(run, data, "completed", outputs, fit=fit, metrics=tables["metrics"])
-    write_json(manifest_path(run.output_root, run.run_id), manifest)
+    with output_lock(root, LOCK_TIMEOUT_SECONDS):
+        sweep_temp_files(root)
+        outputs = {
+            name: write_table(frame, root, name, run, fingerprint) for name, frame in tables.items()
+        }
+        pointer = read_champion(root)
+        champion_id = None if pointer is None else pointer["run_id"]
+        predictions = tables["predictions"]
+        promotion = decide_promotion(
+            model_from_weights(tables["weights"]),
+            fit.converged,
+            None if champion_id is None else load_model(root, champion_id),
+            champion_id,
+            predictions[predictions["split"] == "holdout"],
+            promotion_tolerance,
+        )
+        manifest = build_manifest(
+            run,
+            data,
+            "completed",
+            outputs,
+            fit=fit,
+            metrics=tables["metrics"],
+            promotion=promotion,
+        )
+        write_json(manifest_path(root, run.run_id), manifest)
+        if promotion["promoted"]:
+            write_champion(root, run.run_id, promotion)
     return manifest
 
 
@@ -223,9 +158,10 @@ def publish_run(
     fit: FitResult,
     features: tuple[str, ...],
     targets: tuple[str, ...],
+    promotion_tolerance: float,
 ) -> dict[str, Any]:
-    """Write the run's tables and manifest; returns the manifest."""
-    return publish_outputs(run, data, tables, fit, features, targets)
+    """Write the run's tables and manifest, promote if it passes the gate; returns the manifest."""
+    return publish_outputs(run, data, tables, fit, features, targets, promotion_tolerance)
 
 
 @task(cache_policy=NONE)

@@ -10,7 +10,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
-from tasks.publish import manifest_path
+from tasks.storage import manifest_path
 
 
 def summary_markdown(manifest: dict[str, Any], output_root: Path) -> str:
@@ -45,6 +45,10 @@ def summary_markdown(manifest: dict[str, Any], output_root: Path) -> str:
                 for m in manifest["metrics"]
             ),
         ]
+    promotion = manifest.get("promotion")
+    if promotion:
+        verdict = "promoted to champion" if promotion["promoted"] else "not promoted (candidate)"
+        lines += ["", f"**Promotion**: {verdict}: {promotion['reason']}."]
     if manifest["error"]:
         lines += ["", f"**Error**: {manifest['error']}"]
     lines += ["", f"**Outputs** under `{output_root.resolve()}`:", ""]
@@ -64,6 +68,10 @@ def summary_text(manifest: dict[str, Any], output_root: Path) -> str:
             f"  {m['target']} {m['split']:<7} rows={m['rows']:<6} mse={m['mse']:.6g} "
             f"r2={m['r2']:.4f} gap_to_optimum={m['relative_gap']:.1e}"
         )
+    promotion = manifest.get("promotion")
+    if promotion:
+        verdict = "promoted to champion" if promotion["promoted"] else "not promoted"
+        out.append(f"{verdict}: {promotion['reason']}")
     out.append(f"outputs: {output_root.resolve()}")
     out.append(f"manifest: {manifest_path(output_root.resolve(), manifest['run_id'])}")
     return "\n".join(out)

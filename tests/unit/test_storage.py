@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.outputs import SCHEMA_VERSION, WeightsTable
-from tasks.publish import atomic_write, new_run, sweep_temp_files, write_table
+from tasks.storage import atomic_write, new_run, sweep_temp_files, write_table
 
 
 def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):

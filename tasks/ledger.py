@@ -1,0 +1,190 @@
+"""Ledger: every file that lands, identified by its content (sha256), processed exactly once.
+
+A SQLite file under the ledger folder records each (name, sha256) seen, with its size, status,
+row counts and the training run that used it. Accepted files are copied, read-only and
+content-addressed, into `<ledger>/files/` so that training reads exactly the bytes that were
+checked, whatever later happens in the landing folder.
+
+Statuses: `accepted` (checked, waiting for or used by training), `failed` (rejected, with the
+reason), `duplicate` (same content as a file already recorded: not trained again).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tasks.ingest import sha256_file
+from tasks.storage import atomic_write
+
+LEDGER_DB = "ledger.sqlite"
+STORE = "files"
+# Names that writers use while a file is still being written.
+_IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", "~")
+
+_SCHEMA = """
+create table if not exists landed_files (
+    name text not null,
+    sha256 text not null,
+    size_bytes integer not null,
+    status text not null check (status in ('accepted', 'failed', 'duplicate')),
+    reason text,
+    rows integer,
+    accepted integer,
+    quarantined integer,
+    stored_path text,
+    run_id text,
+    run_status text,
+    recorded_at text not null,
+    primary key (name, sha256)
+)
+"""
+
+
+@dataclass(frozen=True)
+class LandedFile:
+    """A complete file in the landing folder, not yet in the ledger."""
+
+    path: Path
+    sha256: str
+    size_bytes: int
+
+
+@contextmanager
+def open_ledger(ledger_dir: Path) -> Iterator[sqlite3.Connection]:
+    """Connection to the ledger (created on first use), committed on success."""
+    ledger_dir.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(ledger_dir / LEDGER_DB, timeout=30)
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute(_SCHEMA)
+        yield conn
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def is_complete(path: Path, settle_seconds: float, now: float | None = None) -> bool:
+    """A landed file is ready when it is a visible *.csv, not named as in progress, and has not
+    been modified for `settle_seconds`."""
+    name = path.name
+    if name.startswith(".") or name.endswith(_IN_PROGRESS_SUFFIXES) or path.suffix != ".csv":
+        return False
+    if not path.is_file():
+        return False
+    now = time.time() if now is None else now
+    return now - path.stat().st_mtime >= settle_seconds
+
+
+def scan_landing(
+    landing: Path, conn: sqlite3.Connection, settle_seconds: float
+) -> list[LandedFile]:
+    """Complete files in `landing` whose (name, content) the ledger has not seen, by name."""
+    if not landing.is_dir():
+        return []
+    found = []
+    for path in sorted(landing.iterdir()):
+        if not is_complete(path, settle_seconds):
+            continue
+        size = path.stat().st_size
+        digest = sha256_file(path)
+        if not is_complete(path, settle_seconds) or path.stat().st_size != size:
+            continue  # changed while hashing: next scan
+        seen = conn.execute(
+            "select 1 from landed_files where name = ? and sha256 = ?", (path.name, digest)
+        ).fetchone()
+        if not seen:
+            found.append(LandedFile(path, digest, size))
+    return found
+
+
+def known_content(conn: sqlite3.Connection, sha256: str) -> str | None:
+    """Name of an earlier file with this content (accepted or failed), if any."""
+    row = conn.execute(
+        "select name from landed_files where sha256 = ? and status != 'duplicate' "
+        "order by recorded_at limit 1",
+        (sha256,),
+    ).fetchone()
+    return None if row is None else row["name"]
+
+
+def store_file(ledger_dir: Path, landed: LandedFile) -> Path:
+    """Copy an accepted file into the content-addressed store; returns the stored path."""
+    target = ledger_dir / STORE / f"{landed.sha256[:16]}_{landed.path.name}"
+    if not target.exists():
+        atomic_write(target, lambda tmp: shutil.copyfile(landed.path, tmp))
+        target.chmod(0o444)
+    return target
+
+
+def record(
+    conn: sqlite3.Connection,
+    landed: LandedFile,
+    status: str,
+    *,
+    reason: str | None = None,
+    rows: int | None = None,
+    accepted: int | None = None,
+    quarantined: int | None = None,
+    stored_path: Path | None = None,
+) -> None:
+    """Add one (name, content) to the ledger."""
+    conn.execute(
+        "insert into landed_files (name, sha256, size_bytes, status, reason, rows, accepted, "
+        "quarantined, stored_path, recorded_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            landed.path.name,
+            landed.sha256,
+            landed.size_bytes,
+            status,
+            reason,
+            rows,
+            accepted,
+            quarantined,
+            None if stored_path is None else str(stored_path),
+            datetime.now(UTC).isoformat(timespec="microseconds"),
+        ),
+    )
+    conn.commit()
+
+
+def untrained_files(conn: sqlite3.Connection) -> list[str]:
+    """Stored paths of accepted files that no training run has used yet."""
+    rows = conn.execute(
+        "select stored_path from landed_files where status = 'accepted' and run_id is null "
+        "order by recorded_at"
+    ).fetchall()
+    return [r["stored_path"] for r in rows]
+
+
+def accepted_files(conn: sqlite3.Connection) -> list[str]:
+    """Stored paths of every accepted file, oldest first."""
+    rows = conn.execute(
+        "select stored_path from landed_files where status = 'accepted' order by recorded_at"
+    ).fetchall()
+    return [r["stored_path"] for r in rows]
+
+
+def mark_trained(
+    conn: sqlite3.Connection, stored_paths: list[str], run_id: str, status: str
+) -> None:
+    """Record which training run used these files and how it ended."""
+    conn.executemany(
+        "update landed_files set run_id = ?, run_status = ? "
+        "where stored_path = ? and run_id is null",
+        [(run_id, status, p) for p in stored_paths],
+    )
+    conn.commit()
+
+
+def ledger_rows(ledger_dir: Path) -> list[dict]:
+    """Every ledger row as a dict, oldest first (for reports and tests)."""
+    with open_ledger(ledger_dir) as conn:
+        rows = conn.execute("select * from landed_files order by recorded_at").fetchall()
+    return [dict(r) for r in rows]

@@ -1,0 +1,163 @@
+"""Promotion: a new model becomes the champion only if it is at least as good as the current one
+on the same holdout rows, and it converged. The champion pointer is a small JSON file under the
+output root, replaced atomically; weights are read back from Parquet, never unpickled."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.errors import PipelineError
+from tasks.evaluate import INTERCEPT, linear_predict, mse_per_target
+from tasks.storage import table_path, write_json
+
+CHAMPION_FILE = "champion.json"
+LOCK_FILE = ".publish.lock"
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    """Raw-scale weights W [k, d] and b [k] for named features and targets."""
+
+    features: tuple[str, ...]
+    targets: tuple[str, ...]
+    W: np.ndarray
+    b: np.ndarray
+
+
+def model_from_weights(weights: pd.DataFrame) -> LinearModel:
+    """A weights table (target, feature, weight) -> LinearModel, in the table's row order."""
+    targets = tuple(dict.fromkeys(weights["target"]))
+    features = tuple(f for f in dict.fromkeys(weights["feature"]) if f != INTERCEPT)
+    table = weights.pivot(index="target", columns="feature", values="weight")
+    W = table.loc[list(targets), list(features)].to_numpy(dtype=np.float64)
+    b = table.loc[list(targets), INTERCEPT].to_numpy(dtype=np.float64)
+    return LinearModel(features, targets, W, b)
+
+
+def load_model(root: Path, run_id: str) -> LinearModel:
+    """The model of a published run, from its weights Parquet."""
+    path = table_path(root, "weights", run_id)
+    if not path.exists():
+        raise PipelineError(f"{path}: weights of run {run_id} not found")
+    return model_from_weights(pd.read_parquet(path))
+
+
+def read_champion(root: Path) -> dict[str, Any] | None:
+    """The champion pointer, or None before the first promotion."""
+    path = root / CHAMPION_FILE
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def decide_promotion(
+    candidate: LinearModel,
+    converged: bool,
+    champion: LinearModel | None,
+    champion_id: str | None,
+    holdout: pd.DataFrame,
+    tolerance: float,
+) -> dict[str, Any]:
+    """Compare the candidate with the champion on the candidate's holdout rows.
+
+    Promoted when training converged and, for every target, the candidate's holdout MSE is at
+    most the champion's times (1 + tolerance). Returns the decision with its reason and figures.
+    """
+    decision: dict[str, Any] = {
+        "promoted": False,
+        "reason": "",
+        "champion_before": champion_id,
+        "tolerance": tolerance,
+        "holdout_rows": len(holdout),
+        "candidate_holdout_mse": None,
+        "champion_holdout_mse": None,
+    }
+    if len(holdout):
+        X = holdout[list(candidate.features)].to_numpy()
+        y = holdout[list(candidate.targets)].to_numpy()
+        decision["candidate_holdout_mse"] = _by_target(
+            candidate.targets, mse_per_target(linear_predict(X, candidate.W, candidate.b), y)
+        )
+    if not converged:
+        return {**decision, "reason": "training did not converge"}
+    if champion is None:
+        return {**decision, "promoted": True, "reason": "first model: no champion yet"}
+    if (champion.features, champion.targets) != (candidate.features, candidate.targets):
+        return {
+            **decision,
+            "reason": f"champion {champion_id} uses other columns "
+            f"({', '.join(champion.features)} -> {', '.join(champion.targets)}); not comparable",
+        }
+    if not len(holdout):
+        return {**decision, "reason": "no holdout rows to compare on"}
+    champion_mse = mse_per_target(linear_predict(X, champion.W, champion.b), y)
+    decision["champion_holdout_mse"] = _by_target(champion.targets, champion_mse)
+    candidate_mse = np.array(list(decision["candidate_holdout_mse"].values()))
+    worse = [
+        f"{t}: {c:.6g} > {h:.6g} x (1 + {tolerance:g})"
+        for t, c, h in zip(candidate.targets, candidate_mse, champion_mse, strict=True)
+        if c > h * (1 + tolerance)
+    ]
+    if worse:
+        return {
+            **decision,
+            "reason": f"holdout MSE worse than champion {champion_id}: " + "; ".join(worse),
+        }
+    return {
+        **decision,
+        "promoted": True,
+        "reason": f"holdout MSE not worse than champion {champion_id} on {len(holdout)} rows",
+    }
+
+
+def _by_target(targets: tuple[str, ...], values: np.ndarray) -> dict[str, float]:
+    return {t: float(v) for t, v in zip(targets, values, strict=True)}
+
+
+def write_champion(root: Path, run_id: str, decision: dict[str, Any]) -> Path:
+    """Atomically point the champion at `run_id`."""
+    return write_json(
+        root / CHAMPION_FILE,
+        {
+            "run_id": run_id,
+            "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "reason": decision["reason"],
+            "holdout_mse": decision["candidate_holdout_mse"],
+            "manifest": f"manifests/{run_id}.json",
+        },
+    )
+
+
+@contextmanager
+def output_lock(root: Path, timeout_seconds: float) -> Iterator[None]:
+    """Exclusive lock on the output root for the publish step. The OS drops it when the holder
+    dies, so a killed run never blocks the next one."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / LOCK_FILE).open("a") as fh:
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise PipelineError(
+                        f"another training run is publishing to {root}; gave up after "
+                        f"{timeout_seconds:g} s"
+                    ) from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -1,0 +1,121 @@
+"""Storage: Parquet tables and JSON documents under the output root, each written atomically.
+
+Layout: `<root>/<table>/run_id=<id>/part-0.parquet` per table, `<root>/manifests/<id>.json`.
+Every file is written to a hidden temp name in its final folder and renamed into place, so a reader
+never sees a half-written file; the manifest is written last, and a run counts only once it has one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow
+import pyarrow.parquet as pq
+
+from schemas.outputs import SCHEMA_VERSION
+
+MANIFESTS = "manifests"
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp$")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Identity of one training run: its id, output root, start time and parameters."""
+
+    run_id: str
+    output_root: Path
+    started_at: str
+    parameters: dict[str, Any]
+
+
+def new_run(output: str | Path, parameters: dict[str, Any], now: datetime | None = None) -> RunInfo:
+    """A new run id: UTC start time (sortable) plus random hex (unique)."""
+    now = now or datetime.now(UTC)
+    run_id = f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+    return RunInfo(run_id, Path(output), now.isoformat(timespec="seconds"), parameters)
+
+
+def data_fingerprint(sha256s: list[str]) -> str:
+    """sha256 over the sorted input sha256s: the same data gives the same fingerprint."""
+    return hashlib.sha256("\n".join(sorted(sha256s)).encode()).hexdigest()
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write via `write(tmp)` to a hidden temp file beside `path`, fsync, rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        write(tmp)
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def sweep_temp_files(root: Path) -> list[Path]:
+    """Remove temp files left by writers that are no longer running; return what was removed."""
+    removed = []
+    if not root.exists():
+        return removed
+    for path in root.rglob(".*.tmp"):
+        match = _TEMP_NAME.match(path.name)
+        if match and not _pid_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def table_path(root: Path, table: str, run_id: str) -> Path:
+    """Where a run's part of a table lives."""
+    return root / table / f"run_id={run_id}" / "part-0.parquet"
+
+
+def write_table(
+    frame: pd.DataFrame, root: Path, table: str, run: RunInfo, fingerprint: str
+) -> Path:
+    """Write one table of one run as Parquet with the run's key-value metadata."""
+    arrow = pyarrow.Table.from_pandas(frame, preserve_index=False)
+    metadata = {
+        **(arrow.schema.metadata or {}),
+        b"run_id": run.run_id.encode(),
+        b"table": table.encode(),
+        b"data_fingerprint": fingerprint.encode(),
+        b"schema_version": SCHEMA_VERSION.encode(),
+        b"parameters": json.dumps(run.parameters, sort_keys=True).encode(),
+    }
+    arrow = arrow.replace_schema_metadata(metadata)
+    return atomic_write(table_path(root, table, run.run_id), lambda tmp: pq.write_table(arrow, tmp))
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    """Atomically write a JSON document."""
+    text = json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def manifest_path(root: Path, run_id: str) -> Path:
+    return root / MANIFESTS / f"{run_id}.json"
