@@ -13,6 +13,10 @@ from pydantic import Field
 
 DEFAULT_DATA = "data/sales.csv"
 DEFAULT_OUTPUT = "output"
+DEFAULT_LANDING = "data/landing"
+DEFAULT_LEDGER = "data/ledger"
+# A landed file must be unchanged for this long before it is picked up (writers still at work).
+DEFAULT_SETTLE_SECONDS = 10.0
 DEFAULT_HOLDOUT_FRACTION = 0.2
 DEFAULT_SEED = 0
 DEFAULT_MAX_EPOCHS = 20_000
@@ -51,5 +55,8 @@ BadFraction = Annotated[
 Tolerance0 = Annotated[
     float,
     Field(ge=0.0, description="Relative holdout-MSE slack a new model gets against the champion."),
+]
+SettleSeconds = Annotated[
+    float, Field(ge=0.0, description="Seconds a landed file must be unchanged before pickup.")
 ]
 Dtype = Literal["float32", "float64"]

@@ -19,9 +19,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from tasks.ingest import sha256_file
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.states import State
+
+from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS, allowed_columns, required_columns
+from tasks.errors import PipelineError
+from tasks.ingest import read_sales_csv, sha256_file
 from tasks.storage import atomic_write
+from tasks.validate import check_quality, validate_files
 
 LEDGER_DB = "ledger.sqlite"
 STORE = "files"
@@ -188,3 +196,93 @@ def ledger_rows(ledger_dir: Path) -> list[dict]:
     with open_ledger(ledger_dir) as conn:
         rows = conn.execute("select * from landed_files order by recorded_at").fetchall()
     return [dict(r) for r in rows]
+
+
+def check_landed(
+    landing: Path,
+    ledger_dir: Path,
+    settle_seconds: float,
+    features: tuple[str, ...],
+    targets: tuple[str, ...],
+    max_bad_fraction: float,
+) -> dict[str, list[str]]:
+    """Record every new complete file in the landing folder: duplicate (same content as an
+    earlier file), failed (rejected file, or too many bad rows, with the reason) or accepted
+    (copied into the store). Returns the names by status."""
+    outcome: dict[str, list[str]] = {"accepted": [], "failed": [], "duplicate": []}
+    with open_ledger(ledger_dir) as conn:
+        for landed in scan_landing(landing, conn, settle_seconds):
+            earlier = known_content(conn, landed.sha256)
+            if earlier is not None:
+                record(conn, landed, "duplicate", reason=f"same content as {earlier}")
+                outcome["duplicate"].append(landed.path.name)
+                continue
+            stored = store_file(ledger_dir, landed)
+            if sha256_file(stored) != landed.sha256:  # changed while copying: next scan
+                stored.unlink()
+                continue
+            try:
+                raw = read_sales_csv(
+                    stored, required_columns(features, targets), allowed_columns(features, targets)
+                )
+                data = validate_files([raw], features, targets)
+                check_quality(data, max_bad_fraction)
+            except PipelineError as exc:
+                stored.unlink()
+                message = str(exc).replace(str(stored), landed.path.name)
+                record(conn, landed, "failed", reason=message)
+                outcome["failed"].append(landed.path.name)
+                continue
+            report = data.files[0]
+            record(
+                conn,
+                landed,
+                "accepted",
+                rows=report.rows,
+                accepted=report.accepted,
+                quarantined=report.quarantined,
+                stored_path=stored,
+            )
+            outcome["accepted"].append(landed.path.name)
+    return outcome
+
+
+@task(cache_policy=NONE)
+def check_landed_files(
+    landing: str, ledger: str, settle_seconds: float, max_bad_fraction: float
+) -> dict[str, list[str]]:
+    """Scan the landing folder and record new files in the ledger (see check_landed)."""
+    logger = get_run_logger()
+    outcome = check_landed(
+        Path(landing),
+        Path(ledger),
+        settle_seconds,
+        DEFAULT_FEATURES,
+        DEFAULT_TARGETS,
+        max_bad_fraction,
+    )
+    for status, names in outcome.items():
+        if names:
+            logger.info("%s: %s", status, ", ".join(names))
+    return outcome
+
+
+@task(cache_policy=NONE)
+def files_to_train(ledger: str) -> tuple[list[str], list[str]]:
+    """(accepted files not yet used by a training run, every accepted file)."""
+    with open_ledger(Path(ledger)) as conn:
+        return untrained_files(conn), accepted_files(conn)
+
+
+@task(cache_policy=NONE)
+def record_training(ledger: str, used: list[str], state: State) -> dict[str, Any]:
+    """Mark the files a training run used; fail if the training run failed. Pass the training
+    flow run's final state wrapped in `quote()`, so that Prefect hands it over as it is."""
+    if state.is_completed():
+        manifest = state.result()
+        run_id, status = manifest["run_id"], "completed"
+    else:
+        run_id, status = f"flow-run:{state.state_details.flow_run_id}", "failed"
+    with open_ledger(Path(ledger)) as conn:
+        mark_trained(conn, used, run_id, status)
+    return state.result()
