@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data/sales.csv
 OUTPUT ?= output
+PORT ?= 4200
 
 # Prefect must never phone home from these machines.
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -27,6 +28,12 @@ install: $(STAMP) ## create .venv and install pinned dependencies
 run: $(STAMP) ## train on $(DATA), write $(OUTPUT)/, print a summary
 	$(BIN)/python -m flows.train --data $(DATA) --output $(OUTPUT)
 
+serve: $(STAMP) ## local Prefect server (127.0.0.1) + pool + deployments + worker
+	$(BIN)/python -m scripts.local_prefect start --port $(PORT)
+
+stop: $(STAMP) ## stop the worker and the server started by serve
+	$(BIN)/python -m scripts.local_prefect stop
+
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -39,6 +46,6 @@ test: $(STAMP) lint ## lint, then the whole test suite
 	$(BIN)/python -m pytest
 
 clean: ## remove outputs and caches (keeps .venv)
-	rm -rf $(OUTPUT) .pytest_cache .ruff_cache
+	rm -rf $(OUTPUT) .pytest_cache .ruff_cache data/ledger
 
-.PHONY: help install run lint format test clean
+.PHONY: help install run serve stop lint format test clean

@@ -1,0 +1,311 @@
+"""A local Prefect stack: server on 127.0.0.1, the process work pool, every deployment in
+prefect.yaml, and a process worker. Used by `make serve` / `make stop` and by the integration
+tests.
+
+    python -m scripts.local_prefect start [--port 4200]   # prints the UI URL
+    python -m scripts.local_prefect stop
+    python -m scripts.local_prefect recover               # crash runs whose process is gone
+
+State (SQLite database, logs, PIDs) lives under .prefect/ and .run/ in the checkout, both ignored
+by git.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+POOL = "sales-pool"
+HOST = "127.0.0.1"
+OFFLINE = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Where a local stack keeps its state, and the checkout its deployments run from."""
+
+    repo: Path = REPO
+    state: Path = REPO / ".run"
+    home: Path = REPO / ".prefect"
+
+    @property
+    def info_file(self) -> Path:
+        return self.state / "stack.json"
+
+    def env(self, api_url: str | None = None, extra: dict[str, str] | None = None) -> dict:
+        env = {
+            **os.environ,
+            **OFFLINE,
+            "PREFECT_HOME": str(self.home),
+            "SALES_MODEL_HOME": str(self.repo),
+            "PREFECT_SERVER_API_HOST": HOST,
+            **(extra or {}),
+        }
+        if api_url:
+            env["PREFECT_API_URL"] = api_url
+        return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _prefect(*args: str) -> list[str]:
+    return [sys.executable, "-m", "prefect", *args]
+
+
+def _spawn(cmd: list[str], log: Path, env: dict, cwd: Path) -> subprocess.Popen:
+    with log.open("ab") as out:
+        # Own session: `stop` ends the process and everything it started, by process group.
+        return subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def _wait_healthy(api_url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {proc.returncode}; see {log}")
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"{api_url}/health", timeout=2) as response,
+        ):
+            if response.status == 200:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"prefect server not healthy after {timeout:g} s; see {log}")
+
+
+def _run(cmd: list[str], env: dict, cwd: Path) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[2:])} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def start(
+    stack: Stack = Stack(),
+    port: int = 4200,
+    server_env: dict[str, str] | None = None,
+    worker_env: dict[str, str] | None = None,
+) -> dict:
+    """Start server, create the pool, recover orphaned runs, deploy, start a worker."""
+    if stack.info_file.exists():
+        raise RuntimeError(f"a stack is already running ({stack.info_file}); run stop first")
+    stack.state.mkdir(parents=True, exist_ok=True)
+    stack.home.mkdir(parents=True, exist_ok=True)
+    api_url = f"http://{HOST}:{port}/api"
+    info = {"api_url": api_url, "ui_url": f"http://{HOST}:{port}", "pids": {}}
+    server_log = stack.state / "server.log"
+    server = _spawn(
+        _prefect("server", "start", "--host", HOST, "--port", str(port)),
+        server_log,
+        stack.env(extra=server_env),
+        stack.repo,
+    )
+    info["pids"]["server"] = server.pid
+    _write_info(stack, info)
+    try:
+        _wait_healthy(api_url, server, server_log, timeout=90)
+        env = stack.env(api_url)
+        _run(
+            _prefect("work-pool", "create", POOL, "--type", "process", "--overwrite"),
+            env,
+            stack.repo,
+        )
+        recover(api_url)
+        _run(_prefect("deploy", "--all", "--no-prompt"), env, stack.repo)
+        start_worker(stack, worker_env)
+    except BaseException:
+        stop(stack)
+        raise
+    return json.loads(stack.info_file.read_text())
+
+
+def start_worker(stack: Stack, worker_env: dict[str, str] | None = None) -> int:
+    """Start a process worker on the pool (again, e.g. after it was killed); returns its PID."""
+    info = json.loads(stack.info_file.read_text())
+    worker = _spawn(
+        _prefect("worker", "start", "--pool", POOL, "--type", "process"),
+        stack.state / "worker.log",
+        stack.env(info["api_url"], worker_env),
+        stack.repo,
+    )
+    info["pids"]["worker"] = worker.pid
+    _write_info(stack, info)
+    return worker.pid
+
+
+def start_worker(stack: Stack, worker_env: dict[str, str] | None = None) -> int:
+    """Start a process worker on the pool (again, e.g. after it was killed); returns its PID."""
+    info = json.loads(stack.info_file.read_text())
+    worker = _spawn(
+        _prefect("worker", "start", "--pool", POOL, "--type", "process"),
+        stack.state / "worker.log",
+        stack.env(info["api_url"], worker_env),
+        stack.repo,
+    )
+    info["pids"]["worker"] = worker.pid
+    _write_info(stack, info)
+    return worker.pid
+
+
+def _write_info(stack: Stack, info: dict) -> None:
+    stack.info_file.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    return True
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (the worker starts flow runs in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int(stat.read_text().rsplit(") ", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal_groups(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(os.getpgid(pid), sig)
+
+
+def stop(stack: Stack = Stack(), timeout: float = 20.0) -> list[int]:
+    """Stop the worker with the flow runs it started, then the server: SIGTERM to each process
+    group (flow runs end Crashed, not Running), SIGKILL after `timeout`. Returns the PIDs."""
+    if not stack.info_file.exists():
+        return []
+    pids = json.loads(stack.info_file.read_text())["pids"]
+    stopped = []
+    for name in ("worker", "server"):
+        pid = pids.get(name)
+        if pid is None or not _alive(pid):
+            continue
+        group = [pid, *_descendants(pid)]
+        _signal_groups(group, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(_alive(p) for p in group) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        _signal_groups([p for p in group if _alive(p)], signal.SIGKILL)
+        stopped.extend(group)
+    stack.info_file.unlink(missing_ok=True)
+    return stopped
+
+
+def recover(api_url: str) -> list[str]:
+    """Mark as Crashed every Running/Pending flow run whose process on this machine is gone
+    (e.g. its worker was stopped mid-run), which also frees its concurrency slot. Returns the
+    flow run ids it crashed."""
+    os.environ.setdefault("PREFECT_API_URL", api_url)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    crashed = []
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
+                )
+            )
+        )
+        for run in runs:
+            pid = _local_pid(run.infrastructure_pid)
+            if pid is None or _alive(pid):
+                continue
+            client.set_flow_run_state(
+                run.id,
+                Crashed(message=f"process {pid} is gone (worker stopped?); marked by recover"),
+                force=True,
+            )
+            crashed.append(str(run.id))
+    return crashed
+
+
+def _local_pid(infrastructure_pid: str | None) -> int | None:
+    """A process worker's run records its PID ('1234', or 'host:1234'); None when the run is
+    not a local process (another host, or no process yet)."""
+    if not infrastructure_pid:
+        return None
+    host, _, pid = infrastructure_pid.rpartition(":")
+    if (host and host != socket.gethostname()) or not pid.isdigit():
+        return None
+    return int(pid)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.local_prefect")
+    sub = parser.add_subparsers(dest="command", required=True)
+    start_cmd = sub.add_parser("start", help="server, pool, deployments, worker")
+    start_cmd.add_argument("--port", type=int, default=4200)
+    sub.add_parser("stop", help="stop worker and server by PID")
+    recover_cmd = sub.add_parser("recover", help="crash runs whose process is gone")
+    recover_cmd.add_argument("--api-url", default=os.environ.get("PREFECT_API_URL"))
+    args = parser.parse_args(argv)
+    if args.command == "start":
+        try:
+            info = start(port=args.port)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"Prefect UI: {info['ui_url']}")
+        print(f"export PREFECT_API_URL={info['api_url']}")
+        print(f"logs: {Stack().state}/server.log, {Stack().state}/worker.log")
+    elif args.command == "stop":
+        stopped = stop()
+        print(f"stopped {len(stopped)} process group(s)" if stopped else "nothing running")
+    else:
+        if not args.api_url:
+            print("error: set PREFECT_API_URL or pass --api-url", file=sys.stderr)
+            return 2
+        crashed = recover(args.api_url)
+        print(f"marked {len(crashed)} orphaned run(s) Crashed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
