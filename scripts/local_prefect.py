@@ -156,20 +156,6 @@ def start_worker(stack: Stack, worker_env: dict[str, str] | None = None) -> int:
     return worker.pid
 
 
-def start_worker(stack: Stack, worker_env: dict[str, str] | None = None) -> int:
-    """Start a process worker on the pool (again, e.g. after it was killed); returns its PID."""
-    info = json.loads(stack.info_file.read_text())
-    worker = _spawn(
-        _prefect("worker", "start", "--pool", POOL, "--type", "process"),
-        stack.state / "worker.log",
-        stack.env(info["api_url"], worker_env),
-        stack.repo,
-    )
-    info["pids"]["worker"] = worker.pid
-    _write_info(stack, info)
-    return worker.pid
-
-
 def _write_info(stack: Stack, info: dict) -> None:
     stack.info_file.write_text(json.dumps(info, indent=2) + "\n")
 
