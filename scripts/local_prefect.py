@@ -220,7 +220,6 @@ def recover(api_url: str) -> list[str]:
     """Mark as Crashed every Running/Pending flow run whose process on this machine is gone
     (e.g. its worker was stopped mid-run), which also frees its concurrency slot. Returns the
     flow run ids it crashed."""
-    os.environ.setdefault("PREFECT_API_URL", api_url)
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -228,10 +227,14 @@ def recover(api_url: str) -> list[str]:
         FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
+    from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import Crashed
 
     crashed = []
-    with get_client(sync_client=True) as client:
+    with (
+        temporary_settings(updates={PREFECT_API_URL: api_url}),
+        get_client(sync_client=True) as client,
+    ):
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
                 state=FlowRunFilterState(

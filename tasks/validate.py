@@ -208,9 +208,10 @@ def validate_files(
         reports.append(
             FileReport(str(raw.path), raw.sha256, raw.size_bytes, raw.data_rows, len(good), n_bad)
         )
-    return ValidatedData(
-        pd.concat(accepted, ignore_index=True), pd.concat(quarantine, ignore_index=True), reports
-    )
+    quarantine = pd.concat(quarantine, ignore_index=True)
+    text_columns = [c for c in QUARANTINE_COLUMNS if c != "source_line"]
+    quarantine = quarantine.astype({**dict.fromkeys(text_columns, "str"), "source_line": "int64"})
+    return ValidatedData(pd.concat(accepted, ignore_index=True), quarantine, reports)
 
 
 def check_quality(data: ValidatedData, max_bad_fraction: float) -> None:

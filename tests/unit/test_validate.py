@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import pytest
 
+from schemas.outputs import QuarantineTable
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS, allowed_columns, required_columns
 from tasks.errors import DataQualityError, PipelineError
 from tasks.ingest import read_sales_csv
@@ -59,6 +60,7 @@ def test_good_rows_pass_typed_with_their_lines(write_csv):
     assert data.accepted["source_line"].tolist() == [2, 3, 4]
     assert data.quarantine.empty
     assert (data.rows_in, data.rows_quarantined) == (3, 0)
+    QuarantineTable.validate(data.quarantine)  # an empty quarantine still has the table's types
 
 
 @pytest.mark.parametrize(

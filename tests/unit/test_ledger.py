@@ -1,0 +1,129 @@
+"""Ledger: each landed file processed once by content; incomplete files wait; failures recorded."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
+from tasks.ledger import (
+    check_landed,
+    is_complete,
+    ledger_rows,
+    mark_trained,
+    open_ledger,
+    untrained_files,
+)
+from tests.conftest import HEADER, sales_rows
+
+
+def csv_text(n=10, seed=0, extra=()):
+    return "\n".join([HEADER, *sales_rows(n, seed=seed), *extra]) + "\n"
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    return landing, tmp_path / "ledger"
+
+
+def land(landing, name, text, age=60.0):
+    path = landing / name
+    path.write_text(text)
+    old = time.time() - age
+    os.utime(path, (old, old))
+    return path
+
+
+def check(dirs, settle=5.0, max_bad=0.1):
+    landing, ledger = dirs
+    return check_landed(landing, ledger, settle, DEFAULT_FEATURES, DEFAULT_TARGETS, max_bad)
+
+
+def test_new_file_is_accepted_stored_and_counted(dirs):
+    landing, ledger = dirs
+    land(landing, "jan.csv", csv_text(10, extra=["BAD,x,1,1,1"]))
+    assert check(dirs, max_bad=0.5) == {"accepted": ["jan.csv"], "failed": [], "duplicate": []}
+    (row,) = ledger_rows(ledger)
+    assert (row["status"], row["rows"], row["accepted"], row["quarantined"]) == (
+        "accepted",
+        11,
+        10,
+        1,
+    )
+    stored = ledger / "files" / f"{row['sha256'][:16]}_jan.csv"
+    assert row["stored_path"] == str(stored)
+    assert stored.read_text() == (landing / "jan.csv").read_text()
+    # Seen once: the next scan finds nothing new.
+    assert check(dirs) == {"accepted": [], "failed": [], "duplicate": []}
+
+
+def test_same_content_under_another_name_is_a_duplicate(dirs):
+    landing, ledger = dirs
+    land(landing, "jan.csv", csv_text(10))
+    check(dirs)
+    land(landing, "jan-again.csv", csv_text(10))
+    assert check(dirs)["duplicate"] == ["jan-again.csv"]
+    statuses = {r["name"]: (r["status"], r["reason"]) for r in ledger_rows(ledger)}
+    assert statuses["jan-again.csv"] == ("duplicate", "same content as jan.csv")
+    with open_ledger(ledger) as conn:
+        assert len(untrained_files(conn)) == 1
+
+
+def test_same_name_with_new_content_is_processed(dirs):
+    landing, ledger = dirs
+    land(landing, "jan.csv", csv_text(10, seed=1))
+    check(dirs)
+    land(landing, "jan.csv", csv_text(12, seed=2))
+    assert check(dirs)["accepted"] == ["jan.csv"]
+    assert [r["rows"] for r in ledger_rows(ledger)] == [10, 12]
+
+
+@pytest.mark.parametrize("name", [".jan.csv", "jan.csv.part", "jan.csv.tmp", "jan.txt", "jan.csv~"])
+def test_files_being_written_or_hidden_are_not_picked_up(dirs, name):
+    landing, _ = dirs
+    land(landing, name, csv_text())
+    assert check(dirs) == {"accepted": [], "failed": [], "duplicate": []}
+
+
+def test_recently_modified_file_waits_until_it_settles(dirs):
+    landing, _ = dirs
+    path = land(landing, "jan.csv", csv_text(), age=0.0)
+    assert not is_complete(path, settle_seconds=5.0)
+    assert check(dirs, settle=5.0)["accepted"] == []
+    assert is_complete(path, settle_seconds=5.0, now=time.time() + 6)
+    old = time.time() - 10
+    os.utime(path, (old, old))
+    assert check(dirs, settle=5.0)["accepted"] == ["jan.csv"]
+
+
+def test_rejected_file_is_marked_failed_and_others_go_on(dirs):
+    landing, ledger = dirs
+    land(landing, "a-broken.csv", "country;price_k\nA;1\n")
+    land(landing, "b-all-bad.csv", csv_text(0, extra=["X,x,1,1,1", "Y,1,-1,1,1"]))
+    land(landing, "c-good.csv", csv_text(5))
+    outcome = check(dirs)
+    assert outcome == {
+        "accepted": ["c-good.csv"],
+        "failed": ["a-broken.csv", "b-all-bad.csv"],
+        "duplicate": [],
+    }
+    reasons = {r["name"]: r["reason"] for r in ledger_rows(ledger)}
+    assert reasons["a-broken.csv"].startswith("a-broken.csv: header does not match")
+    assert "no valid rows" in reasons["b-all-bad.csv"]
+    assert sorted(p.name.split("_", 1)[1] for p in (ledger / "files").iterdir()) == ["c-good.csv"]
+
+
+def test_trained_files_are_not_trained_again(dirs):
+    landing, ledger = dirs
+    land(landing, "jan.csv", csv_text(5))
+    check(dirs)
+    with open_ledger(ledger) as conn:
+        pending = untrained_files(conn)
+        mark_trained(conn, pending, "run-1", "completed")
+        assert untrained_files(conn) == []
+    (row,) = ledger_rows(ledger)
+    assert (row["run_id"], row["run_status"]) == ("run-1", "completed")
