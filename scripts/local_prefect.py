@@ -111,7 +111,10 @@ def start(
 ) -> dict:
     """Start server, create the pool, recover orphaned runs, deploy, start a worker."""
     if stack.info_file.exists():
-        raise RuntimeError(f"a stack is already running ({stack.info_file}); run stop first")
+        pids = json.loads(stack.info_file.read_text())["pids"].values()
+        if any(map(_alive, pids)):
+            raise RuntimeError(f"a stack is already running ({stack.info_file}); run stop first")
+        stack.info_file.unlink()  # left by a stack that died without `stop`
     stack.state.mkdir(parents=True, exist_ok=True)
     stack.home.mkdir(parents=True, exist_ok=True)
     api_url = f"http://{HOST}:{port}/api"
