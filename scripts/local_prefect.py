@@ -25,6 +25,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.storage import pid_alive
+
 REPO = Path(__file__).resolve().parents[1]
 POOL = "sales-pool"
 HOST = "127.0.0.1"
@@ -112,7 +114,7 @@ def start(
     """Start server, create the pool, recover orphaned runs, deploy, start a worker."""
     if stack.info_file.exists():
         pids = json.loads(stack.info_file.read_text())["pids"].values()
-        if any(map(_alive, pids)):
+        if any(map(pid_alive, pids)):
             raise RuntimeError(f"a stack is already running ({stack.info_file}); run stop first")
         stack.info_file.unlink()  # left by a stack that died without `stop`
     stack.state.mkdir(parents=True, exist_ok=True)
@@ -163,19 +165,6 @@ def _write_info(stack: Stack, info: dict) -> None:
     stack.info_file.write_text(json.dumps(info, indent=2) + "\n")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by its parent) counts as gone.
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    return True
-
-
 def _descendants(pid: int) -> list[int]:
     """Every process below `pid` (the worker starts flow runs in sessions of their own)."""
     children: dict[int, list[int]] = {}
@@ -206,14 +195,14 @@ def stop(stack: Stack = Stack(), timeout: float = 20.0) -> list[int]:
     stopped = []
     for name in ("worker", "server"):
         pid = pids.get(name)
-        if pid is None or not _alive(pid):
+        if pid is None or not pid_alive(pid):
             continue
         group = [pid, *_descendants(pid)]
         _signal_groups(group, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while any(_alive(p) for p in group) and time.monotonic() < deadline:
+        while any(pid_alive(p) for p in group) and time.monotonic() < deadline:
             time.sleep(0.2)
-        _signal_groups([p for p in group if _alive(p)], signal.SIGKILL)
+        _signal_groups([p for p in group if pid_alive(p)], signal.SIGKILL)
         stopped.extend(group)
     stack.info_file.unlink(missing_ok=True)
     return stopped
@@ -247,7 +236,7 @@ def recover(api_url: str) -> list[str]:
         )
         for run in runs:
             pid = _local_pid(run.infrastructure_pid)
-            if pid is None or _alive(pid):
+            if pid is None or pid_alive(pid):
                 continue
             client.set_flow_run_state(
                 run.id,

@@ -7,6 +7,7 @@ never sees a half-written file; the manifest is written last, and a run counts o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -71,21 +72,22 @@ def sweep_temp_files(root: Path) -> list[Path]:
         return removed
     for path in root.rglob(".*.tmp"):
         match = _TEMP_NAME.match(path.name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+def pid_alive(pid: int) -> bool:
+    """Whether a process runs with this PID (a zombie, exited but not reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
     return True
 
 

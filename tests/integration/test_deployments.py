@@ -23,9 +23,9 @@ import yaml
 
 from scripts.local_prefect import (
     Stack,
-    _alive,
     _descendants,
     free_port,
+    pid_alive,
     recover,
     start,
     start_worker,
@@ -82,6 +82,19 @@ def prefect_cli(local: Stack, info: dict, *args: str, timeout: float = 180):
     )
 
 
+def run_nightly_and_wait(local: Stack, info: dict):
+    return prefect_cli(
+        local,
+        info,
+        "deployment",
+        "run",
+        "train-sales-model/nightly",
+        "--watch",
+        "--watch-timeout",
+        "150",
+    )
+
+
 def flow_runs(info: dict, deployment: str, states: list[str] | None = None) -> list[dict]:
     flow_name, name = deployment.split("/")
     body: dict = {
@@ -120,16 +133,7 @@ def land(local: Stack, name: str, content: str) -> Path:
 
 def test_nightly_deployment_run_completes_and_publishes(stack):
     local, info = stack
-    result = prefect_cli(
-        local,
-        info,
-        "deployment",
-        "run",
-        "train-sales-model/nightly",
-        "--watch",
-        "--watch-timeout",
-        "150",
-    )
+    result = run_nightly_and_wait(local, info)
     assert result.returncode == 0, result.stdout + result.stderr
     (manifest,) = manifests(local)
     content = json.loads(manifest.read_text())
@@ -226,7 +230,7 @@ def test_run_left_running_by_a_killed_worker_is_recovered(stack):
     assert int(running["infrastructure_pid"]) in victims
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not any(map(_alive, victims)), timeout=10, what="the processes to die")
+    wait_for(lambda: not any(map(pid_alive, victims)), timeout=10, what="the processes to die")
     assert flow_runs(info, "train-sales-model/nightly", ["RUNNING"])
 
     # Other runs the worker had going (a landing poll) are orphaned too.
@@ -235,16 +239,7 @@ def test_run_left_running_by_a_killed_worker_is_recovered(stack):
 
     # The slot is free again: the next run completes on a new worker.
     start_worker(local, {"PREFECT_WORKER_QUERY_SECONDS": "1"})
-    done = prefect_cli(
-        local,
-        info,
-        "deployment",
-        "run",
-        "train-sales-model/nightly",
-        "--watch",
-        "--watch-timeout",
-        "150",
-    )
+    done = run_nightly_and_wait(local, info)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -255,12 +250,12 @@ def test_stop_leaves_no_process_behind(stack):
     assert tree
     stopped = stop(local)
     assert set(pids.values()) <= set(stopped)
-    assert not [p for p in tree if _alive(p)]
+    assert not [p for p in tree if pid_alive(p)]
     marker = f"PREFECT_HOME={local.home}".encode()
     leftovers = []
     for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
-            if marker in environ.read_bytes().split(b"\0") and _alive(int(environ.parent.name)):
+            if marker in environ.read_bytes().split(b"\0") and pid_alive(int(environ.parent.name)):
                 leftovers.append(environ.parent.name)
         except OSError:
             continue
