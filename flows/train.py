@@ -38,6 +38,7 @@ from schemas.params import (
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS, allowed_columns, required_columns
 from tasks.evaluate import evaluate_run
 from tasks.ingest import read_inputs
+from tasks.paths import confine, output_roots
 from tasks.publish import check_data_quality, publish_run
 from tasks.report import report_run, summary_text
 from tasks.storage import new_run
@@ -66,7 +67,7 @@ def train_sales_model(
     Returns the run manifest (also written to `<output>/manifests/<run_id>.json`).
     """
     check_columns(features, targets)
-    run = new_run(output, dict(flow_run.parameters))
+    run = new_run(confine(output, output_roots(), "output"), dict(flow_run.parameters))
     raw = read_inputs(data, required_columns(features, targets), allowed_columns(features, targets))
     validated = validate_rows(raw, features, targets)
     check_data_quality(run, validated, max_bad_fraction)

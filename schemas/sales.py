@@ -16,6 +16,11 @@ ID_COLUMN = "country"
 DEFAULT_FEATURES = ("avg_income_k", "price_k", "tax_k")
 DEFAULT_TARGETS = ("units_sold_k",)
 
+# Upper bounds far above any real country, low enough to catch unit mix-ups and absurd values
+# (1e30) before they reach training.
+MAX_MONEY_K = 10_000.0
+MAX_UNITS_K = 10_000_000.0
+
 # Text ids: no control characters. Padding is stripped before validation (see tasks/validate.py).
 _PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
 
@@ -36,12 +41,14 @@ class SalesRecord(pa.DataFrameModel):
         str_matches=_PRINTABLE, description="Country identifier (text, no control characters)."
     )
     avg_income_k: Series[float] = pa.Field(
-        gt=0, description="Average income in the country, thousands."
+        gt=0, le=MAX_MONEY_K, description="Average income in the country, thousands."
     )
-    price_k: Series[float] = pa.Field(gt=0, description="Product price, thousands.")
-    tax_k: Series[float] = pa.Field(ge=0, description="Tax on the product, thousands.")
+    price_k: Series[float] = pa.Field(gt=0, le=MAX_MONEY_K, description="Product price, thousands.")
+    tax_k: Series[float] = pa.Field(
+        ge=0, le=MAX_MONEY_K, description="Tax on the product, thousands."
+    )
     units_sold_k: Series[float] = pa.Field(
-        ge=0, description="Units sold, thousands (the default target)."
+        ge=0, le=MAX_UNITS_K, description="Units sold, thousands (the default target)."
     )
 
     @pa.check(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from tasks.errors import InputFileError, PipelineError
+from tasks.paths import confine, data_roots
 
 GLOB_CHARS = frozenset("*?[")
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -56,27 +59,29 @@ class RawFile:
         return len(self.rows) + len(self.parse_errors)
 
 
-def resolve_inputs(data: str | Path | list[str]) -> list[Path]:
+def resolve_inputs(data: str | Path | list[str], roots: list[Path]) -> list[Path]:
     """A file, a folder (its *.csv files), a glob, or a list of those -> the CSV files to read,
-    in order, each once."""
+    in order, each once. Every path must lie under one of `roots` (symlinks followed)."""
     if isinstance(data, list):
         if not data:
             raise InputFileError("parameter data: no input paths given")
-        files = [path for item in data for path in resolve_inputs(item)]
+        files = [path for item in data for path in resolve_inputs(item, roots)]
         return list(dict.fromkeys(files))
     text = str(data)
     if any(ch in text for ch in GLOB_CHARS):
+        static = re.split(r"[*?\[]", text, maxsplit=1)[0]  # the folder part before any wildcard
+        confine(static if static.endswith(os.sep) else Path(static).parent, roots, "data")
         paths = sorted(Path(p) for p in glob.glob(text, recursive=True))
-        files = [p for p in paths if p.is_file()]
+        files = [confine(p, roots, "data") for p in paths if p.is_file()]
         if not files:
             raise InputFileError(f"no input files match '{text}'")
         return files
-    path = Path(text)
+    path = confine(text, roots, "data")
     if path.is_dir():
-        files = sorted(p for p in path.glob("*.csv") if p.is_file() and not p.name.startswith("."))
-        if not files:
+        found = sorted(p for p in path.glob("*.csv") if p.is_file() and not p.name.startswith("."))
+        if not found:
             raise InputFileError(f"no input files: folder '{text}' holds no *.csv file")
-        return files
+        return [confine(p, roots, "data") for p in found]
     if not path.exists():
         raise InputFileError(f"{text}: file not found")
     if not path.is_file():
@@ -178,6 +183,7 @@ def read_sales_csv(path: Path, required: list[str], allowed: set[str]) -> RawFil
         raise _explain_arrow_error(path, header, exc) from None
     rows = table.to_pandas()
     rows["source_line"] = _valid_row_lines(len(rows), parse_errors)
+    _reject_multiline_values(path, rows, header, parse_errors)
     errors = pd.DataFrame(
         {
             "source_line": pd.Series([e[0] for e in parse_errors], dtype="int64"),
@@ -189,6 +195,23 @@ def read_sales_csv(path: Path, required: list[str], allowed: set[str]) -> RawFil
     if len(rows) + len(errors) == 0:
         raise InputFileError(f"{path}: no data rows (header only)")
     return RawFile(path, sha256_file(path), path.stat().st_size, header, rows, errors)
+
+
+def _reject_multiline_values(
+    path: Path, rows: pd.DataFrame, header: tuple[str, ...], parse_errors: list[tuple]
+) -> None:
+    """A quoted value that runs past its line is an unterminated quote: it swallows the lines
+    after it, so the file is rejected with the line where it starts."""
+    starts = [number for number, text, *_ in parse_errors if "\n" in text or "\r" in text]
+    for name in header:
+        multiline = rows[name].str.contains(r"[\r\n]", regex=True)
+        if multiline.any():
+            starts.append(int(rows.loc[multiline, "source_line"].iloc[0]))
+    if starts:
+        raise InputFileError(
+            f"{path}: line {min(starts)}: unterminated quote (a quoted value runs past the end "
+            "of its line); fix the quoting"
+        )
 
 
 def _valid_row_lines(n_valid: int, parse_errors: list[tuple]) -> np.ndarray:
@@ -245,5 +268,5 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
     cache_policy=NONE,
 )
 def read_inputs(data: str | list[str], required: list[str], allowed: set[str]) -> list[RawFile]:
-    """Resolve the data path and read every CSV it names."""
-    return [read_sales_csv(path, required, allowed) for path in resolve_inputs(data)]
+    """Resolve the data path (confined to the data roots) and read every CSV it names."""
+    return [read_sales_csv(path, required, allowed) for path in resolve_inputs(data, data_roots())]

@@ -28,6 +28,7 @@ from prefect.states import State
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS, allowed_columns, required_columns
 from tasks.errors import PipelineError
 from tasks.ingest import read_sales_csv, sha256_file
+from tasks.paths import confine, data_roots
 from tasks.storage import atomic_write
 from tasks.validate import check_quality, validate_files
 
@@ -253,9 +254,10 @@ def check_landed_files(
 ) -> dict[str, list[str]]:
     """Scan the landing folder and record new files in the ledger (see check_landed)."""
     logger = get_run_logger()
+    roots = data_roots()
     outcome = check_landed(
-        Path(landing),
-        Path(ledger),
+        confine(landing, roots, "landing"),
+        confine(ledger, roots, "ledger"),
         settle_seconds,
         DEFAULT_FEATURES,
         DEFAULT_TARGETS,

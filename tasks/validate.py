@@ -104,8 +104,16 @@ def validate_file(
     cells = pd.concat(
         [cells, _schema_failures(typed, rows, features, targets, source)], ignore_index=True
     )
-    # A cell that did not parse also shows up as null: keep the parse reason only.
-    cells = cells.drop_duplicates(subset=["pos", "column"], keep="first")
+    # A cell that did not parse also shows up as null: keep the parse reason only. Other
+    # reasons for one cell all stay (-inf is both not finite and out of range).
+    unparsed = set(
+        zip(cells["pos"][: len(problems)], cells["column"][: len(problems)], strict=True)
+    )
+    shadowed = [
+        (pos, column) in unparsed and reason == "missing value"
+        for pos, column, reason in zip(cells["pos"], cells["column"], cells["reason"], strict=True)
+    ]
+    cells = cells[~np.array(shadowed, dtype=bool)]
     cells = cells[~blank[cells["pos"].to_numpy(dtype="int64")]]
     blanks = pd.DataFrame(
         {"pos": np.flatnonzero(blank), "column": None, "reason": "blank line", "detail": ""}

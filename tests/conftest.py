@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,13 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+# Tests read and write under the temp folder as well as the checkout's data/ and output/; the
+# security tests narrow these again.
+_ROOTS = os.pathsep.join([tempfile.gettempdir(), str(REPO / "data")])
+os.environ.setdefault("SALES_MODEL_DATA_ROOTS", _ROOTS)
+os.environ.setdefault(
+    "SALES_MODEL_OUTPUT_ROOTS", os.pathsep.join([tempfile.gettempdir(), str(REPO / "output")])
+)
 HEADER = "country,avg_income_k,price_k,tax_k,units_sold_k"
 
 

@@ -34,7 +34,7 @@ def test_reads_every_column_as_text_with_line_numbers(write_csv):
 
 def test_missing_path_is_rejected_naming_it(tmp_path):  # catalogue 1
     with pytest.raises(InputFileError, match=r"nope\.csv: file not found"):
-        resolve_inputs(tmp_path / "nope.csv")
+        resolve_inputs(tmp_path / "nope.csv", [tmp_path])
 
 
 def test_folder_yields_its_csv_files_sorted(write_csv, tmp_path):
@@ -42,23 +42,23 @@ def test_folder_yields_its_csv_files_sorted(write_csv, tmp_path):
     write_csv(f"{HEADER}\n{GOOD}", "a.csv")
     write_csv("ignored", ".hidden.csv")
     write_csv("ignored", "notes.txt")
-    assert [p.name for p in resolve_inputs(tmp_path)] == ["a.csv", "b.csv"]
+    assert [p.name for p in resolve_inputs(tmp_path, [tmp_path])] == ["a.csv", "b.csv"]
 
 
 def test_glob_yields_matching_files(write_csv, tmp_path):
     write_csv(f"{HEADER}\n{GOOD}", "jan.csv")
     write_csv(f"{HEADER}\n{GOOD}", "feb.csv")
-    assert [p.name for p in resolve_inputs(f"{tmp_path}/j*.csv")] == ["jan.csv"]
+    assert [p.name for p in resolve_inputs(f"{tmp_path}/j*.csv", [tmp_path])] == ["jan.csv"]
 
 
 def test_empty_folder_is_rejected(tmp_path):  # catalogue 31
     with pytest.raises(InputFileError, match=r"no input files: folder .* holds no"):
-        resolve_inputs(tmp_path)
+        resolve_inputs(tmp_path, [tmp_path])
 
 
 def test_glob_matching_nothing_is_rejected(tmp_path):  # catalogue 31
     with pytest.raises(InputFileError, match="no input files match"):
-        resolve_inputs(f"{tmp_path}/*.csv")
+        resolve_inputs(f"{tmp_path}/*.csv", [tmp_path])
 
 
 # --- file-level rejects ---
