@@ -15,3 +15,7 @@ class DataQualityError(PipelineError):
 
 class TrainingError(PipelineError):
     """Gradient descent diverged (non-finite loss or gradient)."""
+
+
+class PublishError(PipelineError):
+    """An output could not be written (disk full, permissions); nothing was published."""

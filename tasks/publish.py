@@ -3,7 +3,10 @@ then move the champion pointer, all under the output root's lock."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -31,6 +34,7 @@ from tasks.storage import (
     RunInfo,
     data_fingerprint,
     manifest_path,
+    remove_written,
     sweep_temp_files,
     write_json,
     write_table,
@@ -107,11 +111,10 @@ def publish_outputs(
         schemas[name].validate(frame, lazy=True)
     root = run.output_root
     fingerprint = data_fingerprint([f.sha256 for f in data.files])
-    with output_lock(root, LOCK_TIMEOUT_SECONDS):
+    with output_lock(root, LOCK_TIMEOUT_SECONDS), _all_or_nothing() as outputs:
         sweep_temp_files(root)
-        outputs = {
-            name: write_table(frame, root, name, run, fingerprint) for name, frame in tables.items()
-        }
+        for name, frame in tables.items():
+            outputs[name] = write_table(frame, root, name, run, fingerprint)
         pointer = read_champion(root)
         champion_id = None if pointer is None else pointer["run_id"]
         predictions = tables["predictions"]
@@ -132,21 +135,36 @@ def publish_outputs(
             metrics=tables["metrics"],
             promotion=promotion,
         )
-        write_json(manifest_path(root, run.run_id), manifest)
+        outputs["manifest"] = manifest_path(root, run.run_id)
+        write_json(outputs["manifest"], manifest)
         if promotion["promoted"]:
             write_champion(root, run.run_id, promotion)
     return manifest
 
 
+@contextmanager
+def _all_or_nothing() -> Iterator[dict[str, Path]]:
+    """Collects the paths a publish writes; if it fails, removes them again (the champion
+    pointer is replaced last, in one rename, so it never needs undoing)."""
+    written: dict[str, Path] = {}
+    try:
+        yield written
+    except BaseException:
+        remove_written(list(written.values()))
+        raise
+
+
 def publish_rejection(run: RunInfo, data: ValidatedData, error: str) -> dict[str, Any]:
     """A run refused for its data: keep the quarantine and a failed manifest saying why."""
     QuarantineTable.validate(data.quarantine, lazy=True)
+    root = run.output_root
     fingerprint = data_fingerprint([f.sha256 for f in data.files])
-    outputs = {
-        "quarantine": write_table(data.quarantine, run.output_root, "quarantine", run, fingerprint)
-    }
-    manifest = build_manifest(run, data, "failed", outputs, error=error)
-    write_json(manifest_path(run.output_root, run.run_id), manifest)
+    with output_lock(root, LOCK_TIMEOUT_SECONDS), _all_or_nothing() as outputs:
+        sweep_temp_files(root)
+        outputs["quarantine"] = write_table(data.quarantine, root, "quarantine", run, fingerprint)
+        manifest = build_manifest(run, data, "failed", outputs, error=error)
+        outputs["manifest"] = manifest_path(root, run.run_id)
+        write_json(outputs["manifest"], manifest)
     return manifest
 
 

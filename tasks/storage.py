@@ -24,6 +24,7 @@ import pyarrow
 import pyarrow.parquet as pq
 
 from schemas.outputs import SCHEMA_VERSION
+from tasks.errors import PublishError
 
 MANIFESTS = "manifests"
 _TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp$")
@@ -52,21 +53,38 @@ def data_fingerprint(sha256s: list[str]) -> str:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write via `write(tmp)` to a hidden temp file beside `path`, fsync, rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write via `write(tmp)` to a hidden temp file beside `path`, fsync, rename into place.
+
+    On failure (disk full, no permission) the temp file is removed, `path` is left as it was,
+    and PublishError says which file could not be written.
+    """
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         with tmp.open("rb+") as fh:
             os.fsync(fh.fileno())
         tmp.replace(path)
+    except OSError as exc:
+        raise PublishError(
+            f"{path}: could not write ({exc.strerror or exc}); the previous contents are unchanged"
+        ) from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
+def remove_written(paths: list[Path]) -> None:
+    """Remove files a failed publish had written, and their run folders if left empty."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+
+
 def sweep_temp_files(root: Path) -> list[Path]:
-    """Remove temp files left by writers that are no longer running; return what was removed."""
+    """Remove temp files left by writers that are no longer running, and run folders they
+    leave empty; return the files removed. Call it holding the output lock."""
     removed = []
     if not root.exists():
         return removed
@@ -75,6 +93,9 @@ def sweep_temp_files(root: Path) -> list[Path]:
         if match and not pid_alive(int(match.group(1))):
             path.unlink(missing_ok=True)
             removed.append(path)
+    for folder in root.glob("*/run_id=*"):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
     return removed
 
 

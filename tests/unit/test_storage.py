@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.outputs import SCHEMA_VERSION, WeightsTable
+from tasks.errors import PublishError
 from tasks.storage import atomic_write, new_run, sweep_temp_files, write_table
 
 
@@ -24,7 +25,7 @@ def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
         tmp.write_bytes(b"half")
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(PublishError, match=r"file.parquet: could not write \(disk full\)"):
         atomic_write(target, broken)
     assert list((tmp_path / "t").iterdir()) == []
 
