@@ -67,11 +67,18 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         tmp.replace(path)
     except OSError as exc:
         raise PublishError(
-            f"{path}: could not write ({exc.strerror or exc}); the previous contents are unchanged"
+            f"{path}: could not write ({_describe(exc)}); the previous contents are unchanged"
         ) from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _describe(exc: OSError) -> str:
+    """'No space left on device' rather than pyarrow's 'Error writing bytes ... [errno 28]'."""
+    match = re.search(r"\[errno (\d+)\]", str(exc), flags=re.IGNORECASE)
+    number = exc.errno or (int(match.group(1)) if match else None)
+    return os.strerror(number) if number else str(exc)
 
 
 def remove_written(paths: list[Path]) -> None:

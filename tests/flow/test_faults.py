@@ -1,0 +1,248 @@
+"""Faults, each in a real process: killed writers, a full disk, a killed training run, two runs
+at once, failed tasks, float32 overflow. Readers must never see a half-written file, and a run
+is visible only once its manifest exists."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+
+from flows.train import train_sales_model
+from flows.watch import watch_landing
+from tasks.errors import TrainingError
+from tasks.ledger import ledger_rows
+from tests.conftest import HEADER, REPO, sales_rows
+
+TABLES = ("predictions", "weights", "metrics", "quarantine")
+
+
+@pytest.fixture
+def trained(write_csv, tmp_path):
+    """An output root holding one completed, promoted run."""
+    data = write_csv("\n".join([HEADER, *sales_rows(200, seed=4)]) + "\n")
+    output = tmp_path / "out"
+    manifest = train_sales_model(data=str(data), output=str(output))
+    return data, output, manifest
+
+
+def snapshot(root):
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and p.name != ".publish.lock"
+    }
+
+
+def run_ids_seen(root, table):
+    """The run ids each reader sees in a table: pandas, pyarrow and DuckDB."""
+    path = root / table
+    by_pandas = set(pd.read_parquet(path)["run_id"].astype(str))
+    by_arrow = set(
+        ds.dataset(path, format="parquet", partitioning="hive").to_table()["run_id"].to_pylist()
+    )
+    by_duckdb = {
+        r[0]
+        for r in duckdb.sql(
+            f"select distinct run_id from read_parquet('{path}/*/*.parquet', "
+            "hive_partitioning=true)"
+        ).fetchall()
+    }
+    return by_pandas, by_arrow, by_duckdb
+
+
+def cli(args, api_url, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.train", *args],
+        cwd=REPO,
+        env={**os.environ, "PREFECT_API_URL": api_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_sigkill_while_writing_parquet_leaves_readers_and_champion_intact(trained, tmp_path):
+    data, output, first = trained
+    champion = (output / "champion.json").read_text()
+    seen_before = {table: run_ids_seen(output, table) for table in TABLES}
+    assert seen_before["predictions"] == ({first["run_id"]},) * 3
+    writer = textwrap.dedent(
+        f"""
+        import numpy as np, pandas as pd
+        from pathlib import Path
+        from tasks.storage import new_run, write_table
+        rows = np.random.default_rng(0).normal(size=(20_000_000, 3))
+        frame = pd.DataFrame(rows, columns=list("abc"))
+        run = new_run(Path({str(output)!r}), {{}})
+        print(run.run_id, flush=True)
+        write_table(frame, run.output_root, "predictions", run, "0" * 64)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", writer], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    killed_run = proc.stdout.readline().strip()
+    partition = output / "predictions" / f"run_id={killed_run}"
+    deadline = time.monotonic() + 60
+
+    def partly_written():
+        return [t for t in partition.glob(".*.tmp") if t.stat().st_size > 0]
+
+    while not partly_written() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    (temp,) = partly_written()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert temp.stat().st_size > 0  # killed mid-write
+
+    assert {table: run_ids_seen(output, table) for table in TABLES} == seen_before
+    assert not (output / "manifests" / f"{killed_run}.json").exists()
+    assert (output / "champion.json").read_text() == champion
+
+    second = train_sales_model(data=str(data), output=str(output))
+    assert not temp.exists()  # swept by the next run
+    assert not partition.exists()
+    assert run_ids_seen(output, "predictions")[2] == {first["run_id"], second["run_id"]}
+
+
+def _full_disk():
+    # The writer sees EFBIG ("File too large") instead of being killed by SIGXFSZ.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (48_000, 48_000))
+
+
+def test_disk_full_while_writing_is_a_clear_error_and_changes_nothing(
+    trained, write_csv, prefect_api_url
+):
+    _, output, _ = trained
+    before = snapshot(output)
+    big = write_csv("\n".join([HEADER, *sales_rows(3000, seed=8)]) + "\n", "big.csv")
+    proc = cli(
+        ["--data", str(big), "--output", str(output)], prefect_api_url, preexec_fn=_full_disk
+    )
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in stderr
+    (error,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert "could not write (File too large); the previous contents are unchanged" in error
+    assert snapshot(output) == before
+    assert not list(output.rglob(".*.tmp"))
+
+
+def test_kill_during_training_publishes_nothing_and_the_next_run_succeeds(trained, prefect_api_url):
+    data, output, _ = trained
+    before = snapshot(output)
+    proc = cli(
+        [
+            "--data",
+            str(data),
+            "--output",
+            str(output),
+            "--lr",
+            "1e-7",
+            "--max-epochs",
+            "100000000",
+            "--tol",
+            "1e-15",
+        ],
+        prefect_api_url,
+    )
+    deadline = time.monotonic() + 120
+    seen = ""
+    while "epoch 0: train MSE" not in seen and time.monotonic() < deadline:
+        seen += proc.stderr.readline()
+    assert "epoch 0: train MSE" in seen
+    time.sleep(1)  # well into the epochs
+    proc.kill()
+    proc.wait()
+    assert snapshot(output) == before
+    manifest = train_sales_model(data=str(data), output=str(output))
+    assert manifest["status"] == "completed"
+
+
+def test_two_runs_at_once_both_publish_and_the_champion_stays_valid(trained, prefect_api_url):
+    data, output, _ = trained
+    procs = [
+        cli(["--data", str(data), "--output", str(output), "--seed", str(seed)], prefect_api_url)
+        for seed in (11, 12)
+    ]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+    manifests = {p.stem: json.loads(p.read_text()) for p in (output / "manifests").glob("*.json")}
+    assert len(manifests) == 3
+    assert all(m["status"] == "completed" for m in manifests.values())
+    champion = json.loads((output / "champion.json").read_text())
+    assert champion["run_id"] in manifests
+    assert (output / "weights" / f"run_id={champion['run_id']}" / "part-0.parquet").exists()
+    counts = dict(
+        duckdb.sql(
+            f"select run_id, count(*) from read_parquet('{output}/predictions/*/*.parquet', "
+            "hive_partitioning=true) group by run_id"
+        ).fetchall()
+    )
+    assert counts == {run_id: m["rows"]["accepted"] for run_id, m in manifests.items()}
+
+
+def test_failed_training_fails_the_watch_flow_and_is_recorded(write_csv, tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    # Base data with a third of its rows bad: the combined training run fails its data check.
+    base = write_csv("\n".join([HEADER, *sales_rows(20), *[f"X{i},x,1,1,1" for i in range(10)]]))
+    (landing / "new.csv").write_text("\n".join([HEADER, *sales_rows(10, seed=3, start=50)]))
+    old = time.time() - 60
+    os.utime(landing / "new.csv", (old, old))
+    state = watch_landing(
+        landing=str(landing),
+        ledger=str(tmp_path / "ledger"),
+        base_data=str(base),
+        output=str(tmp_path / "out"),
+        return_state=True,
+    )
+    assert state.is_failed()
+    (row,) = ledger_rows(tmp_path / "ledger")
+    assert (row["status"], row["run_status"]) == ("accepted", "failed")
+
+
+def test_flows_leave_no_future_unawaited():
+    for path in (REPO / "flows").glob("*.py"):
+        source = path.read_text()
+        assert ".submit(" not in source, path
+        assert ".map(" not in source, path
+
+
+def test_float32_overflow_never_publishes_nan_weights(write_csv, tmp_path):
+    rng = np.random.default_rng(0)
+    gdp = rng.uniform(1e29, 1e30, 60)  # a column outside the contract: no range check
+    units = rng.uniform(1, 10, 60)
+    lines = [f"C{i},{g:.6e},{u:.3f}" for i, (g, u) in enumerate(zip(gdp, units, strict=True))]
+    path = write_csv("\n".join(["country,gdp,units_sold_k", *lines]) + "\n")
+    output = tmp_path / "out"
+    manifest = train_sales_model(
+        data=str(path), output=str(output), features=["gdp"], targets=["units_sold_k"]
+    )
+    weights = pd.read_parquet(output / "weights")
+    assert np.isfinite(weights["weight"]).all()
+    assert manifest["status"] == "completed"
+
+    # A target that overflows float32 when squared: training fails, nothing is published.
+    huge = [f"C{i},{u:.3f},{g:.6e}" for i, (g, u) in enumerate(zip(gdp, units, strict=True))]
+    path = write_csv("\n".join(["country,units_sold_k,revenue", *huge]) + "\n", "huge.csv")
+    with pytest.raises(TrainingError, match="diverged"):
+        train_sales_model(
+            data=str(path), output=str(output), features=["units_sold_k"], targets=["revenue"]
+        )
+    assert set(pd.read_parquet(output / "weights")["run_id"].astype(str)) == {manifest["run_id"]}
