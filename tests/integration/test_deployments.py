@@ -201,6 +201,42 @@ def test_bad_parameter_is_refused_and_creates_no_run(stack):
     assert len(flow_runs(info, "train-sales-model/nightly")) == before
 
 
+def test_path_parameter_outside_the_roots_is_refused_and_reads_nothing(stack):
+    local, info = stack
+    result = prefect_cli(
+        local,
+        info,
+        "deployment",
+        "run",
+        "train-sales-model/nightly",
+        "--param",
+        "data=/etc/passwd",
+        "--watch",
+        "--watch-timeout",
+        "150",
+    )
+    assert result.returncode != 0
+    (failed,) = flow_runs(info, "train-sales-model/nightly", ["FAILED"])
+    assert (
+        "parameter data: '/etc/passwd' is outside the allowed folders"
+        in (failed["state"]["message"])
+    )
+    assert not list((local.repo / "output").rglob("*passwd*"))
+
+
+def test_server_listens_on_loopback_only(stack):
+    _, info = stack
+    port = int(info["api_url"].rsplit(":", 1)[1].split("/")[0])
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local_address, state = line.split()[1], line.split()[3]
+            address, hex_port = local_address.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                listening.append(address)
+    assert listening == ["0100007F"]  # 127.0.0.1, and nothing on 0.0.0.0 or ::
+
+
 def test_run_left_running_by_a_killed_worker_is_recovered(stack):
     local, info = stack
     # A run that trains for a long time (tiny fixed step, no tolerance to reach).
