@@ -82,17 +82,12 @@ def prefect_cli(local: Stack, info: dict, *args: str, timeout: float = 180):
     )
 
 
-def run_nightly_and_wait(local: Stack, info: dict):
-    return prefect_cli(
-        local,
-        info,
-        "deployment",
-        "run",
-        "train-sales-model/nightly",
-        "--watch",
-        "--watch-timeout",
-        "150",
-    )
+def run_nightly(local: Stack, info: dict, *params: str, watch: bool = True):
+    """`prefect deployment run train-sales-model/nightly --param k=v ... [--watch]`."""
+    args = [arg for param in params for arg in ("--param", param)]
+    if watch:
+        args += ["--watch", "--watch-timeout", "150"]
+    return prefect_cli(local, info, "deployment", "run", "train-sales-model/nightly", *args)
 
 
 def flow_runs(info: dict, deployment: str, states: list[str] | None = None) -> list[dict]:
@@ -133,7 +128,7 @@ def land(local: Stack, name: str, content: str) -> Path:
 
 def test_nightly_deployment_run_completes_and_publishes(stack):
     local, info = stack
-    result = run_nightly_and_wait(local, info)
+    result = run_nightly(local, info)
     assert result.returncode == 0, result.stdout + result.stderr
     (manifest,) = manifests(local)
     content = json.loads(manifest.read_text())
@@ -192,9 +187,7 @@ def test_same_content_under_another_name_is_not_trained_again(stack):
 def test_bad_parameter_is_refused_and_creates_no_run(stack):
     local, info = stack
     before = len(flow_runs(info, "train-sales-model/nightly"))
-    result = prefect_cli(
-        local, info, "deployment", "run", "train-sales-model/nightly", "--param", "max_epochs=-5"
-    )
+    result = run_nightly(local, info, "max_epochs=-5", watch=False)
     assert result.returncode != 0
     assert "max_epochs" in result.stdout + result.stderr
     assert "-5 is less than the minimum of 1" in " ".join((result.stdout + result.stderr).split())
@@ -203,18 +196,7 @@ def test_bad_parameter_is_refused_and_creates_no_run(stack):
 
 def test_path_parameter_outside_the_roots_is_refused_and_reads_nothing(stack):
     local, info = stack
-    result = prefect_cli(
-        local,
-        info,
-        "deployment",
-        "run",
-        "train-sales-model/nightly",
-        "--param",
-        "data=/etc/passwd",
-        "--watch",
-        "--watch-timeout",
-        "150",
-    )
+    result = run_nightly(local, info, "data=/etc/passwd")
     assert result.returncode != 0
     (failed,) = flow_runs(info, "train-sales-model/nightly", ["FAILED"])
     assert (
@@ -240,19 +222,7 @@ def test_server_listens_on_loopback_only(stack):
 def test_run_left_running_by_a_killed_worker_is_recovered(stack):
     local, info = stack
     # A run that trains for a long time (tiny fixed step, no tolerance to reach).
-    result = prefect_cli(
-        local,
-        info,
-        "deployment",
-        "run",
-        "train-sales-model/nightly",
-        "--param",
-        "lr=1e-7",
-        "--param",
-        "max_epochs=100000000",
-        "--param",
-        "tol=1e-15",
-    )
+    result = run_nightly(local, info, "lr=1e-7", "max_epochs=100000000", "tol=1e-15", watch=False)
     assert result.returncode == 0, result.stderr
     (running,) = wait_for(
         lambda: flow_runs(info, "train-sales-model/nightly", ["RUNNING"]),
@@ -275,7 +245,7 @@ def test_run_left_running_by_a_killed_worker_is_recovered(stack):
 
     # The slot is free again: the next run completes on a new worker.
     start_worker(local, {"PREFECT_WORKER_QUERY_SECONDS": "1"})
-    done = run_nightly_and_wait(local, info)
+    done = run_nightly(local, info)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
