@@ -1,6 +1,8 @@
 """Seeded generator of realistic sales CSVs (the committed data/sales.csv comes from it).
 
     python data/generate_sales.py --rows 300 --seed 7 --bad-rows 3 --out data/sales.csv
+    python data/generate_sales.py --rows 50 --seed 99 --bad-rows 0 --features-only \
+        --out data/score_sample.csv
 
 Features are correlated the way real ones are: richer countries pay higher prices, and tax rises
 with price. Units sold (thousands) rise with income and fall with price and tax, plus noise.
@@ -74,13 +76,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--bad-rows", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("sales.csv"))
+    parser.add_argument(
+        "--features-only", action="store_true", help="leave out units_sold_k (a file to score)"
+    )
     args = parser.parse_args()
     rows = generate(args.rows, args.seed)
     corrupt(rows, args.bad_rows, args.seed)
+    keep = len(COLUMNS) - 1 if args.features_only else len(COLUMNS)
     with args.out.open("w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        writer.writerows(rows)
+        writer.writerow(COLUMNS[:keep])
+        writer.writerows(row[:keep] for row in rows)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from prefect.runtime import flow_run
 from flows.cli import run_flow
 from schemas.params import (
     DEFAULT_DATA,
+    DEFAULT_DRIFT_THRESHOLD,
     DEFAULT_DTYPE,
     DEFAULT_HOLDOUT_FRACTION,
     DEFAULT_MAX_BAD_FRACTION,
@@ -27,6 +28,7 @@ from schemas.params import (
     BadFraction,
     ColumnList,
     DataPaths,
+    DriftThreshold,
     Dtype,
     HoldoutFraction,
     LearningRate,
@@ -61,6 +63,7 @@ def train_sales_model(
     max_bad_fraction: BadFraction = DEFAULT_MAX_BAD_FRACTION,
     dtype: Dtype = DEFAULT_DTYPE,
     promotion_tolerance: Tolerance0 = DEFAULT_PROMOTION_TOLERANCE,
+    drift_threshold: DriftThreshold = DEFAULT_DRIFT_THRESHOLD,
 ) -> dict[str, Any]:
     """Train the sales model on the CSV(s) at `data` and publish it under `output`.
 
@@ -76,7 +79,9 @@ def train_sales_model(
     )
     fit = train_model(X, y, lr, max_epochs, tol, seed)
     tables = evaluate_run(validated.accepted, is_holdout, fit, features, targets)
-    manifest = publish_run(run, validated, tables, fit, features, targets, promotion_tolerance)
+    manifest = publish_run(
+        run, validated, tables, fit, features, targets, promotion_tolerance, drift_threshold
+    )
     report_run(manifest, tables["weights"], output)
     return manifest
 
@@ -103,6 +108,10 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
         "--promotion-tolerance",
         help="relative holdout-MSE slack against the champion "
         f"(default {DEFAULT_PROMOTION_TOLERANCE})",
+    )
+    parser.add_argument(
+        "--drift-threshold",
+        help=f"standardized mean shift flagged as drift (default {DEFAULT_DRIFT_THRESHOLD})",
     )
     args = vars(parser.parse_args(argv))
     # Values stay text: the flow's typed signature parses and bounds them, one rule for all.

@@ -12,7 +12,7 @@ from pandera.typing.pandas import Series
 from schemas.sales import ID_COLUMN, SalesRecord
 
 SCHEMA_VERSION = "1"
-TABLES = ("predictions", "weights", "metrics", "quarantine")
+TABLES = ("predictions", "weights", "metrics", "quarantine", "profile")
 
 
 class WeightsTable(pa.DataFrameModel):
@@ -120,3 +120,39 @@ def predictions_schema(features: tuple[str, ...], targets: tuple[str, ...]) -> p
     columns["source_file"] = pa.Column(str, description="Input file the row came from.")
     columns["source_line"] = pa.Column(int, pa.Check.ge(1), description="Line in that file.")
     return pa.DataFrameSchema(columns, strict=True, name="predictions")
+
+
+class ProfileTable(pa.DataFrameModel):
+    """One row per numeric column of the run's accepted data."""
+
+    column: Series[str] = pa.Field(unique=True, description="Input column.")
+    count: Series[int] = pa.Field(ge=0, description="Non-null values.")
+    mean: Series[float] = pa.Field(nullable=True, description="Mean, in the column's units.")
+    std: Series[float] = pa.Field(nullable=True, description="Standard deviation (ddof=1).")
+    min: Series[float] = pa.Field(nullable=True, description="Smallest value.")
+    p05: Series[float] = pa.Field(nullable=True, description="5th percentile.")
+    p25: Series[float] = pa.Field(nullable=True, description="25th percentile.")
+    p50: Series[float] = pa.Field(nullable=True, description="Median.")
+    p75: Series[float] = pa.Field(nullable=True, description="75th percentile.")
+    p95: Series[float] = pa.Field(nullable=True, description="95th percentile.")
+    max: Series[float] = pa.Field(nullable=True, description="Largest value.")
+
+    class Config:
+        strict = True
+
+
+def scores_schema(features: tuple[str, ...], targets: tuple[str, ...]) -> pa.DataFrameSchema:
+    """Schema of the scores table: the scored rows and the model's predictions."""
+    inputs = SalesRecord.to_schema().columns
+    columns = {ID_COLUMN: pa.Column(str, description=inputs[ID_COLUMN].description)}
+    for name in features:
+        known = inputs.get(name)
+        columns[name] = pa.Column(float, description=known.description if known else name)
+    for target in targets:
+        columns[f"predicted_{target}"] = pa.Column(
+            float, pa.Check(lambda s: s.abs() < float("inf")), description=f"Predicted {target}."
+        )
+    columns["model_run_id"] = pa.Column(str, description="Training run whose weights scored.")
+    columns["source_file"] = pa.Column(str, description="Input file the row came from.")
+    columns["source_line"] = pa.Column(int, pa.Check.ge(1), description="Line in that file.")
+    return pa.DataFrameSchema(columns, strict=True, name="scores")

@@ -13,6 +13,7 @@ from pydantic import Field
 
 DEFAULT_DATA = "data/sales.csv"
 DEFAULT_OUTPUT = "output"
+DEFAULT_SCORE_DATA = "data/score_sample.csv"
 DEFAULT_LANDING = "data/landing"
 DEFAULT_LEDGER = "data/ledger"
 # A landed file must be unchanged for this long before it is picked up (writers still at work).
@@ -27,6 +28,9 @@ DEFAULT_MAX_BAD_FRACTION = 0.1
 DEFAULT_DTYPE = "float32"
 # A candidate must be at least as good as the champion on the same holdout rows.
 DEFAULT_PROMOTION_TOLERANCE = 0.0
+# Drift is flagged when a column's mean moved by more than half a standard deviation of the
+# champion's data.
+DEFAULT_DRIFT_THRESHOLD = 0.5
 
 DataPaths = Annotated[
     str | list[Annotated[str, Field(min_length=1)]],
@@ -58,5 +62,12 @@ Tolerance0 = Annotated[
 ]
 SettleSeconds = Annotated[
     float, Field(ge=0.0, description="Seconds a landed file must be unchanged before pickup.")
+]
+DriftThreshold = Annotated[
+    float, Field(gt=0.0, description="Standardized mean shift above which drift is flagged.")
+]
+RunId = Annotated[
+    str | None,
+    Field(pattern=r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$", description="A training run id."),
 ]
 Dtype = Literal["float32", "float64"]

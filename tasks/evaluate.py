@@ -9,6 +9,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from schemas.sales import ID_COLUMN
+from tasks.profile import profile_frame
 from tasks.train import FitResult
 
 SPLITS = ("train", "holdout")
@@ -134,11 +135,13 @@ def evaluate_run(
     features: tuple[str, ...],
     targets: tuple[str, ...],
 ) -> dict[str, pd.DataFrame]:
-    """The run's result tables: predictions, weights and metrics (see evaluate_model)."""
+    """The run's result tables: predictions, weights, metrics (see evaluate_model) and the
+    profile of the accepted data."""
     X = accepted[list(features)].to_numpy()
     y = accepted[list(targets)].to_numpy()
     return {
         "predictions": predictions_frame(accepted, is_holdout, fit, features, targets, ID_COLUMN),
         "weights": weights_frame(fit, features, targets),
         "metrics": evaluate_model(X, y, is_holdout, fit, targets),
+        "profile": profile_frame(accepted, [*features, *targets]),
     }

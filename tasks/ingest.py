@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from prefect import task
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 
 from tasks.errors import InputFileError, PipelineError
@@ -268,5 +269,14 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
     cache_policy=NONE,
 )
 def read_inputs(data: str | list[str], required: list[str], allowed: set[str]) -> list[RawFile]:
-    """Resolve the data path (confined to the data roots) and read every CSV it names."""
-    return [read_sales_csv(path, required, allowed) for path in resolve_inputs(data, data_roots())]
+    """Resolve the data path (confined to the data roots) and read every CSV it names, logging
+    each file and updating a Prefect progress artifact."""
+    logger = get_run_logger()
+    paths = resolve_inputs(data, data_roots())
+    progress = create_progress_artifact(0.0, description=f"Reading {len(paths)} input file(s)")
+    raws = []
+    for done, path in enumerate(paths, start=1):
+        raws.append(read_sales_csv(path, required, allowed))
+        logger.info("read %d/%d: %s (%d data rows)", done, len(paths), path, raws[-1].data_rows)
+        update_progress_artifact(progress, 100.0 * done / len(paths))
+    return raws

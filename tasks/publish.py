@@ -3,6 +3,7 @@ then move the champion pointer, all under the output root's lock."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -17,11 +18,13 @@ from prefect.runtime import flow_run
 from schemas.outputs import (
     SCHEMA_VERSION,
     MetricsTable,
+    ProfileTable,
     QuarantineTable,
     WeightsTable,
     predictions_schema,
 )
 from tasks.errors import DataQualityError
+from tasks.profile import compare_profiles
 from tasks.promote import (
     decide_promotion,
     load_model,
@@ -30,18 +33,22 @@ from tasks.promote import (
     read_champion,
     write_champion,
 )
+from tasks.report import report_dir, write_report
 from tasks.storage import (
     RunInfo,
     data_fingerprint,
     manifest_path,
     remove_written,
     sweep_temp_files,
+    table_path,
     write_json,
     write_table,
 )
 from tasks.train import FitResult
 from tasks.validate import ValidatedData, check_quality
 
+# Where each kind of run keeps its rejected rows.
+QUARANTINE_TABLES = {"train": "quarantine", "score": "score_quarantine"}
 # How long a run waits for another run's publish step before it gives up.
 LOCK_TIMEOUT_SECONDS = 300.0
 
@@ -56,10 +63,14 @@ def build_manifest(
     fit: FitResult | None = None,
     metrics: pd.DataFrame | None = None,
     promotion: dict[str, Any] | None = None,
+    drift: dict[str, Any] | None = None,
+    kind: str = "train",
 ) -> dict[str, Any]:
-    """The run's manifest: identity, parameters, inputs with row accounting, outputs, results."""
+    """The run's manifest: identity, kind (train or score), parameters, inputs with row
+    accounting, outputs, results."""
     return {
         "run_id": run.run_id,
+        "kind": kind,
         "status": status,
         "error": error,
         "started_at": run.started_at,
@@ -85,6 +96,7 @@ def build_manifest(
         },
         "metrics": None if metrics is None else metrics.to_dict(orient="records"),
         "promotion": promotion,
+        "drift": drift,
         "outputs": {name: str(path.relative_to(run.output_root)) for name, path in outputs.items()},
     }
 
@@ -97,21 +109,24 @@ def publish_outputs(
     features: tuple[str, ...],
     targets: tuple[str, ...],
     promotion_tolerance: float,
+    drift_threshold: float,
 ) -> dict[str, Any]:
-    """Validate and write predictions, weights, metrics and quarantine; decide promotion
-    against the champion; write the manifest; then move the champion pointer if promoted."""
+    """Validate and write the run's tables; decide promotion and measure drift against the
+    champion; write the report, then the manifest; then move the champion pointer if promoted."""
     tables = {**tables, "quarantine": data.quarantine}
     schemas = {
         "predictions": predictions_schema(features, targets),
         "weights": WeightsTable.to_schema(),
         "metrics": MetricsTable.to_schema(),
         "quarantine": QuarantineTable.to_schema(),
+        "profile": ProfileTable.to_schema(),
     }
     for name, frame in tables.items():
         schemas[name].validate(frame, lazy=True)
     root = run.output_root
     fingerprint = data_fingerprint([f.sha256 for f in data.files])
-    with output_lock(root, LOCK_TIMEOUT_SECONDS), _all_or_nothing() as outputs:
+    report_folder = report_dir(root, run.run_id)
+    with output_lock(root, LOCK_TIMEOUT_SECONDS), all_or_nothing(report_folder) as outputs:
         sweep_temp_files(root)
         for name, frame in tables.items():
             outputs[name] = write_table(frame, root, name, run, fingerprint)
@@ -126,6 +141,8 @@ def publish_outputs(
             predictions[predictions["split"] == "holdout"],
             promotion_tolerance,
         )
+        drift = drift_against(root, champion_id, tables["profile"], drift_threshold)
+        outputs["report"] = report_folder / "report.md"
         manifest = build_manifest(
             run,
             data,
@@ -134,7 +151,9 @@ def publish_outputs(
             fit=fit,
             metrics=tables["metrics"],
             promotion=promotion,
+            drift=drift,
         )
+        write_report(root, manifest, predictions, fit.loss_history, targets)
         outputs["manifest"] = manifest_path(root, run.run_id)
         write_json(outputs["manifest"], manifest)
         if promotion["promoted"]:
@@ -142,27 +161,48 @@ def publish_outputs(
     return manifest
 
 
+def drift_against(
+    root: Path, champion_id: str | None, profile: pd.DataFrame, threshold: float
+) -> dict[str, Any] | None:
+    """Compare this run's profile with the champion's (None before the first champion)."""
+    reference = None if champion_id is None else table_path(root, "profile", champion_id)
+    if reference is None or not reference.exists():
+        return None
+    shifts = compare_profiles(profile, pd.read_parquet(reference), threshold)
+    return {
+        "reference_run": champion_id,
+        "measure": "standardized mean shift |mean_new - mean_champion| / std_champion",
+        "threshold": threshold,
+        "columns": shifts.to_dict(orient="records"),
+    }
+
+
 @contextmanager
-def _all_or_nothing() -> Iterator[dict[str, Path]]:
-    """Collects the paths a publish writes; if it fails, removes them again (the champion
-    pointer is replaced last, in one rename, so it never needs undoing)."""
+def all_or_nothing(*folders: Path) -> Iterator[dict[str, Path]]:
+    """Collects the paths a publish writes; if it fails, removes them again, with `folders`
+    (the champion pointer is replaced last, in one rename, so it never needs undoing)."""
     written: dict[str, Path] = {}
     try:
         yield written
     except BaseException:
         remove_written(list(written.values()))
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
         raise
 
 
-def publish_rejection(run: RunInfo, data: ValidatedData, error: str) -> dict[str, Any]:
+def publish_rejection(
+    run: RunInfo, data: ValidatedData, error: str, kind: str = "train"
+) -> dict[str, Any]:
     """A run refused for its data: keep the quarantine and a failed manifest saying why."""
     QuarantineTable.validate(data.quarantine, lazy=True)
     root = run.output_root
+    table = QUARANTINE_TABLES[kind]
     fingerprint = data_fingerprint([f.sha256 for f in data.files])
-    with output_lock(root, LOCK_TIMEOUT_SECONDS), _all_or_nothing() as outputs:
+    with output_lock(root, LOCK_TIMEOUT_SECONDS), all_or_nothing() as outputs:
         sweep_temp_files(root)
-        outputs["quarantine"] = write_table(data.quarantine, root, "quarantine", run, fingerprint)
-        manifest = build_manifest(run, data, "failed", outputs, error=error)
+        outputs[table] = write_table(data.quarantine, root, table, run, fingerprint)
+        manifest = build_manifest(run, data, "failed", outputs, error=error, kind=kind)
         outputs["manifest"] = manifest_path(root, run.run_id)
         write_json(outputs["manifest"], manifest)
     return manifest
@@ -177,17 +217,23 @@ def publish_run(
     features: tuple[str, ...],
     targets: tuple[str, ...],
     promotion_tolerance: float,
+    drift_threshold: float,
 ) -> dict[str, Any]:
-    """Write the run's tables and manifest, promote if it passes the gate; returns the manifest."""
-    return publish_outputs(run, data, tables, fit, features, targets, promotion_tolerance)
+    """Write the run's tables, report and manifest, promote if it passes the gate; returns the
+    manifest."""
+    return publish_outputs(
+        run, data, tables, fit, features, targets, promotion_tolerance, drift_threshold
+    )
 
 
 @task(cache_policy=NONE)
-def check_data_quality(run: RunInfo, data: ValidatedData, max_bad_fraction: float) -> None:
+def check_data_quality(
+    run: RunInfo, data: ValidatedData, max_bad_fraction: float, kind: str = "train"
+) -> None:
     """Fail the run when too few rows are usable, publishing the quarantine and a failed
     manifest first so that the rejected rows are kept with their reasons."""
     try:
         check_quality(data, max_bad_fraction)
     except DataQualityError as exc:
-        publish_rejection(run, data, str(exc))
+        publish_rejection(run, data, str(exc), kind)
         raise

@@ -1,20 +1,33 @@
-"""Report: a human summary of a run, as Prefect artifacts and as text for the command line."""
+"""Report: a run summary for people. Markdown (also the Prefect artifact), PNG plots next to the
+outputs, and a few plain lines for the terminal."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
-from tasks.storage import manifest_path
+from tasks.storage import MANIFESTS, atomic_write, manifest_path
+
+REPORTS = "reports"
+HISTORY_RUNS = 20
+FIGSIZE = (8, 5)  # inches
+DPI = 100  # so every PNG is 800 x 500 pixels
+
+
+def report_dir(root: Path, run_id: str) -> Path:
+    return root / REPORTS / run_id
 
 
 def summary_markdown(manifest: dict[str, Any], output_root: Path) -> str:
-    """Markdown: row accounting per file, metrics per target and split, training, outputs."""
+    """Markdown: row accounting per file, metrics, training, promotion, drift, outputs."""
     rows = manifest["rows"]
     lines = [
         f"# Sales model run `{manifest['run_id']}`: {manifest['status']}",
@@ -49,6 +62,23 @@ def summary_markdown(manifest: dict[str, Any], output_root: Path) -> str:
     if promotion:
         verdict = "promoted to champion" if promotion["promoted"] else "not promoted (candidate)"
         lines += ["", f"**Promotion**: {verdict}: {promotion['reason']}."]
+    drift = manifest.get("drift")
+    if drift:
+        flagged = [d["column"] for d in drift["columns"] if d["drifted"]]
+        lines += [
+            "",
+            f"**Drift** against the champion's data (run `{drift['reference_run']}`, "
+            f"standardized mean shift, threshold {drift['threshold']:g}): "
+            + (f"**drift in {', '.join(flagged)}**." if flagged else "none flagged."),
+            "",
+            "| column | mean (new) | mean (champion) | shift (std) | drift |",
+            "|---|---:|---:|---:|---|",
+            *(
+                f"| {d['column']} | {d['mean_new']:.4g} | {d['mean_reference']:.4g} | "
+                f"{d['mean_shift']:.3f} | {'yes' if d['drifted'] else ''} |"
+                for d in drift["columns"]
+            ),
+        ]
     if manifest["error"]:
         lines += ["", f"**Error**: {manifest['error']}"]
     lines += ["", f"**Outputs** under `{output_root.resolve()}`:", ""]
@@ -72,15 +102,116 @@ def summary_text(manifest: dict[str, Any], output_root: Path) -> str:
     if promotion:
         verdict = "promoted to champion" if promotion["promoted"] else "not promoted"
         out.append(f"{verdict}: {promotion['reason']}")
-    out.append(f"outputs: {output_root.resolve()}")
-    out.append(f"manifest: {manifest_path(output_root.resolve(), manifest['run_id'])}")
+    drift = manifest.get("drift")
+    if drift and any(d["drifted"] for d in drift["columns"]):
+        out.append("drift: " + ", ".join(d["column"] for d in drift["columns"] if d["drifted"]))
+    root = output_root.resolve()
+    if "report" in manifest["outputs"]:
+        out.append(f"report: {root / manifest['outputs']['report']}")
+    out.append(f"outputs: {root}")
+    out.append(f"manifest: {manifest_path(root, manifest['run_id'])}")
     return "\n".join(out)
+
+
+def holdout_history(root: Path, current: dict[str, Any]) -> pd.DataFrame:
+    """Holdout MSE per target of the last completed training runs (the current one included)."""
+    manifests = [json.loads(p.read_text()) for p in sorted((root / MANIFESTS).glob("*.json"))]
+    runs = [m for m in manifests if m.get("kind") == "train" and m["status"] == "completed"]
+    runs = [*[m for m in runs if m["run_id"] != current["run_id"]], current][-HISTORY_RUNS:]
+    records = [
+        {"run_id": m["run_id"], "target": r["target"], "mse": r["mse"]}
+        for m in runs
+        for r in m["metrics"] or []
+        if r["split"] == "holdout"
+    ]
+    return pd.DataFrame.from_records(records, columns=["run_id", "target", "mse"])
+
+
+def _save(figure: Figure, path: Path) -> str:
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=DPI))
+    return path.name
+
+
+def plot_loss(loss_history: list[float]) -> Figure:
+    figure = Figure(figsize=FIGSIZE)
+    ax = figure.subplots()
+    ax.semilogy(np.arange(len(loss_history)), loss_history)
+    ax.set(title="Training loss (MSE) per epoch", xlabel="epoch", ylabel="train MSE (log)")
+    ax.grid(alpha=0.3)
+    return figure
+
+
+def plot_predicted_vs_actual(predictions: pd.DataFrame, targets: tuple[str, ...]) -> Figure:
+    figure = Figure(figsize=FIGSIZE)
+    axes = np.atleast_1d(figure.subplots(1, len(targets), squeeze=False)[0])
+    holdout = predictions[predictions["split"] == "holdout"]
+    for ax, target in zip(axes, targets, strict=True):
+        actual, predicted = holdout[target], holdout[f"predicted_{target}"]
+        ax.scatter(actual, predicted, s=12, alpha=0.7)
+        if len(holdout):
+            low, high = min(actual.min(), predicted.min()), max(actual.max(), predicted.max())
+            ax.plot([low, high], [low, high], color="grey", linewidth=1)
+        ax.set(title=f"Holdout: {target}", xlabel="actual", ylabel="predicted")
+    return figure
+
+
+def plot_residuals(predictions: pd.DataFrame, targets: tuple[str, ...]) -> Figure:
+    figure = Figure(figsize=FIGSIZE)
+    axes = np.atleast_1d(figure.subplots(1, len(targets), squeeze=False)[0])
+    for ax, target in zip(axes, targets, strict=True):
+        for split in ("train", "holdout"):
+            part = predictions.loc[predictions["split"] == split, f"residual_{target}"]
+            if len(part):
+                ax.hist(part, bins=30, alpha=0.6, label=split, density=True)
+        ax.set(title=f"Residuals: {target}", xlabel="actual - predicted", ylabel="density")
+        ax.legend()
+    return figure
+
+
+def plot_history(history: pd.DataFrame) -> Figure:
+    figure = Figure(figsize=FIGSIZE)
+    ax = figure.subplots()
+    for target, part in history.groupby("target", sort=False):
+        ax.plot(range(len(part)), part["mse"], marker="o", label=target)
+        ax.set_xticks(range(len(part)), [r[:15] for r in part["run_id"]], rotation=45, ha="right")
+    ax.set(title="Holdout MSE of the last runs", xlabel="run", ylabel="holdout MSE")
+    ax.legend()
+    figure.tight_layout()
+    return figure
+
+
+def write_report(
+    root: Path,
+    manifest: dict[str, Any],
+    predictions: pd.DataFrame,
+    loss_history: list[float],
+    targets: tuple[str, ...],
+) -> Path:
+    """Write `<root>/reports/<run_id>/`: report.md and four PNG plots. Returns report.md."""
+    folder = report_dir(root, manifest["run_id"])
+    plots = {
+        "Loss curve": _save(plot_loss(loss_history), folder / "loss.png"),
+        "Predicted vs actual (holdout)": _save(
+            plot_predicted_vs_actual(predictions, targets), folder / "holdout.png"
+        ),
+        "Residuals": _save(plot_residuals(predictions, targets), folder / "residuals.png"),
+        "Holdout MSE over runs": _save(
+            plot_history(holdout_history(root, manifest)), folder / "history.png"
+        ),
+    }
+    body = summary_markdown(manifest, root)
+    body += "\n## Plots\n\n" + "\n".join(f"### {t}\n\n![{t}]({f})\n" for t, f in plots.items())
+    return atomic_write(folder / "report.md", lambda tmp: tmp.write_text(body))
 
 
 @task(cache_policy=NONE)
 def report_run(manifest: dict[str, Any], weights: pd.DataFrame, output_root: str) -> str:
-    """Publish the run summary (markdown) and the weights (table) as Prefect artifacts."""
-    markdown = summary_markdown(manifest, Path(output_root))
+    """Publish the run summary (markdown, linking the report) and the weights as artifacts."""
+    root = Path(output_root)
+    markdown = summary_markdown(manifest, root)
+    if "report" in manifest["outputs"]:
+        report = (root / manifest["outputs"]["report"]).resolve()
+        markdown += f"\nFull report with plots: [{report}](file://{report})\n"
     create_markdown_artifact(
         markdown=markdown, key="sales-model-run", description="Training run summary"
     )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 
 from tasks.errors import TrainingError
@@ -172,12 +173,15 @@ def train_model(
     seed: int,
     log_every: int = 500,
 ) -> FitResult:
-    """Fit the model, logging the loss every `log_every` epochs."""
+    """Fit the model, logging the loss and updating a Prefect progress artifact every
+    `log_every` epochs."""
     logger = get_run_logger()
+    progress = create_progress_artifact(0.0, description="Gradient descent: share of max_epochs")
 
     def log_progress(epoch: int, loss: float) -> None:
         if epoch % log_every == 0:
             logger.info("epoch %d: train MSE %.6g", epoch, loss)
+            update_progress_artifact(progress, 100.0 * epoch / max_epochs)
 
     fit = fit_linear_regression(
         X, y, lr=lr, max_epochs=max_epochs, tol=tol, seed=seed, on_epoch=log_progress
@@ -189,4 +193,5 @@ def train_model(
         fit.lr,
         fit.loss_history[-1],
     )
+    update_progress_artifact(progress, 100.0)
     return fit

@@ -81,7 +81,14 @@ def test_flow_publishes_tables_that_agree_with_each_other(sales_csv, tmp_path):
     # The manifest is on disk, lists the outputs, and the outputs carry the run's metadata.
     on_disk = json.loads((output / "manifests" / f"{run_id}.json").read_text())
     assert on_disk["status"] == "completed"
-    assert set(on_disk["outputs"]) == {"predictions", "weights", "metrics", "quarantine"}
+    assert set(on_disk["outputs"]) == {
+        "predictions",
+        "weights",
+        "metrics",
+        "quarantine",
+        "profile",
+        "report",
+    }
     meta = duckdb.sql(
         f"select key, value from parquet_kv_metadata('{output}/weights/*/*.parquet')"
     ).fetchall()
