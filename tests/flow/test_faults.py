@@ -21,11 +21,12 @@ import pytest
 
 from flows.train import train_sales_model
 from flows.watch import watch_landing
+from schemas.outputs import TABLES as OUTPUT_TABLES
 from tasks.errors import TrainingError
 from tasks.ledger import ledger_rows
 from tests.conftest import HEADER, REPO, sales_rows
 
-TABLES = ("predictions", "weights", "metrics", "quarantine")
+TABLES = OUTPUT_TABLES
 
 
 @pytest.fixture
