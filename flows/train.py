@@ -24,6 +24,7 @@ from schemas.params import (
     DEFAULT_OUTPUT,
     DEFAULT_PROMOTION_TOLERANCE,
     DEFAULT_SEED,
+    DEFAULT_SOLVER,
     DEFAULT_TOL,
     BadFraction,
     ColumnList,
@@ -34,6 +35,7 @@ from schemas.params import (
     LearningRate,
     MaxEpochs,
     Seed,
+    Solver,
     Tolerance,
     Tolerance0,
 )
@@ -64,6 +66,7 @@ def train_sales_model(
     dtype: Dtype = DEFAULT_DTYPE,
     promotion_tolerance: Tolerance0 = DEFAULT_PROMOTION_TOLERANCE,
     drift_threshold: DriftThreshold = DEFAULT_DRIFT_THRESHOLD,
+    solver: Solver = DEFAULT_SOLVER,
 ) -> dict[str, Any]:
     """Train the sales model on the CSV(s) at `data` and publish it under `output`.
 
@@ -77,7 +80,7 @@ def train_sales_model(
     X, y, is_holdout = make_tensors(
         validated.accepted, features, targets, holdout_fraction, seed, dtype
     )
-    fit = train_model(X, y, lr, max_epochs, tol, seed)
+    fit = train_model(X, y, lr, max_epochs, tol, seed, solver)
     tables = evaluate_run(validated.accepted, is_holdout, fit, features, targets)
     manifest = publish_run(
         run, validated, tables, fit, features, targets, promotion_tolerance, drift_threshold
@@ -108,6 +111,11 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
         "--promotion-tolerance",
         help="relative holdout-MSE slack against the champion "
         f"(default {DEFAULT_PROMOTION_TOLERANCE})",
+    )
+    parser.add_argument(
+        "--solver",
+        help="direct (row-wise autograd) or moments (sufficient statistics); "
+        f"default {DEFAULT_SOLVER}",
     )
     parser.add_argument(
         "--drift-threshold",

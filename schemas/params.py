@@ -70,4 +70,8 @@ RunId = Annotated[
     str | None,
     Field(pattern=r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$", description="A training run id."),
 ]
+# direct: autograd over the rows every epoch, as in the notebook. moments: the same loss and
+# gradients from float64 sufficient statistics, O(d^2) per epoch whatever the row count.
+Solver = Literal["direct", "moments"]
+DEFAULT_SOLVER = "direct"
 Dtype = Literal["float32", "float64"]

@@ -69,9 +69,55 @@ def curvature(Xs: torch.Tensor, n_targets: int) -> tuple[float, float]:
     loss = 1/(N k) * sum ||A theta_j - y_j||^2 with A = [Xs, 1], so H = 2/(N k) * A^T A.
     """
     A = torch.cat([Xs.to(torch.float64), torch.ones(Xs.shape[0], 1, dtype=torch.float64)], 1)
-    eig = torch.linalg.eigvalsh(A.T @ A / Xs.shape[0]).numpy()
+    return curvature_of_gram((A.T @ A / Xs.shape[0]).numpy(), n_targets)
+
+
+def curvature_of_gram(gram: np.ndarray, n_targets: int) -> tuple[float, float]:
+    """(L, mu) from A^T A / N (see curvature)."""
+    eig = np.linalg.eigvalsh(gram)
     scale = 2.0 / n_targets
     return float(eig[-1] * scale), float(max(eig[0], 0.0) * scale)
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Sufficient statistics of a linear least-squares problem, in float64: n, sum x [d],
+    sum y [k], X^T X [d, d], X^T y [d, k], and sum y^2 per target [k]. Partial statistics of
+    disjoint row sets add up (files, batches, processes, machines)."""
+
+    n: int
+    sum_x: np.ndarray
+    sum_y: np.ndarray
+    xtx: np.ndarray
+    xty: np.ndarray
+    yty: np.ndarray
+
+    def __add__(self, other: Moments) -> Moments:
+        return Moments(
+            self.n + other.n,
+            self.sum_x + other.sum_x,
+            self.sum_y + other.sum_y,
+            self.xtx + other.xtx,
+            self.xty + other.xty,
+            self.yty + other.yty,
+        )
+
+
+def moments_of(X: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> Moments:
+    """One pass over X [N, d] and y [N, k], accumulated in float64."""
+    X64 = np.asarray(X, dtype=np.float64)
+    y64 = np.asarray(y, dtype=np.float64)
+    if X64.ndim != 2 or y64.ndim != 2 or len(X64) != len(y64):
+        raise ValueError(f"expected X [N, d] and y [N, k], got {X64.shape} and {y64.shape}")
+    return Moments(len(X64), X64.sum(0), y64.sum(0), X64.T @ X64, X64.T @ y64, (y64 * y64).sum(0))
+
+
+def scaler_of_moments(m: Moments) -> Scaler:
+    """Mean and std (ddof=0) of the features from their moments; a constant column keeps 1."""
+    mean = m.sum_x / m.n
+    var = np.maximum(np.diag(m.xtx) / m.n - mean * mean, 0.0)
+    std = np.sqrt(var)
+    return Scaler(mean, np.where(std > 0, std, 1.0))
 
 
 @dataclass
@@ -91,6 +137,64 @@ class FitResult:
     loss_history: list[float] = field(repr=False)
 
 
+@dataclass(frozen=True)
+class Objective:
+    """The exact MSE of a linear model on standardized features, as a function of (W, b),
+    with what gradient descent needs: the parameter shape and dtype, the scaler, and the
+    Hessian's extreme eigenvalues L and mu."""
+
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    shape: tuple[int, int]
+    dtype: torch.dtype
+    scaler: Scaler
+    L: float
+    mu: float
+
+
+def direct_objective(X: torch.Tensor, y: torch.Tensor) -> Objective:
+    """The MSE computed row by row: X [N, d], y [N, k], O(N d k) per evaluation."""
+    check_shapes(X, y)
+    scaler = fit_scaler(X)
+    Xs = standardize(X, scaler)
+    L, mu = curvature(Xs, y.shape[1])
+
+    def loss(W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return mse_loss(predict(Xs, W, b), y)
+
+    return Objective(loss, (y.shape[1], X.shape[1]), X.dtype, scaler, L, mu)
+
+
+def moments_objective(m: Moments) -> Objective:
+    """The same MSE from sufficient statistics, O(d^2 k) per evaluation whatever N; float64."""
+    scaler = scaler_of_moments(m)
+    inv = 1.0 / scaler.std
+    # Standardized statistics: G = Xs^T Xs, g = Xs^T 1 (zero up to rounding), H = Xs^T y.
+    centred = m.xtx - np.outer(m.sum_x, scaler.mean) - np.outer(scaler.mean, m.sum_x)
+    centred += m.n * np.outer(scaler.mean, scaler.mean)
+    G = torch.from_numpy(centred * np.outer(inv, inv))
+    g = torch.from_numpy((m.sum_x - m.n * scaler.mean) * inv)
+    H = torch.from_numpy((m.xty - np.outer(scaler.mean, m.sum_y)) * inv[:, None])
+    s = torch.from_numpy(m.sum_y)
+    q = torch.from_numpy(m.yty)
+    n, k = m.n, len(m.sum_y)
+    gram = np.block([[G.numpy(), g.numpy()[:, None]], [g.numpy()[None, :], np.array([[n]])]])
+    L, mu = curvature_of_gram(gram / n, k)
+
+    def loss(W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        # sum_i (x_i w + b - y_i)^2 expanded in the statistics, per target
+        per_target = (
+            ((W @ G) * W).sum(1)
+            + 2 * b * (W @ g)
+            + n * b * b
+            - 2 * (W * H.T).sum(1)
+            - 2 * b * s
+            + q
+        )
+        return per_target.sum() / (n * k)
+
+    return Objective(loss, (k, len(m.sum_x)), torch.float64, scaler, L, mu)
+
+
 def fit_linear_regression(
     X: torch.Tensor,
     y: torch.Tensor,
@@ -101,23 +205,43 @@ def fit_linear_regression(
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> FitResult:
-    """Gradient descent on the exact MSE. X [N, d], y [N, k] -> FitResult.
+    """Gradient descent on the exact MSE, row by row. X [N, d], y [N, k] -> FitResult.
 
     lr is the step on standardized features (default 1/L). Training stops when the certified
     bound on the relative gap to the optimum, ||grad||^2 / (2 mu loss), is below tol, when the
     loss stops decreasing (float precision reached), or after max_epochs. A non-finite loss or
     gradient raises TrainingError.
     """
-    check_shapes(X, y)
-    n_targets, n_features = y.shape[1], X.shape[1]
-    scaler = fit_scaler(X)
-    Xs = standardize(X, scaler)
-    L, mu = curvature(Xs, n_targets)
-    step = 1.0 / L if lr is None else lr
+    return descend(direct_objective(X, y), lr, max_epochs, tol, seed, on_epoch)
 
+
+def fit_from_moments(
+    m: Moments,
+    *,
+    lr: float | None = None,
+    max_epochs: int,
+    tol: float,
+    seed: int,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> FitResult:
+    """The same gradient descent from sufficient statistics (see moments_objective)."""
+    return descend(moments_objective(m), lr, max_epochs, tol, seed, on_epoch)
+
+
+def descend(
+    objective: Objective,
+    lr: float | None,
+    max_epochs: int,
+    tol: float,
+    seed: int,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> FitResult:
+    """The notebook's loop on `objective`: loss.backward(), W -= lr * W.grad and b -= lr * b.grad
+    under no_grad, zero the grads; stopping rules as in fit_linear_regression."""
+    step = 1.0 / objective.L if lr is None else lr
     generator = torch.Generator().manual_seed(seed)
-    W = torch.randn(n_targets, n_features, generator=generator, dtype=X.dtype)
-    b = torch.randn(n_targets, generator=generator, dtype=X.dtype)
+    W = torch.randn(*objective.shape, generator=generator, dtype=objective.dtype)
+    b = torch.randn(objective.shape[0], generator=generator, dtype=objective.dtype)
     W.requires_grad_(True)
     b.requires_grad_(True)
 
@@ -125,7 +249,7 @@ def fit_linear_regression(
     best, since_best = float("inf"), 0
     converged, reason, epoch = False, f"reached max_epochs={max_epochs}", 0
     for epoch in range(max_epochs + 1):
-        loss = mse_loss(predict(Xs, W, b), y)
+        loss = objective.loss(W, b)
         loss.backward()
         value = loss.item()
         grad_sq = float((W.grad * W.grad).sum() + (b.grad * b.grad).sum())
@@ -137,6 +261,7 @@ def fit_linear_regression(
         history.append(value)
         if on_epoch is not None:
             on_epoch(epoch, value)
+        mu = objective.mu
         if mu > 0 and grad_sq / (2 * mu) <= tol * max(value, np.finfo(np.float64).tiny):
             converged, reason = True, f"certified relative gap <= tol={tol:g}"
             break
@@ -156,6 +281,7 @@ def fit_linear_regression(
             W.grad.zero_()
             b.grad.zero_()
 
+    scaler = objective.scaler
     W_std = W.detach().to(torch.float64).numpy()
     b_std = b.detach().to(torch.float64).numpy()
     W_raw = W_std / scaler.std
@@ -171,10 +297,11 @@ def train_model(
     max_epochs: int,
     tol: float,
     seed: int,
+    solver: str = "direct",
     log_every: int = 500,
 ) -> FitResult:
-    """Fit the model, logging the loss and updating a Prefect progress artifact every
-    `log_every` epochs."""
+    """Fit the model row by row (`direct`) or from sufficient statistics (`moments`), logging
+    the loss and updating a Prefect progress artifact every `log_every` epochs."""
     logger = get_run_logger()
     progress = create_progress_artifact(0.0, description="Gradient descent: share of max_epochs")
 
@@ -183,9 +310,19 @@ def train_model(
             logger.info("epoch %d: train MSE %.6g", epoch, loss)
             update_progress_artifact(progress, 100.0 * epoch / max_epochs)
 
-    fit = fit_linear_regression(
-        X, y, lr=lr, max_epochs=max_epochs, tol=tol, seed=seed, on_epoch=log_progress
-    )
+    if solver == "moments":
+        fit = fit_from_moments(
+            moments_of(X, y),
+            lr=lr,
+            max_epochs=max_epochs,
+            tol=tol,
+            seed=seed,
+            on_epoch=log_progress,
+        )
+    else:
+        fit = fit_linear_regression(
+            X, y, lr=lr, max_epochs=max_epochs, tol=tol, seed=seed, on_epoch=log_progress
+        )
     logger.info(
         "stopped after %d epochs (%s), step size %.4g, final train MSE %.6g",
         fit.epochs,

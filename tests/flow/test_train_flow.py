@@ -111,6 +111,15 @@ def test_runs_accumulate_and_one_query_reads_them_all(sales_csv, tmp_path):
     assert first["data_fingerprint"] == second["data_fingerprint"]
 
 
+def test_both_solvers_publish_the_same_model(sales_csv, tmp_path):
+    direct = train_sales_model(data=str(sales_csv), output=str(tmp_path / "a"), dtype="float64")
+    stats = train_sales_model(data=str(sales_csv), output=str(tmp_path / "b"), solver="moments")
+    w_direct = read(tmp_path / "a", "weights").set_index("feature")["weight"]
+    w_stats = read(tmp_path / "b", "weights").set_index("feature")["weight"]
+    np.testing.assert_allclose(w_stats, w_direct, rtol=1e-6)
+    assert direct["metrics"][0]["mse"] == pytest.approx(stats["metrics"][0]["mse"], rel=1e-9)
+
+
 def test_too_many_bad_rows_fail_the_run_but_keep_the_quarantine(write_csv, tmp_path):
     path = write_csv("\n".join([HEADER, *sales_rows(6), "Z1,x,1,1,1", "Z2,1,x,1,1"]) + "\n")
     output = tmp_path / "out"
