@@ -34,6 +34,10 @@ serve: $(STAMP) ## local Prefect server (127.0.0.1) + pool + deployments + worke
 stop: $(STAMP) ## stop the worker and the server started by serve
 	$(BIN)/python -m scripts.local_prefect stop
 
+bench: $(STAMP) ## measure floor, peer, steps and flow on 1M and 10M rows; writes BENCHMARKS.md
+	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt -c constraints.txt
+	$(BIN)/python -m benchmarks.run
+
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -48,4 +52,4 @@ test: $(STAMP) lint ## lint, then the whole test suite
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf $(OUTPUT) .pytest_cache .ruff_cache data/ledger
 
-.PHONY: help install run serve stop lint format test clean
+.PHONY: help install run serve stop bench lint format test clean

@@ -1,0 +1,133 @@
+"""One benchmark case, run in a fresh process so that its peak RSS is its own:
+
+    python -m benchmarks.cases CASE CSV OUTDIR   ->  prints {"seconds": ..., ...} as JSON
+
+Imports are not timed (each case starts its clock after them); only the work on the file is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+FEATURES = ("avg_income_k", "price_k", "tax_k")
+TARGETS = ("units_sold_k",)
+
+
+def floor(csv: Path, out: Path) -> dict:
+    """pyarrow's read_csv (types inferred, all threads) + a predictions-sized Parquet write."""
+    started = time.perf_counter()
+    table = pacsv.read_csv(csv)
+    rows = table.num_rows
+    extra = pa.array(np.zeros(rows))
+    table = table.append_column("predicted", extra).append_column("residual", extra)
+    pq.write_table(table, out / "floor.parquet")
+    return {"seconds": time.perf_counter() - started, "rows": rows}
+
+
+def peer(csv: Path, out: Path) -> dict:
+    """pandas read_csv + pandera (lazy, bad rows dropped) + scikit-learn + to_parquet."""
+    import pandas as pd
+    import pandera.pandas as pa_
+    from sklearn.linear_model import LinearRegression
+
+    started = time.perf_counter()
+    frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    for column in (*FEATURES, *TARGETS):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    finite = pa_.Check(lambda s: np.isfinite(s))
+    schema = pa_.DataFrameSchema(
+        {
+            "country": pa_.Column(str),
+            "avg_income_k": pa_.Column(float, [pa_.Check.gt(0), finite]),
+            "price_k": pa_.Column(float, [pa_.Check.gt(0), finite]),
+            "tax_k": pa_.Column(float, [pa_.Check.ge(0), finite]),
+            "units_sold_k": pa_.Column(float, [pa_.Check.ge(0), finite]),
+        }
+    )
+    try:
+        schema.validate(frame, lazy=True)
+        bad = []
+    except pa_.errors.SchemaErrors as err:
+        bad = err.failure_cases["index"].dropna().astype(int).unique()
+    good = frame.drop(index=bad)
+    model = LinearRegression().fit(good[list(FEATURES)], good[list(TARGETS)])
+    good = good.assign(predicted=model.predict(good[list(FEATURES)])[:, 0])
+    good = good.assign(residual=good["units_sold_k"] - good["predicted"])
+    good.to_parquet(out / "peer.parquet", index=False)
+    return {"seconds": time.perf_counter() - started, "rows": len(frame), "accepted": len(good)}
+
+
+def steps(csv: Path, out: Path) -> dict:
+    """This pipeline's steps called directly: read, validate, split, tensors, train (moments),
+    evaluate, publish all tables."""
+    from schemas.sales import allowed_columns, required_columns
+    from tasks.evaluate import evaluate_run
+    from tasks.ingest import read_sales_csv
+    from tasks.publish import publish_outputs
+    from tasks.storage import new_run
+    from tasks.tensors import make_tensors
+    from tasks.train import fit_from_moments, moments_of
+    from tasks.validate import validate_files
+
+    started = time.perf_counter()
+    raw = read_sales_csv(
+        csv, required_columns(FEATURES, TARGETS), allowed_columns(FEATURES, TARGETS)
+    )
+    data = validate_files([raw], FEATURES, TARGETS)
+    X, y, is_holdout = make_tensors.fn(data.accepted, FEATURES, TARGETS, 0.2, 0, "float64")
+    fit = fit_from_moments(moments_of(X, y), max_epochs=20_000, tol=1e-12, seed=0)
+    tables = evaluate_run.fn(data.accepted, is_holdout, fit, FEATURES, TARGETS)
+    run = new_run(out / "steps", {})
+    manifest = publish_outputs(run, data, tables, fit, FEATURES, TARGETS, 0.0, 0.5)
+    train = next(m for m in manifest["metrics"] if m["split"] == "train")
+    return {
+        "seconds": time.perf_counter() - started,
+        "rows": data.rows_in,
+        "accepted": len(data.accepted),
+        "epochs": fit.epochs,
+        "relative_gap": train["relative_gap"],
+    }
+
+
+def flow(csv: Path, out: Path) -> dict:
+    """The whole train-sales-model flow through Prefect (PREFECT_API_URL: a running server)."""
+    from flows.train import train_sales_model
+
+    started = time.perf_counter()
+    manifest = train_sales_model(
+        data=str(csv),
+        output=str(out / "flow"),
+        solver="moments",
+        tol=1e-12,
+        max_bad_fraction=0.1,
+    )
+    train = next(m for m in manifest["metrics"] if m["split"] == "train")
+    return {
+        "rows": manifest["rows"]["in"],
+        "relative_gap": train["relative_gap"],
+        "inner_seconds": time.perf_counter() - started,
+    }
+
+
+CASES = {"floor": floor, "peer": peer, "steps": steps, "flow": flow}
+
+
+def main() -> None:
+    name, csv, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("SALES_MODEL_DATA_ROOTS", str(csv.parent))
+    os.environ.setdefault("SALES_MODEL_OUTPUT_ROOTS", str(out))
+    print(json.dumps(CASES[name](csv, out)))
+
+
+if __name__ == "__main__":
+    main()
