@@ -156,7 +156,7 @@ def render(results: dict[int, dict[str, dict]]) -> str:
     lines += [
         "| target | <= 1.3x | >= 2.5x | <= +3.0 | <= 1024 | <= 1e-9 |",
         "",
-        "Reproduce: `make bench` (about ten minutes; the generated CSVs are cached in"
+        "Reproduce: `make bench` (a few minutes; the generated CSVs are cached in"
         " `benchmarks/.data/`, which git ignores). Absolute seconds drift on these shared"
         " machines; compare the ratios, which come from one run.",
         "",
