@@ -34,10 +34,10 @@ from schemas.params import (
     HoldoutFraction,
     LearningRate,
     MaxEpochs,
+    PromotionTolerance,
     Seed,
     Solver,
     Tolerance,
-    Tolerance0,
 )
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS, allowed_columns, required_columns
 from tasks.evaluate import evaluate_run
@@ -51,7 +51,7 @@ from tasks.train import train_model
 from tasks.validate import check_columns, validate_rows
 
 
-@flow(name="train-sales-model", log_prints=True)
+@flow(name="train-sales-model")
 def train_sales_model(
     data: DataPaths = DEFAULT_DATA,
     output: str = DEFAULT_OUTPUT,
@@ -64,7 +64,7 @@ def train_sales_model(
     tol: Tolerance = DEFAULT_TOL,
     max_bad_fraction: BadFraction = DEFAULT_MAX_BAD_FRACTION,
     dtype: Dtype = DEFAULT_DTYPE,
-    promotion_tolerance: Tolerance0 = DEFAULT_PROMOTION_TOLERANCE,
+    promotion_tolerance: PromotionTolerance = DEFAULT_PROMOTION_TOLERANCE,
     drift_threshold: DriftThreshold = DEFAULT_DRIFT_THRESHOLD,
     solver: Solver = DEFAULT_SOLVER,
 ) -> dict[str, Any]:

@@ -56,7 +56,7 @@ Tolerance = Annotated[
 BadFraction = Annotated[
     float, Field(ge=0.0, le=1.0, description="Largest share of quarantined rows a run accepts.")
 ]
-Tolerance0 = Annotated[
+PromotionTolerance = Annotated[
     float,
     Field(ge=0.0, description="Relative holdout-MSE slack a new model gets against the champion."),
 ]
