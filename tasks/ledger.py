@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 from prefect.states import State
 
@@ -206,55 +207,78 @@ def check_landed(
     features: tuple[str, ...],
     targets: tuple[str, ...],
     max_bad_fraction: float,
+    on_file: Callable[[int, int, str, str], None] | None = None,
 ) -> dict[str, list[str]]:
     """Record every new complete file in the landing folder: duplicate (same content as an
     earlier file), failed (rejected file, or too many bad rows, with the reason) or accepted
-    (copied into the store). Returns the names by status."""
+    (copied into the store). Returns the names by status; `on_file(done, total, name, status)`
+    is called after each file."""
     outcome: dict[str, list[str]] = {"accepted": [], "failed": [], "duplicate": []}
     with open_ledger(ledger_dir) as conn:
-        for landed in scan_landing(landing, conn, settle_seconds):
-            earlier = known_content(conn, landed.sha256)
-            if earlier is not None:
-                record(conn, landed, "duplicate", reason=f"same content as {earlier}")
-                outcome["duplicate"].append(landed.path.name)
-                continue
-            stored = store_file(ledger_dir, landed)
-            if sha256_file(stored) != landed.sha256:  # changed while copying: next scan
-                stored.unlink()
-                continue
-            try:
-                raw = read_sales_csv(
-                    stored, required_columns(features, targets), allowed_columns(features, targets)
-                )
-                data = validate_files([raw], features, targets)
-                check_quality(data, max_bad_fraction)
-            except PipelineError as exc:
-                stored.unlink()
-                message = str(exc).replace(str(stored), landed.path.name)
-                record(conn, landed, "failed", reason=message)
-                outcome["failed"].append(landed.path.name)
-                continue
-            report = data.files[0]
-            record(
-                conn,
-                landed,
-                "accepted",
-                rows=report.rows,
-                accepted=report.accepted,
-                quarantined=report.quarantined,
-                stored_path=stored,
-            )
-            outcome["accepted"].append(landed.path.name)
+        found = scan_landing(landing, conn, settle_seconds)
+        for done, landed in enumerate(found, start=1):
+            status = _check_one(conn, ledger_dir, landed, features, targets, max_bad_fraction)
+            if status is not None:
+                outcome[status].append(landed.path.name)
+            if on_file is not None:
+                on_file(done, len(found), landed.path.name, status or "changed, next scan")
     return outcome
+
+
+def _check_one(
+    conn: sqlite3.Connection,
+    ledger_dir: Path,
+    landed: LandedFile,
+    features: tuple[str, ...],
+    targets: tuple[str, ...],
+    max_bad_fraction: float,
+) -> str | None:
+    """Check and record one landed file; returns its status (None: it changed, next scan)."""
+    earlier = known_content(conn, landed.sha256)
+    if earlier is not None:
+        record(conn, landed, "duplicate", reason=f"same content as {earlier}")
+        return "duplicate"
+    stored = store_file(ledger_dir, landed)
+    if sha256_file(stored) != landed.sha256:
+        stored.unlink()
+        return None
+    try:
+        raw = read_sales_csv(
+            stored, required_columns(features, targets), allowed_columns(features, targets)
+        )
+        data = validate_files([raw], features, targets)
+        check_quality(data, max_bad_fraction)
+    except PipelineError as exc:
+        stored.unlink()
+        record(conn, landed, "failed", reason=str(exc).replace(str(stored), landed.path.name))
+        return "failed"
+    report = data.files[0]
+    record(
+        conn,
+        landed,
+        "accepted",
+        rows=report.rows,
+        accepted=report.accepted,
+        quarantined=report.quarantined,
+        stored_path=stored,
+    )
+    return "accepted"
 
 
 @task(cache_policy=NONE)
 def check_landed_files(
     landing: str, ledger: str, settle_seconds: float, max_bad_fraction: float
 ) -> dict[str, list[str]]:
-    """Scan the landing folder and record new files in the ledger (see check_landed)."""
+    """Scan the landing folder and record new files in the ledger (see check_landed), logging
+    each file and updating a Prefect progress artifact."""
     logger = get_run_logger()
     roots = data_roots()
+    progress = create_progress_artifact(0.0, description="Checking landed files")
+
+    def on_file(done: int, total: int, name: str, status: str) -> None:
+        logger.info("landed file %d/%d: %s -> %s", done, total, name, status)
+        update_progress_artifact(progress, 100.0 * done / total)
+
     outcome = check_landed(
         confine(landing, roots, "landing"),
         confine(ledger, roots, "ledger"),
@@ -262,10 +286,9 @@ def check_landed_files(
         DEFAULT_FEATURES,
         DEFAULT_TARGETS,
         max_bad_fraction,
+        on_file,
     )
-    for status, names in outcome.items():
-        if names:
-            logger.info("%s: %s", status, ", ".join(names))
+    update_progress_artifact(progress, 100.0)
     return outcome
 
 

@@ -38,9 +38,11 @@ def land(landing, name, text, age=60.0):
     return path
 
 
-def check(dirs, settle=5.0, max_bad=0.1):
+def check(dirs, settle=5.0, max_bad=0.1, on_file=None):
     landing, ledger = dirs
-    return check_landed(landing, ledger, settle, DEFAULT_FEATURES, DEFAULT_TARGETS, max_bad)
+    return check_landed(
+        landing, ledger, settle, DEFAULT_FEATURES, DEFAULT_TARGETS, max_bad, on_file
+    )
 
 
 def test_new_file_is_accepted_stored_and_counted(dirs):
@@ -105,7 +107,13 @@ def test_rejected_file_is_marked_failed_and_others_go_on(dirs):
     land(landing, "a-broken.csv", "country;price_k\nA;1\n")
     land(landing, "b-all-bad.csv", csv_text(0, extra=["X,x,1,1,1", "Y,1,-1,1,1"]))
     land(landing, "c-good.csv", csv_text(5))
-    outcome = check(dirs)
+    progress = []
+    outcome = check(dirs, on_file=lambda *call: progress.append(call))
+    assert progress == [
+        (1, 3, "a-broken.csv", "failed"),
+        (2, 3, "b-all-bad.csv", "failed"),
+        (3, 3, "c-good.csv", "accepted"),
+    ]
     assert outcome == {
         "accepted": ["c-good.csv"],
         "failed": ["a-broken.csv", "b-all-bad.csv"],
