@@ -69,23 +69,17 @@ def peer(csv: Path, out: Path) -> dict:
 def steps(csv: Path, out: Path) -> dict:
     """This pipeline's steps called directly: read, validate, split, tensors, train (moments),
     evaluate, publish all tables."""
-    from schemas.sales import allowed_columns, required_columns
     from tasks.evaluate import evaluate_run
-    from tasks.ingest import read_sales_csv
+    from tasks.prepare import prepare_file
     from tasks.publish import publish_outputs
     from tasks.storage import new_run
-    from tasks.tensors import make_tensors
-    from tasks.train import fit_from_moments, moments_of
-    from tasks.validate import validate_files
+    from tasks.train import fit_from_moments
 
     started = time.perf_counter()
-    raw = read_sales_csv(
-        csv, required_columns(FEATURES, TARGETS), allowed_columns(FEATURES, TARGETS)
-    )
-    data = validate_files([raw], FEATURES, TARGETS)
-    X, y, is_holdout = make_tensors.fn(data.accepted, FEATURES, TARGETS, 0.2, 0, "float64")
-    fit = fit_from_moments(moments_of(X, y), max_epochs=20_000, tol=1e-12, seed=0)
-    tables = evaluate_run.fn(data.accepted, is_holdout, fit, FEATURES, TARGETS)
+    prepared = prepare_file(csv, FEATURES, TARGETS, 0.2, 0)
+    data = prepared.data
+    fit = fit_from_moments(prepared.moments, max_epochs=20_000, tol=1e-12, seed=0)
+    tables = evaluate_run.fn(data.accepted, prepared.is_holdout, fit, FEATURES, TARGETS)
     run = new_run(out / "steps", {})
     manifest = publish_outputs(run, data, tables, fit, FEATURES, TARGETS, 0.0, 0.5)
     train = next(m for m in manifest["metrics"] if m["split"] == "train")

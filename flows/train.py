@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.futures import wait
 from prefect.runtime import flow_run
 
 from flows.cli import run_flow
@@ -39,16 +40,15 @@ from schemas.params import (
     Solver,
     Tolerance,
 )
-from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS, allowed_columns, required_columns
+from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
 from tasks.evaluate import evaluate_run
-from tasks.ingest import read_inputs
 from tasks.paths import confine, output_roots
+from tasks.prepare import combine_files, find_inputs, prepare_input_file
 from tasks.publish import check_data_quality, publish_run
 from tasks.report import report_run, summary_text
 from tasks.storage import new_run
-from tasks.tensors import make_tensors
 from tasks.train import train_model
-from tasks.validate import check_columns, validate_rows
+from tasks.validate import check_columns
 
 
 @flow(name="train-sales-model")
@@ -74,16 +74,17 @@ def train_sales_model(
     """
     check_columns(features, targets)
     run = new_run(confine(output, output_roots(), "output"), dict(flow_run.parameters))
-    raw = read_inputs(data, required_columns(features, targets), allowed_columns(features, targets))
-    validated = validate_rows(raw, features, targets)
-    check_data_quality(run, validated, max_bad_fraction)
-    X, y, is_holdout = make_tensors(
-        validated.accepted, features, targets, holdout_fraction, seed, dtype
-    )
-    fit = train_model(X, y, lr, max_epochs, tol, seed, solver)
-    tables = evaluate_run(validated.accepted, is_holdout, fit, features, targets)
+    paths = find_inputs(data)
+    parts = [
+        prepare_input_file.submit(path, features, targets, holdout_fraction, seed) for path in paths
+    ]
+    wait(parts)  # every file's task ends before any result is used; a failure fails the run
+    prepared = combine_files([part.result() for part in parts])
+    check_data_quality(run, prepared.data, max_bad_fraction)
+    fit = train_model(prepared, features, targets, lr, max_epochs, tol, seed, solver, dtype)
+    tables = evaluate_run(prepared.data.accepted, prepared.is_holdout, fit, features, targets)
     manifest = publish_run(
-        run, validated, tables, fit, features, targets, promotion_tolerance, drift_threshold
+        run, prepared.data, tables, fit, features, targets, promotion_tolerance, drift_threshold
     )
     report_run(manifest, tables["weights"], output)
     return manifest
@@ -121,15 +122,45 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
         "--drift-threshold",
         help=f"standardized mean shift flagged as drift (default {DEFAULT_DRIFT_THRESHOLD})",
     )
+    parser.add_argument(
+        "--task-runner",
+        choices=["threads", "dask"],
+        help="where per-file tasks run: threads (default) or a Dask cluster",
+    )
+    parser.add_argument(
+        "--dask-address", help="scheduler of an existing Dask cluster (default: a local one)"
+    )
     args = vars(parser.parse_args(argv))
     # Values stay text: the flow's typed signature parses and bounds them, one rule for all.
     return {name: value for name, value in args.items() if value is not None}
 
 
+def dask_task_runner(address: str | None = None) -> Any:
+    """A Dask task runner: the cluster at `address`, or a local one (2 worker processes, bound
+    to 127.0.0.1, no dashboard)."""
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": 2,
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": None,
+        }
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parameters = parse_args(argv)
+    runner, address = parameters.pop("task_runner", "threads"), parameters.pop("dask_address", None)
+    flow = train_sales_model
+    if runner == "dask" or address:
+        flow = train_sales_model.with_options(task_runner=dask_task_runner(address))
     return run_flow(
-        train_sales_model,
+        flow,
         parameters,
         lambda manifest: summary_text(manifest, Path(manifest["parameters"]["output"])),
     )

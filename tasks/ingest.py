@@ -251,7 +251,7 @@ def _names(names: list[str]) -> str:
     return ", ".join(f"'{n}'" for n in names)
 
 
-def _retry_unless_user_error(task, task_run, state) -> bool:
+def retry_unless_user_error(task, task_run, state) -> bool:
     """Retry transient I/O failures; a rejected file stays rejected."""
     try:
         state.result()
@@ -265,7 +265,7 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
 @task(
     retries=2,
     retry_delay_seconds=[1, 5],
-    retry_condition_fn=_retry_unless_user_error,
+    retry_condition_fn=retry_unless_user_error,
     cache_policy=NONE,
 )
 def read_inputs(data: str | list[str], required: list[str], allowed: set[str]) -> list[RawFile]:

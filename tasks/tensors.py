@@ -5,12 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from prefect import task
-from prefect.cache_policies import NONE
-
-from schemas.sales import ID_COLUMN
-from tasks.errors import DataQualityError
-from tasks.split import split_holdout
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -38,23 +32,3 @@ def check_shapes(X: torch.Tensor, y: torch.Tensor) -> None:
             f"expected X [N, d] and y [N, k] with the same N, got X {tuple(X.shape)} "
             f"and y {tuple(y.shape)}"
         )
-
-
-@task(cache_policy=NONE)
-def make_tensors(
-    accepted: pd.DataFrame,
-    features: tuple[str, ...],
-    targets: tuple[str, ...],
-    holdout_fraction: float,
-    seed: int,
-    dtype: str,
-) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Split the accepted rows and return the training tensors (X, y) and the holdout mask."""
-    is_holdout = split_holdout(accepted, [ID_COLUMN, *features, *targets], holdout_fraction, seed)
-    if is_holdout.all():
-        raise DataQualityError(
-            f"all {len(accepted)} accepted rows fell in the holdout split; "
-            f"lower holdout_fraction={holdout_fraction}"
-        )
-    X, y = to_tensors(accepted[~is_holdout], features, targets, dtype)
-    return X, y, is_holdout

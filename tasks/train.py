@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,8 +17,11 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 
-from tasks.errors import TrainingError
-from tasks.tensors import check_shapes
+from tasks.errors import DataQualityError, TrainingError
+from tasks.tensors import check_shapes, to_tensors
+
+if TYPE_CHECKING:
+    from tasks.prepare import PreparedData
 
 # Epochs without any decrease of the loss before training stops: gradient descent with step 1/L
 # decreases a quadratic every epoch, so a plateau means float rounding has been reached.
@@ -291,17 +295,25 @@ def descend(
 
 @task(cache_policy=NONE)
 def train_model(
-    X: torch.Tensor,
-    y: torch.Tensor,
+    prepared: PreparedData,
+    features: tuple[str, ...],
+    targets: tuple[str, ...],
     lr: float | None,
     max_epochs: int,
     tol: float,
     seed: int,
     solver: str = "direct",
+    dtype: str = "float32",
     log_every: int = 500,
 ) -> FitResult:
-    """Fit the model row by row (`direct`) or from sufficient statistics (`moments`), logging
-    the loss and updating a Prefect progress artifact every `log_every` epochs."""
+    """Fit the model on the training rows, row by row (`direct`, in `dtype`) or from the summed
+    sufficient statistics (`moments`), logging the loss and updating a Prefect progress
+    artifact every `log_every` epochs."""
+    if prepared.moments.n == 0:
+        raise DataQualityError(
+            f"all {len(prepared.is_holdout)} accepted rows fell in the holdout split; "
+            "lower holdout_fraction"
+        )
     logger = get_run_logger()
     progress = create_progress_artifact(0.0, description="Gradient descent: share of max_epochs")
 
@@ -312,7 +324,7 @@ def train_model(
 
     if solver == "moments":
         fit = fit_from_moments(
-            moments_of(X, y),
+            prepared.moments,
             lr=lr,
             max_epochs=max_epochs,
             tol=tol,
@@ -320,6 +332,8 @@ def train_model(
             on_epoch=log_progress,
         )
     else:
+        train = prepared.data.accepted[~prepared.is_holdout]
+        X, y = to_tensors(train, features, targets, dtype)
         fit = fit_linear_regression(
             X, y, lr=lr, max_epochs=max_epochs, tol=tol, seed=seed, on_epoch=log_progress
         )
