@@ -22,7 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks.generate import generate_table, write_csv
-from scripts.local_prefect import HOST, OFFLINE, _wait_healthy, free_port
+from flows.cli import OFFLINE_ENV
+from scripts.local_prefect import HOST, free_port, wait_healthy
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -65,7 +66,7 @@ def main() -> None:
     port = free_port()
     env = {
         **os.environ,
-        **OFFLINE,
+        **OFFLINE_ENV,
         "PREFECT_HOME": str(home),
         "PREFECT_API_URL": f"http://{HOST}:{port}/api",
     }
@@ -78,7 +79,7 @@ def main() -> None:
     )
     results: dict[int, dict[str, dict]] = {}
     try:
-        _wait_healthy(env["PREFECT_API_URL"], server, home / "server.log", timeout=90)
+        wait_healthy(env["PREFECT_API_URL"], server, home / "server.log", timeout=90)
         for rows in args.sizes:
             csv = data_file(rows)
             results[rows] = {}

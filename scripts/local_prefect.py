@@ -25,12 +25,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from flows.cli import OFFLINE_ENV
 from tasks.storage import pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "sales-pool"
 HOST = "127.0.0.1"
-OFFLINE = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Stack:
     def env(self, api_url: str | None = None, extra: dict[str, str] | None = None) -> dict:
         env = {
             **os.environ,
-            **OFFLINE,
+            **OFFLINE_ENV,
             "PREFECT_HOME": str(self.home),
             "SALES_MODEL_HOME": str(self.repo),
             "PREFECT_SERVER_API_HOST": HOST,
@@ -83,7 +83,7 @@ def _spawn(cmd: list[str], log: Path, env: dict, cwd: Path) -> subprocess.Popen:
         )
 
 
-def _wait_healthy(api_url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+def wait_healthy(api_url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -131,7 +131,7 @@ def start(
     info["pids"]["server"] = server.pid
     _write_info(stack, info)
     try:
-        _wait_healthy(api_url, server, server_log, timeout=90)
+        wait_healthy(api_url, server, server_log, timeout=90)
         env = stack.env(api_url)
         _run(
             _prefect("work-pool", "create", POOL, "--type", "process", "--overwrite"),

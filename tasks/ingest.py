@@ -262,12 +262,16 @@ def retry_unless_user_error(task, task_run, state) -> bool:
     return False
 
 
-@task(
-    retries=2,
-    retry_delay_seconds=[1, 5],
-    retry_condition_fn=retry_unless_user_error,
-    cache_policy=NONE,
-)
+# Every task that reads input files: transient I/O errors are retried, rejected files are not.
+FILE_READ_TASK = {
+    "retries": 2,
+    "retry_delay_seconds": [1, 5],
+    "retry_condition_fn": retry_unless_user_error,
+    "cache_policy": NONE,
+}
+
+
+@task(**FILE_READ_TASK)
 def read_inputs(data: str | list[str], required: list[str], allowed: set[str]) -> list[RawFile]:
     """Resolve the data path (confined to the data roots) and read every CSV it names, logging
     each file and updating a Prefect progress artifact."""

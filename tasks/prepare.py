@@ -13,7 +13,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from schemas.sales import ID_COLUMN, allowed_columns, required_columns
-from tasks.ingest import read_sales_csv, resolve_inputs, retry_unless_user_error
+from tasks.ingest import FILE_READ_TASK, read_sales_csv, resolve_inputs
 from tasks.paths import data_roots
 from tasks.split import split_holdout
 from tasks.train import Moments, moments_of
@@ -71,12 +71,7 @@ def find_inputs(data: str | list[str]) -> list[Path]:
     return resolve_inputs(data, data_roots())
 
 
-@task(
-    retries=2,
-    retry_delay_seconds=[1, 5],
-    retry_condition_fn=retry_unless_user_error,
-    cache_policy=NONE,
-)
+@task(**FILE_READ_TASK)
 def prepare_input_file(
     path: Path,
     features: tuple[str, ...],
