@@ -75,56 +75,77 @@ class ValidatedData:
 def parse_numbers(text: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Text -> (float64 values, problem). Values are NaN where the text is missing or not a
     number; `problem` is the text that failed to parse, NA elsewhere. inf/-inf parse as such
-    (the schema rejects them as not finite). Vectorized with pyarrow compute."""
-    arrow = pa.array(text, type=pa.string())
-    stripped = pc.utf8_trim_whitespace(arrow)
-    lowered = pc.utf8_lower(stripped)
-    numeric = pc.match_substring_regex(stripped, f"^{NUMBER_PATTERN}$")
-    infinite = pc.is_in(lowered, value_set=_INFINITE)
-    missing = pc.is_in(lowered, value_set=_MISSING)
-    values = pc.cast(pc.if_else(numeric, stripped, pa.scalar(None, pa.string())), pa.float64())
-    signed_inf = pc.if_else(pc.starts_with(lowered, "-"), -np.inf, np.inf)
-    values = pc.if_else(infinite, signed_inf, values)
-    parsed = pc.or_(pc.or_(numeric, infinite), missing)
-    problem = pc.if_else(parsed, pa.scalar(None, pa.string()), arrow)
+    (the schema rejects them as not finite). Vectorized with pyarrow compute: the common case
+    (a plain number) costs one regex and one cast; only the rest is trimmed and looked up."""
+    arrow = pa.array(text, type=pa.string(), from_pandas=True)
+    plain = pc.fill_null(pc.match_substring_regex(arrow, f"^{NUMBER_PATTERN}$"), False)
+    values = pc.cast(pc.if_else(plain, arrow, pa.scalar(None, pa.string())), pa.float64())
+    values = values.to_numpy(zero_copy_only=False).copy()
+    problem = np.full(len(arrow), None, dtype=object)
+    rest = np.flatnonzero(~plain.to_numpy(zero_copy_only=False))
+    if len(rest):
+        odd = arrow.take(pa.array(rest))
+        stripped = pc.utf8_trim_whitespace(odd)
+        lowered = pc.utf8_lower(stripped)
+        numeric = pc.fill_null(pc.match_substring_regex(stripped, f"^{NUMBER_PATTERN}$"), False)
+        infinite = pc.fill_null(pc.is_in(lowered, value_set=_INFINITE), False)
+        missing = pc.fill_null(pc.is_in(lowered, value_set=_MISSING), True)
+        parsed = pc.cast(pc.if_else(numeric, stripped, pa.scalar(None, pa.string())), pa.float64())
+        signed_inf = pc.if_else(pc.starts_with(lowered, "-"), -np.inf, np.inf)
+        parsed = pc.if_else(infinite, signed_inf, parsed)
+        values[rest] = parsed.to_numpy(zero_copy_only=False)
+        ok = pc.or_(pc.or_(numeric, infinite), missing).to_numpy(zero_copy_only=False)
+        problem[rest[~ok]] = np.asarray(odd.to_pylist(), dtype=object)[~ok]
     index = text.index
     return (
-        pd.Series(values.to_numpy(zero_copy_only=False), index=index, dtype="float64"),
-        pd.Series(problem.to_pandas(), index=index, dtype="str"),
+        pd.Series(values, index=index, dtype="float64"),
+        pd.Series(problem, index=index, dtype=object),
     )
 
 
-def validate_file(
-    raw: RawFile, features: tuple[str, ...], targets: tuple[str, ...]
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One file's text rows -> (accepted typed rows, quarantine records)."""
+@dataclass(frozen=True)
+class CheckedRows:
+    """One block of text rows checked: `typed` (id and parsed numbers, every row), `keep`
+    (rows with no problem) and the quarantine records of the others."""
+
+    typed: pd.DataFrame
+    keep: np.ndarray
+    quarantine: pd.DataFrame
+
+
+def check_rows(
+    raw: RawFile, features: tuple[str, ...], targets: tuple[str, ...], *, unique_ids: bool
+) -> CheckedRows:
+    """Parse and check text rows (see validate_file)."""
     source = str(raw.path)
     rows = raw.rows.reset_index(drop=True)
     text_columns = list(raw.header)
-    blank = (rows[text_columns] == "").all(axis=1).to_numpy()
+    blank = np.asarray((rows[text_columns] == "").all(axis=1).to_numpy(), dtype=bool)
 
     typed = pd.DataFrame(index=rows.index)
-    typed[ID_COLUMN] = rows[ID_COLUMN].str.strip().replace("", pd.NA)
-    problems = []
+    ids = rows[ID_COLUMN].astype("str").str.strip()  # Arrow-backed text: vectorized checks
+    typed[ID_COLUMN] = ids.where(ids != "")
+    problems, unparsed = [], {}
     for name in (*features, *targets):
         typed[name], bad_text = parse_numbers(rows[name])
-        for pos, value in bad_text.dropna().items():
+        unparsed[name] = bad_text.notna().to_numpy()
+        bad_values = bad_text.to_numpy()
+        for pos in np.flatnonzero(unparsed[name]):
+            value = bad_values[pos]
             problems.append((pos, name, "not a number", f"{name}={value!r} is not a number"))
 
     cells = pd.DataFrame(problems, columns=["pos", "column", "reason", "detail"])
-    cells = pd.concat(
-        [cells, _schema_failures(typed, rows, features, targets, source)], ignore_index=True
-    )
+    failures = _schema_failures(typed, rows, features, targets, source, unique_ids, unparsed)
+    cells = pd.concat([cells, failures], ignore_index=True)
     # A cell that did not parse also shows up as null: keep the parse reason only. Other
     # reasons for one cell all stay (-inf is both not finite and out of range).
-    unparsed = set(
-        zip(cells["pos"][: len(problems)], cells["column"][: len(problems)], strict=True)
-    )
-    shadowed = [
-        (pos, column) in unparsed and reason == "missing value"
-        for pos, column, reason in zip(cells["pos"], cells["column"], cells["reason"], strict=True)
-    ]
-    cells = cells[~np.array(shadowed, dtype=bool)]
+    shadowed = np.zeros(len(cells), dtype=bool)
+    missing = (cells["reason"] == "missing value").to_numpy()
+    positions = cells["pos"].to_numpy(dtype="int64")
+    for column, mask in unparsed.items():
+        here = missing & (cells["column"] == column).to_numpy()
+        shadowed[here] = mask[positions[here]]
+    cells = cells[~shadowed]
     cells = cells[~blank[cells["pos"].to_numpy(dtype="int64")]]
     blanks = pd.DataFrame(
         {"pos": np.flatnonzero(blank), "column": None, "reason": "blank line", "detail": ""}
@@ -139,30 +160,94 @@ def validate_file(
             "column": cells["column"].to_numpy(),
             "reason": cells["reason"].to_numpy(),
             "detail": cells["detail"].to_numpy(),
-            "raw": _as_csv_lines(rows.iloc[bad_pos][text_columns]),
+            "raw": as_csv_lines(rows.iloc[bad_pos][text_columns]),
         }
     )
     parse_errors = raw.parse_errors.assign(source_file=source, column=None)
     quarantine = pd.concat([quarantine, parse_errors[QUARANTINE_COLUMNS]], ignore_index=True)
     quarantine = quarantine.sort_values("source_line", kind="stable").reset_index(drop=True)
-
     keep = np.ones(len(rows), dtype=bool)
     keep[bad_pos] = False
-    accepted = typed[keep].reset_index(drop=True)
-    accepted["source_file"] = source
-    accepted["source_line"] = rows["source_line"].to_numpy()[keep]
-    return accepted, quarantine.astype({"source_line": "int64"})
+    typed["source_line"] = rows["source_line"].to_numpy()
+    return CheckedRows(typed, keep, quarantine.astype({"source_line": "int64"}))
 
 
-def _schema_failures(typed, rows, features, targets, source) -> pd.DataFrame:
-    """Lazy pandera validation -> one record (pos, column, reason, detail) per failing cell."""
+def validate_file(
+    raw: RawFile, features: tuple[str, ...], targets: tuple[str, ...]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One file's text rows -> (accepted typed rows, quarantine records)."""
+    checked = check_rows(raw, features, targets, unique_ids=True)
+    accepted = checked.typed[checked.keep].reset_index(drop=True)
+    accepted.insert(len(accepted.columns) - 1, "source_file", str(raw.path))
+    return accepted, checked.quarantine
+
+
+# Row checks whose pandera semantics the pre-screen reproduces exactly (value -> passes).
+_FAST_CHECKS = {
+    "greater_than": lambda v, st: v > st["min_value"],
+    "greater_than_or_equal_to": lambda v, st: v >= st["min_value"],
+    "less_than": lambda v, st: v < st["max_value"],
+    "less_than_or_equal_to": lambda v, st: v <= st["max_value"],
+    "is_finite": lambda v, st: np.isfinite(v),
+}
+
+
+def prescreen(
+    schema: pandera.DataFrameSchema, typed: pd.DataFrame, unparsed: dict[str, np.ndarray]
+) -> np.ndarray:
+    """Rows that certainly pass every column check of `schema` (not null, range, finite, text
+    pattern), computed vectorized from the checks' own statistics. A check of a kind not listed
+    in _FAST_CHECKS (or a pattern RE2 cannot take) makes every row a suspect, so pandera still
+    decides; the screen only spares pandera the rows that cannot fail. A cell that did not
+    parse (`unparsed`) counts as passing: pandera would only report it as null, which the
+    parser's own record shadows."""
+    ok = np.ones(len(typed), dtype=bool)
+    for name, column in schema.columns.items():
+        values = typed[name]
+        if values.dtype == "float64":
+            numbers = values.to_numpy()
+            cell = ~np.isnan(numbers)
+            with np.errstate(invalid="ignore"):
+                for check in column.checks:
+                    test = _FAST_CHECKS.get(check.name)
+                    if test is None:
+                        return np.zeros(len(typed), dtype=bool)
+                    cell &= test(numbers, check.statistics)
+            ok &= cell | unparsed.get(name, False)
+            continue
+        text = pa.array(values, type=pa.string(), from_pandas=True)
+        ok &= pc.is_valid(text).to_numpy(zero_copy_only=False)
+        for check in column.checks:
+            if check.name != "str_matches":
+                return np.zeros(len(typed), dtype=bool)
+            try:
+                hit = pc.match_substring_regex(text, check.statistics["pattern"])
+            except pa.ArrowInvalid:
+                return np.zeros(len(typed), dtype=bool)
+            ok &= pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
+    return ok
+
+
+def _schema_failures(typed, rows, features, targets, source, unique_ids, unparsed):
+    """pandera validation -> one record (pos, column, reason, detail) per failing cell. The
+    column checks run on the rows the pre-screen could not clear; the unique-id check, when
+    asked for, on the id column of every row."""
     schema = sales_schema(features, targets)
-    try:
-        schema.validate(typed, lazy=True)
-    except pandera.errors.SchemaErrors as err:
-        cases = err.failure_cases
-    else:
+    unique = schema.unique
+    schema.unique = None
+    suspects = typed[~prescreen(schema, typed, unparsed)]
+    found = [_failure_cases(schema, suspects)] if len(suspects) else []
+    if unique_ids and unique:
+        ids = pandera.DataFrameSchema(
+            {ID_COLUMN: pandera.Column(str, nullable=True)},
+            unique=unique,
+            report_duplicates=schema.report_duplicates,
+        )
+        found.append(_failure_cases(ids, typed[[ID_COLUMN]]))
+    found = [cases for cases in found if cases is not None]
+    if not found:
         return pd.DataFrame(columns=["pos", "column", "reason", "detail"])
+    cases = pd.concat(found, ignore_index=True)
     frame_level = cases[cases["index"].isna()]
     if len(frame_level):
         first = frame_level.iloc[0]
@@ -174,10 +259,14 @@ def _schema_failures(typed, rows, features, targets, source) -> pd.DataFrame:
         check: next((r for prefix, r in _REASONS.items() if check.startswith(prefix)), check)
         for check in checks.unique()
     }
-    texts = {column: rows[column].to_numpy(dtype=object) for column in cases["column"].unique()}
+    positions = cases["index"].astype("int64").to_numpy()
+    texts = np.empty(len(cases), dtype=object)
+    for column in cases["column"].unique():
+        picked = (cases["column"] == column).to_numpy()
+        texts[picked] = rows[column].iloc[positions[picked]].to_numpy(dtype=object)
     records = []
-    for check, column, pos in zip(checks, cases["column"], cases["index"].astype(int), strict=True):
-        reason, text = reasons[check], str(texts[column][pos])
+    for check, column, pos, value in zip(checks, cases["column"], positions, texts, strict=True):
+        reason, text = reasons[check], str(value)
         if reason == "duplicate key":
             detail = f"{ID_COLUMN} {text.strip()!r} already appears earlier in this file"
         elif not text.strip():
@@ -190,10 +279,19 @@ def _schema_failures(typed, rows, features, targets, source) -> pd.DataFrame:
     return pd.DataFrame(records, columns=["pos", "column", "reason", "detail"])
 
 
-def _as_csv_lines(frame: pd.DataFrame) -> list[str]:
+def _failure_cases(schema: pandera.DataFrameSchema, frame: pd.DataFrame) -> pd.DataFrame | None:
+    try:
+        schema.validate(frame, lazy=True)
+    except pandera.errors.SchemaErrors as err:
+        return err.failure_cases
+    return None
+
+
+def as_csv_lines(frame: pd.DataFrame) -> list[str]:
     """Rows of text back to CSV lines (a blank line stays empty)."""
     out = []
-    for values in frame.itertuples(index=False):
+    columns = [frame[name].to_numpy(dtype=object) for name in frame.columns]
+    for values in zip(*columns, strict=True):
         if not any(values):
             out.append("")
             continue
@@ -236,17 +334,19 @@ def validate_files(
     return ValidatedData(pd.concat(accepted, ignore_index=True), quarantine, reports)
 
 
-def check_quality(data: ValidatedData, max_bad_fraction: float) -> None:
+def check_quality(files: list[FileReport], max_bad_fraction: float) -> None:
     """Raise DataQualityError when no rows are left or too many were quarantined."""
-    names = ", ".join(f.path for f in data.files)
-    if len(data.accepted) == 0:
+    names = ", ".join(f.path for f in files)
+    rows_in = sum(f.rows for f in files)
+    quarantined = sum(f.quarantined for f in files)
+    if sum(f.accepted for f in files) == 0:
         raise DataQualityError(
-            f"no valid rows: all {data.rows_in} data rows of {names} were quarantined"
+            f"no valid rows: all {rows_in} data rows of {names} were quarantined"
         )
-    share = data.rows_quarantined / data.rows_in
+    share = quarantined / rows_in
     if share > max_bad_fraction:
         raise DataQualityError(
-            f"{data.rows_quarantined} of {data.rows_in} rows ({share:.1%}) of {names} were "
+            f"{quarantined} of {rows_in} rows ({share:.1%}) of {names} were "
             f"quarantined, above max_bad_fraction={max_bad_fraction}"
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 
@@ -14,7 +15,7 @@ from tasks.evaluate import (
     predictions_frame,
     weights_frame,
 )
-from tasks.split import split_holdout
+from tasks.split import hash_text, split_holdout
 from tasks.train import fit_linear_regression
 
 
@@ -31,24 +32,35 @@ def frame(n=500, seed=0):
     )
 
 
-def test_split_is_deterministic_and_follows_the_row_not_its_position():
-    df = frame()
-    keys = ["country", "x", "y"]
-    mask = split_holdout(df, keys, 0.2, seed=1)
-    assert 0.12 < mask.mean() < 0.28
-    np.testing.assert_array_equal(mask, split_holdout(df, keys, 0.2, seed=1))
+def test_split_is_deterministic_and_follows_the_country_not_its_position_or_file():
+    df = frame(2000)
+    mask = split_holdout(df["country"], 0.2, seed=1)
+    assert 0.16 < mask.mean() < 0.24
+    np.testing.assert_array_equal(mask, split_holdout(df["country"], 0.2, seed=1))
     shuffled = df.sample(frac=1.0, random_state=3)
     np.testing.assert_array_equal(
-        split_holdout(shuffled, keys, 0.2, seed=1), mask[shuffled.index.to_numpy()]
+        split_holdout(shuffled["country"], 0.2, seed=1), mask[shuffled.index.to_numpy()]
     )
-    assert (split_holdout(df, keys, 0.2, seed=2) != mask).any()
-    assert not split_holdout(df, keys, 0.0, seed=1).any()
+    # pandas text, Arrow text and a slice of it hash alike (the streaming path hashes Arrow)
+    arrow = pa.array(df["country"].tolist(), pa.string())
+    np.testing.assert_array_equal(split_holdout(arrow, 0.2, seed=1), mask)
+    np.testing.assert_array_equal(split_holdout(arrow.slice(7, 50), 0.2, seed=1), mask[7:57])
+    assert (split_holdout(df["country"], 0.2, seed=2) != mask).any()
+    assert not split_holdout(df["country"], 0.0, seed=1).any()
+
+
+def test_text_hash_separates_near_identical_ids():
+    ids = ["", "a", "b", "ab", "ba", "a" * 1000, "a" * 999 + "b", "é", "e\u0301", "C1", "C01"]
+    hashes = hash_text(pa.array(ids, pa.string()), seed=0)
+    assert len(set(hashes.tolist())) == len(ids)
+    assert hash_text(pa.array([None], pa.string()), seed=0)[0] == hashes[0]
+    assert (hash_text(pa.array(ids, pa.string()), seed=1) != hashes).all()
 
 
 def test_metrics_agree_with_the_predictions_and_the_optimum():
     df = frame()
     df["y"] = 3 * df["x"] + 1 + np.random.default_rng(1).normal(0, 0.5, len(df))
-    is_holdout = split_holdout(df, ["country", "x", "y"], 0.25, seed=0)
+    is_holdout = split_holdout(df["country"], 0.25, seed=0)
     train = df[~is_holdout]
     X = torch.tensor(train[["x"]].to_numpy())
     y = torch.tensor(train[["y"]].to_numpy())
