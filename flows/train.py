@@ -26,6 +26,7 @@ from schemas.params import (
     DEFAULT_PROMOTION_TOLERANCE,
     DEFAULT_SEED,
     DEFAULT_SOLVER,
+    DEFAULT_STREAM_ABOVE_MB,
     DEFAULT_TOL,
     BadFraction,
     ColumnList,
@@ -38,15 +39,29 @@ from schemas.params import (
     PromotionTolerance,
     Seed,
     Solver,
+    StreamAboveMB,
     Tolerance,
 )
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
 from tasks.evaluate import evaluate_run
 from tasks.paths import confine, output_roots
 from tasks.prepare import combine_files, find_inputs, prepare_input_file
-from tasks.publish import check_data_quality, publish_run
+from tasks.publish import (
+    check_data_quality,
+    check_streamed_quality,
+    publish_run,
+    publish_streamed_run,
+)
 from tasks.report import report_run, summary_text
-from tasks.storage import new_run
+from tasks.scan import (
+    FileEmit,
+    Scoring,
+    StreamedData,
+    emit_input_file,
+    evaluate_streamed,
+    scan_input_file,
+)
+from tasks.storage import RunInfo, data_fingerprint, new_run, staging_area, table_metadata
 from tasks.train import train_model
 from tasks.validate import check_columns
 
@@ -67,6 +82,7 @@ def train_sales_model(
     promotion_tolerance: PromotionTolerance = DEFAULT_PROMOTION_TOLERANCE,
     drift_threshold: DriftThreshold = DEFAULT_DRIFT_THRESHOLD,
     solver: Solver = DEFAULT_SOLVER,
+    stream_above_mb: StreamAboveMB = DEFAULT_STREAM_ABOVE_MB,
 ) -> dict[str, Any]:
     """Train the sales model on the CSV(s) at `data` and publish it under `output`.
 
@@ -75,6 +91,23 @@ def train_sales_model(
     check_columns(features, targets)
     run = new_run(confine(output, output_roots(), "output"), dict(flow_run.parameters))
     paths = find_inputs(data)
+    if sum(path.stat().st_size for path in paths) > stream_above_mb * 2**20:
+        return train_streamed(
+            run,
+            paths,
+            features,
+            targets,
+            holdout_fraction,
+            seed,
+            max_epochs,
+            lr,
+            tol,
+            max_bad_fraction,
+            dtype,
+            promotion_tolerance,
+            drift_threshold,
+            solver,
+        )
     parts = [
         prepare_input_file.submit(path, features, targets, holdout_fraction, seed) for path in paths
     ]
@@ -87,6 +120,65 @@ def train_sales_model(
         run, prepared.data, tables, fit, features, targets, promotion_tolerance, drift_threshold
     )
     report_run(manifest, tables["weights"], output)
+    return manifest
+
+
+def train_streamed(
+    run: RunInfo,
+    paths: list[Path],
+    features: tuple[str, ...],
+    targets: tuple[str, ...],
+    holdout_fraction: float,
+    seed: int,
+    max_epochs: int,
+    lr: float | None,
+    tol: float,
+    max_bad_fraction: float,
+    dtype: str,
+    promotion_tolerance: float,
+    drift_threshold: float,
+    solver: str,
+) -> dict[str, Any]:
+    """The same run for inputs bigger than memory: pass 1 per file (validate, quarantine,
+    statistics), training, pass 2 per file (predictions), publish. See tasks/scan.py."""
+    with staging_area(run.output_root, run.run_id) as staging:
+        scans = [
+            scan_input_file.submit(
+                path, i, features, targets, holdout_fraction, seed, staging, solver == "direct"
+            )
+            for i, path in enumerate(paths)
+        ]
+        wait(scans)
+        streamed = StreamedData([scan.result() for scan in scans])
+        fingerprint = data_fingerprint([f.sha256 for f in streamed.files])
+        metadata = table_metadata(run, "predictions", fingerprint)
+
+        def emit_all(scoring: Scoring | None) -> list[FileEmit]:
+            futures = [
+                emit_input_file.submit(
+                    scan, features, targets, holdout_fraction, seed, staging, scoring, metadata
+                )
+                for scan in streamed.scans
+            ]
+            wait(futures)
+            return [future.result() for future in futures]
+
+        check_streamed_quality(run, streamed, max_bad_fraction, lambda: emit_all(None))
+        fit = train_model(streamed, features, targets, lr, max_epochs, tol, seed, solver, dtype)
+        emits = emit_all(streamed.scoring(fit))
+        tables = evaluate_streamed(streamed, emits, fit, features, targets)
+        manifest = publish_streamed_run(
+            run,
+            streamed,
+            emits,
+            tables,
+            fit,
+            features,
+            targets,
+            promotion_tolerance,
+            drift_threshold,
+        )
+    report_run(manifest, tables["weights"], str(run.output_root))
     return manifest
 
 
@@ -121,6 +213,11 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--drift-threshold",
         help=f"standardized mean shift flagged as drift (default {DEFAULT_DRIFT_THRESHOLD})",
+    )
+    parser.add_argument(
+        "--stream-above-mb",
+        help="stream inputs bigger than this in total (two passes, bounded memory; 0: always); "
+        f"default {DEFAULT_STREAM_ABOVE_MB:g}",
     )
     parser.add_argument(
         "--task-runner",

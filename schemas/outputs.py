@@ -7,6 +7,7 @@ Each table is a Hive-partitioned dataset under the output root, `<table>/run_id=
 from __future__ import annotations
 
 import pandera.pandas as pa
+import pyarrow
 from pandera.typing.pandas import Series
 
 from schemas.sales import ID_COLUMN, SalesRecord
@@ -100,6 +101,19 @@ class QuarantineTable(pa.DataFrameModel):
 
     class Config:
         strict = True
+
+
+# The quarantine table's Arrow types, for files written in chunks (the streaming path).
+QUARANTINE_ARROW = pyarrow.schema(
+    [
+        ("source_file", pyarrow.string()),
+        ("source_line", pyarrow.int64()),
+        ("column", pyarrow.string()),
+        ("reason", pyarrow.string()),
+        ("detail", pyarrow.string()),
+        ("raw", pyarrow.string()),
+    ]
+)
 
 
 def predictions_schema(features: tuple[str, ...], targets: tuple[str, ...]) -> pa.DataFrameSchema:

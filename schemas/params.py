@@ -74,4 +74,11 @@ RunId = Annotated[
 # gradients from float64 sufficient statistics, O(d^2) per epoch whatever the row count.
 Solver = Literal["direct", "moments"]
 DEFAULT_SOLVER = "direct"
+# Inputs above this total size are streamed (two passes over the CSV, bounded memory) instead of
+# read whole; 0 streams everything.
+StreamAboveMB = Annotated[
+    float,
+    Field(ge=0.0, description="Stream the inputs (bounded memory) when they total more MB."),
+]
+DEFAULT_STREAM_ABOVE_MB = 64.0
 Dtype = Literal["float32", "float64"]

@@ -3,6 +3,8 @@ least-squares optimum that certifies gradient descent converged."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from prefect import task
@@ -53,14 +55,49 @@ def evaluate_model(
     train = ~is_holdout
     W_opt, b_opt = least_squares(X[train], y[train])
     train_mean = y[train].mean(axis=0)
-    records = []
+    per_split = {}
     for split, mask in zip(SPLITS, (train, is_holdout), strict=True):
         if not mask.any():
             continue
         Xs, ys = X[mask], y[mask]
-        mse = mse_per_target(linear_predict(Xs, fit.W, fit.b), ys)
-        baseline = mse_per_target(np.broadcast_to(train_mean, ys.shape), ys)
-        optimum = mse_per_target(linear_predict(Xs, W_opt, b_opt), ys)
+        per_split[split] = (
+            int(mask.sum()),
+            mse_per_target(linear_predict(Xs, fit.W, fit.b), ys),
+            mse_per_target(np.broadcast_to(train_mean, ys.shape), ys),
+            mse_per_target(linear_predict(Xs, W_opt, b_opt), ys),
+        )
+    return metrics_frame(per_split, fit, targets)
+
+
+def metrics_from_sums(
+    sums: dict[str, dict[str, Any]], fit: FitResult, targets: tuple[str, ...]
+) -> pd.DataFrame:
+    """The metrics table from per-split sums of squared errors (the streaming path's pass 2):
+    rows, sse (model), sse_baseline, sse_optimum per split."""
+    per_split = {}
+    for split in SPLITS:
+        part = sums[split]
+        rows = max(part["rows"], 1)
+        per_split[split] = (
+            part["rows"],
+            part["sse"] / rows,
+            part["sse_baseline"] / rows,
+            part["sse_optimum"] / rows,
+        )
+    return metrics_frame(per_split, fit, targets)
+
+
+def metrics_frame(
+    per_split: dict[str, tuple[int, np.ndarray, np.ndarray, np.ndarray]],
+    fit: FitResult,
+    targets: tuple[str, ...],
+) -> pd.DataFrame:
+    """(rows, mse, baseline_mse, optimum_mse) per split -> the metrics table; a split with no
+    rows is left out."""
+    records = []
+    for split, (rows, mse, baseline, optimum) in per_split.items():
+        if not rows:
+            continue
         gap = relative_gap(mse, optimum)
         for j, target in enumerate(targets):
             records.append(
@@ -70,7 +107,7 @@ def evaluate_model(
                     "mse": mse[j],
                     "baseline_mse": baseline[j],
                     "r2": 1.0 - mse[j] / baseline[j] if baseline[j] > 0 else np.nan,
-                    "rows": int(mask.sum()),
+                    "rows": rows,
                     "optimum_mse": optimum[j],
                     "relative_gap": gap[j],
                     "epochs": fit.epochs,

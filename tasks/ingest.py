@@ -12,12 +12,15 @@ import glob
 import hashlib
 import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -37,6 +40,8 @@ _MAGIC = {
 }
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 READ_BLOCK_BYTES = 16 << 20
+# Block size of the streaming reader: one block of text (about 500k rows) in memory at a time.
+STREAM_BLOCK_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -163,36 +168,15 @@ def read_sales_csv(path: Path, required: list[str], allowed: set[str]) -> RawFil
     sniff_file(path)
     header = read_header(path)
     check_header(path, header, required, allowed)
-    parse_errors: list[tuple[int, str]] = []
-
-    def on_invalid_row(row: pacsv.InvalidRow) -> str:
-        parse_errors.append((row.number, row.text, row.actual_columns, row.expected_columns))
-        return "skip"
-
+    parse_errors: list[tuple[int, str, int, int]] = []
     try:
-        table = pacsv.read_csv(
-            path,
-            # Row numbers are only reported single-threaded; blank lines are kept so that they
-            # are counted and lines do not shift.
-            read_options=pacsv.ReadOptions(use_threads=False, block_size=READ_BLOCK_BYTES),
-            parse_options=pacsv.ParseOptions(
-                ignore_empty_lines=False, invalid_row_handler=on_invalid_row
-            ),
-            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string())),
-        )
+        table = pacsv.read_csv(path, **_csv_options(header, parse_errors.append, READ_BLOCK_BYTES))
     except pa.ArrowInvalid as exc:
         raise _explain_arrow_error(path, header, exc) from None
     rows = table.to_pandas()
     rows["source_line"] = _valid_row_lines(len(rows), parse_errors)
     _reject_multiline_values(path, rows, header, parse_errors)
-    errors = pd.DataFrame(
-        {
-            "source_line": pd.Series([e[0] for e in parse_errors], dtype="int64"),
-            "reason": "wrong field count",
-            "detail": [f"expected {e[3]} fields, found {e[2]}" for e in parse_errors],
-            "raw": pd.Series([e[1] for e in parse_errors], dtype="str"),
-        }
-    )
+    errors = parse_error_frame(parse_errors)
     if len(rows) + len(errors) == 0:
         raise InputFileError(f"{path}: no data rows (header only)")
     return RawFile(path, sha256_file(path), path.stat().st_size, header, rows, errors)
@@ -203,16 +187,165 @@ def _reject_multiline_values(
 ) -> None:
     """A quoted value that runs past its line is an unterminated quote: it swallows the lines
     after it, so the file is rejected with the line where it starts."""
-    starts = [number for number, text, *_ in parse_errors if "\n" in text or "\r" in text]
+    starts = [number for number, text, *_ in parse_errors if _opens_a_quote(text)]
     for name in header:
         multiline = rows[name].str.contains(r"[\r\n]", regex=True)
         if multiline.any():
             starts.append(int(rows.loc[multiline, "source_line"].iloc[0]))
     if starts:
-        raise InputFileError(
-            f"{path}: line {min(starts)}: unterminated quote (a quoted value runs past the end "
-            "of its line); fix the quoting"
-        )
+        raise _unterminated_quote(path, min(starts))
+
+
+def _opens_a_quote(text: str) -> bool:
+    """A rejected row that runs over a line end, or has a field opening a quote it never
+    closes (seen when a block boundary cuts the quoted value short)."""
+    if "\n" in text or "\r" in text:
+        return True
+    return text.count('"') % 2 == 1 and re.search(r'(^|,)"', text) is not None
+
+
+def _unterminated_quote(path: Path, line: int) -> InputFileError:
+    return InputFileError(
+        f"{path}: line {line}: unterminated quote (a quoted value runs past the end "
+        "of its line); fix the quoting"
+    )
+
+
+def _csv_options(
+    header: tuple[str, ...], on_error: Callable[[tuple[int, str, int, int]], None], block: int
+) -> dict[str, Any]:
+    """pyarrow CSV options: every column as text, blank lines kept (so that they are counted
+    and lines do not shift), rows with the wrong field count handed to `on_error` as
+    (line, text, fields found, fields expected). Single-threaded: pyarrow reports row numbers
+    only then."""
+
+    def on_invalid_row(row: pacsv.InvalidRow) -> str:
+        on_error((row.number, row.text, row.actual_columns, row.expected_columns))
+        return "skip"
+
+    return {
+        "read_options": pacsv.ReadOptions(use_threads=False, block_size=block),
+        "parse_options": pacsv.ParseOptions(
+            ignore_empty_lines=False, invalid_row_handler=on_invalid_row
+        ),
+        "convert_options": pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string())),
+    }
+
+
+def parse_error_frame(parse_errors: list[tuple[int, str, int, int]]) -> pd.DataFrame:
+    """Rows the parser rejected -> source_line, reason, detail, raw."""
+    return pd.DataFrame(
+        {
+            "source_line": pd.Series([e[0] for e in parse_errors], dtype="int64"),
+            "reason": "wrong field count",
+            "detail": [f"expected {e[3]} fields, found {e[2]}" for e in parse_errors],
+            "raw": pd.Series([e[1] for e in parse_errors], dtype="str"),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class TextBatch:
+    """A slice of a CSV read as text: `rows` (one text column per CSV column), `lines` (the
+    1-based line of each row) and the parser's rejected rows among those lines."""
+
+    rows: pa.Table
+    lines: np.ndarray
+    parse_errors: pd.DataFrame
+
+
+def iter_text_batches(
+    path: Path, required: list[str], allowed: set[str], block_bytes: int = STREAM_BLOCK_BYTES
+) -> Iterator[TextBatch]:
+    """Stream one CSV as text in blocks of about `block_bytes`, with the same file-level checks
+    and the same line numbers as read_sales_csv. Memory is bounded by the block size."""
+    sniff_file(path)
+    header = read_header(path)
+    check_header(path, header, required, allowed)
+    pending: list[tuple[int, str, int, int]] = []
+    taken = _TakenLines()
+    next_line, seen = 2, 0
+    try:
+        try:
+            reader = pacsv.open_csv(path, **_csv_options(header, pending.append, block_bytes))
+        except pa.ArrowInvalid as exc:
+            if "Empty CSV file" in str(exc):  # the header and nothing after it
+                raise InputFileError(f"{path}: no data rows (header only)") from None
+            raise
+        for batch in reader:
+            # The parser reports a block's rejected rows before it hands over the block's rows.
+            taken.add(pending, next_line)
+            lines = taken.next_free(next_line, batch.num_rows)
+            end = int(lines[-1]) + 1 if len(lines) else next_line
+            errors = [e for e in pending if e[0] < end]
+            pending[:] = [e for e in pending if e[0] >= end]
+            table = pa.Table.from_batches([batch])
+            _reject_multiline_batch(path, table, lines, errors)
+            seen += batch.num_rows + len(errors)
+            next_line = end
+            yield TextBatch(table, lines, parse_error_frame(errors))
+    except pa.ArrowInvalid as exc:
+        raise _explain_arrow_error(path, header, exc) from None
+    if pending:
+        _reject_multiline_batch(path, None, np.zeros(0, np.int64), pending)
+        seen += len(pending)
+        empty = pa.table({name: pa.array([], pa.string()) for name in header})
+        yield TextBatch(empty, np.zeros(0, np.int64), parse_error_frame(pending))
+    if seen == 0:
+        raise InputFileError(f"{path}: no data rows (header only)")
+
+
+def _has_line_break(chunk: pa.Array) -> bool:
+    """Whether any value of a text array holds CR or LF (a scan of its bytes)."""
+    if len(chunk) == 0:
+        return False
+    width = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+    offsets = np.frombuffer(chunk.buffers()[1], dtype=width)
+    first, last = offsets[chunk.offset], offsets[chunk.offset + len(chunk)]
+    data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)[first:last]
+    return bool(np.any(data <= 13) and (np.any(data == 10) or np.any(data == 13)))
+
+
+class _TakenLines:
+    """Lines taken by rows the parser rejected (a rejected row can span several lines)."""
+
+    def __init__(self) -> None:
+        self.lines = np.zeros(0, dtype=np.int64)
+        self.known: set[int] = set()
+
+    def add(self, errors: list[tuple], first: int) -> None:
+        new = [
+            line
+            for number, text, *_ in errors
+            if number not in self.known
+            for line in range(number, number + text.count("\n") + 1)
+        ]
+        self.known.update(number for number, *_ in errors)
+        lines = np.concatenate([self.lines[self.lines >= first], np.asarray(new, np.int64)])
+        self.lines = np.unique(lines)
+
+    def next_free(self, first: int, n: int) -> np.ndarray:
+        """The first `n` lines from `first` on that no rejected row takes."""
+        ahead = self.lines[self.lines >= first]
+        candidates = np.arange(first, first + n + len(ahead), dtype=np.int64)
+        if len(ahead):
+            candidates = candidates[~np.isin(candidates, ahead)]
+        return candidates[:n]
+
+
+def _reject_multiline_batch(
+    path: Path, table: pa.Table | None, lines: np.ndarray, errors: list[tuple]
+) -> None:
+    starts = [number for number, text, *_ in errors if _opens_a_quote(text)]
+    for column in [] if table is None else table.columns:
+        for chunk in column.chunks:
+            if not _has_line_break(chunk):
+                continue
+            hit = pc.match_substring_regex(column, "[\r\n]").to_numpy(zero_copy_only=False)
+            starts.append(int(lines[np.flatnonzero(hit)[0]]))
+            break
+    if starts:
+        raise _unterminated_quote(path, min(starts))
 
 
 def _valid_row_lines(n_valid: int, parse_errors: list[tuple]) -> np.ndarray:

@@ -247,7 +247,7 @@ def _check_one(
             stored, required_columns(features, targets), allowed_columns(features, targets)
         )
         data = validate_files([raw], features, targets)
-        check_quality(data, max_bad_fraction)
+        check_quality(data.files, max_bad_fraction)
     except PipelineError as exc:
         stored.unlink()
         record(conn, landed, "failed", reason=str(exc).replace(str(stored), landed.path.name))

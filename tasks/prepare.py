@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
@@ -16,6 +17,7 @@ from schemas.sales import ID_COLUMN, allowed_columns, required_columns
 from tasks.ingest import FILE_READ_TASK, read_sales_csv, resolve_inputs
 from tasks.paths import data_roots
 from tasks.split import split_holdout
+from tasks.tensors import to_tensors
 from tasks.train import Moments, moments_of
 from tasks.validate import ValidatedData, validate_files
 
@@ -28,6 +30,16 @@ class PreparedData:
     data: ValidatedData
     is_holdout: np.ndarray
     moments: Moments
+
+    @property
+    def accepted_rows(self) -> int:
+        return len(self.is_holdout)
+
+    def training_tensors(
+        self, features: tuple[str, ...], targets: tuple[str, ...], dtype: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """X [N, d] and y [N, k] of the training rows, in file order."""
+        return to_tensors(self.data.accepted[~self.is_holdout], features, targets, dtype)
 
 
 def prepare_file(
@@ -43,7 +55,7 @@ def prepare_file(
     )
     data = validate_files([raw], features, targets)
     accepted = data.accepted
-    is_holdout = split_holdout(accepted, [ID_COLUMN, *features, *targets], holdout_fraction, seed)
+    is_holdout = split_holdout(accepted[ID_COLUMN], holdout_fraction, seed)
     train = accepted[~is_holdout]
     moments = moments_of(
         train[list(features)].to_numpy(dtype=np.float64),

@@ -20,6 +20,7 @@ import pandas as pd
 from tasks.errors import PipelineError
 from tasks.evaluate import INTERCEPT, linear_predict, mse_per_target
 from tasks.storage import table_path, write_json
+from tasks.train import Moments, moments_mse
 
 CHAMPION_FILE = "champion.json"
 LOCK_FILE = ".publish.lock"
@@ -66,28 +67,28 @@ def decide_promotion(
     converged: bool,
     champion: LinearModel | None,
     champion_id: str | None,
-    holdout: pd.DataFrame,
+    holdout: pd.DataFrame | Moments,
     tolerance: float,
 ) -> dict[str, Any]:
-    """Compare the candidate with the champion on the candidate's holdout rows.
+    """Compare the candidate with the champion on the candidate's holdout rows (the rows, or
+    their float64 statistics when the data was streamed: the same MSE without the rows).
 
     Promoted when training converged and, for every target, the candidate's holdout MSE is at
     most the champion's times (1 + tolerance). Returns the decision with its reason and figures.
     """
+    rows = holdout.n if isinstance(holdout, Moments) else len(holdout)
     decision: dict[str, Any] = {
         "promoted": False,
         "reason": "",
         "champion_before": champion_id,
         "tolerance": tolerance,
-        "holdout_rows": len(holdout),
+        "holdout_rows": rows,
         "candidate_holdout_mse": None,
         "champion_holdout_mse": None,
     }
-    if len(holdout):
-        X = holdout[list(candidate.features)].to_numpy()
-        y = holdout[list(candidate.targets)].to_numpy()
+    if rows:
         decision["candidate_holdout_mse"] = _by_target(
-            candidate.targets, mse_per_target(linear_predict(X, candidate.W, candidate.b), y)
+            candidate.targets, holdout_mse(candidate, holdout)
         )
     if not converged:
         return {**decision, "reason": "training did not converge"}
@@ -99,9 +100,9 @@ def decide_promotion(
             "reason": f"champion {champion_id} uses other columns "
             f"({', '.join(champion.features)} -> {', '.join(champion.targets)}); not comparable",
         }
-    if not len(holdout):
+    if not rows:
         return {**decision, "reason": "no holdout rows to compare on"}
-    champion_mse = mse_per_target(linear_predict(X, champion.W, champion.b), y)
+    champion_mse = holdout_mse(champion, holdout)
     decision["champion_holdout_mse"] = _by_target(champion.targets, champion_mse)
     candidate_mse = np.array(list(decision["candidate_holdout_mse"].values()))
     worse = [
@@ -117,8 +118,17 @@ def decide_promotion(
     return {
         **decision,
         "promoted": True,
-        "reason": f"holdout MSE not worse than champion {champion_id} on {len(holdout)} rows",
+        "reason": f"holdout MSE not worse than champion {champion_id} on {rows} rows",
     }
+
+
+def holdout_mse(model: LinearModel, holdout: pd.DataFrame | Moments) -> np.ndarray:
+    """The model's MSE per target on the holdout rows or their statistics."""
+    if isinstance(holdout, Moments):
+        return moments_mse(holdout, model.W, model.b)
+    X = holdout[list(model.features)].to_numpy()
+    y = holdout[list(model.targets)].to_numpy()
+    return mse_per_target(linear_predict(X, model.W, model.b), y)
 
 
 def _by_target(targets: tuple[str, ...], values: np.ndarray) -> dict[str, float]:

@@ -4,18 +4,20 @@ then move the champion pointer, all under the output root's lock."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 from schemas.outputs import (
+    QUARANTINE_ARROW,
     SCHEMA_VERSION,
     MetricsTable,
     ProfileTable,
@@ -34,18 +36,21 @@ from tasks.promote import (
     write_champion,
 )
 from tasks.report import report_dir, write_report
+from tasks.scan import FileEmit, StreamedData, iter_quarantine, quarantine_frame
 from tasks.storage import (
     RunInfo,
     data_fingerprint,
     manifest_path,
+    move_parts,
     remove_written,
     sweep_temp_files,
     table_path,
     write_json,
     write_table,
+    write_table_chunks,
 )
-from tasks.train import FitResult
-from tasks.validate import ValidatedData, check_quality
+from tasks.train import FitResult, Moments
+from tasks.validate import FileReport, ValidatedData, check_quality
 
 # Where each kind of run keeps its rejected rows.
 QUARANTINE_TABLES = {"train": "quarantine", "score": "score_quarantine"}
@@ -55,7 +60,7 @@ LOCK_TIMEOUT_SECONDS = 300.0
 
 def build_manifest(
     run: RunInfo,
-    data: ValidatedData,
+    files: list[FileReport],
     status: str,
     outputs: dict[str, Any],
     *,
@@ -77,13 +82,13 @@ def build_manifest(
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "flow_run_id": flow_run.get_id(),
         "schema_version": SCHEMA_VERSION,
-        "data_fingerprint": data_fingerprint([f.sha256 for f in data.files]),
+        "data_fingerprint": data_fingerprint([f.sha256 for f in files]),
         "parameters": run.parameters,
-        "inputs": [vars(f) for f in data.files],
+        "inputs": [vars(f) for f in files],
         "rows": {
-            "in": data.rows_in,
-            "accepted": len(data.accepted),
-            "quarantined": data.rows_quarantined,
+            "in": sum(f.rows for f in files),
+            "accepted": sum(f.accepted for f in files),
+            "quarantined": sum(f.quarantined for f in files),
         },
         "training": None
         if fit is None
@@ -115,37 +120,136 @@ def publish_outputs(
     champion; write the report, then the manifest; then move the champion pointer if promoted."""
     tables = {**tables, "quarantine": data.quarantine}
     schemas = {
+        **SMALL_TABLES,
         "predictions": predictions_schema(features, targets),
-        "weights": WeightsTable.to_schema(),
-        "metrics": MetricsTable.to_schema(),
         "quarantine": QuarantineTable.to_schema(),
-        "profile": ProfileTable.to_schema(),
     }
     for name, frame in tables.items():
         schemas[name].validate(frame, lazy=True)
+    predictions = tables["predictions"]
+    return publish_core(
+        run,
+        data.files,
+        tables,
+        {},
+        predictions[predictions["split"] == "holdout"],
+        predictions,
+        fit,
+        targets,
+        promotion_tolerance,
+        drift_threshold,
+    )
+
+
+# Tables small enough to be written from one DataFrame on every path.
+SMALL_TABLES = {
+    "weights": WeightsTable.to_schema(),
+    "metrics": MetricsTable.to_schema(),
+    "profile": ProfileTable.to_schema(),
+}
+
+
+def publish_streamed(
+    run: RunInfo,
+    streamed: StreamedData,
+    emits: list[FileEmit],
+    tables: dict[str, pd.DataFrame],
+    fit: FitResult,
+    features: tuple[str, ...],
+    targets: tuple[str, ...],
+    promotion_tolerance: float,
+    drift_threshold: float,
+) -> dict[str, Any]:
+    """publish_outputs for a streamed run: the predictions staged by pass 2 are moved in, the
+    staged quarantine merged into one file, promotion is decided on the holdout statistics and
+    the report plots a uniform sample of the predictions."""
+    for name, frame in tables.items():
+        SMALL_TABLES[name].validate(frame, lazy=True)
+    sample = emits[0].sample
+    for emit in emits[1:]:
+        sample = sample.merge(emit.sample)
+    predictions = sample.rows if sample.rows is not None else pd.DataFrame()
+    if len(predictions):
+        predictions_schema(features, targets).validate(predictions, lazy=True)
+    parts = [emit.predictions for emit in emits if emit.predictions is not None]
+    writers = {
+        "predictions": lambda root, _: move_parts(parts, root, "predictions", run.run_id),
+        "quarantine": lambda root, fingerprint: write_quarantine(
+            streamed.quarantine_parts(emits), root, "quarantine", run, fingerprint
+        ),
+    }
+    return publish_core(
+        run,
+        streamed.files,
+        tables,
+        writers,
+        streamed.holdout,
+        predictions,
+        fit,
+        targets,
+        promotion_tolerance,
+        drift_threshold,
+    )
+
+
+def write_quarantine(
+    parts: list[list[Path]], root: Path, table: str, run: RunInfo, fingerprint: str
+) -> Path:
+    """Merge staged quarantine parts (per input file, in order) into the run's table file,
+    validating each chunk."""
+
+    def chunks() -> Iterator[pyarrow.Table]:
+        yield QUARANTINE_ARROW.empty_table()
+        for file_parts in parts:
+            for frame in iter_quarantine(file_parts):
+                QuarantineTable.validate(frame, lazy=True)
+                yield pyarrow.Table.from_pandas(
+                    quarantine_frame(frame), schema=QUARANTINE_ARROW, preserve_index=False
+                )
+
+    return write_table_chunks(chunks(), QUARANTINE_ARROW, root, table, run, fingerprint)
+
+
+def publish_core(
+    run: RunInfo,
+    files: list[FileReport],
+    tables: dict[str, pd.DataFrame],
+    writers: dict[str, Callable[[Path, str], Path]],
+    holdout: pd.DataFrame | Moments,
+    predictions: pd.DataFrame,
+    fit: FitResult,
+    targets: tuple[str, ...],
+    promotion_tolerance: float,
+    drift_threshold: float,
+) -> dict[str, Any]:
+    """Under the output lock, all or nothing: write `tables` (validated DataFrames) and run
+    `writers` (tables written from files), decide promotion on `holdout` (rows or their
+    statistics), measure drift, write the report (plots from `predictions`) and the manifest,
+    then move the champion pointer."""
     root = run.output_root
-    fingerprint = data_fingerprint([f.sha256 for f in data.files])
+    fingerprint = data_fingerprint([f.sha256 for f in files])
     report_folder = report_dir(root, run.run_id)
     with output_lock(root, LOCK_TIMEOUT_SECONDS), all_or_nothing(report_folder) as outputs:
         sweep_temp_files(root)
         for name, frame in tables.items():
             outputs[name] = write_table(frame, root, name, run, fingerprint)
+        for name, write in writers.items():
+            outputs[name] = write(root, fingerprint)
         pointer = read_champion(root)
         champion_id = None if pointer is None else pointer["run_id"]
-        predictions = tables["predictions"]
         promotion = decide_promotion(
             model_from_weights(tables["weights"]),
             fit.converged,
             None if champion_id is None else load_model(root, champion_id),
             champion_id,
-            predictions[predictions["split"] == "holdout"],
+            holdout,
             promotion_tolerance,
         )
         drift = drift_against(root, champion_id, tables["profile"], drift_threshold)
         outputs["report"] = report_folder / "report.md"
         manifest = build_manifest(
             run,
-            data,
+            files,
             "completed",
             outputs,
             fit=fit,
@@ -192,17 +296,26 @@ def all_or_nothing(*folders: Path) -> Iterator[dict[str, Path]]:
 
 
 def publish_rejection(
-    run: RunInfo, data: ValidatedData, error: str, kind: str = "train"
+    run: RunInfo,
+    files: list[FileReport],
+    quarantine: pd.DataFrame | list[list[Path]],
+    error: str,
+    kind: str = "train",
 ) -> dict[str, Any]:
-    """A run refused for its data: keep the quarantine and a failed manifest saying why."""
-    QuarantineTable.validate(data.quarantine, lazy=True)
+    """A run refused for its data: keep the quarantine (a DataFrame, or staged parts per file)
+    and a failed manifest saying why."""
     root = run.output_root
     table = QUARANTINE_TABLES[kind]
-    fingerprint = data_fingerprint([f.sha256 for f in data.files])
+    fingerprint = data_fingerprint([f.sha256 for f in files])
+    if isinstance(quarantine, pd.DataFrame):
+        QuarantineTable.validate(quarantine, lazy=True)
     with output_lock(root, LOCK_TIMEOUT_SECONDS), all_or_nothing() as outputs:
         sweep_temp_files(root)
-        outputs[table] = write_table(data.quarantine, root, table, run, fingerprint)
-        manifest = build_manifest(run, data, "failed", outputs, error=error, kind=kind)
+        if isinstance(quarantine, pd.DataFrame):
+            outputs[table] = write_table(quarantine, root, table, run, fingerprint)
+        else:
+            outputs[table] = write_quarantine(quarantine, root, table, run, fingerprint)
+        manifest = build_manifest(run, files, "failed", outputs, error=error, kind=kind)
         outputs["manifest"] = manifest_path(root, run.run_id)
         write_json(outputs["manifest"], manifest)
     return manifest
@@ -233,7 +346,42 @@ def check_data_quality(
     """Fail the run when too few rows are usable, publishing the quarantine and a failed
     manifest first so that the rejected rows are kept with their reasons."""
     try:
-        check_quality(data, max_bad_fraction)
+        check_quality(data.files, max_bad_fraction)
     except DataQualityError as exc:
-        publish_rejection(run, data, str(exc), kind)
+        publish_rejection(run, data.files, data.quarantine, str(exc), kind)
         raise
+
+
+def check_streamed_quality(
+    run: RunInfo,
+    streamed: StreamedData,
+    max_bad_fraction: float,
+    emit_duplicates: Callable[[], list[FileEmit]],
+) -> None:
+    """check_data_quality for a streamed run (called by the flow, as it submits tasks): before
+    the refusal is published, pass 2 runs without a model to write the quarantine records of
+    cross-block duplicates."""
+    try:
+        check_quality(streamed.files, max_bad_fraction)
+    except DataQualityError as exc:
+        parts = streamed.quarantine_parts(emit_duplicates())
+        publish_rejection(run, streamed.files, parts, str(exc))
+        raise
+
+
+@task(cache_policy=NONE)
+def publish_streamed_run(
+    run: RunInfo,
+    streamed: StreamedData,
+    emits: list[FileEmit],
+    tables: dict[str, pd.DataFrame],
+    fit: FitResult,
+    features: tuple[str, ...],
+    targets: tuple[str, ...],
+    promotion_tolerance: float,
+    drift_threshold: float,
+) -> dict[str, Any]:
+    """publish_streamed as a task; returns the manifest."""
+    return publish_streamed(
+        run, streamed, emits, tables, fit, features, targets, promotion_tolerance, drift_threshold
+    )

@@ -64,7 +64,7 @@ def publish_scores(
         outputs["score_quarantine"] = write_table(
             data.quarantine, root, "score_quarantine", run, fingerprint
         )
-        manifest = build_manifest(run, data, "completed", outputs, kind="score")
+        manifest = build_manifest(run, data.files, "completed", outputs, kind="score")
         manifest["model_run_id"] = model_run_id
         outputs["manifest"] = manifest_path(root, run.run_id)
         write_json(outputs["manifest"], manifest)

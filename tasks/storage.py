@@ -13,7 +13,8 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from schemas.outputs import SCHEMA_VERSION
 from tasks.errors import PublishError
 
 MANIFESTS = "manifests"
+STAGING = ".staging"
 _TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp$")
 
 
@@ -84,14 +86,16 @@ def _describe(exc: OSError) -> str:
 def remove_written(paths: list[Path]) -> None:
     """Remove files a failed publish had written, and their run folders if left empty."""
     for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
         path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             path.parent.rmdir()
 
 
 def sweep_temp_files(root: Path) -> list[Path]:
-    """Remove temp files left by writers that are no longer running, and run folders they
-    leave empty; return the files removed. Call it holding the output lock."""
+    """Remove temp files and staging folders left by runs that are no longer running, and run
+    folders they leave empty; return what was removed. Call it holding the output lock."""
     removed = []
     if not root.exists():
         return removed
@@ -100,6 +104,11 @@ def sweep_temp_files(root: Path) -> list[Path]:
         if match and not pid_alive(int(match.group(1))):
             path.unlink(missing_ok=True)
             removed.append(path)
+    for folder in root.glob(f"{STAGING}/*.*"):
+        pid = folder.name.rsplit(".", 1)[-1]
+        if folder.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
     for folder in root.glob("*/run_id=*"):
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
@@ -124,21 +133,72 @@ def table_path(root: Path, table: str, run_id: str) -> Path:
     return root / table / f"run_id={run_id}" / "part-0.parquet"
 
 
-def write_table(
-    frame: pd.DataFrame, root: Path, table: str, run: RunInfo, fingerprint: str
-) -> Path:
-    """Write one table of one run as Parquet with the run's key-value metadata."""
-    arrow = pyarrow.Table.from_pandas(frame, preserve_index=False)
-    metadata = {
-        **(arrow.schema.metadata or {}),
+def table_metadata(run: RunInfo, table: str, fingerprint: str) -> dict[bytes, bytes]:
+    """The key-value metadata every Parquet file of a run carries."""
+    return {
         b"run_id": run.run_id.encode(),
         b"table": table.encode(),
         b"data_fingerprint": fingerprint.encode(),
         b"schema_version": SCHEMA_VERSION.encode(),
         b"parameters": json.dumps(run.parameters, sort_keys=True).encode(),
     }
+
+
+def write_table(
+    frame: pd.DataFrame, root: Path, table: str, run: RunInfo, fingerprint: str
+) -> Path:
+    """Write one table of one run as Parquet with the run's key-value metadata."""
+    arrow = pyarrow.Table.from_pandas(frame, preserve_index=False)
+    metadata = {**(arrow.schema.metadata or {}), **table_metadata(run, table, fingerprint)}
     arrow = arrow.replace_schema_metadata(metadata)
     return atomic_write(table_path(root, table, run.run_id), lambda tmp: pq.write_table(arrow, tmp))
+
+
+def write_table_chunks(
+    chunks: Iterator[pyarrow.Table],
+    schema: pyarrow.Schema,
+    root: Path,
+    table: str,
+    run: RunInfo,
+    fingerprint: str,
+) -> Path:
+    """Write one table of one run from chunks (bounded memory), atomically, with the run's
+    metadata."""
+    schema = schema.with_metadata(table_metadata(run, table, fingerprint))
+
+    def write(tmp: Path) -> None:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for chunk in chunks:
+                writer.write_table(chunk.cast(schema))
+
+    return atomic_write(table_path(root, table, run.run_id), write)
+
+
+def move_parts(parts: list[Path], root: Path, table: str, run_id: str) -> Path:
+    """Rename staged Parquet files (already carrying the run's metadata) into the table's run
+    folder, keeping their names; returns the folder."""
+    folder = table_path(root, table, run_id).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        for part in parts:
+            part.replace(folder / part.name)
+    except OSError as exc:
+        raise PublishError(
+            f"{folder}: could not move the staged files in ({_describe(exc)})"
+        ) from exc
+    return folder
+
+
+@contextlib.contextmanager
+def staging_area(root: Path, run_id: str) -> Iterator[Path]:
+    """A private folder under `<root>/.staging/` for the files a streamed run writes before it
+    publishes; removed when the run ends, or by a later sweep if its process died."""
+    folder = root / STAGING / f"{run_id}.{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:

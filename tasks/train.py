@@ -18,10 +18,11 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 
 from tasks.errors import DataQualityError, TrainingError
-from tasks.tensors import check_shapes, to_tensors
+from tasks.tensors import check_shapes
 
 if TYPE_CHECKING:
     from tasks.prepare import PreparedData
+    from tasks.scan import StreamedData
 
 # Epochs without any decrease of the loss before training stops: gradient descent with step 1/L
 # decreases a quadratic every epoch, so a plateau means float rounding has been reached.
@@ -114,6 +115,35 @@ def moments_of(X: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> Mo
     if X64.ndim != 2 or y64.ndim != 2 or len(X64) != len(y64):
         raise ValueError(f"expected X [N, d] and y [N, k], got {X64.shape} and {y64.shape}")
     return Moments(len(X64), X64.sum(0), y64.sum(0), X64.T @ X64, X64.T @ y64, (y64 * y64).sum(0))
+
+
+def centred_moments(m: Moments) -> tuple[np.ndarray, ...]:
+    """(mean x [d], mean y [k], Sxx [d, d], Sxy [d, k], Syy [k]): sums of products of
+    deviations from the means."""
+    mean_x, mean_y = m.sum_x / m.n, m.sum_y / m.n
+    sxx = m.xtx - m.n * np.outer(mean_x, mean_x)
+    sxy = m.xty - m.n * np.outer(mean_x, mean_y)
+    syy = m.yty - m.n * mean_y * mean_y
+    return mean_x, mean_y, sxx, sxy, syy
+
+
+def moments_mse(m: Moments, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """MSE per target [k] of the model (W [k, d], b [k]) on the rows summed in `m`, without
+    the rows: the quadratic form in centred statistics."""
+    mean_x, mean_y, sxx, sxy, syy = centred_moments(m)
+    bias = mean_x @ W.T + b - mean_y
+    sse = ((W @ sxx) * W).sum(1) - 2 * (W * sxy.T).sum(1) + syy + m.n * bias * bias
+    return np.maximum(sse, 0.0) / m.n
+
+
+def least_squares_of_moments(m: Moments) -> tuple[np.ndarray, np.ndarray]:
+    """The least-squares optimum (W [k, d], b [k]) from the statistics (centred normal
+    equations, float64)."""
+    mean_x, mean_y, sxx, sxy, _ = centred_moments(m)
+    scale = np.sqrt(np.maximum(np.diag(sxx), np.finfo(np.float64).tiny))
+    solution, *_ = np.linalg.lstsq(sxx / np.outer(scale, scale), sxy / scale[:, None], rcond=None)
+    W = (solution / scale[:, None]).T
+    return W, mean_y - W @ mean_x
 
 
 def scaler_of_moments(m: Moments) -> Scaler:
@@ -295,7 +325,7 @@ def descend(
 
 @task(cache_policy=NONE)
 def train_model(
-    prepared: PreparedData,
+    prepared: PreparedData | StreamedData,
     features: tuple[str, ...],
     targets: tuple[str, ...],
     lr: float | None,
@@ -307,11 +337,12 @@ def train_model(
     log_every: int = 500,
 ) -> FitResult:
     """Fit the model on the training rows, row by row (`direct`, in `dtype`) or from the summed
-    sufficient statistics (`moments`), logging the loss and updating a Prefect progress
+    sufficient statistics (`moments`); `prepared` is in memory (PreparedData) or streamed
+    (StreamedData), logging the loss and updating a Prefect progress
     artifact every `log_every` epochs."""
     if prepared.moments.n == 0:
         raise DataQualityError(
-            f"all {len(prepared.is_holdout)} accepted rows fell in the holdout split; "
+            f"all {prepared.accepted_rows} accepted rows fell in the holdout split; "
             "lower holdout_fraction"
         )
     logger = get_run_logger()
@@ -332,8 +363,7 @@ def train_model(
             on_epoch=log_progress,
         )
     else:
-        train = prepared.data.accepted[~prepared.is_holdout]
-        X, y = to_tensors(train, features, targets, dtype)
+        X, y = prepared.training_tensors(features, targets, dtype)
         fit = fit_linear_regression(
             X, y, lr=lr, max_epochs=max_epochs, tol=tol, seed=seed, on_epoch=log_progress
         )

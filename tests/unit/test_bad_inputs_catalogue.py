@@ -215,7 +215,7 @@ def run_steps(
     ]
     validated = validate_files(raws, F, T)
     if check:
-        check_quality(validated, max_bad_fraction)
+        check_quality(validated.files, max_bad_fraction)
     return validated
 
 

@@ -1,0 +1,826 @@
+"""Streaming: files bigger than memory, in two passes over the CSV with bounded memory.
+
+Pass 1 (scan_file) reads the file in blocks, validates each block exactly as the in-memory path
+validates a whole file (same checks, same messages, same line numbers), writes the quarantine
+records to a staged Parquet file, and spills the accepted rows (id hash, line, id, values) to
+hash partitions on disk. A country that appears again in a later block is a duplicate key: each
+partition is then loaded on its own (about PARTITION_BYTES of input), the later rows of a
+repeated id are flagged, and the rest are summed into float64 statistics (train and holdout
+moments, the profile). Training needs only those statistics.
+
+Pass 2 (emit_file) reads the file again, predicts every accepted row with the trained model and
+writes the predictions to a staged Parquet file batch by batch, summing the squared errors for
+the metrics; it also writes the quarantine records of the cross-block duplicates (their raw
+text is only at hand while reading).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from schemas.outputs import QUARANTINE_ARROW
+from schemas.sales import ID_COLUMN, allowed_columns, required_columns
+from tasks.errors import PipelineError
+from tasks.evaluate import SPLITS, metrics_from_sums, weights_frame
+from tasks.ingest import (
+    FILE_READ_TASK,
+    STREAM_BLOCK_BYTES,
+    RawFile,
+    iter_text_batches,
+    sha256_file,
+)
+from tasks.profile import QUANTILES
+from tasks.split import hash_text, holdout_of_hashes, mix64
+from tasks.tensors import DTYPES, check_shapes
+from tasks.train import FitResult, Moments, least_squares_of_moments, moments_of
+from tasks.validate import QUARANTINE_COLUMNS, FileReport, as_csv_lines, check_rows
+
+# Input bytes per duplicate-check partition: each partition is loaded alone after pass 1.
+PARTITION_BYTES = 64 << 20
+# Rows kept for the profile's quantiles (exact up to this many accepted rows, estimated from a
+# uniform sample of this size above it) and for the report's plots.
+PROFILE_SAMPLE_ROWS = 1 << 17
+REPORT_SAMPLE_ROWS = 20_000
+_SAMPLE_SALT = np.uint64(0x5EED5A3B1E5A3B1E)
+_SPLIT_NAMES = pa.array(list(SPLITS), pa.string())  # index 0 train, 1 holdout
+
+
+class LineFlags:
+    """A growable bool per file line (1 byte a line: 100 MB for 100M rows)."""
+
+    def __init__(self) -> None:
+        self.flags = np.zeros(1 << 16, dtype=bool)
+
+    def set(self, lines: np.ndarray, value: bool = True) -> None:
+        if len(lines) and int(lines.max()) >= len(self.flags):
+            grown = np.zeros(max(2 * len(self.flags), int(lines.max()) + 1), dtype=bool)
+            grown[: len(self.flags)] = self.flags
+            self.flags = grown
+        self.flags[lines] = value
+
+    def get(self, lines: np.ndarray) -> np.ndarray:
+        inside = lines < len(self.flags)
+        out = np.zeros(len(lines), dtype=bool)
+        out[inside] = self.flags[lines[inside]]
+        return out
+
+    def count(self) -> int:
+        return int(self.flags.sum())
+
+
+@dataclass
+class BottomK:
+    """A uniform sample: the rows with the k smallest sample keys (a hash of the id), so it is
+    the same whatever the order or grouping of the rows, and exact (all rows) up to k rows.
+    `rows` is a numpy array or a DataFrame, row-aligned with `keys`."""
+
+    k: int
+    keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    rows: np.ndarray | pd.DataFrame | None = None
+
+    def add(self, keys: np.ndarray, rows: np.ndarray | pd.DataFrame) -> None:
+        if len(self.keys) >= self.k:  # full: only keys below the largest kept can enter
+            pick = np.flatnonzero(keys < self.keys.max())
+            keys, rows = keys[pick], _take(rows, pick)
+        if not len(keys) and self.rows is not None:
+            return
+        if self.rows is not None:
+            keys = np.concatenate([self.keys, keys])
+            rows = _concat(self.rows, rows)
+        if len(keys) > self.k:
+            keep = np.argpartition(keys, self.k - 1)[: self.k]
+            keys, rows = keys[keep], _take(rows, keep)
+        self.keys, self.rows = keys, rows
+
+    def merge(self, other: BottomK) -> BottomK:
+        merged = BottomK(self.k)
+        for part in (self, other):
+            if part.rows is not None:
+                merged.add(part.keys, part.rows)
+        return merged
+
+
+def _take(rows: np.ndarray | pd.DataFrame, index: np.ndarray) -> np.ndarray | pd.DataFrame:
+    if isinstance(rows, pd.DataFrame):
+        return rows.iloc[index].reset_index(drop=True)
+    return rows[index]
+
+
+def _concat(a: np.ndarray | pd.DataFrame, b: np.ndarray | pd.DataFrame):
+    if isinstance(a, pd.DataFrame):
+        return pd.concat([a, b], ignore_index=True)
+    return np.concatenate([a, b])
+
+
+def sample_keys(hashes: np.ndarray) -> np.ndarray:
+    """Sample keys independent of the split (which uses the small hashes)."""
+    return mix64(hashes ^ _SAMPLE_SALT)
+
+
+@dataclass
+class ProfileSketch:
+    """Exact count, mean, variance (Chan's parallel update), min and max per column, and a
+    BottomK sample for the quantiles; sketches of disjoint rows merge."""
+
+    columns: tuple[str, ...]
+    n: int = 0
+    mean: np.ndarray | None = None
+    m2: np.ndarray | None = None
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+    sample: BottomK = field(default_factory=lambda: BottomK(PROFILE_SAMPLE_ROWS))
+
+    def add(self, values: np.ndarray, keys: np.ndarray) -> None:
+        if not len(values):
+            return
+        mean = values.mean(axis=0)
+        part = ProfileSketch(
+            self.columns,
+            len(values),
+            mean,
+            ((values - mean) ** 2).sum(axis=0),
+            values.min(axis=0),
+            values.max(axis=0),
+            BottomK(self.sample.k),
+        )
+        part.sample.add(keys, values)
+        merged = self.merge(part)
+        vars(self).update(vars(merged))
+
+    def merge(self, other: ProfileSketch) -> ProfileSketch:
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        return ProfileSketch(
+            self.columns,
+            n,
+            self.mean + delta * other.n / n,
+            self.m2 + other.m2 + delta * delta * self.n * other.n / n,
+            np.minimum(self.low, other.low),
+            np.maximum(self.high, other.high),
+            self.sample.merge(other.sample),
+        )
+
+    def frame(self) -> pd.DataFrame:
+        """The profile table (see tasks.profile.profile_frame): count, mean, std (ddof=1),
+        min, p05..p95, max."""
+        records = []
+        for i, column in enumerate(self.columns):
+            if self.n:
+                values = self.sample.rows[:, i]
+                quantiles = np.quantile(values, QUANTILES)
+                stats = (
+                    self.mean[i],
+                    math.sqrt(self.m2[i] / (self.n - 1)) if self.n > 1 else np.nan,
+                )
+                low, high = self.low[i], self.high[i]
+            else:
+                quantiles, stats, low, high = (
+                    [np.nan] * len(QUANTILES),
+                    (np.nan, np.nan),
+                    np.nan,
+                    np.nan,
+                )
+            records.append(
+                {
+                    "column": column,
+                    "count": self.n,
+                    "mean": stats[0],
+                    "std": stats[1],
+                    "min": low,
+                    **{
+                        f"p{round(q * 100):02d}": v
+                        for q, v in zip(QUANTILES, quantiles, strict=True)
+                    },
+                    "max": high,
+                }
+            )
+        return pd.DataFrame.from_records(records)
+
+
+@dataclass
+class FileScan:
+    """Pass 1's result for one file: row accounting, the float64 statistics of its train and
+    holdout rows, its profile, which lines were accepted, the cross-block duplicates still to
+    be written to the quarantine, and the staged quarantine file."""
+
+    path: Path
+    index: int
+    report: FileReport
+    train: Moments
+    holdout: Moments
+    profile: ProfileSketch
+    accepted: LineFlags
+    duplicates: pd.DataFrame  # source_line, country (rows whose id appeared in an earlier block)
+    quarantine: list[Path]
+    rows: tuple[np.ndarray, np.ndarray] | None = None  # (X, y) of training rows, if kept
+
+
+def scan_file(
+    path: Path,
+    index: int,
+    features: tuple[str, ...],
+    targets: tuple[str, ...],
+    holdout_fraction: float,
+    seed: int,
+    staging: Path,
+    *,
+    keep_rows: bool = False,
+    block_bytes: int = STREAM_BLOCK_BYTES,
+    partition_bytes: int = PARTITION_BYTES,
+) -> FileScan:
+    """Pass 1 over one file (see the module docstring). `keep_rows` also returns the training
+    rows as arrays, for the direct solver."""
+    source = str(path)
+    size = path.stat().st_size
+    values = [*features, *targets]
+    spill = staging / f"spill-{index:05d}"
+    spill.mkdir(parents=True, exist_ok=True)
+    n_parts = max(1, math.ceil(size / partition_bytes))
+    quarantine_path = staging / "quarantine" / f"part-{index:05d}-0.parquet"
+    accepted = LineFlags()
+    rows_in = 0
+    with (
+        _Partitions(spill, n_parts, values) as partitions,
+        _QuarantineWriter(quarantine_path) as quarantine,
+    ):
+        for batch in iter_text_batches(
+            path,
+            required_columns(features, targets),
+            allowed_columns(features, targets),
+            block_bytes,
+        ):
+            raw = RawFile(
+                path,
+                "",
+                size,
+                tuple(batch.rows.column_names),
+                _text_frame(batch),
+                batch.parse_errors,
+            )
+            checked = check_rows(raw, features, targets, unique_ids=False)
+            rows_in += raw.data_rows
+            quarantine.write(checked.quarantine)
+            typed = checked.typed
+            accepted.set(typed["source_line"].to_numpy(dtype=np.int64)[checked.keep])
+            # Every row with an id takes part in the duplicate check (a row repeating the id of
+            # an earlier rejected row is a duplicate too, as in the whole-file check).
+            has_id = typed[ID_COLUMN].notna().to_numpy()
+            rows = typed[has_id]
+            keys = pa.array(rows[ID_COLUMN], type=pa.string())
+            if isinstance(keys, pa.ChunkedArray):
+                keys = keys.combine_chunks()
+            partitions.write(
+                hash_text(keys, seed),
+                rows["source_line"].to_numpy(dtype=np.int64),
+                keys,
+                rows[values].to_numpy(np.float64),
+                checked.keep[has_id],
+            )
+    sha256 = sha256_file(path)
+    scan = _reduce(
+        path, index, spill, n_parts, values, features, holdout_fraction, accepted, keep_rows
+    )
+    shutil.rmtree(spill, ignore_errors=True)
+    n_accepted = scan.train.n + scan.holdout.n
+    scan.report = FileReport(source, sha256, size, rows_in, n_accepted, rows_in - n_accepted)
+    scan.quarantine = [quarantine_path] if quarantine.rows else []
+    if not quarantine.rows:
+        quarantine_path.unlink(missing_ok=True)
+    return scan
+
+
+def _text_frame(batch) -> pd.DataFrame:
+    rows = batch.rows.to_pandas(types_mapper=pd.ArrowDtype)  # zero-copy text
+    rows["source_line"] = batch.lines
+    return rows
+
+
+class _Partitions:
+    """Arrow IPC files, one per hash partition, holding the accepted rows of pass 1."""
+
+    def __init__(self, folder: Path, n: int, values: list[str]) -> None:
+        self.folder, self.n = folder, n
+        self.schema = pa.schema(
+            [("hash", pa.uint64()), ("line", pa.int64()), ("ok", pa.bool_())]
+            + [(ID_COLUMN, pa.string())]
+            + [(name, pa.float64()) for name in values]
+        )
+        self.writers: list[Any] = []
+
+    def __enter__(self) -> _Partitions:
+        self.writers = [
+            ipc.new_file(self.folder / f"part-{i:04d}.arrow", self.schema) for i in range(self.n)
+        ]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for writer in self.writers:
+            writer.close()
+
+    def write(
+        self,
+        hashes: np.ndarray,
+        lines: np.ndarray,
+        keys: pa.Array,
+        values: np.ndarray,
+        ok: np.ndarray,
+    ) -> None:
+        part = (hashes >> np.uint64(40)).astype(np.int64) * self.n >> 24
+        order = np.argsort(part, kind="stable") if self.n > 1 else np.arange(len(part))
+        bounds = np.searchsorted(part[order], np.arange(self.n + 1))
+        columns = [pa.array(hashes[order]), pa.array(lines[order]), pa.array(ok[order])]
+        columns.append(keys.take(pa.array(order)))
+        columns += [pa.array(values[order, j]) for j in range(values.shape[1])]
+        batch = pa.record_batch(columns, schema=self.schema)
+        for i in range(self.n):
+            if bounds[i + 1] > bounds[i]:
+                self.writers[i].write_batch(batch.slice(bounds[i], bounds[i + 1] - bounds[i]))
+
+
+class _QuarantineWriter:
+    """Quarantine records to one staged Parquet file, batch by batch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.writer, self.rows = path, None, 0
+
+    def __enter__(self) -> _QuarantineWriter:
+        return self
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if not len(frame):
+            return
+        table = pa.Table.from_pandas(
+            quarantine_frame(frame), schema=QUARANTINE_ARROW, preserve_index=False
+        )
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.path, QUARANTINE_ARROW)
+        self.writer.write_table(table)
+        self.rows += len(frame)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def quarantine_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Quarantine records with the table's column types (text columns as str, nulls kept)."""
+    frame = frame[QUARANTINE_COLUMNS].copy()
+    for column in ("source_file", "column", "reason", "detail", "raw"):
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    frame["source_line"] = frame["source_line"].astype("int64")
+    return frame
+
+
+def _reduce(
+    path: Path,
+    index: int,
+    spill: Path,
+    n_parts: int,
+    values: list[str],
+    features: tuple[str, ...],
+    holdout_fraction: float,
+    accepted: LineFlags,
+    keep_rows: bool,
+) -> FileScan:
+    """Load each partition alone: flag repeated ids (all but the first line of each), sum the
+    rest into train/holdout moments and the profile."""
+    d = len(features)
+    zero = moments_of(np.zeros((0, d)), np.zeros((0, len(values) - d)))
+    train, holdout = zero, zero
+    profile = ProfileSketch(tuple(values))
+    duplicates, kept = [], []
+    for i in range(n_parts):
+        with ipc.open_file(spill / f"part-{i:04d}.arrow") as reader:
+            table = reader.read_all()
+        if not table.num_rows:
+            continue
+        hashes = table["hash"].to_numpy()
+        lines = table["line"].to_numpy()
+        repeated = _repeated_ids(hashes, lines, table[ID_COLUMN])
+        if repeated.any():
+            duplicates.append(
+                pd.DataFrame(
+                    {
+                        "source_line": lines[repeated],
+                        ID_COLUMN: table[ID_COLUMN].filter(pa.array(repeated)).to_pandas(),
+                    }
+                )
+            )
+            accepted.set(lines[repeated], False)
+        use = table["ok"].to_numpy(zero_copy_only=False) & ~repeated
+        data = np.column_stack([table[name].to_numpy() for name in values])
+        if not use.all():
+            data, hashes, lines = data[use], hashes[use], lines[use]
+        is_holdout = holdout_of_hashes(hashes, holdout_fraction)
+        X, y = data[:, :d], data[:, d:]
+        train = train + moments_of(X[~is_holdout], y[~is_holdout])
+        holdout = holdout + moments_of(X[is_holdout], y[is_holdout])
+        profile.add(data, sample_keys(hashes))
+        if keep_rows:
+            kept.append((lines[~is_holdout], X[~is_holdout], y[~is_holdout]))
+        del table, data
+    rows = None
+    if keep_rows:
+        lines = np.concatenate([k[0] for k in kept]) if kept else np.zeros(0, np.int64)
+        order = np.argsort(lines, kind="stable")
+        X = np.concatenate([k[1] for k in kept])[order] if kept else np.zeros((0, d))
+        y = np.concatenate([k[2] for k in kept])[order] if kept else np.zeros((0, len(values) - d))
+        rows = (X, y)
+    dup_frame = (
+        pd.concat(duplicates, ignore_index=True).sort_values("source_line", ignore_index=True)
+        if duplicates
+        else pd.DataFrame(
+            {"source_line": pd.Series([], dtype="int64"), ID_COLUMN: pd.Series([], dtype=object)}
+        )
+    )
+    empty_report = FileReport(str(path), "", 0, 0, 0, 0)
+    return FileScan(
+        path, index, empty_report, train, holdout, profile, accepted, dup_frame, [], rows
+    )
+
+
+def _repeated_ids(hashes: np.ndarray, lines: np.ndarray, ids: pa.ChunkedArray) -> np.ndarray:
+    """Rows whose id appeared on an earlier line of the file (equal hashes, confirmed on the
+    text)."""
+    repeated = np.zeros(len(hashes), dtype=bool)
+    order = np.argsort(hashes, kind="stable")
+    ordered = hashes[order]
+    same = ordered[1:] == ordered[:-1]
+    if not same.any():
+        return repeated
+    in_group = np.zeros(len(hashes), dtype=bool)
+    in_group[1:] |= same
+    in_group[:-1] |= same
+    candidates = order[in_group]
+    frame = pd.DataFrame(
+        {
+            "pos": candidates,
+            "line": lines[candidates],
+            "id": ids.take(pa.array(candidates)).to_pandas(),
+        }
+    ).sort_values("line", kind="stable")
+    repeated[frame["pos"].to_numpy()[frame["id"].duplicated().to_numpy()]] = True
+    return repeated
+
+
+@dataclass
+class FileEmit:
+    """Pass 2's result for one file: staged files, per-split sums for the metrics, a sample of
+    the predictions for the report."""
+
+    predictions: Path | None
+    quarantine: Path | None
+    sums: dict[str, dict[str, Any]]
+    sample: BottomK
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What pass 2 predicts with: the trained model, the least-squares optimum of the training
+    rows and the training mean of the targets (the baseline), all raw-scale float64."""
+
+    W: np.ndarray
+    b: np.ndarray
+    W_opt: np.ndarray
+    b_opt: np.ndarray
+    train_mean: np.ndarray
+
+
+def emit_file(
+    scan: FileScan,
+    features: tuple[str, ...],
+    targets: tuple[str, ...],
+    holdout_fraction: float,
+    seed: int,
+    staging: Path,
+    scoring: Scoring | None,
+    metadata: dict[bytes, bytes],
+    *,
+    block_bytes: int = STREAM_BLOCK_BYTES,
+) -> FileEmit:
+    """Pass 2 over one file (see the module docstring). Without `scoring` it only writes the
+    quarantine records of the cross-block duplicates (a run refused for its data)."""
+    source = str(scan.path)
+    dup_lines = scan.duplicates["source_line"].to_numpy(dtype=np.int64)
+    sums = {split: _zero_sums(len(targets)) for split in SPLITS}
+    sample = BottomK(REPORT_SAMPLE_ROWS)
+    pred_path = staging / "predictions" / f"part-{scan.index:05d}.parquet"
+    dup_path = staging / "quarantine" / f"part-{scan.index:05d}-1.parquet"
+    if scoring is None and not len(dup_lines):
+        return FileEmit(None, None, sums, sample)
+    schema = predictions_arrow_schema(features, targets).with_metadata(metadata)
+    with contextlib.ExitStack() as stack:
+        dups = stack.enter_context(_QuarantineWriter(dup_path))
+        writer = None
+        if scoring is not None:
+            pred_path.parent.mkdir(parents=True, exist_ok=True)
+            writer = stack.enter_context(pq.ParquetWriter(pred_path, schema))
+        for batch in iter_text_batches(
+            scan.path,
+            required_columns(features, targets),
+            allowed_columns(features, targets),
+            block_bytes,
+        ):
+            lines = batch.lines
+            repeated = np.isin(lines, dup_lines) if len(dup_lines) else None
+            if repeated is not None and repeated.any():
+                dups.write(
+                    _duplicate_records(
+                        source, batch.rows.filter(pa.array(repeated)), lines[repeated]
+                    )
+                )
+            if writer is None:
+                continue
+            keep = scan.accepted.get(lines)
+            table = _predict_batch(
+                batch.rows.filter(pa.array(keep)),
+                lines[keep],
+                source,
+                features,
+                targets,
+                holdout_fraction,
+                seed,
+                scoring,
+                sums,
+                sample,
+            )
+            writer.write_table(table.cast(schema))
+    return FileEmit(
+        pred_path if writer is not None else None,
+        dup_path if dups.rows else None,
+        sums,
+        sample,
+    )
+
+
+def _zero_sums(k: int) -> dict[str, Any]:
+    return {"rows": 0, "sse": np.zeros(k), "sse_baseline": np.zeros(k), "sse_optimum": np.zeros(k)}
+
+
+def add_sums(
+    a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per-split sums of two files added."""
+    return {split: {key: a[split][key] + b[split][key] for key in a[split]} for split in a}
+
+
+def _floats(column: pa.ChunkedArray) -> np.ndarray:
+    """Accepted number text -> float64 (pyarrow's parser; the validating parser if the text has
+    padding or signs pyarrow's cast does not take)."""
+    try:
+        return pc.cast(column, pa.float64()).to_numpy()
+    except pa.ArrowInvalid:
+        from tasks.validate import parse_numbers
+
+        return parse_numbers(column.to_pandas())[0].to_numpy()
+
+
+def _predict_batch(
+    rows: pa.Table,
+    lines: np.ndarray,
+    source: str,
+    features: tuple[str, ...],
+    targets: tuple[str, ...],
+    holdout_fraction: float,
+    seed: int,
+    scoring: Scoring,
+    sums: dict[str, dict[str, Any]],
+    sample: BottomK,
+) -> pa.Table:
+    ids = pc.utf8_trim_whitespace(rows[ID_COLUMN])
+    X = (
+        np.column_stack([_floats(rows[name]) for name in features])
+        if len(rows)
+        else np.zeros((0, len(features)))
+    )
+    y = (
+        np.column_stack([_floats(rows[name]) for name in targets])
+        if len(rows)
+        else np.zeros((0, len(targets)))
+    )
+    pred = X @ scoring.W.T + scoring.b
+    residual = y - pred
+    hashes = hash_text(ids, seed)
+    is_holdout = holdout_of_hashes(hashes, holdout_fraction)
+    optimum = y - (X @ scoring.W_opt.T + scoring.b_opt)
+    baseline = y - scoring.train_mean
+    for split, mask in zip(SPLITS, (~is_holdout, is_holdout), strict=True):
+        part = sums[split]
+        part["rows"] += int(mask.sum())
+        part["sse"] += (residual[mask] ** 2).sum(axis=0)
+        part["sse_baseline"] += (baseline[mask] ** 2).sum(axis=0)
+        part["sse_optimum"] += (optimum[mask] ** 2).sum(axis=0)
+    columns: dict[str, Any] = {ID_COLUMN: ids}
+    for j, name in enumerate(features):
+        columns[name] = X[:, j]
+    for j, name in enumerate(targets):
+        columns[name] = y[:, j]
+    for j, name in enumerate(targets):
+        columns[f"predicted_{name}"] = pred[:, j]
+        columns[f"residual_{name}"] = residual[:, j]
+    columns["split"] = _SPLIT_NAMES.take(pa.array(is_holdout.astype(np.int8)))
+    columns["source_file"] = pa.array([source], pa.string()).take(
+        pa.array(np.zeros(len(lines), np.int8))
+    )
+    columns["source_line"] = lines
+    table = pa.table(columns)
+    if len(lines):
+        keys = sample_keys(hashes)
+        take = np.arange(len(keys))
+        if len(keys) > sample.k:
+            take = np.argpartition(keys, sample.k - 1)[: sample.k]
+        sample.add(keys[take], table.take(pa.array(take)).to_pandas())
+    return table
+
+
+def predictions_arrow_schema(features: tuple[str, ...], targets: tuple[str, ...]) -> pa.Schema:
+    """The predictions table's Arrow types (the columns of tasks.evaluate.predictions_frame)."""
+    fields = [(ID_COLUMN, pa.string())] + [(name, pa.float64()) for name in (*features, *targets)]
+    for name in targets:
+        fields += [(f"predicted_{name}", pa.float64()), (f"residual_{name}", pa.float64())]
+    fields += [("split", pa.string()), ("source_file", pa.string()), ("source_line", pa.int64())]
+    return pa.schema(fields)
+
+
+def _duplicate_records(source: str, rows: pa.Table, lines: np.ndarray) -> pd.DataFrame:
+    text = rows.to_pandas()
+    return pd.DataFrame(
+        {
+            "source_file": source,
+            "source_line": lines,
+            "column": ID_COLUMN,
+            "reason": "duplicate key",
+            "detail": [
+                f"{ID_COLUMN} {value.strip()!r} already appears earlier in this file"
+                for value in text[ID_COLUMN]
+            ],
+            "raw": as_csv_lines(text),
+        }
+    )
+
+
+def iter_quarantine(parts: list[Path]) -> Iterator[pd.DataFrame]:
+    """A file's staged quarantine parts (pass 1 records, then cross-block duplicates) merged in
+    line order, a row group at a time."""
+    first = pq.ParquetFile(parts[0]) if parts and parts[0].name.endswith("-0.parquet") else None
+    late = [p for p in parts if p.name.endswith("-1.parquet")]
+    extra = pd.concat([pd.read_parquet(p) for p in late], ignore_index=True) if late else None
+    groups = range(first.num_row_groups) if first is not None else []
+    for g in groups:
+        frame = first.read_row_group(g).to_pandas()
+        if extra is not None and len(extra):
+            upto = int(frame["source_line"].max())
+            take = extra["source_line"] <= upto
+            frame = pd.concat([frame, extra[take]], ignore_index=True).sort_values(
+                "source_line", kind="stable"
+            )
+            extra = extra[~take]
+        yield frame
+    if extra is not None and len(extra):
+        yield extra
+
+
+@dataclass
+class StreamedData:
+    """All files of a streamed run after pass 1: their scans, the summed train statistics
+    (`moments`, what training needs), the holdout statistics and the merged profile."""
+
+    scans: list[FileScan]
+
+    @property
+    def files(self) -> list[FileReport]:
+        return [scan.report for scan in self.scans]
+
+    @property
+    def moments(self) -> Moments:
+        return _sum_moments([scan.train for scan in self.scans])
+
+    @property
+    def holdout(self) -> Moments:
+        return _sum_moments([scan.holdout for scan in self.scans])
+
+    @property
+    def accepted_rows(self) -> int:
+        return sum(scan.report.accepted for scan in self.scans)
+
+    def profile(self) -> pd.DataFrame:
+        merged = self.scans[0].profile
+        for scan in self.scans[1:]:
+            merged = merged.merge(scan.profile)
+        return merged.frame()
+
+    def training_tensors(
+        self, features: tuple[str, ...], targets: tuple[str, ...], dtype: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """X [N, d] and y [N, k] of the training rows (kept by pass 1 for the direct solver)."""
+        missing = [str(scan.path) for scan in self.scans if scan.rows is None]
+        if missing:
+            raise PipelineError(f"training rows of {', '.join(missing)} were not kept by pass 1")
+        X = np.concatenate([scan.rows[0] for scan in self.scans])
+        y = np.concatenate([scan.rows[1] for scan in self.scans])
+        torch_dtype = DTYPES[dtype]
+        X_t, y_t = torch.from_numpy(X).to(torch_dtype), torch.from_numpy(y).to(torch_dtype)
+        check_shapes(X_t, y_t)
+        return X_t, y_t
+
+    def quarantine_parts(self, emits: list[FileEmit] | None = None) -> list[list[Path]]:
+        """Staged quarantine files per input file: pass 1's, then pass 2's duplicates."""
+        parts = []
+        for i, scan in enumerate(self.scans):
+            late = [] if emits is None or emits[i].quarantine is None else [emits[i].quarantine]
+            parts.append([*scan.quarantine, *late])
+        return parts
+
+    def scoring(self, fit: FitResult) -> Scoring:
+        """What pass 2 needs from the trained model (see Scoring)."""
+        m = self.moments
+        W_opt, b_opt = least_squares_of_moments(m)
+        return Scoring(fit.W, fit.b, W_opt, b_opt, m.sum_y / m.n)
+
+
+def _sum_moments(parts: list[Moments]) -> Moments:
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
+@task(**FILE_READ_TASK)
+def scan_input_file(
+    path: Path,
+    index: int,
+    features: tuple[str, ...],
+    targets: tuple[str, ...],
+    holdout_fraction: float,
+    seed: int,
+    staging: Path,
+    keep_rows: bool,
+) -> FileScan:
+    """scan_file as a task (retried on transient I/O errors), logging the row counts."""
+    scan = scan_file(
+        path, index, features, targets, holdout_fraction, seed, staging, keep_rows=keep_rows
+    )
+    report = scan.report
+    get_run_logger().info(
+        "%s: %d data rows, %d accepted, %d quarantined (streamed)",
+        path,
+        report.rows,
+        report.accepted,
+        report.quarantined,
+    )
+    return scan
+
+
+@task(**FILE_READ_TASK)
+def emit_input_file(
+    scan: FileScan,
+    features: tuple[str, ...],
+    targets: tuple[str, ...],
+    holdout_fraction: float,
+    seed: int,
+    staging: Path,
+    scoring: Scoring | None,
+    metadata: dict[bytes, bytes],
+) -> FileEmit:
+    """emit_file as a task (retried on transient I/O errors)."""
+    return emit_file(scan, features, targets, holdout_fraction, seed, staging, scoring, metadata)
+
+
+@task(cache_policy=NONE)
+def evaluate_streamed(
+    streamed: StreamedData,
+    emits: list[FileEmit],
+    fit: FitResult,
+    features: tuple[str, ...],
+    targets: tuple[str, ...],
+) -> dict[str, pd.DataFrame]:
+    """The run's small tables: weights, metrics (from pass 2's sums), profile (pass 1's)."""
+    sums = emits[0].sums
+    for emit in emits[1:]:
+        sums = add_sums(sums, emit.sums)
+    return {
+        "weights": weights_frame(fit, features, targets),
+        "metrics": metrics_from_sums(sums, fit, targets),
+        "profile": streamed.profile(),
+    }
