@@ -22,8 +22,9 @@ from data.generate_sales import COLUMNS, NOISE_STD, TRUE_INTERCEPT, TRUE_WEIGHTS
 BAD_TOKENS = np.array(["", "NA", "abc", "-1", "inf", "12abc"])
 
 
-def generate_table(rows: int, seed: int, bad_fraction: float = 0.02) -> pa.Table:
-    """`rows` sales rows as text columns, a share of them with one bad value."""
+def generate_table(rows: int, seed: int, bad_fraction: float = 0.02, first_id: int = 0) -> pa.Table:
+    """`rows` sales rows as text columns (ids from `first_id`), a share of them with one bad
+    value."""
     rng = np.random.default_rng(seed)
     income = np.clip(rng.lognormal(np.log(35.0), 0.5, rows), 3.0, 150.0)
     price = np.clip(0.3 + 0.012 * income + rng.normal(0, 0.15, rows), 0.1, None)
@@ -31,7 +32,9 @@ def generate_table(rows: int, seed: int, bad_fraction: float = 0.02) -> pa.Table
     X = np.column_stack([income, price, tax])
     units = np.clip(TRUE_INTERCEPT + X @ TRUE_WEIGHTS + rng.normal(0, NOISE_STD, rows), 0, None)
     ids = pc.binary_join_element_wise(
-        "C", pc.utf8_lpad(pc.cast(pa.array(np.arange(rows)), pa.string()), 9, "0"), ""
+        "C",
+        pc.utf8_lpad(pc.cast(pa.array(np.arange(first_id, first_id + rows)), pa.string()), 9, "0"),
+        "",
     )
     columns = [ids] + [
         pc.cast(pa.array(np.round(v, digits)), pa.string())
@@ -58,6 +61,22 @@ def write_csv(table: pa.Table, path: Path) -> Path:
     return path
 
 
+def write_big_csv(rows: int, seed: int, path: Path, chunk_rows: int = 10_000_000) -> Path:
+    """A CSV bigger than memory, written in chunks of `chunk_rows` (distinct ids throughout;
+    chunk i uses seed + i)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    first = 0
+    options = pacsv.WriteOptions(quoting_style="none")
+    with pacsv.CSVWriter(tmp, generate_table(1, seed).schema, write_options=options) as writer:
+        for i, start in enumerate(range(0, rows, chunk_rows)):
+            n = min(chunk_rows, rows - start)
+            writer.write_table(generate_table(n, seed + i, first_id=first))
+            first += n
+    tmp.replace(path)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, required=True)
@@ -65,7 +84,10 @@ def main() -> None:
     parser.add_argument("--bad-fraction", type=float, default=0.02)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    write_csv(generate_table(args.rows, args.seed, args.bad_fraction), args.out)
+    if args.rows > 10_000_000:
+        write_big_csv(args.rows, args.seed, args.out)
+    else:
+        write_csv(generate_table(args.rows, args.seed, args.bad_fraction), args.out)
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ def train_sales_model(
     prepared = combine_files([part.result() for part in parts])
     check_data_quality(run, prepared.data, max_bad_fraction)
     fit = train_model(prepared, features, targets, lr, max_epochs, tol, seed, solver, dtype)
-    tables = evaluate_run(prepared.data.accepted, prepared.is_holdout, fit, features, targets)
+    tables = evaluate_run(prepared.data.accepted, prepared.is_holdout, fit, features, targets, seed)
     manifest = publish_run(
         run, prepared.data, tables, fit, features, targets, promotion_tolerance, drift_threshold
     )

@@ -11,7 +11,8 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from schemas.sales import ID_COLUMN
-from tasks.profile import profile_frame
+from tasks.profile import profile_frame, sample_keys
+from tasks.split import hash_text
 from tasks.train import FitResult
 
 SPLITS = ("train", "holdout")
@@ -171,14 +172,17 @@ def evaluate_run(
     fit: FitResult,
     features: tuple[str, ...],
     targets: tuple[str, ...],
+    seed: int,
 ) -> dict[str, pd.DataFrame]:
     """The run's result tables: predictions, weights, metrics (see evaluate_model) and the
-    profile of the accepted data."""
+    profile of the accepted data (its quantile sample chosen by id, as the streaming path
+    does)."""
     X = accepted[list(features)].to_numpy()
     y = accepted[list(targets)].to_numpy()
+    keys = sample_keys(hash_text(accepted[ID_COLUMN], seed))
     return {
         "predictions": predictions_frame(accepted, is_holdout, fit, features, targets, ID_COLUMN),
         "weights": weights_frame(fit, features, targets),
         "metrics": evaluate_model(X, y, is_holdout, fit, targets),
-        "profile": profile_frame(accepted, [*features, *targets]),
+        "profile": profile_frame(accepted, [*features, *targets], keys),
     }

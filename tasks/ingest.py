@@ -40,8 +40,8 @@ _MAGIC = {
 }
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 READ_BLOCK_BYTES = 16 << 20
-# Block size of the streaming reader: one block of text (about 500k rows) in memory at a time.
-STREAM_BLOCK_BYTES = 16 << 20
+# Block size of the streaming reader: one block of text (about 250k rows) in memory at a time.
+STREAM_BLOCK_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)

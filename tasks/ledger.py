@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,12 +27,13 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 from prefect.states import State
 
-from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS, allowed_columns, required_columns
+from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
 from tasks.errors import PipelineError
-from tasks.ingest import read_sales_csv, sha256_file
+from tasks.ingest import sha256_file
 from tasks.paths import confine, data_roots
+from tasks.scan import scan_file
 from tasks.storage import atomic_write
-from tasks.validate import check_quality, validate_files
+from tasks.validate import FileReport, check_quality
 
 LEDGER_DB = "ledger.sqlite"
 STORE = "files"
@@ -225,6 +227,13 @@ def check_landed(
     return outcome
 
 
+def file_report(path: Path, features: tuple[str, ...], targets: tuple[str, ...]) -> FileReport:
+    """Row accounting of one file, with the training run's checks, read in blocks so that a
+    landed file of any size is checked in bounded memory."""
+    with tempfile.TemporaryDirectory(prefix="ledger-check-") as staging:
+        return scan_file(path, 0, features, targets, 0.0, 0, Path(staging)).report
+
+
 def _check_one(
     conn: sqlite3.Connection,
     ledger_dir: Path,
@@ -243,16 +252,12 @@ def _check_one(
         stored.unlink()
         return None
     try:
-        raw = read_sales_csv(
-            stored, required_columns(features, targets), allowed_columns(features, targets)
-        )
-        data = validate_files([raw], features, targets)
-        check_quality(data.files, max_bad_fraction)
+        report = file_report(stored, features, targets)
+        check_quality([report], max_bad_fraction)
     except PipelineError as exc:
         stored.unlink()
         record(conn, landed, "failed", reason=str(exc).replace(str(stored), landed.path.name))
         return "failed"
-    report = data.files[0]
     record(
         conn,
         landed,

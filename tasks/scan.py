@@ -20,7 +20,7 @@ import contextlib
 import math
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,180 +41,46 @@ from tasks.evaluate import SPLITS, metrics_from_sums, weights_frame
 from tasks.ingest import (
     FILE_READ_TASK,
     STREAM_BLOCK_BYTES,
-    RawFile,
     iter_text_batches,
     sha256_file,
 )
-from tasks.profile import QUANTILES
-from tasks.split import hash_text, holdout_of_hashes, mix64
+from tasks.profile import BottomK, ProfileSketch, sample_keys
+from tasks.split import hash_text, holdout_of_hashes
 from tasks.tensors import DTYPES, check_shapes
 from tasks.train import FitResult, Moments, least_squares_of_moments, moments_of
-from tasks.validate import QUARANTINE_COLUMNS, FileReport, as_csv_lines, check_rows
+from tasks.validate import QUARANTINE_COLUMNS, FileReport, as_csv_lines, check_text_batch
 
 # Input bytes per duplicate-check partition: each partition is loaded alone after pass 1.
-PARTITION_BYTES = 64 << 20
-# Rows kept for the profile's quantiles (exact up to this many accepted rows, estimated from a
-# uniform sample of this size above it) and for the report's plots.
-PROFILE_SAMPLE_ROWS = 1 << 17
+PARTITION_BYTES = 32 << 20
+# Rows of the predictions kept for the report's plots (a uniform sample above this).
 REPORT_SAMPLE_ROWS = 20_000
-_SAMPLE_SALT = np.uint64(0x5EED5A3B1E5A3B1E)
 _SPLIT_NAMES = pa.array(list(SPLITS), pa.string())  # index 0 train, 1 holdout
 
 
-class LineFlags:
-    """A growable bool per file line (1 byte a line: 100 MB for 100M rows)."""
+class LineCodes:
+    """A growable code per file line (1 byte a line: 100 MB for 100M rows): REJECTED, TRAIN or
+    HOLDOUT. Pass 1 writes it, pass 2 reads which rows to predict and their split from it."""
+
+    REJECTED, TRAIN, HOLDOUT = 0, 1, 2
 
     def __init__(self) -> None:
-        self.flags = np.zeros(1 << 16, dtype=bool)
+        self.codes = np.zeros(1 << 16, dtype=np.uint8)
 
-    def set(self, lines: np.ndarray, value: bool = True) -> None:
-        if len(lines) and int(lines.max()) >= len(self.flags):
-            grown = np.zeros(max(2 * len(self.flags), int(lines.max()) + 1), dtype=bool)
-            grown[: len(self.flags)] = self.flags
-            self.flags = grown
-        self.flags[lines] = value
+    def set(self, lines: np.ndarray, codes: np.ndarray | int) -> None:
+        if len(lines) and int(lines.max()) >= len(self.codes):
+            grown = np.zeros(max(2 * len(self.codes), int(lines.max()) + 1), dtype=np.uint8)
+            grown[: len(self.codes)] = self.codes
+            self.codes = grown
+        self.codes[lines] = codes
 
     def get(self, lines: np.ndarray) -> np.ndarray:
-        inside = lines < len(self.flags)
-        out = np.zeros(len(lines), dtype=bool)
-        out[inside] = self.flags[lines[inside]]
+        inside = lines < len(self.codes)
+        out = np.zeros(len(lines), dtype=np.uint8)
+        out[inside] = self.codes[lines[inside]]
         return out
 
-    def count(self) -> int:
-        return int(self.flags.sum())
-
-
-@dataclass
-class BottomK:
-    """A uniform sample: the rows with the k smallest sample keys (a hash of the id), so it is
-    the same whatever the order or grouping of the rows, and exact (all rows) up to k rows.
-    `rows` is a numpy array or a DataFrame, row-aligned with `keys`."""
-
-    k: int
-    keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
-    rows: np.ndarray | pd.DataFrame | None = None
-
-    def add(self, keys: np.ndarray, rows: np.ndarray | pd.DataFrame) -> None:
-        if len(self.keys) >= self.k:  # full: only keys below the largest kept can enter
-            pick = np.flatnonzero(keys < self.keys.max())
-            keys, rows = keys[pick], _take(rows, pick)
-        if not len(keys) and self.rows is not None:
-            return
-        if self.rows is not None:
-            keys = np.concatenate([self.keys, keys])
-            rows = _concat(self.rows, rows)
-        if len(keys) > self.k:
-            keep = np.argpartition(keys, self.k - 1)[: self.k]
-            keys, rows = keys[keep], _take(rows, keep)
-        self.keys, self.rows = keys, rows
-
-    def merge(self, other: BottomK) -> BottomK:
-        merged = BottomK(self.k)
-        for part in (self, other):
-            if part.rows is not None:
-                merged.add(part.keys, part.rows)
-        return merged
-
-
-def _take(rows: np.ndarray | pd.DataFrame, index: np.ndarray) -> np.ndarray | pd.DataFrame:
-    if isinstance(rows, pd.DataFrame):
-        return rows.iloc[index].reset_index(drop=True)
-    return rows[index]
-
-
-def _concat(a: np.ndarray | pd.DataFrame, b: np.ndarray | pd.DataFrame):
-    if isinstance(a, pd.DataFrame):
-        return pd.concat([a, b], ignore_index=True)
-    return np.concatenate([a, b])
-
-
-def sample_keys(hashes: np.ndarray) -> np.ndarray:
-    """Sample keys independent of the split (which uses the small hashes)."""
-    return mix64(hashes ^ _SAMPLE_SALT)
-
-
-@dataclass
-class ProfileSketch:
-    """Exact count, mean, variance (Chan's parallel update), min and max per column, and a
-    BottomK sample for the quantiles; sketches of disjoint rows merge."""
-
-    columns: tuple[str, ...]
-    n: int = 0
-    mean: np.ndarray | None = None
-    m2: np.ndarray | None = None
-    low: np.ndarray | None = None
-    high: np.ndarray | None = None
-    sample: BottomK = field(default_factory=lambda: BottomK(PROFILE_SAMPLE_ROWS))
-
-    def add(self, values: np.ndarray, keys: np.ndarray) -> None:
-        if not len(values):
-            return
-        mean = values.mean(axis=0)
-        part = ProfileSketch(
-            self.columns,
-            len(values),
-            mean,
-            ((values - mean) ** 2).sum(axis=0),
-            values.min(axis=0),
-            values.max(axis=0),
-            BottomK(self.sample.k),
-        )
-        part.sample.add(keys, values)
-        merged = self.merge(part)
-        vars(self).update(vars(merged))
-
-    def merge(self, other: ProfileSketch) -> ProfileSketch:
-        if other.n == 0:
-            return self
-        if self.n == 0:
-            return other
-        n = self.n + other.n
-        delta = other.mean - self.mean
-        return ProfileSketch(
-            self.columns,
-            n,
-            self.mean + delta * other.n / n,
-            self.m2 + other.m2 + delta * delta * self.n * other.n / n,
-            np.minimum(self.low, other.low),
-            np.maximum(self.high, other.high),
-            self.sample.merge(other.sample),
-        )
-
-    def frame(self) -> pd.DataFrame:
-        """The profile table (see tasks.profile.profile_frame): count, mean, std (ddof=1),
-        min, p05..p95, max."""
-        records = []
-        for i, column in enumerate(self.columns):
-            if self.n:
-                values = self.sample.rows[:, i]
-                quantiles = np.quantile(values, QUANTILES)
-                stats = (
-                    self.mean[i],
-                    math.sqrt(self.m2[i] / (self.n - 1)) if self.n > 1 else np.nan,
-                )
-                low, high = self.low[i], self.high[i]
-            else:
-                quantiles, stats, low, high = (
-                    [np.nan] * len(QUANTILES),
-                    (np.nan, np.nan),
-                    np.nan,
-                    np.nan,
-                )
-            records.append(
-                {
-                    "column": column,
-                    "count": self.n,
-                    "mean": stats[0],
-                    "std": stats[1],
-                    "min": low,
-                    **{
-                        f"p{round(q * 100):02d}": v
-                        for q, v in zip(QUANTILES, quantiles, strict=True)
-                    },
-                    "max": high,
-                }
-            )
-        return pd.DataFrame.from_records(records)
+    def accepted_lines(self) -> np.ndarray:
+        return np.flatnonzero(self.codes)
 
 
 @dataclass
@@ -229,7 +95,7 @@ class FileScan:
     train: Moments
     holdout: Moments
     profile: ProfileSketch
-    accepted: LineFlags
+    accepted: LineCodes
     duplicates: pd.DataFrame  # source_line, country (rows whose id appeared in an earlier block)
     quarantine: list[Path]
     rows: tuple[np.ndarray, np.ndarray] | None = None  # (X, y) of training rows, if kept
@@ -257,7 +123,7 @@ def scan_file(
     spill.mkdir(parents=True, exist_ok=True)
     n_parts = max(1, math.ceil(size / partition_bytes))
     quarantine_path = staging / "quarantine" / f"part-{index:05d}-0.parquet"
-    accepted = LineFlags()
+    accepted = LineCodes()
     rows_in = 0
     with (
         _Partitions(spill, n_parts, values) as partitions,
@@ -269,33 +135,19 @@ def scan_file(
             allowed_columns(features, targets),
             block_bytes,
         ):
-            raw = RawFile(
-                path,
-                "",
-                size,
-                tuple(batch.rows.column_names),
-                _text_frame(batch),
-                batch.parse_errors,
-            )
-            checked = check_rows(raw, features, targets, unique_ids=False)
-            rows_in += raw.data_rows
+            checked = check_text_batch(path, size, batch, features, targets)
+            rows_in += batch.rows.num_rows + len(batch.parse_errors)
             quarantine.write(checked.quarantine)
-            typed = checked.typed
-            accepted.set(typed["source_line"].to_numpy(dtype=np.int64)[checked.keep])
             # Every row with an id takes part in the duplicate check (a row repeating the id of
             # an earlier rejected row is a duplicate too, as in the whole-file check).
-            has_id = typed[ID_COLUMN].notna().to_numpy()
-            rows = typed[has_id]
-            keys = pa.array(rows[ID_COLUMN], type=pa.string())
-            if isinstance(keys, pa.ChunkedArray):
-                keys = keys.combine_chunks()
-            partitions.write(
-                hash_text(keys, seed),
-                rows["source_line"].to_numpy(dtype=np.int64),
-                keys,
-                rows[values].to_numpy(np.float64),
-                checked.keep[has_id],
-            )
+            has_id = pc.is_valid(checked.ids).to_numpy(zero_copy_only=False)
+            keys = checked.ids.filter(pa.array(has_id))
+            hashes = hash_text(keys, seed)
+            lines = checked.lines[has_id]
+            ok = checked.keep[has_id]
+            codes = LineCodes.TRAIN + holdout_of_hashes(hashes[ok], holdout_fraction)
+            accepted.set(lines[ok], codes.astype(np.uint8))
+            partitions.write(hashes, lines, keys, checked.values[has_id], ok)
     sha256 = sha256_file(path)
     scan = _reduce(
         path, index, spill, n_parts, values, features, holdout_fraction, accepted, keep_rows
@@ -307,12 +159,6 @@ def scan_file(
     if not quarantine.rows:
         quarantine_path.unlink(missing_ok=True)
     return scan
-
-
-def _text_frame(batch) -> pd.DataFrame:
-    rows = batch.rows.to_pandas(types_mapper=pd.ArrowDtype)  # zero-copy text
-    rows["source_line"] = batch.lines
-    return rows
 
 
 class _Partitions:
@@ -345,7 +191,7 @@ class _Partitions:
         values: np.ndarray,
         ok: np.ndarray,
     ) -> None:
-        part = (hashes >> np.uint64(40)).astype(np.int64) * self.n >> 24
+        part = ((hashes >> np.uint64(40)).astype(np.int64) * self.n >> 24).astype(np.int16)
         order = np.argsort(part, kind="stable") if self.n > 1 else np.arange(len(part))
         bounds = np.searchsorted(part[order], np.arange(self.n + 1))
         columns = [pa.array(hashes[order]), pa.array(lines[order]), pa.array(ok[order])]
@@ -400,7 +246,7 @@ def _reduce(
     values: list[str],
     features: tuple[str, ...],
     holdout_fraction: float,
-    accepted: LineFlags,
+    accepted: LineCodes,
     keep_rows: bool,
 ) -> FileScan:
     """Load each partition alone: flag repeated ids (all but the first line of each), sum the
@@ -427,7 +273,7 @@ def _reduce(
                     }
                 )
             )
-            accepted.set(lines[repeated], False)
+            accepted.set(lines[repeated], LineCodes.REJECTED)
         use = table["ok"].to_numpy(zero_copy_only=False) & ~repeated
         data = np.column_stack([table[name].to_numpy() for name in values])
         if not use.all():
@@ -464,6 +310,9 @@ def _repeated_ids(hashes: np.ndarray, lines: np.ndarray, ids: pa.ChunkedArray) -
     """Rows whose id appeared on an earlier line of the file (equal hashes, confirmed on the
     text)."""
     repeated = np.zeros(len(hashes), dtype=bool)
+    ordered = np.sort(hashes)
+    if not (ordered[1:] == ordered[:-1]).any():  # the common case: no id twice
+        return repeated
     order = np.argsort(hashes, kind="stable")
     ordered = hashes[order]
     same = ordered[1:] == ordered[:-1]
@@ -535,7 +384,9 @@ def emit_file(
         writer = None
         if scoring is not None:
             pred_path.parent.mkdir(parents=True, exist_ok=True)
-            writer = stack.enter_context(pq.ParquetWriter(pred_path, schema))
+            writer = stack.enter_context(
+                pq.ParquetWriter(pred_path, schema, use_dictionary=["split", "source_file"])
+            )
         for batch in iter_text_batches(
             scan.path,
             required_columns(features, targets),
@@ -552,15 +403,15 @@ def emit_file(
                 )
             if writer is None:
                 continue
-            keep = scan.accepted.get(lines)
+            codes = scan.accepted.get(lines)
+            keep = codes != LineCodes.REJECTED
             table = _predict_batch(
                 batch.rows.filter(pa.array(keep)),
                 lines[keep],
+                codes[keep] == LineCodes.HOLDOUT,
                 source,
                 features,
                 targets,
-                holdout_fraction,
-                seed,
                 scoring,
                 sums,
                 sample,
@@ -599,11 +450,10 @@ def _floats(column: pa.ChunkedArray) -> np.ndarray:
 def _predict_batch(
     rows: pa.Table,
     lines: np.ndarray,
+    is_holdout: np.ndarray,
     source: str,
     features: tuple[str, ...],
     targets: tuple[str, ...],
-    holdout_fraction: float,
-    seed: int,
     scoring: Scoring,
     sums: dict[str, dict[str, Any]],
     sample: BottomK,
@@ -621,8 +471,6 @@ def _predict_batch(
     )
     pred = X @ scoring.W.T + scoring.b
     residual = y - pred
-    hashes = hash_text(ids, seed)
-    is_holdout = holdout_of_hashes(hashes, holdout_fraction)
     optimum = y - (X @ scoring.W_opt.T + scoring.b_opt)
     baseline = y - scoring.train_mean
     for split, mask in zip(SPLITS, (~is_holdout, is_holdout), strict=True):
@@ -646,7 +494,7 @@ def _predict_batch(
     columns["source_line"] = lines
     table = pa.table(columns)
     if len(lines):
-        keys = sample_keys(hashes)
+        keys = sample_keys(lines.astype(np.uint64))
         take = np.arange(len(keys))
         if len(keys) > sample.k:
             take = np.argpartition(keys, sample.k - 1)[: sample.k]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ from prefect.cache_policies import NONE
 
 from schemas.sales import ID_COLUMN, sales_schema
 from tasks.errors import DataQualityError, InputFileError, PipelineError
-from tasks.ingest import RawFile
+from tasks.ingest import RawFile, TextBatch
 
 NUMBER_PATTERN = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 MISSING_TOKENS = frozenset({"", "na", "n/a", "#n/a", "null", "none", "nan", "-nan", "+nan"})
@@ -193,39 +194,94 @@ _FAST_CHECKS = {
 
 
 def prescreen(
-    schema: pandera.DataFrameSchema, typed: pd.DataFrame, unparsed: dict[str, np.ndarray]
+    schema: pandera.DataFrameSchema,
+    columns: dict[str, np.ndarray | pa.Array | pd.Series],
+    unparsed: dict[str, np.ndarray],
 ) -> np.ndarray:
     """Rows that certainly pass every column check of `schema` (not null, range, finite, text
-    pattern), computed vectorized from the checks' own statistics. A check of a kind not listed
-    in _FAST_CHECKS (or a pattern RE2 cannot take) makes every row a suspect, so pandera still
-    decides; the screen only spares pandera the rows that cannot fail. A cell that did not
-    parse (`unparsed`) counts as passing: pandera would only report it as null, which the
-    parser's own record shadows."""
-    ok = np.ones(len(typed), dtype=bool)
+    pattern), computed vectorized from the checks' own statistics; `columns` holds float64
+    arrays and, for text columns, text. A check of a kind not listed in _FAST_CHECKS (or a
+    pattern RE2 cannot take) makes every row a suspect, so pandera still decides; the screen
+    only spares pandera the rows that cannot fail. A cell that did not parse (`unparsed`)
+    counts as passing: pandera would only report it as null, which the parser's own record
+    shadows."""
+    n = len(next(iter(columns.values())))
+    ok = np.ones(n, dtype=bool)
     for name, column in schema.columns.items():
-        values = typed[name]
-        if values.dtype == "float64":
-            numbers = values.to_numpy()
-            cell = ~np.isnan(numbers)
+        values = columns[name]
+        if isinstance(values, np.ndarray):
+            cell = ~np.isnan(values)
             with np.errstate(invalid="ignore"):
                 for check in column.checks:
                     test = _FAST_CHECKS.get(check.name)
                     if test is None:
-                        return np.zeros(len(typed), dtype=bool)
-                    cell &= test(numbers, check.statistics)
+                        return np.zeros(n, dtype=bool)
+                    cell &= test(values, check.statistics)
             ok &= cell | unparsed.get(name, False)
             continue
         text = pa.array(values, type=pa.string(), from_pandas=True)
         ok &= pc.is_valid(text).to_numpy(zero_copy_only=False)
         for check in column.checks:
             if check.name != "str_matches":
-                return np.zeros(len(typed), dtype=bool)
+                return np.zeros(n, dtype=bool)
             try:
                 hit = pc.match_substring_regex(text, check.statistics["pattern"])
             except pa.ArrowInvalid:
-                return np.zeros(len(typed), dtype=bool)
+                return np.zeros(n, dtype=bool)
             ok &= pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
     return ok
+
+
+@dataclass(frozen=True)
+class CheckedBatch:
+    """A streamed block checked: trimmed ids (null when empty), the line and float64 values of
+    every row, which rows are kept, and the quarantine records of the others."""
+
+    ids: pa.Array
+    lines: np.ndarray
+    values: np.ndarray
+    keep: np.ndarray
+    quarantine: pd.DataFrame
+
+
+def check_text_batch(
+    path: Path,
+    size: int,
+    batch: TextBatch,
+    features: tuple[str, ...],
+    targets: tuple[str, ...],
+) -> CheckedBatch:
+    """check_rows for a streamed block, fast: every row is parsed and pre-screened in Arrow and
+    numpy, and only the rows that may fail (and the parser's rejected rows) go through
+    check_rows, so the records are check_rows' own. Repeated ids are left to the caller."""
+    names = (*features, *targets)
+    rows = batch.rows
+    n = rows.num_rows
+    ids = pc.utf8_trim_whitespace(rows[ID_COLUMN].combine_chunks())
+    ids = pc.if_else(pc.equal(ids, ""), pa.scalar(None, pa.string()), ids)
+    values = np.empty((n, len(names)))
+    clean = np.ones(n, dtype=bool)
+    for j, name in enumerate(names):
+        text = rows[name].combine_chunks()
+        plain = pc.fill_null(pc.match_substring_regex(text, f"^{NUMBER_PATTERN}$"), False)
+        parsed = pc.cast(pc.if_else(plain, text, pa.scalar(None, pa.string())), pa.float64())
+        values[:, j] = parsed.to_numpy(zero_copy_only=False)
+        clean &= plain.to_numpy(zero_copy_only=False)
+    schema = sales_schema(features, targets)
+    columns = {ID_COLUMN: ids, **{name: values[:, j] for j, name in enumerate(names)}}
+    clean &= prescreen(schema, columns, {})
+    keep = clean.copy()
+    quarantine = pd.DataFrame(columns=QUARANTINE_COLUMNS)
+    suspects = np.flatnonzero(~clean)
+    if len(suspects) or len(batch.parse_errors):
+        text_rows = rows.take(pa.array(suspects)).to_pandas(types_mapper=pd.ArrowDtype)
+        text_rows["source_line"] = batch.lines[suspects]
+        raw = RawFile(path, "", size, tuple(rows.column_names), text_rows, batch.parse_errors)
+        checked = check_rows(raw, features, targets, unique_ids=False)
+        values[suspects] = checked.typed[list(names)].to_numpy(dtype=np.float64)
+        keep[suspects] = checked.keep
+        quarantine = checked.quarantine
+    return CheckedBatch(ids, batch.lines, values, keep, quarantine)
 
 
 def _schema_failures(typed, rows, features, targets, source, unique_ids, unparsed):
@@ -235,7 +291,9 @@ def _schema_failures(typed, rows, features, targets, source, unique_ids, unparse
     schema = sales_schema(features, targets)
     unique = schema.unique
     schema.unique = None
-    suspects = typed[~prescreen(schema, typed, unparsed)]
+    columns = {ID_COLUMN: typed[ID_COLUMN]}
+    columns |= {name: typed[name].to_numpy() for name in (*features, *targets)}
+    suspects = typed[~prescreen(schema, columns, unparsed)]
     found = [_failure_cases(schema, suspects)] if len(suspects) else []
     if unique_ids and unique:
         ids = pandera.DataFrameSchema(

@@ -99,7 +99,7 @@ def test_streamed_checks_and_statistics_match_the_whole_file(tmp_path, seed, blo
     pd.testing.assert_frame_equal(normalised(quarantine), normalised(whole.data.quarantine))
     assert quarantine["source_line"].is_monotonic_increasing  # merged in line order
     accepted_lines = whole.data.accepted["source_line"].to_numpy()
-    np.testing.assert_array_equal(np.flatnonzero(scan.accepted.flags), accepted_lines)
+    np.testing.assert_array_equal(scan.accepted.accepted_lines(), accepted_lines)
 
     train = whole.data.accepted[~whole.is_holdout]
     assert scan.train.n == len(train)
