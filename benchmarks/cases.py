@@ -113,7 +113,7 @@ def stream(csv: Path, out: Path) -> dict:
         metadata = table_metadata(run, "predictions", fingerprint)
         scoring = streamed.scoring(fit)
         emits = [
-            emit_file(scan, FEATURES, TARGETS, 0.2, 0, staging, scoring, metadata)
+            emit_file(scan, FEATURES, TARGETS, staging, scoring, metadata)
             for scan in streamed.scans
         ]
         tables = evaluate_streamed.fn(streamed, emits, fit, FEATURES, TARGETS)

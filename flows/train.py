@@ -155,9 +155,7 @@ def train_streamed(
 
         def emit_all(scoring: Scoring | None) -> list[FileEmit]:
             futures = [
-                emit_input_file.submit(
-                    scan, features, targets, holdout_fraction, seed, staging, scoring, metadata
-                )
+                emit_input_file.submit(scan, features, targets, staging, scoring, metadata)
                 for scan in streamed.scans
             ]
             wait(futures)

@@ -1,17 +1,18 @@
-"""Streaming: files bigger than memory, in two passes over the CSV with bounded memory.
+"""Streaming: inputs bigger than memory, in two passes over each CSV with bounded memory.
 
-Pass 1 (scan_file) reads the file in blocks, validates each block exactly as the in-memory path
-validates a whole file (same checks, same messages, same line numbers), writes the quarantine
-records to a staged Parquet file, and spills the accepted rows (id hash, line, id, values) to
-hash partitions on disk. A country that appears again in a later block is a duplicate key: each
-partition is then loaded on its own (about PARTITION_BYTES of input), the later rows of a
-repeated id are flagged, and the rest are summed into float64 statistics (train and holdout
-moments, the profile). Training needs only those statistics.
+Pass 1 (scan_file) reads the file in blocks and checks each block as the in-memory path checks a
+whole file (validate.check_text_batch: same checks, messages and line numbers), writes the
+quarantine records to a staged Parquet file, records each line's fate (rejected, train, holdout)
+in a LineCodes, and spills every row that has an id (hash, line, ok, id, values) to hash
+partitions on disk. Each partition (about PARTITION_BYTES of input) is then loaded alone: a row
+whose id appeared on an earlier line anywhere in the file is a duplicate key, and the other
+accepted rows are summed into float64 statistics (train and holdout moments, the profile).
+Training needs only those statistics.
 
-Pass 2 (emit_file) reads the file again, predicts every accepted row with the trained model and
-writes the predictions to a staged Parquet file batch by batch, summing the squared errors for
-the metrics; it also writes the quarantine records of the cross-block duplicates (their raw
-text is only at hand while reading).
+Pass 2 (emit_file) reads the file again, predicts every accepted row with the trained model,
+writes the predictions to a staged Parquet file block by block and sums the squared errors for
+the metrics; it also writes the quarantine records of the duplicate keys (their raw text is only
+at hand while reading). Publishing moves the staged files into place (tasks/publish.py).
 """
 
 from __future__ import annotations
@@ -360,8 +361,6 @@ def emit_file(
     scan: FileScan,
     features: tuple[str, ...],
     targets: tuple[str, ...],
-    holdout_fraction: float,
-    seed: int,
     staging: Path,
     scoring: Scoring | None,
     metadata: dict[bytes, bytes],
@@ -374,7 +373,7 @@ def emit_file(
     dup_lines = scan.duplicates["source_line"].to_numpy(dtype=np.int64)
     sums = {split: _zero_sums(len(targets)) for split in SPLITS}
     sample = BottomK(REPORT_SAMPLE_ROWS)
-    pred_path = staging / "predictions" / f"part-{scan.index:05d}.parquet"
+    pred_path = staging / "predictions" / f"part-{scan.index}.parquet"
     dup_path = staging / "quarantine" / f"part-{scan.index:05d}-1.parquet"
     if scoring is None and not len(dup_lines):
         return FileEmit(None, None, sums, sample)
@@ -645,14 +644,12 @@ def emit_input_file(
     scan: FileScan,
     features: tuple[str, ...],
     targets: tuple[str, ...],
-    holdout_fraction: float,
-    seed: int,
     staging: Path,
     scoring: Scoring | None,
     metadata: dict[bytes, bytes],
 ) -> FileEmit:
     """emit_file as a task (retried on transient I/O errors)."""
-    return emit_file(scan, features, targets, holdout_fraction, seed, staging, scoring, metadata)
+    return emit_file(scan, features, targets, staging, scoring, metadata)
 
 
 @task(cache_policy=NONE)

@@ -79,3 +79,23 @@ def test_refused_streamed_run_keeps_every_quarantine_record(tmp_path, small_bloc
     assert "duplicate key" in set(streamed["reason"])
     pd.testing.assert_frame_equal(streamed, whole, check_dtype=False)
     assert not (output / "predictions").exists()
+
+
+def test_streamed_folder_of_files_matches_the_in_memory_run(tmp_path, small_blocks):
+    """Two files: each is a task per pass; an id may repeat across files, not within one."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    messy_csv(folder / "a.csv", seed=5, rows=200)
+    messy_csv(folder / "b.csv", seed=6, rows=200)  # the same ids C0..C199 again: allowed
+    output = tmp_path / "out"
+    common = {"data": str(folder), "output": str(output), "max_bad_fraction": 0.5}
+    common |= {"dtype": "float64"}  # float32 training rounds differently on the two paths
+    whole = train_sales_model(**common)
+    streamed = train_sales_model(**common, stream_above_mb=0)
+    assert streamed["rows"] == whole["rows"]
+    assert [f["path"] for f in streamed["inputs"]] == [f["path"] for f in whole["inputs"]]
+    predictions = output / "predictions" / f"run_id={streamed['run_id']}"
+    assert sorted(p.name for p in predictions.iterdir()) == ["part-0.parquet", "part-1.parquet"]
+    for table in ("quarantine", "predictions"):
+        a, b = (read(output, table, m["run_id"]) for m in (whole, streamed))
+        pd.testing.assert_frame_equal(b, a, check_dtype=False, rtol=1e-9)

@@ -80,7 +80,7 @@ def normalised(quarantine: pd.DataFrame) -> pd.DataFrame:
 
 
 def streamed_quarantine(scan, tmp_path: Path) -> pd.DataFrame:
-    emit = emit_file(scan, F, T, 0.2, 0, tmp_path, None, {})
+    emit = emit_file(scan, F, T, tmp_path, None, {})
     parts = StreamedData([scan]).quarantine_parts([emit])[0]
     return pd.concat([*iter_quarantine(parts)], ignore_index=True) if parts else None
 
@@ -117,7 +117,7 @@ def test_streamed_predictions_and_metrics_match_the_in_memory_ones(tmp_path):
     scan = scan_file(path, 0, F, T, 0.2, 0, tmp_path, block_bytes=500, partition_bytes=3000)
     streamed = StreamedData([scan])
     fit = fit_from_moments(streamed.moments, max_epochs=5000, tol=1e-12, seed=0)
-    emit = emit_file(scan, F, T, 0.2, 0, tmp_path, streamed.scoring(fit), {b"k": b"v"})
+    emit = emit_file(scan, F, T, tmp_path, streamed.scoring(fit), {b"k": b"v"})
 
     written = pd.read_parquet(emit.predictions)
     expected = predictions_frame(whole.data.accepted, whole.is_holdout, fit, F, T, ID_COLUMN)
