@@ -199,6 +199,8 @@ def staging_area(root: Path, run_id: str) -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # another run may be staging there
+            folder.parent.rmdir()
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:

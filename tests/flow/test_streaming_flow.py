@@ -61,7 +61,7 @@ def test_streamed_run_publishes_what_the_in_memory_run_does(tmp_path, small_bloc
     np.testing.assert_allclose(b["optimum_mse"], a["optimum_mse"], rtol=1e-9)
     assert (b["rows"] == a["rows"]).all()
     assert (output / "reports" / streamed["run_id"] / "holdout.png").exists()
-    assert not any((output / ".staging").iterdir())
+    assert not (output / ".staging").exists()  # staged files moved in, staging removed
     assert streamed["promotion"]["holdout_rows"] == whole["promotion"]["holdout_rows"]
 
 
