@@ -42,17 +42,22 @@ from tasks.evaluate import SPLITS, metrics_from_sums, weights_frame
 from tasks.ingest import (
     FILE_READ_TASK,
     STREAM_BLOCK_BYTES,
+    RawFile,
+    TextBatch,
     iter_text_batches,
+    parse_error_frame,
     sha256_file,
 )
 from tasks.profile import BottomK, ProfileSketch, sample_keys
 from tasks.split import hash_text, holdout_of_hashes
 from tasks.tensors import DTYPES, check_shapes
 from tasks.train import FitResult, Moments, least_squares_of_moments, moments_of
-from tasks.validate import QUARANTINE_COLUMNS, FileReport, as_csv_lines, check_text_batch
+from tasks.validate import QUARANTINE_COLUMNS, FileReport, as_csv_lines, check_rows, screen_batch
 
 # Input bytes per duplicate-check partition: each partition is loaded alone after pass 1.
 PARTITION_BYTES = 32 << 20
+# Suspect rows gathered before they are checked together (see _Suspects).
+SUSPECT_ROWS = 50_000
 # Rows of the predictions kept for the report's plots (a uniform sample above this).
 REPORT_SAMPLE_ROWS = 20_000
 _SPLIT_NAMES = pa.array(list(SPLITS), pa.string())  # index 0 train, 1 holdout
@@ -130,25 +135,39 @@ def scan_file(
         _Partitions(spill, n_parts, values) as partitions,
         _QuarantineWriter(quarantine_path) as quarantine,
     ):
+
+        def keep_rows_of(ids: pa.Array, lines: np.ndarray, data: np.ndarray, ok: np.ndarray):
+            # Every row with an id takes part in the duplicate check (a row repeating the id of
+            # an earlier rejected row is a duplicate too, as in the whole-file check).
+            has_id = pc.is_valid(ids).to_numpy(zero_copy_only=False)
+            keys = ids.filter(pa.array(has_id))
+            hashes = hash_text(keys, seed)
+            lines, ok = lines[has_id], ok[has_id]
+            codes = LineCodes.TRAIN + holdout_of_hashes(hashes[ok], holdout_fraction)
+            accepted.set(lines[ok], codes.astype(np.uint8))
+            partitions.write(hashes, lines, keys, data[has_id], ok)
+
+        suspects = _Suspects(path, size, features, targets)
         for batch in iter_text_batches(
             path,
             required_columns(features, targets),
             allowed_columns(features, targets),
             block_bytes,
         ):
-            checked = check_text_batch(path, size, batch, features, targets)
             rows_in += batch.rows.num_rows + len(batch.parse_errors)
-            quarantine.write(checked.quarantine)
-            # Every row with an id takes part in the duplicate check (a row repeating the id of
-            # an earlier rejected row is a duplicate too, as in the whole-file check).
-            has_id = pc.is_valid(checked.ids).to_numpy(zero_copy_only=False)
-            keys = checked.ids.filter(pa.array(has_id))
-            hashes = hash_text(keys, seed)
-            lines = checked.lines[has_id]
-            ok = checked.keep[has_id]
-            codes = LineCodes.TRAIN + holdout_of_hashes(hashes[ok], holdout_fraction)
-            accepted.set(lines[ok], codes.astype(np.uint8))
-            partitions.write(hashes, lines, keys, checked.values[has_id], ok)
+            screened = screen_batch(batch, features, targets)
+            clean = screened.clean
+            keep_rows_of(
+                screened.ids.filter(pa.array(clean)),
+                batch.lines[clean],
+                screened.values[clean],
+                np.ones(int(clean.sum()), dtype=bool),
+            )
+            suspects.add(batch, ~clean)
+            if suspects.rows >= SUSPECT_ROWS:
+                keep_rows_of(*suspects.check(quarantine))
+        if suspects.rows or suspects.errors:
+            keep_rows_of(*suspects.check(quarantine))
     sha256 = sha256_file(path)
     scan = _reduce(
         path, index, spill, n_parts, values, features, holdout_fraction, accepted, keep_rows
@@ -160,6 +179,67 @@ def scan_file(
     if not quarantine.rows:
         quarantine_path.unlink(missing_ok=True)
     return scan
+
+
+class _Suspects:
+    """Rows the screen could not clear, and the parser's rejected rows, gathered over blocks
+    and checked together by check_rows (pandera's cost is mostly per call and per failing
+    check, so fewer, larger calls are cheaper). Lines only grow, so the quarantine records of
+    successive checks stay in line order."""
+
+    def __init__(self, path: Path, size: int, features: tuple[str, ...], targets: tuple[str, ...]):
+        self.path, self.size, self.features, self.targets = path, size, features, targets
+        self.parts: list[tuple[pa.Table, np.ndarray]] = []
+        self.error_parts: list[pd.DataFrame] = []
+        self.rows = self.errors = 0
+
+    def add(self, batch: TextBatch, mask: np.ndarray) -> None:
+        picked = np.flatnonzero(mask)
+        if len(picked):
+            self.parts.append((batch.rows.take(pa.array(picked)), batch.lines[picked]))
+            self.rows += len(picked)
+        if len(batch.parse_errors):
+            self.error_parts.append(batch.parse_errors)
+            self.errors += len(batch.parse_errors)
+
+    def check(
+        self, quarantine: _QuarantineWriter
+    ) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
+        """check_rows on what was gathered; writes the records and returns (ids, lines, values,
+        ok) of the gathered rows; starts over."""
+        names = [*self.features, *self.targets]
+        header = (
+            self.parts[0][0].column_names
+            if self.parts
+            else list(required_columns(self.features, self.targets))
+        )
+        text = (
+            pa.concat_tables([part for part, _ in self.parts])
+            if self.parts
+            else pa.table({name: pa.array([], pa.string()) for name in header})
+        )
+        lines = (
+            np.concatenate([lines for _, lines in self.parts])
+            if self.parts
+            else np.zeros(0, np.int64)
+        )
+        errors = (
+            pd.concat(self.error_parts, ignore_index=True)
+            if self.error_parts
+            else parse_error_frame([])
+        )
+        rows = text.to_pandas(types_mapper=pd.ArrowDtype)
+        rows["source_line"] = lines
+        raw = RawFile(self.path, "", self.size, tuple(text.column_names), rows, errors)
+        checked = check_rows(raw, self.features, self.targets, unique_ids=False)
+        quarantine.write(checked.quarantine)
+        typed = checked.typed
+        ids = pa.array(typed[ID_COLUMN], type=pa.string())
+        if isinstance(ids, pa.ChunkedArray):
+            ids = ids.combine_chunks()
+        values = typed[names].to_numpy(dtype=np.float64)
+        self.parts, self.error_parts, self.rows, self.errors = [], [], 0, 0
+        return ids, lines, values, checked.keep
 
 
 class _Partitions:

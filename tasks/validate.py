@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -233,34 +232,27 @@ def prescreen(
 
 
 @dataclass(frozen=True)
-class CheckedBatch:
-    """A streamed block checked: trimmed ids (null when empty), the line and float64 values of
-    every row, which rows are kept, and the quarantine records of the others."""
+class ScreenedBatch:
+    """A streamed block screened: trimmed ids (null when empty), float64 values and `clean`,
+    the rows that certainly pass every check (their values are final)."""
 
     ids: pa.Array
-    lines: np.ndarray
     values: np.ndarray
-    keep: np.ndarray
-    quarantine: pd.DataFrame
+    clean: np.ndarray
 
 
-def check_text_batch(
-    path: Path,
-    size: int,
-    batch: TextBatch,
-    features: tuple[str, ...],
-    targets: tuple[str, ...],
-) -> CheckedBatch:
-    """check_rows for a streamed block, fast: every row is parsed and pre-screened in Arrow and
-    numpy, and only the rows that may fail (and the parser's rejected rows) go through
-    check_rows, so the records are check_rows' own. Repeated ids are left to the caller."""
+def screen_batch(
+    batch: TextBatch, features: tuple[str, ...], targets: tuple[str, ...]
+) -> ScreenedBatch:
+    """The fast half of checking a streamed block: parse plain numbers and pre-screen every row
+    in Arrow and numpy. The other rows (and the parser's rejected rows) go through check_rows,
+    so every record is check_rows' own; repeated ids are left to the caller."""
     names = (*features, *targets)
     rows = batch.rows
-    n = rows.num_rows
     ids = pc.utf8_trim_whitespace(rows[ID_COLUMN].combine_chunks())
     ids = pc.if_else(pc.equal(ids, ""), pa.scalar(None, pa.string()), ids)
-    values = np.empty((n, len(names)))
-    clean = np.ones(n, dtype=bool)
+    values = np.empty((rows.num_rows, len(names)))
+    clean = np.ones(rows.num_rows, dtype=bool)
     for j, name in enumerate(names):
         text = rows[name].combine_chunks()
         plain = pc.fill_null(pc.match_substring_regex(text, f"^{NUMBER_PATTERN}$"), False)
@@ -270,18 +262,7 @@ def check_text_batch(
     schema = sales_schema(features, targets)
     columns = {ID_COLUMN: ids, **{name: values[:, j] for j, name in enumerate(names)}}
     clean &= prescreen(schema, columns, {})
-    keep = clean.copy()
-    quarantine = pd.DataFrame(columns=QUARANTINE_COLUMNS)
-    suspects = np.flatnonzero(~clean)
-    if len(suspects) or len(batch.parse_errors):
-        text_rows = rows.take(pa.array(suspects)).to_pandas(types_mapper=pd.ArrowDtype)
-        text_rows["source_line"] = batch.lines[suspects]
-        raw = RawFile(path, "", size, tuple(rows.column_names), text_rows, batch.parse_errors)
-        checked = check_rows(raw, features, targets, unique_ids=False)
-        values[suspects] = checked.typed[list(names)].to_numpy(dtype=np.float64)
-        keep[suspects] = checked.keep
-        quarantine = checked.quarantine
-    return CheckedBatch(ids, batch.lines, values, keep, quarantine)
+    return ScreenedBatch(ids, values, clean)
 
 
 def _schema_failures(typed, rows, features, targets, source, unique_ids, unparsed):

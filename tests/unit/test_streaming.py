@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import tasks.scan
 from schemas.sales import (
     DEFAULT_FEATURES,
     DEFAULT_TARGETS,
@@ -86,8 +87,12 @@ def streamed_quarantine(scan, tmp_path: Path) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("block_bytes", [64, 1000])
-def test_streamed_checks_and_statistics_match_the_whole_file(tmp_path, seed, block_bytes):
+@pytest.mark.parametrize(("block_bytes", "suspect_rows"), [(64, 7), (1000, 50_000)])
+def test_streamed_checks_and_statistics_match_the_whole_file(
+    tmp_path, monkeypatch, seed, block_bytes, suspect_rows
+):
+    # suspect_rows: how many rows that may fail are gathered before check_rows runs on them
+    monkeypatch.setattr(tasks.scan, "SUSPECT_ROWS", suspect_rows)
     path = messy_csv(tmp_path / "in.csv", seed)
     whole = prepare_file(path, F, T, 0.2, seed)
     scan = scan_file(
