@@ -360,7 +360,7 @@ def check_streamed_quality(
 ) -> None:
     """check_data_quality for a streamed run (called by the flow, as it submits tasks): before
     the refusal is published, pass 2 runs without a model to write the quarantine records of
-    cross-block duplicates."""
+    duplicate keys."""
     try:
         check_quality(streamed.files, max_bad_fraction)
     except DataQualityError as exc:

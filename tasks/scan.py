@@ -92,8 +92,8 @@ class LineCodes:
 @dataclass
 class FileScan:
     """Pass 1's result for one file: row accounting, the float64 statistics of its train and
-    holdout rows, its profile, which lines were accepted, the cross-block duplicates still to
-    be written to the quarantine, and the staged quarantine file."""
+    holdout rows, its profile, each line's fate, the duplicate keys (written to the quarantine
+    by pass 2, which has their text) and the staged quarantine file."""
 
     path: Path
     index: int
@@ -102,7 +102,7 @@ class FileScan:
     holdout: Moments
     profile: ProfileSketch
     accepted: LineCodes
-    duplicates: pd.DataFrame  # source_line, country (rows whose id appeared in an earlier block)
+    duplicates: pd.DataFrame  # source_line, country: rows whose id is on an earlier line
     quarantine: list[Path]
     rows: tuple[np.ndarray, np.ndarray] | None = None  # (X, y) of training rows, if kept
 
@@ -136,9 +136,10 @@ def scan_file(
         _QuarantineWriter(quarantine_path) as quarantine,
     ):
 
-        def keep_rows_of(ids: pa.Array, lines: np.ndarray, data: np.ndarray, ok: np.ndarray):
-            # Every row with an id takes part in the duplicate check (a row repeating the id of
-            # an earlier rejected row is a duplicate too, as in the whole-file check).
+        def record_rows(ids: pa.Array, lines: np.ndarray, data: np.ndarray, ok: np.ndarray):
+            # Accepted rows get their line code (train or holdout); every row with an id is
+            # spilled for the duplicate check (a row repeating the id of an earlier rejected row
+            # is a duplicate too, as in the whole-file check).
             has_id = pc.is_valid(ids).to_numpy(zero_copy_only=False)
             keys = ids.filter(pa.array(has_id))
             hashes = hash_text(keys, seed)
@@ -157,7 +158,7 @@ def scan_file(
             rows_in += batch.rows.num_rows + len(batch.parse_errors)
             screened = screen_batch(batch, features, targets)
             clean = screened.clean
-            keep_rows_of(
+            record_rows(
                 screened.ids.filter(pa.array(clean)),
                 batch.lines[clean],
                 screened.values[clean],
@@ -165,9 +166,9 @@ def scan_file(
             )
             suspects.add(batch, ~clean)
             if suspects.rows >= SUSPECT_ROWS:
-                keep_rows_of(*suspects.check(quarantine))
+                record_rows(*suspects.check(quarantine))
         if suspects.rows or suspects.errors:
-            keep_rows_of(*suspects.check(quarantine))
+            record_rows(*suspects.check(quarantine))
     sha256 = sha256_file(path)
     scan = _reduce(
         path, index, spill, n_parts, values, features, holdout_fraction, accepted, keep_rows
@@ -448,7 +449,7 @@ def emit_file(
     block_bytes: int = STREAM_BLOCK_BYTES,
 ) -> FileEmit:
     """Pass 2 over one file (see the module docstring). Without `scoring` it only writes the
-    quarantine records of the cross-block duplicates (a run refused for its data)."""
+    quarantine records of the duplicate keys (a run refused for its data)."""
     source = str(scan.path)
     dup_lines = scan.duplicates["source_line"].to_numpy(dtype=np.int64)
     sums = {split: _zero_sums(len(targets)) for split in SPLITS}
@@ -608,7 +609,7 @@ def _duplicate_records(source: str, rows: pa.Table, lines: np.ndarray) -> pd.Dat
 
 
 def iter_quarantine(parts: list[Path]) -> Iterator[pd.DataFrame]:
-    """A file's staged quarantine parts (pass 1 records, then cross-block duplicates) merged in
+    """A file's staged quarantine parts (pass 1 records, then duplicate keys) merged in
     line order, a row group at a time."""
     first = pq.ParquetFile(parts[0]) if parts and parts[0].name.endswith("-0.parquet") else None
     late = [p for p in parts if p.name.endswith("-1.parquet")]
