@@ -52,7 +52,14 @@ from tasks.profile import BottomK, ProfileSketch, sample_keys
 from tasks.split import hash_text, holdout_of_hashes
 from tasks.tensors import DTYPES, check_shapes
 from tasks.train import FitResult, Moments, least_squares_of_moments, moments_of
-from tasks.validate import QUARANTINE_COLUMNS, FileReport, as_csv_lines, check_rows, screen_batch
+from tasks.validate import (
+    QUARANTINE_COLUMNS,
+    FileReport,
+    as_csv_lines,
+    check_rows,
+    parse_numbers,
+    screen_batch,
+)
 
 # Input bytes per duplicate-check partition: each partition is loaded alone after pass 1.
 PARTITION_BYTES = 32 << 20
@@ -522,8 +529,6 @@ def _floats(column: pa.ChunkedArray) -> np.ndarray:
     try:
         return pc.cast(column, pa.float64()).to_numpy()
     except pa.ArrowInvalid:
-        from tasks.validate import parse_numbers
-
         return parse_numbers(column.to_pandas())[0].to_numpy()
 
 
