@@ -173,27 +173,16 @@ def read_sales_csv(path: Path, required: list[str], allowed: set[str]) -> RawFil
         table = pacsv.read_csv(path, **_csv_options(header, parse_errors.append, READ_BLOCK_BYTES))
     except pa.ArrowInvalid as exc:
         raise _explain_arrow_error(path, header, exc) from None
+    taken = _TakenLines()
+    taken.add(parse_errors, 2)
+    lines = taken.next_free(2, table.num_rows)
+    _reject_multiline_batch(path, table, lines, parse_errors)
     rows = table.to_pandas()
-    rows["source_line"] = _valid_row_lines(len(rows), parse_errors)
-    _reject_multiline_values(path, rows, header, parse_errors)
+    rows["source_line"] = lines
     errors = parse_error_frame(parse_errors)
     if len(rows) + len(errors) == 0:
         raise InputFileError(f"{path}: no data rows (header only)")
     return RawFile(path, sha256_file(path), path.stat().st_size, header, rows, errors)
-
-
-def _reject_multiline_values(
-    path: Path, rows: pd.DataFrame, header: tuple[str, ...], parse_errors: list[tuple]
-) -> None:
-    """A quoted value that runs past its line is an unterminated quote: it swallows the lines
-    after it, so the file is rejected with the line where it starts."""
-    starts = [number for number, text, *_ in parse_errors if _opens_a_quote(text)]
-    for name in header:
-        multiline = rows[name].str.contains(r"[\r\n]", regex=True)
-        if multiline.any():
-            starts.append(int(rows.loc[multiline, "source_line"].iloc[0]))
-    if starts:
-        raise _unterminated_quote(path, min(starts))
 
 
 def _opens_a_quote(text: str) -> bool:
@@ -346,18 +335,6 @@ def _reject_multiline_batch(
             break
     if starts:
         raise _unterminated_quote(path, min(starts))
-
-
-def _valid_row_lines(n_valid: int, parse_errors: list[tuple]) -> np.ndarray:
-    """Line numbers of the rows the parser accepted: every line after the header, in order,
-    except those taken by rejected rows (which the parser numbers itself)."""
-    taken: set[int] = set()
-    for number, text, *_ in parse_errors:
-        taken.update(range(number, number + text.count("\n") + 1))
-    candidates = np.arange(2, 2 + n_valid + len(taken), dtype="int64")
-    if taken:
-        candidates = candidates[~np.isin(candidates, np.fromiter(taken, dtype="int64"))]
-    return candidates[:n_valid]
 
 
 def _explain_arrow_error(

@@ -177,16 +177,18 @@ def scan_file(
         if suspects.rows or suspects.errors:
             record_rows(*suspects.check(quarantine))
     sha256 = sha256_file(path)
-    scan = _reduce(
-        path, index, spill, n_parts, values, features, holdout_fraction, accepted, keep_rows
+    train, holdout, profile, duplicates, rows = _reduce(
+        spill, n_parts, values, features, holdout_fraction, accepted, keep_rows
     )
     shutil.rmtree(spill, ignore_errors=True)
-    n_accepted = scan.train.n + scan.holdout.n
-    scan.report = FileReport(source, sha256, size, rows_in, n_accepted, rows_in - n_accepted)
-    scan.quarantine = [quarantine_path] if quarantine.rows else []
+    n_accepted = train.n + holdout.n
+    report = FileReport(source, sha256, size, rows_in, n_accepted, rows_in - n_accepted)
     if not quarantine.rows:
         quarantine_path.unlink(missing_ok=True)
-    return scan
+    staged = [quarantine_path] if quarantine.rows else []
+    return FileScan(
+        path, index, report, train, holdout, profile, accepted, duplicates, staged, rows
+    )
 
 
 class _Suspects:
@@ -328,8 +330,6 @@ def quarantine_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _reduce(
-    path: Path,
-    index: int,
     spill: Path,
     n_parts: int,
     values: list[str],
@@ -337,9 +337,10 @@ def _reduce(
     holdout_fraction: float,
     accepted: LineCodes,
     keep_rows: bool,
-) -> FileScan:
-    """Load each partition alone: flag repeated ids (all but the first line of each), sum the
-    rest into train/holdout moments and the profile."""
+) -> tuple[Moments, Moments, ProfileSketch, pd.DataFrame, tuple | None]:
+    """Load each partition alone: flag repeated ids (all but the first line of each; their
+    line codes become REJECTED), sum the rest into train/holdout moments and the profile.
+    Returns (train, holdout, profile, duplicates, training rows if `keep_rows`)."""
     d = len(features)
     zero = moments_of(np.zeros((0, d)), np.zeros((0, len(values) - d)))
     train, holdout = zero, zero
@@ -389,10 +390,7 @@ def _reduce(
             {"source_line": pd.Series([], dtype="int64"), ID_COLUMN: pd.Series([], dtype=object)}
         )
     )
-    empty_report = FileReport(str(path), "", 0, 0, 0, 0)
-    return FileScan(
-        path, index, empty_report, train, holdout, profile, accepted, dup_frame, [], rows
-    )
+    return train, holdout, profile, dup_frame, rows
 
 
 def _repeated_ids(hashes: np.ndarray, lines: np.ndarray, ids: pa.ChunkedArray) -> np.ndarray:

@@ -148,9 +148,8 @@ def least_squares_of_moments(m: Moments) -> tuple[np.ndarray, np.ndarray]:
 
 def scaler_of_moments(m: Moments) -> Scaler:
     """Mean and std (ddof=0) of the features from their moments; a constant column keeps 1."""
-    mean = m.sum_x / m.n
-    var = np.maximum(np.diag(m.xtx) / m.n - mean * mean, 0.0)
-    std = np.sqrt(var)
+    mean, _, sxx, _, _ = centred_moments(m)
+    std = np.sqrt(np.maximum(np.diag(sxx) / m.n, 0.0))
     return Scaler(mean, np.where(std > 0, std, 1.0))
 
 
@@ -203,11 +202,10 @@ def moments_objective(m: Moments) -> Objective:
     scaler = scaler_of_moments(m)
     inv = 1.0 / scaler.std
     # Standardized statistics: G = Xs^T Xs, g = Xs^T 1 (zero up to rounding), H = Xs^T y.
-    centred = m.xtx - np.outer(m.sum_x, scaler.mean) - np.outer(scaler.mean, m.sum_x)
-    centred += m.n * np.outer(scaler.mean, scaler.mean)
-    G = torch.from_numpy(centred * np.outer(inv, inv))
+    _, _, sxx, sxy, _ = centred_moments(m)
+    G = torch.from_numpy(sxx * np.outer(inv, inv))
     g = torch.from_numpy((m.sum_x - m.n * scaler.mean) * inv)
-    H = torch.from_numpy((m.xty - np.outer(scaler.mean, m.sum_y)) * inv[:, None])
+    H = torch.from_numpy(sxy * inv[:, None])
     s = torch.from_numpy(m.sum_y)
     q = torch.from_numpy(m.yty)
     n, k = m.n, len(m.sum_y)
