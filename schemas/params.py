@@ -7,9 +7,10 @@ same flow signature.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 DEFAULT_DATA = "data/sales.csv"
 DEFAULT_OUTPUT = "output"
@@ -66,9 +67,25 @@ SettleSeconds = Annotated[
 DriftThreshold = Annotated[
     float, Field(gt=0.0, description="Standardized mean shift above which drift is flagged.")
 ]
+# Run ids as tasks/storage.py makes them (`20261201T081530.123Z-1a2b3c4d`); ids of releases
+# before milliseconds were added (`20261127T142135Z-d0088408`) are still accepted.
+RUN_ID_PATTERN = r"^[0-9]{8}T[0-9]{6}(\.[0-9]{3})?Z-[0-9a-f]{8}$"
+RUN_ID_EXAMPLE = "20261201T081530.123Z-1a2b3c4d"
+
+
+def _check_run_id(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(RUN_ID_PATTERN, value):
+        raise ValueError(
+            f"{value!r} is not a run id (they look like {RUN_ID_EXAMPLE}: the names of the "
+            "files in <output>/manifests/)"
+        )
+    return value
+
+
 RunId = Annotated[
     str | None,
-    Field(pattern=r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$", description="A training run id."),
+    AfterValidator(_check_run_id),
+    Field(description="A training run id.", json_schema_extra={"pattern": RUN_ID_PATTERN}),
 ]
 # direct: autograd over the rows every epoch, as in the notebook. moments: the same loss and
 # gradients from float64 sufficient statistics, O(d^2) per epoch whatever the row count.

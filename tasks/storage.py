@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,11 +43,35 @@ class RunInfo:
     parameters: dict[str, Any]
 
 
+class _RunClock:
+    """Millisecond UTC timestamps that strictly increase within this process: a second id made
+    in the same millisecond (or after the wall clock stepped back) takes the next millisecond."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self, now: datetime | None = None) -> datetime:
+        with self._lock:
+            ms = int((now or datetime.now(UTC)).timestamp() * 1000)
+            self._last = max(ms, self._last + 1)
+            return datetime.fromtimestamp(self._last / 1000, UTC)
+
+
+_CLOCK = _RunClock()
+
+
+def format_run_id(started: datetime, suffix: str) -> str:
+    """`20261201T081530.123Z-1a2b3c4d`: UTC start to the millisecond, then random hex."""
+    return f"{started:%Y%m%dT%H%M%S}.{started.microsecond // 1000:03d}Z-{suffix}"
+
+
 def new_run(output: str | Path, parameters: dict[str, Any], now: datetime | None = None) -> RunInfo:
-    """A new run id: UTC start time (sortable) plus random hex (unique)."""
-    now = now or datetime.now(UTC)
-    run_id = f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
-    return RunInfo(run_id, Path(output), now.isoformat(timespec="seconds"), parameters)
+    """A new run. Its id (see format_run_id) sorts by creation: the milliseconds strictly
+    increase within a process, and the random hex keeps runs of other processes apart."""
+    started = _CLOCK.next(now)
+    run_id = format_run_id(started, secrets.token_hex(4))
+    return RunInfo(run_id, Path(output), started.isoformat(timespec="milliseconds"), parameters)
 
 
 def data_fingerprint(sha256s: list[str]) -> str:

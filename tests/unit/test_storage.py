@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -14,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.outputs import SCHEMA_VERSION, WeightsTable
+from schemas.params import RUN_ID_PATTERN, _check_run_id
 from tasks.errors import PublishError
 from tasks.storage import atomic_write, new_run, sweep_temp_files, write_table
 
@@ -71,22 +74,42 @@ def test_sweep_removes_temp_files_of_dead_writers_only(tmp_path):
     assert keep.exists()
 
 
-def test_run_ids_sort_by_time_and_are_unique(tmp_path):
-    ids = [new_run(tmp_path, {}).run_id for _ in range(20)]
-    assert len(set(ids)) == 20
-    assert all(len(i) == len(ids[0]) for i in ids)
-
-
-def test_weights_schema_refuses_non_finite_weights():
-    bad = pd.DataFrame(
-        {
-            "target": ["y"],
-            "feature": ["x"],
-            "weight": [np.nan],
-            "standardized_weight": [1.0],
-            "scaler_mean": [0.0],
-            "scaler_std": [1.0],
-        }
+def test_run_ids_sort_in_the_order_they_were_made_and_say_when(tmp_path):
+    runs = [new_run(tmp_path, {}) for _ in range(200)]  # many within one millisecond
+    ids = [run.run_id for run in runs]
+    assert sorted(ids) == ids
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(RUN_ID_PATTERN, i) for i in ids)
+    assert _check_run_id(ids[0]) == ids[0]
+    for run in (runs[0], runs[-1]):
+        stamp = datetime.strptime(run.run_id.split("-")[0], "%Y%m%dT%H%M%S.%fZ")
+        assert stamp.replace(tzinfo=UTC) == datetime.fromisoformat(run.started_at)
+    assert abs(datetime.fromisoformat(runs[0].started_at) - datetime.now(UTC)) < timedelta(
+        seconds=60
     )
-    with pytest.raises(pa.errors.SchemaErrors):
-        WeightsTable.validate(bad, lazy=True)
+
+
+def test_run_ids_keep_sorting_when_the_clock_steps_back(tmp_path):
+    later = datetime(2026, 12, 1, 12, 0, 0, 500_000, tzinfo=UTC)
+    first = new_run(tmp_path, {}, now=later).run_id
+    earlier = new_run(tmp_path, {}, now=later - timedelta(seconds=5)).run_id
+    assert first.startswith("20261201T120000.500Z-")
+    assert earlier.startswith("20261201T120000.501Z-")
+
+
+@pytest.mark.parametrize("column", ["weight", "standardized_weight"])
+@pytest.mark.parametrize("value", [np.inf, -np.inf])
+def test_weights_schema_refuses_infinite_weights(column, value):
+    # inf, not NaN: a NaN also fails the not-null check, which would hide a broken finite check
+    good = {
+        "target": ["y"],
+        "feature": ["x"],
+        "weight": [2.0],
+        "standardized_weight": [1.0],
+        "scaler_mean": [0.0],
+        "scaler_std": [1.0],
+    }
+    WeightsTable.validate(pd.DataFrame(good), lazy=True)
+    with pytest.raises(pa.errors.SchemaErrors) as err:
+        WeightsTable.validate(pd.DataFrame({**good, column: [value]}), lazy=True)
+    assert set(err.value.failure_cases["check"]) == {"weights must be finite"}
