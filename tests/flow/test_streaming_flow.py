@@ -70,11 +70,13 @@ def test_refused_streamed_run_keeps_every_quarantine_record(tmp_path, small_bloc
     output = tmp_path / "out"
     manifests = []
     for stream in (1e9, 0):
+        before = set((output / "manifests").glob("*.json"))
         with pytest.raises(DataQualityError, match=r"above max_bad_fraction=0\.05"):
             train_sales_model(
                 data=str(data), output=str(output), max_bad_fraction=0.05, stream_above_mb=stream
             )
-        manifests.append(sorted((output / "manifests").glob("*.json"))[-1].stem)
+        (new,) = set((output / "manifests").glob("*.json")) - before
+        manifests.append(new.stem)
     whole, streamed = (read(output, "quarantine", run_id) for run_id in manifests)
     assert "duplicate key" in set(streamed["reason"])
     pd.testing.assert_frame_equal(streamed, whole, check_dtype=False)

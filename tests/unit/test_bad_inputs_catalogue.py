@@ -1,5 +1,9 @@
 """../shared/BAD_INPUTS.md as a checklist: every malformed-file case and its exact outcome.
 
+The cases are read from the catalogue itself (the team's copy in ../shared, or tests/BAD_INPUTS.md
+in a clone without it, which a test keeps equal to the shared one): every numbered row must have
+a case here, and each case's outcome must be one the catalogue allows.
+
 Each case goes through the steps of a run (resolve the path, read, validate, check the bad
 share) and ends in one of four outcomes: the file is rejected with one line naming it (and the
 line and column where known); rows land in quarantine with the right reason; the file is
@@ -9,7 +13,12 @@ quarantined lines.
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import io
+import lzma
+import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,12 +26,23 @@ import pytest
 
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS, allowed_columns, required_columns
 from tasks.errors import DataQualityError, PipelineError
-from tasks.ingest import read_sales_csv, resolve_inputs
+from tasks.ingest import read_sales_csv
+from tasks.paths import resolve_inputs
 from tasks.validate import ValidatedData, check_quality, validate_files
-from tests.conftest import HEADER
+from tests.conftest import HEADER, REPO
+
+SHARED_CATALOGUE = REPO.parent / "shared" / "BAD_INPUTS.md"
+REPO_CATALOGUE = REPO / "tests" / "BAD_INPUTS.md"
 
 F, T = DEFAULT_FEATURES, DEFAULT_TARGETS
 GOOD = ["A,70,0.1,0.043,5", "B,90,0.8,0.064,8", "C,80,0.13,0.058,12", "D,100,0.4,0.037,2"]
+
+
+def _zipped(content: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("in.csv", content)
+    return buffer.getvalue()
 
 
 def csv(*lines: str, header: str = HEADER) -> bytes:
@@ -60,6 +80,11 @@ CASES: dict[str, Case] = {
         "reject",
         r"in\.csv: header does not match the expected columns .* delimited by ';'",
     ),
+    "05 pipe delimiter": Case(
+        csv("A|70|0.1|0.043|5", header=HEADER.replace(",", "|")),
+        "reject",
+        r"in\.csv: header does not match the expected columns .* delimited by '\|'",
+    ),
     "05 tab delimiter": Case(
         csv("A\t70\t0.1\t0.043\t5", header=HEADER.replace(",", "\t")),
         "reject",
@@ -72,6 +97,16 @@ CASES: dict[str, Case] = {
     ),
     "07 UTF-16": Case(bad().decode().encode("utf-16"), "reject", r"in\.csv: file is UTF-16"),
     "08 gzip named .csv": Case(gzip.compress(bad()), "reject", r"in\.csv: file is gzip-compressed"),
+    "08 zip archive named .csv": Case(
+        _zipped(bad()), "reject", r"in\.csv: file is a zip archive; extract the CSV first"
+    ),
+    "08 bzip2 named .csv": Case(
+        bz2.compress(bad()), "reject", r"in\.csv: file is bzip2-compressed"
+    ),
+    "08 xz named .csv": Case(lzma.compress(bad()), "reject", r"in\.csv: file is xz-compressed"),
+    "08 zstd named .csv": Case(
+        b"\x28\xb5\x2f\xfd" + bad(), "reject", r"in\.csv: file is zstd-compressed"
+    ),
     "09 UTF-8 BOM": Case(b"\xef\xbb\xbf" + bad(), "accept"),
     "10 CRLF, no final newline": Case(bad().replace(b"\n", b"\r\n").rstrip(b"\r\n"), "accept"),
     "11 quoted numbers": Case(bad('E,"70.5","0.2","0.01","4"'), "accept", accepted=5),
@@ -93,6 +128,15 @@ CASES: dict[str, Case] = {
             7: {("price_k", "missing value")},
             8: {("tax_k", "missing value")},
             9: {("units_sold_k", "missing value")},
+        },
+    ),
+    "14 #N/A, none": Case(
+        bad("E,#N/A,0.2,0.01,4", "F,70,none,0.01,4", "G,70,0.2,None,4"),
+        "quarantine",
+        quarantined={
+            6: {("avg_income_k", "missing value")},
+            7: {("price_k", "missing value")},
+            8: {("tax_k", "missing value")},
         },
     ),
     "15 inf, 1e400": Case(
@@ -265,6 +309,36 @@ def test_catalogue_case(case: Case, tmp_path: Path):
         assert all(r == "" or r.encode() in lines for r in raw)
 
 
-def test_every_catalogue_case_has_a_check():
-    numbers = {int(name.split()[0]) for name in CASES}
-    assert numbers == set(range(1, 33))
+def catalogue_rows() -> dict[int, tuple[str, str]]:
+    """The numbered rows of the catalogue's table of malformed files: number -> (case,
+    expected)."""
+    path = SHARED_CATALOGUE if SHARED_CATALOGUE.exists() else REPO_CATALOGUE
+    rows = re.findall(r"^\| (\d+) \| (.+?) \| (.+?) \|$", path.read_text(), flags=re.MULTILINE)
+    return {int(number): (case, expected) for number, case, expected in rows}
+
+
+# The words of the catalogue's "expected" column that allow each outcome.
+OUTCOME_WORDS = {
+    "reject": ("reject",),
+    "quarantine": ("quarantine",),
+    "accept": ("accepted", "normalise"),
+    "fail": ("run fails",),
+}
+
+
+def test_every_catalogue_row_has_a_case_and_no_case_is_made_up():
+    rows = catalogue_rows()
+    assert len(rows) >= 32
+    assert {int(name.split()[0]) for name in CASES} == set(rows)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_case_outcome_is_one_the_catalogue_allows(name):
+    _, expected = catalogue_rows()[int(name.split()[0])]
+    assert any(word in expected for word in OUTCOME_WORDS[CASES[name].outcome])
+
+
+def test_the_repo_copy_of_the_catalogue_is_the_shared_one():
+    if not SHARED_CATALOGUE.exists():
+        pytest.skip("../shared is not beside this clone; the repo copy is what is checked")
+    assert REPO_CATALOGUE.read_text() == SHARED_CATALOGUE.read_text()

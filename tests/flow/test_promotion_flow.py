@@ -1,0 +1,97 @@
+"""The promotion gate through the training flow: a candidate worse than the champion on the
+same holdout rows, for any one target, leaves champion.json as it was; promotion_tolerance lets
+it through."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows.train import train_sales_model
+
+FEATURES = ["avg_income_k", "price_k", "tax_k"]
+TARGETS = ["units_sold_k", "revenue_k"]
+
+
+def sales_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    income = rng.uniform(10, 90, n)
+    price = 0.2 + 0.01 * income + rng.uniform(0, 0.3, n)
+    tax = price * rng.uniform(0.05, 0.25, n)
+    units = 9 + 0.1 * income - 3 * price - 8 * tax + rng.normal(0, 0.5, n)
+    revenue = 2 + 0.05 * income + 4 * price + rng.normal(0, 0.3, n)
+    return pd.DataFrame(
+        {
+            "country": [f"C{i:04d}" for i in range(n)],
+            "avg_income_k": income.round(3),
+            "price_k": price.round(4),
+            "tax_k": tax.round(4),
+            "units_sold_k": units.round(3),
+            "revenue_k": revenue.round(3),
+        }
+    )
+
+
+@pytest.fixture(params=[64.0, 0.0], ids=["in-memory", "streamed"])
+def stream_above_mb(request):
+    return request.param
+
+
+def train(path, output, stream_above_mb, **extra):
+    return train_sales_model(
+        data=str(path),
+        output=str(output),
+        features=FEATURES,
+        targets=TARGETS,
+        dtype="float64",
+        stream_above_mb=stream_above_mb,
+        **extra,
+    )
+
+
+@pytest.mark.parametrize("corrupted", TARGETS)
+def test_a_candidate_worse_on_one_target_is_not_promoted(tmp_path, stream_above_mb, corrupted):
+    output = tmp_path / "out"
+    good = sales_frame()
+    good.to_csv(tmp_path / "good.csv", index=False)
+    champion = train(tmp_path / "good.csv", output, stream_above_mb)
+    assert champion["promotion"]["promoted"]
+    pointer = (output / "champion.json").read_bytes()
+
+    # Same countries, so the same holdout rows; one target of the training rows is noise.
+    predictions = pd.read_parquet(output / champion["outputs"]["predictions"])
+    holdout = set(predictions.loc[predictions["split"] == "holdout", "country"])
+    train_rows = ~good["country"].isin(holdout)
+    worse = good.copy()
+    noise = np.random.default_rng(1).normal(0, 20, train_rows.sum())
+    worse.loc[train_rows, corrupted] = (worse.loc[train_rows, corrupted] + noise).abs().round(3)
+    worse.to_csv(tmp_path / "worse.csv", index=False)
+
+    candidate = train(tmp_path / "worse.csv", output, stream_above_mb)
+    decision = candidate["promotion"]
+    assert candidate["status"] == "completed"
+    assert not decision["promoted"]
+    assert decision["reason"].startswith(f"holdout MSE worse than champion {champion['run_id']}")
+    assert f"{corrupted}:" in decision["reason"]
+    assert decision["holdout_rows"] == len(holdout)
+    mse = decision["candidate_holdout_mse"], decision["champion_holdout_mse"]
+    assert mse[0][corrupted] > mse[1][corrupted]
+    assert (output / "champion.json").read_bytes() == pointer
+    # The candidate's outputs are published all the same.
+    assert (output / candidate["outputs"]["weights"]).exists()
+
+    # With enough tolerance the same candidate is promoted and the pointer moves to it.
+    ratio = max(
+        decision["candidate_holdout_mse"][t] / decision["champion_holdout_mse"][t] for t in TARGETS
+    )
+    tolerant = train(
+        tmp_path / "worse.csv", output, stream_above_mb, promotion_tolerance=ratio - 1 + 1e-6
+    )
+    assert tolerant["promotion"]["promoted"]
+    assert tolerant["promotion"]["tolerance"] == pytest.approx(ratio - 1 + 1e-6)
+    moved = json.loads((output / "champion.json").read_text())
+    assert moved["run_id"] == tolerant["run_id"]
+    assert moved["holdout_mse"] == tolerant["promotion"]["candidate_holdout_mse"]
