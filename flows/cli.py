@@ -1,7 +1,14 @@
-"""Command-line plumbing shared by the flows: run a flow, report user errors in one line."""
+"""Command-line plumbing shared by the flows: check parameters and paths before anything starts,
+run the flow, report a user error as one line.
+
+By default the terminal shows the summary, or one `error:` line; Prefect's own logs still go to
+the Prefect server (the UI shows them). `--verbose`, or setting PREFECT_LOGGING_LEVEL yourself,
+shows them in the terminal too.
+"""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -10,6 +17,7 @@ from typing import Any
 
 from prefect import Flow
 from prefect.exceptions import ParameterTypeError
+from prefect.logging.handlers import PrefectConsoleHandler
 
 from tasks.errors import PipelineError
 
@@ -28,45 +36,89 @@ class _DropUserErrorTracebacks(logging.Filter):
         return True
 
 
+class _QuietConsole(logging.Filter):
+    """The terminal without Prefect's chatter: warnings, and errors other than the flow's and
+    tasks' own. Their errors are the failure the `error:` line reports once (a bug still ends
+    in a traceback: the exception leaves the flow call); their info lines, and the event
+    client's shutdown notice, stay on the server."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return False
+        if record.name.startswith(ENGINE_LOGGERS):
+            return record.levelno == logging.WARNING
+        return not record.getMessage().startswith("Still processing items")
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show Prefect's logs in the terminal too"
+    )
+
+
 def parameter_error(exc: ParameterTypeError, given: dict[str, Any]) -> str:
     """Prefect's multi-line parameter error -> one line naming each parameter and its value."""
     problems = []
     for line in str(exc).splitlines():
         if line.startswith(" - ") and ":" in line:
             name, message = line[3:].split(":", 1)
-            value = f" (got {given[name]!r})" if name in given else ""
+            message = message.replace(" Value error, ", " ", 1)
+            shown = name in given and repr(given[name]) not in message
+            value = f" (got {given[name]!r})" if shown else ""
             problems.append(f"parameter {name}:{message}{value}")
     return "; ".join(problems) or str(exc).replace("\n", " ")
 
 
-def run_flow(flow: Flow, parameters: dict[str, Any], summarize: Callable[[Any], str]) -> int:
-    """Validate `parameters` against the flow's signature, run it, print the summary.
+def terminal_logging(verbose: bool) -> None:
+    """Make Prefect's console handlers quiet (see _QuietConsole) unless `verbose` or the user
+    set PREFECT_LOGGING_LEVEL, for the rest of this command-line process (the temporary server
+    stops at exit, after the flow); user errors never show a traceback."""
+    loud = verbose or "PREFECT_LOGGING_LEVEL" in os.environ
+    console = [
+        handler
+        for name in ("", "uvicorn", "fastapi")
+        for handler in logging.getLogger(name).handlers
+        if isinstance(handler, PrefectConsoleHandler)
+    ]
+    quiet, no_tracebacks = _QuietConsole(), _DropUserErrorTracebacks()
+    for handler in console:
+        handler.addFilter(no_tracebacks if loud else quiet)
+    for name in ENGINE_LOGGERS:
+        logging.getLogger(name).addFilter(no_tracebacks)
+
+
+def run_flow(
+    flow: Flow,
+    parameters: dict[str, Any],
+    summarize: Callable[[Any], str],
+    preflight: Callable[[dict[str, Any]], object] | None = None,
+) -> int:
+    """Validate `parameters` against the flow's signature and run `preflight` on them (path
+    checks: nothing has started yet), then run the flow and print the summary.
 
     Returns the exit code: 0 on success, 2 for a bad parameter, 1 for a PipelineError.
     Anything else is a bug and keeps its traceback.
     """
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+    verbose = bool(parameters.pop("verbose", False))
     flows_logger = logging.getLogger("prefect.flows")
     level = flows_logger.level
     flows_logger.setLevel(logging.CRITICAL)
     try:
-        flow.validate_parameters(parameters)
+        checked = flow.validate_parameters(parameters)
     except ParameterTypeError as exc:
         print(f"error: {parameter_error(exc, parameters)}", file=sys.stderr)
         return 2
     finally:
         flows_logger.setLevel(level)
-    quiet = _DropUserErrorTracebacks()
-    for name in ENGINE_LOGGERS:
-        logging.getLogger(name).addFilter(quiet)
     try:
+        if preflight is not None:
+            preflight(checked)
+        terminal_logging(verbose)
         result = flow(**parameters)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    finally:
-        for name in ENGINE_LOGGERS:
-            logging.getLogger(name).removeFilter(quiet)
     print(summarize(result))
     return 0

@@ -1,6 +1,6 @@
 """score-sales: predict units sold for rows of features with the champion model (or a given run).
 
-python -m flows.score --data PATH --output DIR [--run-id ID]
+.venv/bin/python -m flows.score --data PATH --output DIR [--run-id ID]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.cli import run_flow
+from flows.cli import add_common_options, run_flow
 from schemas.params import (
     DEFAULT_MAX_BAD_FRACTION,
     DEFAULT_OUTPUT,
@@ -24,9 +24,10 @@ from schemas.params import (
 )
 from schemas.sales import allowed_columns, required_columns
 from tasks.ingest import read_inputs
-from tasks.paths import confine, output_roots
+from tasks.paths import check_all, confine, data_roots, output_roots, resolve_inputs
+from tasks.promote import LinearModel
 from tasks.publish import check_data_quality
-from tasks.score import load_scoring_model, score_rows
+from tasks.score import choose_model, score_rows
 from tasks.storage import new_run
 from tasks.validate import validate_rows
 
@@ -40,14 +41,28 @@ def score_sales(
 ) -> dict[str, Any]:
     """Score the feature rows at `data` with the champion (or `run_id`) from `output`; writes
     the `scores` and `score_quarantine` tables and returns the scoring manifest."""
-    run = new_run(confine(output, output_roots(), "output"), dict(flow_run.parameters))
-    model_run_id, model = load_scoring_model(run.output_root, run_id)
+    root, (model_run_id, model) = check_score_inputs(data, output, run_id)
+    run = new_run(root, dict(flow_run.parameters))
     raw = read_inputs(
         data, required_columns(model.features, ()), allowed_columns(model.features, ())
     )
     validated = validate_rows(raw, model.features, ())
     check_data_quality(run, validated, max_bad_fraction, "score")
     return score_rows(run, validated, model_run_id, model)
+
+
+def check_score_inputs(
+    data: str | list[str], output: str, run_id: str | None
+) -> tuple[Path, tuple[str, LinearModel]]:
+    """(output root, (model run id, model)) once the paths are right and the model exists;
+    otherwise one PipelineError listing every problem."""
+    found = check_all(
+        {
+            "data": lambda: resolve_inputs(data, data_roots()),
+            "output": lambda: confine(output, output_roots(), "output"),
+        }
+    )
+    return found["output"], choose_model(found["output"], run_id)
 
 
 def summarize(manifest: dict[str, Any]) -> str:
@@ -70,8 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help=f"output root with the models (default {DEFAULT_OUTPUT})")
     parser.add_argument("--run-id", help="score with this training run (default: the champion)")
     parser.add_argument("--max-bad-fraction", help=f"default {DEFAULT_MAX_BAD_FRACTION}")
-    args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    return run_flow(score_sales, args, summarize)
+    add_common_options(parser)
+    args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v not in (None, False)}
+    return run_flow(
+        score_sales,
+        args,
+        summarize,
+        lambda checked: check_score_inputs(checked["data"], checked["output"], checked["run_id"]),
+    )
 
 
 if __name__ == "__main__":

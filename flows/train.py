@@ -14,7 +14,7 @@ from prefect import flow
 from prefect.futures import wait
 from prefect.runtime import flow_run
 
-from flows.cli import run_flow
+from flows.cli import add_common_options, run_flow
 from schemas.params import (
     DEFAULT_DATA,
     DEFAULT_DRIFT_THRESHOLD,
@@ -44,8 +44,8 @@ from schemas.params import (
 )
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
 from tasks.evaluate import evaluate_run
-from tasks.paths import confine, output_roots
-from tasks.prepare import combine_files, find_inputs, prepare_input_file
+from tasks.paths import check_all, confine, data_roots, output_roots, resolve_inputs
+from tasks.prepare import combine_files, prepare_input_file
 from tasks.publish import (
     check_data_quality,
     check_streamed_quality,
@@ -88,9 +88,8 @@ def train_sales_model(
 
     Returns the run manifest (also written to `<output>/manifests/<run_id>.json`).
     """
-    check_columns(features, targets)
-    run = new_run(confine(output, output_roots(), "output"), dict(flow_run.parameters))
-    paths = find_inputs(data)
+    paths, root = check_train_inputs(data, output, features, targets)
+    run = new_run(root, dict(flow_run.parameters))
     if sum(path.stat().st_size for path in paths) > stream_above_mb * 2**20:
         return train_streamed(
             run,
@@ -121,6 +120,21 @@ def train_sales_model(
     )
     report_run(manifest, tables["weights"], output)
     return manifest
+
+
+def check_train_inputs(
+    data: str | list[str], output: str, features: tuple[str, ...], targets: tuple[str, ...]
+) -> tuple[list[Path], Path]:
+    """(input files, output root) once every parameter naming columns or paths is right;
+    otherwise one PipelineError listing every problem. Nothing is read or created."""
+    found = check_all(
+        {
+            "columns": lambda: check_columns(features, targets),
+            "data": lambda: resolve_inputs(data, data_roots()),
+            "output": lambda: confine(output, output_roots(), "output"),
+        }
+    )
+    return found["data"], found["output"]
 
 
 def train_streamed(
@@ -225,9 +239,10 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--dask-address", help="scheduler of an existing Dask cluster (default: a local one)"
     )
+    add_common_options(parser)
     args = vars(parser.parse_args(argv))
     # Values stay text: the flow's typed signature parses and bounds them, one rule for all.
-    return {name: value for name, value in args.items() if value is not None}
+    return {name: value for name, value in args.items() if value not in (None, False)}
 
 
 def dask_task_runner(address: str | None = None) -> Any:
@@ -258,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         flow,
         parameters,
         lambda manifest: summary_text(manifest, Path(manifest["parameters"]["output"])),
+        lambda checked: check_train_inputs(
+            checked["data"], checked["output"], checked["features"], checked["targets"]
+        ),
     )
 
 

@@ -3,19 +3,20 @@
 Deployed with an interval schedule (prefect.yaml: watch-landing/retrain-on-new-data), so a file
 dropped into data/landing/ leads to a training run without anyone pressing a button.
 
-    python -m flows.watch [--landing DIR] [--ledger DIR] [--base-data PATH] [--output DIR]
+    .venv/bin/python -m flows.watch [--landing DIR] [--ledger DIR] [--base-data PATH] [--output DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from flows.cli import run_flow
+from flows.cli import add_common_options, run_flow
 from flows.train import train_sales_model
 from schemas.params import (
     DEFAULT_DATA,
@@ -29,6 +30,14 @@ from schemas.params import (
     SettleSeconds,
 )
 from tasks.ledger import check_landed_files, files_to_train, record_training
+from tasks.paths import (
+    check_all,
+    confine,
+    data_roots,
+    existing_folder,
+    output_roots,
+    resolve_inputs,
+)
 
 
 @flow(name="watch-landing")
@@ -42,7 +51,8 @@ def watch_landing(
 ) -> dict[str, Any]:
     """Check new landed files; if any were accepted, train on the base data plus every accepted
     landed file. Returns what was found and, when it trained, the training manifest."""
-    found = check_landed_files(landing, ledger, settle_seconds, max_bad_fraction)
+    landing_dir, ledger_dir = check_watch_inputs(landing, ledger, base_data, output)
+    found = check_landed_files(landing_dir, ledger_dir, settle_seconds, max_bad_fraction)
     untrained, accepted = files_to_train(ledger)
     if not untrained:
         return {"found": found, "trained": None}
@@ -57,12 +67,45 @@ def watch_landing(
     return {"found": found, "trained": manifest}
 
 
-def summarize(result: dict[str, Any]) -> str:
-    lines = [f"{status}: {', '.join(names) or '-'}" for status, names in result["found"].items()]
-    manifest = result["trained"]
-    lines.append(
-        "no new data: no training" if manifest is None else f"trained run {manifest['run_id']}"
+def check_watch_inputs(
+    landing: str, ledger: str, base_data: str | list[str], output: str
+) -> tuple[Path, Path]:
+    """(landing folder, ledger folder) once every path parameter is right (the landing folder
+    must exist); otherwise one PipelineError listing every problem. Nothing is created."""
+    roots = data_roots()
+    found = check_all(
+        {
+            "landing": lambda: existing_folder(landing, roots, "landing"),
+            "ledger": lambda: confine(ledger, roots, "ledger"),
+            "base_data": lambda: resolve_inputs(base_data, roots),
+            "output": lambda: confine(output, output_roots(), "output"),
+        }
     )
+    return found["landing"], found["ledger"]
+
+
+def summarize(result: dict[str, Any]) -> str:
+    """What the poll found, file by file with reasons, and what it trained."""
+    found = result["found"]
+    lines = [f"accepted: {', '.join(found['accepted']) or '-'}"]
+    for status in ("failed", "duplicate"):
+        lines.append(f"{status}:" + ("" if found[status] else " -"))
+        lines += [
+            f"  {name}: {reason.removeprefix(f'{name}: ')}"
+            for name, reason in found[status].items()
+        ]
+    if found["waiting"]:
+        lines.append(
+            f"waiting to settle (modified less than settle_seconds ago; run again later): "
+            f"{', '.join(found['waiting'])}"
+        )
+    manifest = result["trained"]
+    if manifest is None:
+        lines.append("nothing new to train on: no training run")
+    else:
+        promotion = manifest["promotion"]
+        verdict = "promoted to champion" if promotion["promoted"] else "not promoted"
+        lines.append(f"trained run {manifest['run_id']}: {verdict}: {promotion['reason']}")
     return "\n".join(lines)
 
 
@@ -76,8 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help=f"output root (default {DEFAULT_OUTPUT})")
     parser.add_argument("--settle-seconds", help=f"default {DEFAULT_SETTLE_SECONDS}")
     parser.add_argument("--max-bad-fraction", help=f"default {DEFAULT_MAX_BAD_FRACTION}")
-    args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    return run_flow(watch_landing, args, summarize)
+    add_common_options(parser)
+    args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v not in (None, False)}
+    return run_flow(
+        watch_landing,
+        args,
+        summarize,
+        lambda checked: check_watch_inputs(
+            checked["landing"], checked["ledger"], checked["base_data"], checked["output"]
+        ),
+    )
 
 
 if __name__ == "__main__":

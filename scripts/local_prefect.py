@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,13 +106,19 @@ def _run(cmd: list[str], env: dict, cwd: Path) -> str:
     return result.stdout
 
 
+def _quiet(message: str) -> None:
+    pass
+
+
 def start(
     stack: Stack = Stack(),
     port: int = 4200,
     server_env: dict[str, str] | None = None,
     worker_env: dict[str, str] | None = None,
+    say: Callable[[str], None] = _quiet,
 ) -> dict:
-    """Start server, create the pool, recover orphaned runs, deploy, start a worker."""
+    """Start server, create the pool, recover orphaned runs, deploy, start a worker; `say`
+    reports each step as it starts."""
     if stack.info_file.exists():
         pids = json.loads(stack.info_file.read_text())["pids"].values()
         if any(map(pid_alive, pids)):
@@ -122,6 +129,8 @@ def start(
     api_url = f"http://{HOST}:{port}/api"
     info = {"api_url": api_url, "ui_url": f"http://{HOST}:{port}", "pids": {}}
     server_log = stack.state / "server.log"
+    began = time.monotonic()
+    say(f"starting the Prefect server on {info['ui_url']} (log: {server_log}) ...")
     server = _spawn(
         _prefect("server", "start", "--host", HOST, "--port", str(port)),
         server_log,
@@ -132,14 +141,19 @@ def start(
     _write_info(stack, info)
     try:
         wait_healthy(api_url, server, server_log, timeout=90)
+        say(f"server up after {time.monotonic() - began:.0f} s; creating work pool {POOL} ...")
         env = stack.env(api_url)
         _run(
             _prefect("work-pool", "create", POOL, "--type", "process", "--overwrite"),
             env,
             stack.repo,
         )
-        recover(api_url)
+        crashed = recover(api_url)
+        if crashed:
+            say(f"marked {len(crashed)} orphaned run(s) of an earlier stack Crashed")
+        say(f"deploying {stack.repo / 'prefect.yaml'} ...")
         _run(_prefect("deploy", "--all", "--no-prompt"), env, stack.repo)
+        say(f"starting a process worker on {POOL} (log: {stack.state / 'worker.log'}) ...")
         start_worker(stack, worker_env)
     except BaseException:
         stop(stack)
@@ -269,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "start":
         try:
-            info = start(port=args.port)
+            info = start(port=args.port, say=lambda message: print(message, flush=True))
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

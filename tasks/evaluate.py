@@ -17,6 +17,9 @@ from tasks.train import FitResult
 
 SPLITS = ("train", "holdout")
 INTERCEPT = "(intercept)"
+# Fewer training rows than this per fitted parameter (features + intercept, per target) and the
+# model can fit the noise: the run says so (manifest, report, summary).
+MIN_ROWS_PER_PARAMETER = 10
 
 
 def least_squares(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -39,6 +42,18 @@ def mse_per_target(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
 def relative_gap(mse: np.ndarray, optimum: np.ndarray) -> np.ndarray:
     """(mse - optimum) / optimum, with a floor on the denominator for exact fits."""
     return (mse - optimum) / np.maximum(optimum, 1e-300)
+
+
+def fit_warnings(train_rows: int, n_features: int) -> list[str]:
+    """Warnings about the fit itself: too few training rows for the parameters."""
+    parameters = n_features + 1
+    if train_rows >= MIN_ROWS_PER_PARAMETER * parameters:
+        return []
+    return [
+        f"only {train_rows} training rows for {parameters} parameters per target (fewer than "
+        f"{MIN_ROWS_PER_PARAMETER} per parameter): the model can fit noise and its holdout "
+        "metrics are unreliable; train on more rows"
+    ]
 
 
 def evaluate_model(

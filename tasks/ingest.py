@@ -8,9 +8,7 @@ one sentence naming the file.
 from __future__ import annotations
 
 import csv
-import glob
 import hashlib
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,9 +25,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 
 from tasks.errors import InputFileError, PipelineError
-from tasks.paths import confine, data_roots
+from tasks.paths import data_roots, resolve_inputs
 
-GLOB_CHARS = frozenset("*?[")
 UTF8_BOM = b"\xef\xbb\xbf"
 _MAGIC = {
     b"\x1f\x8b": "gzip-compressed; decompress it first (gunzip)",
@@ -63,36 +60,6 @@ class RawFile:
     @property
     def data_rows(self) -> int:
         return len(self.rows) + len(self.parse_errors)
-
-
-def resolve_inputs(data: str | Path | list[str], roots: list[Path]) -> list[Path]:
-    """A file, a folder (its *.csv files), a glob, or a list of those -> the CSV files to read,
-    in order, each once. Every path must lie under one of `roots` (symlinks followed)."""
-    if isinstance(data, list):
-        if not data:
-            raise InputFileError("parameter data: no input paths given")
-        files = [path for item in data for path in resolve_inputs(item, roots)]
-        return list(dict.fromkeys(files))
-    text = str(data)
-    if any(ch in text for ch in GLOB_CHARS):
-        static = re.split(r"[*?\[]", text, maxsplit=1)[0]  # the folder part before any wildcard
-        confine(static if static.endswith(os.sep) else Path(static).parent, roots, "data")
-        paths = sorted(Path(p) for p in glob.glob(text, recursive=True))
-        files = [confine(p, roots, "data") for p in paths if p.is_file()]
-        if not files:
-            raise InputFileError(f"no input files match '{text}'")
-        return files
-    path = confine(text, roots, "data")
-    if path.is_dir():
-        found = sorted(p for p in path.glob("*.csv") if p.is_file() and not p.name.startswith("."))
-        if not found:
-            raise InputFileError(f"no input files: folder '{text}' holds no *.csv file")
-        return [confine(p, roots, "data") for p in found]
-    if not path.exists():
-        raise InputFileError(f"{text}: file not found")
-    if not path.is_file():
-        raise InputFileError(f"{text}: not a regular file")
-    return [path]
 
 
 def sha256_file(path: Path) -> str:

@@ -30,7 +30,6 @@ from prefect.states import State
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
 from tasks.errors import PipelineError
 from tasks.ingest import sha256_file
-from tasks.paths import confine, data_roots
 from tasks.scan import scan_file
 from tasks.storage import atomic_write
 from tasks.validate import FileReport, check_quality
@@ -82,16 +81,37 @@ def open_ledger(ledger_dir: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def is_complete(path: Path, settle_seconds: float, now: float | None = None) -> bool:
-    """A landed file is ready when it is a visible *.csv, not named as in progress, and has not
-    been modified for `settle_seconds`."""
+def is_candidate(path: Path) -> bool:
+    """A visible *.csv file not named as still being written."""
     name = path.name
     if name.startswith(".") or name.endswith(_IN_PROGRESS_SUFFIXES) or path.suffix != ".csv":
         return False
-    if not path.is_file():
-        return False
+    return path.is_file()
+
+
+def is_complete(path: Path, settle_seconds: float, now: float | None = None) -> bool:
+    """A landed file is ready when it is a candidate (see is_candidate) that has not been
+    modified for `settle_seconds`."""
     now = time.time() if now is None else now
-    return now - path.stat().st_mtime >= settle_seconds
+    return is_candidate(path) and now - path.stat().st_mtime >= settle_seconds
+
+
+def settling(landing: Path, conn: sqlite3.Connection, settle_seconds: float) -> list[str]:
+    """Candidate files still within their settle time, by name, leaving out files the ledger
+    already holds (same name and size: not hashed while they may still be written)."""
+    if not landing.is_dir():
+        return []
+    now, waiting = time.time(), []
+    for path in sorted(landing.iterdir()):
+        if not is_candidate(path) or is_complete(path, settle_seconds, now):
+            continue
+        seen = conn.execute(
+            "select 1 from landed_files where name = ? and size_bytes = ?",
+            (path.name, path.stat().st_size),
+        ).fetchone()
+        if not seen:
+            waiting.append(path.name)
+    return waiting
 
 
 def scan_landing(
@@ -210,20 +230,27 @@ def check_landed(
     targets: tuple[str, ...],
     max_bad_fraction: float,
     on_file: Callable[[int, int, str, str], None] | None = None,
-) -> dict[str, list[str]]:
+) -> dict[str, Any]:
     """Record every new complete file in the landing folder: duplicate (same content as an
-    earlier file), failed (rejected file, or too many bad rows, with the reason) or accepted
-    (copied into the store). Returns the names by status; `on_file(done, total, name, status)`
-    is called after each file."""
-    outcome: dict[str, list[str]] = {"accepted": [], "failed": [], "duplicate": []}
+    earlier file), failed (rejected file, or too many bad rows) or accepted (copied into the
+    store). Returns `accepted` (names), `failed` and `duplicate` (name -> reason) and `waiting`
+    (files still within their settle time); `on_file(done, total, name, status)` is called
+    after each file."""
+    outcome: dict[str, Any] = {"accepted": [], "failed": {}, "duplicate": {}}
     with open_ledger(ledger_dir) as conn:
         found = scan_landing(landing, conn, settle_seconds)
         for done, landed in enumerate(found, start=1):
-            status = _check_one(conn, ledger_dir, landed, features, targets, max_bad_fraction)
-            if status is not None:
-                outcome[status].append(landed.path.name)
+            status, reason = _check_one(
+                conn, ledger_dir, landed, features, targets, max_bad_fraction
+            )
+            name = landed.path.name
+            if status == "accepted":
+                outcome["accepted"].append(name)
+            elif status is not None:
+                outcome[status][name] = reason
             if on_file is not None:
-                on_file(done, len(found), landed.path.name, status or "changed, next scan")
+                on_file(done, len(found), name, status or "changed, next scan")
+        outcome["waiting"] = settling(landing, conn, settle_seconds)
     return outcome
 
 
@@ -241,23 +268,26 @@ def _check_one(
     features: tuple[str, ...],
     targets: tuple[str, ...],
     max_bad_fraction: float,
-) -> str | None:
-    """Check and record one landed file; returns its status (None: it changed, next scan)."""
+) -> tuple[str | None, str | None]:
+    """Check and record one landed file; returns (status, reason); status None: it changed
+    while being copied, next scan."""
     earlier = known_content(conn, landed.sha256)
     if earlier is not None:
-        record(conn, landed, "duplicate", reason=f"same content as {earlier}")
-        return "duplicate"
+        reason = f"same content as {earlier}"
+        record(conn, landed, "duplicate", reason=reason)
+        return "duplicate", reason
     stored = store_file(ledger_dir, landed)
     if sha256_file(stored) != landed.sha256:
         stored.unlink()
-        return None
+        return None, None
     try:
         report = file_report(stored, features, targets)
         check_quality([report], max_bad_fraction)
     except PipelineError as exc:
         stored.unlink()
-        record(conn, landed, "failed", reason=str(exc).replace(str(stored), landed.path.name))
-        return "failed"
+        reason = str(exc).replace(str(stored), landed.path.name)
+        record(conn, landed, "failed", reason=reason)
+        return "failed", reason
     record(
         conn,
         landed,
@@ -267,17 +297,16 @@ def _check_one(
         quarantined=report.quarantined,
         stored_path=stored,
     )
-    return "accepted"
+    return "accepted", None
 
 
 @task(cache_policy=NONE)
 def check_landed_files(
-    landing: str, ledger: str, settle_seconds: float, max_bad_fraction: float
-) -> dict[str, list[str]]:
+    landing: Path, ledger: Path, settle_seconds: float, max_bad_fraction: float
+) -> dict[str, Any]:
     """Scan the landing folder and record new files in the ledger (see check_landed), logging
-    each file and updating a Prefect progress artifact."""
+    each file and updating a Prefect progress artifact. The paths are checked by the flow."""
     logger = get_run_logger()
-    roots = data_roots()
     progress = create_progress_artifact(0.0, description="Checking landed files")
 
     def on_file(done: int, total: int, name: str, status: str) -> None:
@@ -285,8 +314,8 @@ def check_landed_files(
         update_progress_artifact(progress, 100.0 * done / total)
 
     outcome = check_landed(
-        confine(landing, roots, "landing"),
-        confine(ledger, roots, "ledger"),
+        landing,
+        ledger,
         settle_seconds,
         DEFAULT_FEATURES,
         DEFAULT_TARGETS,

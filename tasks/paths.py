@@ -8,10 +8,16 @@ by default `data/` and `output/` under the working directory.
 
 from __future__ import annotations
 
+import glob
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from tasks.errors import PipelineError
+from tasks.errors import InputFileError, PipelineError
+
+GLOB_CHARS = frozenset("*?[")
 
 DATA_ROOTS_ENV = "SALES_MODEL_DATA_ROOTS"
 OUTPUT_ROOTS_ENV = "SALES_MODEL_OUTPUT_ROOTS"
@@ -46,3 +52,58 @@ def confine(path: str | Path, roots: list[Path], parameter: str) -> Path:
         f"parameter {parameter}: '{path}' is outside the allowed folders ({allowed}); "
         f"set {env} to allow another"
     )
+
+
+def resolve_inputs(data: str | Path | list[str], roots: list[Path]) -> list[Path]:
+    """A file, a folder (its *.csv files), a glob, or a list of those -> the CSV files to read,
+    in order, each once. Every path must lie under one of `roots` (symlinks followed)."""
+    if isinstance(data, list):
+        if not data:
+            raise InputFileError("parameter data: no input paths given")
+        files = [path for item in data for path in resolve_inputs(item, roots)]
+        return list(dict.fromkeys(files))
+    text = str(data)
+    if any(ch in text for ch in GLOB_CHARS):
+        static = re.split(r"[*?\[]", text, maxsplit=1)[0]  # the folder part before any wildcard
+        confine(static if static.endswith(os.sep) else Path(static).parent, roots, "data")
+        paths = sorted(Path(p) for p in glob.glob(text, recursive=True))
+        files = [confine(p, roots, "data") for p in paths if p.is_file()]
+        if not files:
+            raise InputFileError(f"no input files match '{text}'")
+        return files
+    path = confine(text, roots, "data")
+    if path.is_dir():
+        found = sorted(p for p in path.glob("*.csv") if p.is_file() and not p.name.startswith("."))
+        if not found:
+            raise InputFileError(f"no input files: folder '{text}' holds no *.csv file")
+        return [confine(p, roots, "data") for p in found]
+    if not path.exists():
+        raise InputFileError(f"{text}: file not found")
+    if not path.is_file():
+        raise InputFileError(f"{text}: not a regular file")
+    return [path]
+
+
+def check_all(checks: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Run every check (name -> callable) and return their results; if any raise
+    PipelineError, raise one PipelineError listing every problem, so that a user with two
+    wrong paths hears of both at once."""
+    results, problems = {}, []
+    for name, check in checks.items():
+        try:
+            results[name] = check()
+        except PipelineError as exc:
+            problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise PipelineError("; ".join(str(p) for p in problems))
+    return results
+
+
+def existing_folder(path: str, roots: list[Path], parameter: str) -> Path:
+    """`path` confined to `roots` (see confine), which must be an existing folder."""
+    folder = confine(path, roots, parameter)
+    if not folder.is_dir():
+        raise PipelineError(f"parameter {parameter}: folder '{path}' not found")
+    return folder

@@ -14,8 +14,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from schemas.sales import ID_COLUMN, allowed_columns, required_columns
-from tasks.ingest import FILE_READ_TASK, read_sales_csv, resolve_inputs
-from tasks.paths import data_roots
+from tasks.ingest import FILE_READ_TASK, read_sales_csv
 from tasks.split import split_holdout
 from tasks.tensors import to_tensors
 from tasks.train import Moments, moments_of
@@ -75,12 +74,6 @@ def combine_prepared(parts: list[PreparedData]) -> PreparedData:
     for part in parts[1:]:
         moments = moments + part.moments
     return PreparedData(data, np.concatenate([p.is_holdout for p in parts]), moments)
-
-
-@task(cache_policy=NONE)
-def find_inputs(data: str | list[str]) -> list[Path]:
-    """The CSV files the data parameter names, confined to the data roots."""
-    return resolve_inputs(data, data_roots())
 
 
 @task(**FILE_READ_TASK)

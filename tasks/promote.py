@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -150,24 +151,42 @@ def write_champion(root: Path, run_id: str, decision: dict[str, Any]) -> Path:
 
 
 @contextmanager
-def output_lock(root: Path, timeout_seconds: float) -> Iterator[None]:
+def output_lock(
+    root: Path, timeout_seconds: float, on_wait: Callable[[str], None] | None = None
+) -> Iterator[None]:
     """Exclusive lock on the output root for the publish step. The OS drops it when the holder
-    dies, so a killed run never blocks the next one."""
+    dies, so a killed run never blocks the next one. While another process holds it,
+    `on_wait` hears who (once per holder)."""
     root.mkdir(parents=True, exist_ok=True)
-    with (root / LOCK_FILE).open("a") as fh:
+    path = root / LOCK_FILE
+    with path.open("a+") as fh:
         deadline = time.monotonic() + timeout_seconds
+        reported = None
         while True:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                holder = path.read_text().strip() or "unknown"
+                if on_wait is not None and holder != reported:
+                    on_wait(
+                        f"waiting for the publish lock on {root}: another run (pid {holder}) "
+                        f"is publishing there; giving up after {timeout_seconds:g} s"
+                    )
+                    reported = holder
                 if time.monotonic() >= deadline:
                     raise PipelineError(
-                        f"another training run is publishing to {root}; gave up after "
-                        f"{timeout_seconds:g} s"
+                        f"another training run (pid {holder}) is publishing to {root}; gave up "
+                        f"after {timeout_seconds:g} s"
                     ) from None
                 time.sleep(0.2)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
         try:
             yield
         finally:
+            fh.truncate(0)
+            fh.flush()
             fcntl.flock(fh, fcntl.LOCK_UN)

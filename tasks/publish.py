@@ -3,17 +3,19 @@ then move the champion pointer, all under the output root's lock."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
+from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
 
 from schemas.outputs import (
@@ -26,6 +28,7 @@ from schemas.outputs import (
     predictions_schema,
 )
 from tasks.errors import DataQualityError
+from tasks.evaluate import fit_warnings
 from tasks.profile import compare_profiles
 from tasks.promote import (
     decide_promotion,
@@ -69,6 +72,7 @@ def build_manifest(
     metrics: pd.DataFrame | None = None,
     promotion: dict[str, Any] | None = None,
     drift: dict[str, Any] | None = None,
+    warnings: list[str] | None = None,
     kind: str = "train",
 ) -> dict[str, Any]:
     """The run's manifest: identity, kind (train or score), parameters, inputs with row
@@ -102,6 +106,7 @@ def build_manifest(
         "metrics": None if metrics is None else metrics.to_dict(orient="records"),
         "promotion": promotion,
         "drift": drift,
+        "warnings": warnings or [],
         "outputs": {name: str(path.relative_to(run.output_root)) for name, path in outputs.items()},
     }
 
@@ -229,7 +234,7 @@ def publish_core(
     root = run.output_root
     fingerprint = data_fingerprint([f.sha256 for f in files])
     report_folder = report_dir(root, run.run_id)
-    with output_lock(root, LOCK_TIMEOUT_SECONDS), all_or_nothing(report_folder) as outputs:
+    with publish_lock(root), all_or_nothing(report_folder) as outputs:
         sweep_temp_files(root)
         for name, frame in tables.items():
             outputs[name] = write_table(frame, root, name, run, fingerprint)
@@ -256,6 +261,7 @@ def publish_core(
             metrics=tables["metrics"],
             promotion=promotion,
             drift=drift,
+            warnings=fit_warnings(train_rows(tables["metrics"]), fit.W.shape[1]),
         )
         write_report(root, manifest, predictions, fit.loss_history, targets)
         outputs["manifest"] = manifest_path(root, run.run_id)
@@ -263,6 +269,12 @@ def publish_core(
         if promotion["promoted"]:
             write_champion(root, run.run_id, promotion)
     return manifest
+
+
+def train_rows(metrics: pd.DataFrame) -> int:
+    """Rows of the training split, from the metrics table."""
+    rows = metrics.loc[metrics["split"] == "train", "rows"]
+    return int(rows.iloc[0]) if len(rows) else 0
 
 
 def drift_against(
@@ -279,6 +291,19 @@ def drift_against(
         "threshold": threshold,
         "columns": shifts.to_dict(orient="records"),
     }
+
+
+def publish_lock(root: Path) -> AbstractContextManager[None]:
+    """The output root's lock (see output_lock), waiting up to LOCK_TIMEOUT_SECONDS and saying
+    so in the run's log while another run holds it."""
+    return output_lock(root, LOCK_TIMEOUT_SECONDS, _warn)
+
+
+def _warn(message: str) -> None:
+    try:
+        get_run_logger().warning(message)
+    except MissingContextError:
+        logging.getLogger(__name__).warning(message)
 
 
 @contextmanager
@@ -309,7 +334,7 @@ def publish_rejection(
     fingerprint = data_fingerprint([f.sha256 for f in files])
     if isinstance(quarantine, pd.DataFrame):
         QuarantineTable.validate(quarantine, lazy=True)
-    with output_lock(root, LOCK_TIMEOUT_SECONDS), all_or_nothing() as outputs:
+    with publish_lock(root), all_or_nothing() as outputs:
         sweep_temp_files(root)
         if isinstance(quarantine, pd.DataFrame):
             outputs[table] = write_table(quarantine, root, table, run, fingerprint)

@@ -58,6 +58,7 @@ def summary_markdown(manifest: dict[str, Any], output_root: Path) -> str:
                 for m in manifest["metrics"]
             ),
         ]
+    lines += [f"\n**Warning**: {warning}." for warning in manifest.get("warnings", [])]
     promotion = manifest.get("promotion")
     if promotion:
         verdict = "promoted to champion" if promotion["promoted"] else "not promoted (candidate)"
@@ -98,6 +99,7 @@ def summary_text(manifest: dict[str, Any], output_root: Path) -> str:
             f"  {m['target']} {m['split']:<7} rows={m['rows']:<6} mse={m['mse']:.6g} "
             f"r2={m['r2']:.4f} gap_to_optimum={m['relative_gap']:.1e}"
         )
+    out += [f"warning: {warning}" for warning in manifest.get("warnings", [])]
     promotion = manifest.get("promotion")
     if promotion:
         verdict = "promoted to champion" if promotion["promoted"] else "not promoted"
@@ -164,8 +166,14 @@ def plot_residuals(predictions: pd.DataFrame, targets: tuple[str, ...]) -> Figur
             if len(part):
                 ax.hist(part, bins=30, alpha=0.6, label=split, density=True)
         ax.set(title=f"Residuals: {target}", xlabel="actual - predicted", ylabel="density")
-        ax.legend()
+        _legend(ax)
     return figure
+
+
+def _legend(ax) -> None:
+    """A legend when something was drawn (matplotlib warns on an empty one)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
 
 
 def plot_history(history: pd.DataFrame) -> Figure:
@@ -175,7 +183,9 @@ def plot_history(history: pd.DataFrame) -> Figure:
         ax.plot(range(len(part)), part["mse"], marker="o", label=target)
         ax.set_xticks(range(len(part)), [r[:15] for r in part["run_id"]], rotation=45, ha="right")
     ax.set(title="Holdout MSE of the last runs", xlabel="run", ylabel="holdout MSE")
-    ax.legend()
+    if history.empty:
+        ax.text(0.5, 0.5, "no holdout rows in these runs", ha="center", transform=ax.transAxes)
+    _legend(ax)
     figure.tight_layout()
     return figure
 

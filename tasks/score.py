@@ -13,8 +13,8 @@ from schemas.outputs import QuarantineTable, scores_schema
 from schemas.sales import ID_COLUMN
 from tasks.errors import PipelineError
 from tasks.evaluate import linear_predict
-from tasks.promote import LinearModel, load_model, output_lock, read_champion
-from tasks.publish import LOCK_TIMEOUT_SECONDS, all_or_nothing, build_manifest
+from tasks.promote import LinearModel, load_model, read_champion
+from tasks.publish import all_or_nothing, build_manifest, publish_lock
 from tasks.storage import (
     RunInfo,
     data_fingerprint,
@@ -58,7 +58,7 @@ def publish_scores(
     QuarantineTable.validate(data.quarantine, lazy=True)
     root = run.output_root
     fingerprint = data_fingerprint([f.sha256 for f in data.files])
-    with output_lock(root, LOCK_TIMEOUT_SECONDS), all_or_nothing() as outputs:
+    with publish_lock(root), all_or_nothing() as outputs:
         sweep_temp_files(root)
         outputs["scores"] = write_table(scores, root, "scores", run, fingerprint)
         outputs["score_quarantine"] = write_table(
@@ -69,12 +69,6 @@ def publish_scores(
         outputs["manifest"] = manifest_path(root, run.run_id)
         write_json(outputs["manifest"], manifest)
     return manifest
-
-
-@task(cache_policy=NONE)
-def load_scoring_model(output: Path, run_id: str | None) -> tuple[str, LinearModel]:
-    """Find the model to score with (see choose_model)."""
-    return choose_model(output, run_id)
 
 
 @task(cache_policy=NONE)

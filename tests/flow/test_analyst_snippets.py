@@ -157,3 +157,12 @@ def test_scoring_before_any_champion_fails_clearly(tmp_path):
     features.write_text("country,avg_income_k,price_k,tax_k\nAA,50,0.9,0.1\n")
     with pytest.raises(PipelineError, match=r"no champion model in .* yet: train one first"):
         score_sales(data=str(features), output=str(tmp_path / "empty"))
+
+
+def test_champion_json_holds_the_fields_the_readme_lists(workspace):
+    base, *_ = workspace
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("`champion.json` names the champion", 1)[1].split("\n\n")[1]
+    documented = re.findall(r"^\| `(\w+)` \|", table, flags=re.MULTILINE)
+    champion = json.loads((base / "output" / "champion.json").read_text())
+    assert documented == list(champion)

@@ -10,7 +10,7 @@ import resource
 import signal
 import subprocess
 import sys
-import textwrap
+import threading
 import time
 
 import duckdb
@@ -24,6 +24,7 @@ from flows.watch import watch_landing
 from schemas.outputs import TABLES as OUTPUT_TABLES
 from tasks.errors import InputFileError, TrainingError
 from tasks.ledger import ledger_rows
+from tasks.promote import output_lock
 from tests.conftest import HEADER, REPO, sales_rows
 
 TABLES = OUTPUT_TABLES
@@ -75,71 +76,111 @@ def cli(args, api_url, **kwargs):
     )
 
 
-def test_sigkill_while_writing_parquet_leaves_readers_and_champion_intact(trained, tmp_path):
-    data, output, first = trained
+def big_csv(path, rows):
+    """A sales CSV big enough that writing its predictions takes a while."""
+    rng = np.random.default_rng(0)
+    income = rng.uniform(10, 90, rows)
+    price = 0.2 + 0.01 * income + rng.uniform(0, 0.3, rows)
+    tax = price * rng.uniform(0.05, 0.25, rows)
+    units = 9 + 0.1 * income - 3 * price - 8 * tax + rng.normal(0, 0.5, rows)
+    frame = pd.DataFrame(
+        {
+            "country": [f"K{i:07d}" for i in range(rows)],
+            "avg_income_k": income.round(3),
+            "price_k": price.round(4),
+            "tax_k": tax.round(4),
+            "units_sold_k": units.round(3),
+        }
+    )
+    frame.to_csv(path, index=False)
+    return path
+
+
+def partly_written(root):
+    """Hidden temp files (and staged files) with bytes in them: a write under way."""
+    return [
+        p
+        for p in root.rglob(".*")
+        if p.is_file() and p.name.endswith(".tmp") and p.stat().st_size > 0
+    ]
+
+
+def test_sigkill_during_a_runs_parquet_write_leaves_readers_and_champion_intact(
+    trained, tmp_path, prefect_api_url
+):
+    _, output, first = trained
     champion = (output / "champion.json").read_text()
+    manifests_before = sorted(p.name for p in (output / "manifests").iterdir())
     seen_before = {table: run_ids_seen(output, table) for table in TABLES}
     assert seen_before["predictions"] == ({first["run_id"]},) * 3
-    writer = textwrap.dedent(
-        f"""
-        import numpy as np, pandas as pd
-        from pathlib import Path
-        from tasks.storage import new_run, write_table
-        rows = np.random.default_rng(0).normal(size=(20_000_000, 3))
-        frame = pd.DataFrame(rows, columns=list("abc"))
-        run = new_run(Path({str(output)!r}), {{}})
-        print(run.run_id, flush=True)
-        write_table(frame, run.output_root, "predictions", run, "0" * 64)
-        """
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", writer], cwd=REPO, stdout=subprocess.PIPE, text=True
-    )
-    killed_run = proc.stdout.readline().strip()
-    partition = output / "predictions" / f"run_id={killed_run}"
-    deadline = time.monotonic() + 60
-
-    def partly_written():
-        return [t for t in partition.glob(".*.tmp") if t.stat().st_size > 0]
-
-    while not partly_written() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    (temp,) = partly_written()
+    data = big_csv(tmp_path / "big.csv", 400_000)
+    proc = cli(["--data", str(data), "--output", str(output)], prefect_api_url)
+    deadline = time.monotonic() + 180
+    while not (temps := partly_written(output)) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert temp.stat().st_size > 0  # killed mid-write
+    assert temps, "the run was never caught writing"
+    assert any("predictions" in t.parts for t in temps), temps  # the biggest table
+    assert all(t.exists() and t.stat().st_size > 0 for t in temps)  # killed mid-write
 
     assert {table: run_ids_seen(output, table) for table in TABLES} == seen_before
-    assert not (output / "manifests" / f"{killed_run}.json").exists()
+    assert sorted(p.name for p in (output / "manifests").iterdir()) == manifests_before
     assert (output / "champion.json").read_text() == champion
 
-    second = train_sales_model(data=str(data), output=str(output))
-    assert not temp.exists()  # swept by the next run
-    assert not partition.exists()
+    second = train_sales_model(data=str(trained[0]), output=str(output))
+    assert not [t for t in temps if t.exists()]  # swept by the next run
+    assert not list(output.rglob(".*.tmp"))
     assert run_ids_seen(output, "predictions")[2] == {first["run_id"], second["run_id"]}
 
 
-def _full_disk():
-    # The writer sees EFBIG ("File too large") instead of being killed by SIGXFSZ.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (48_000, 48_000))
+def _file_limit(limit):
+    def apply():
+        # The writer sees EFBIG ("File too large") instead of being killed by SIGXFSZ.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
 
 
+def output_sizes(root, run_id):
+    """Sizes of a run's tables (Parquet) and of its report's files."""
+    tables = [p.stat().st_size for p in root.glob(f"*/run_id={run_id}/*.parquet")]
+    report = [p.stat().st_size for p in (root / "reports" / run_id).iterdir()]
+    return max(tables), max(report)
+
+
+@pytest.mark.parametrize("when", ["first table", "after the tables"])
 def test_disk_full_while_writing_is_a_clear_error_and_changes_nothing(
-    trained, write_csv, prefect_api_url
+    trained, write_csv, prefect_api_url, tmp_path, when
 ):
     _, output, _ = trained
     before = snapshot(output)
     big = write_csv("\n".join([HEADER, *sales_rows(3000, seed=8)]) + "\n", "big.csv")
+    small = write_csv("\n".join([HEADER, *sales_rows(60, seed=8)]) + "\n", "small.csv")
+    if when == "first table":
+        data, limit, failing = big, 48_000, "predictions"
+    else:
+        # The largest table fits, the report's plots do not: tables are written, then the
+        # publish fails and must take them back.
+        probe = train_sales_model(data=str(small), output=str(tmp_path / "probe"))
+        largest_table, largest_report = output_sizes(tmp_path / "probe", probe["run_id"])
+        data, limit, failing = small, largest_table + 1024, "reports"
+        assert largest_report > limit + 1024
     proc = cli(
-        ["--data", str(big), "--output", str(output)], prefect_api_url, preexec_fn=_full_disk
+        ["--data", str(data), "--output", str(output)],
+        prefect_api_url,
+        preexec_fn=_file_limit(limit),
     )
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1
     assert "Traceback" not in stderr
+    assert stderr.splitlines()[0].startswith("error:"), stderr
     (error,) = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert "could not write (File too large); the previous contents are unchanged" in error
-    assert snapshot(output) == before
+    assert f"{output}/{failing}/" in error
+    assert snapshot(output) == before  # whatever the run had written is gone again
     assert not list(output.rglob(".*.tmp"))
 
 
@@ -158,6 +199,7 @@ def test_kill_during_training_publishes_nothing_and_the_next_run_succeeds(traine
             "100000000",
             "--tol",
             "1e-15",
+            "--verbose",
         ],
         prefect_api_url,
     )
@@ -174,15 +216,41 @@ def test_kill_during_training_publishes_nothing_and_the_next_run_succeeds(traine
     assert manifest["status"] == "completed"
 
 
-def test_two_runs_at_once_both_publish_and_the_champion_stays_valid(trained, prefect_api_url):
+def _read_lines(stream, into):
+    for line in stream:
+        into.append(line)
+
+
+def test_two_runs_at_once_wait_for_the_publish_lock_and_both_publish(trained, prefect_api_url):
     data, output, _ = trained
-    procs = [
-        cli(["--data", str(data), "--output", str(output), "--seed", str(seed)], prefect_api_url)
-        for seed in (11, 12)
-    ]
-    for proc in procs:
-        _, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, stderr
+    # This test holds the lock, so both runs must reach the publish step and wait there.
+    with output_lock(output, timeout_seconds=5):
+        procs = [
+            cli(
+                ["--data", str(data), "--output", str(output), "--seed", str(seed)], prefect_api_url
+            )
+            for seed in (11, 12)
+        ]
+        stderr = [[], []]
+        readers = [
+            threading.Thread(target=_read_lines, args=(proc.stderr, lines), daemon=True)
+            for proc, lines in zip(procs, stderr, strict=True)
+        ]
+        for reader in readers:
+            reader.start()
+        waiting = f"waiting for the publish lock on {output}: another run (pid {os.getpid()})"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not all(
+            any(waiting in line for line in lines) for lines in stderr
+        ):
+            assert all(proc.poll() is None for proc in procs), stderr
+            time.sleep(0.1)
+        assert all(any(waiting in line for line in lines) for lines in stderr), stderr
+        time.sleep(1)
+        assert len(list((output / "manifests").glob("*.json"))) == 1  # nothing published yet
+    for proc, reader in zip(procs, readers, strict=True):
+        assert proc.wait(timeout=300) == 0, stderr
+        reader.join(timeout=10)
     manifests = {p.stem: json.loads(p.read_text()) for p in (output / "manifests").glob("*.json")}
     assert len(manifests) == 3
     assert all(m["status"] == "completed" for m in manifests.values())

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import duckdb
 import numpy as np
@@ -199,7 +200,42 @@ def test_cli_user_errors_are_one_line_without_traceback(
 ):
     result = run_cli([*args, "--output", str(tmp_path / "o")], prefect_api_url)
     assert result.returncode == code
-    assert "Traceback" not in result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert error_lines == [error_lines[0]]
-    assert error_lines[0].startswith(message)
+    (line,) = result.stderr.splitlines()  # one line and nothing else: no Prefect log lines
+    assert line.startswith(message)
+    assert result.stdout == ""
+
+
+def test_every_path_problem_is_reported_at_once_before_prefect_starts(tmp_path):
+    # No PREFECT_API_URL: a temporary server would start (5-20 s) if the paths were checked late.
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.train", "--data", "/etc/passwd", "--output", "/etc/out"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: parameter data: '/etc/passwd' is outside the allowed folders")
+    assert "; parameter output: '/etc/out' is outside the allowed folders" in line
+    assert "Starting temporary server" not in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_a_file_rejected_during_the_run_is_one_error_line(write_csv, tmp_path, prefect_api_url):
+    bad = write_csv("country;price_k\nA;1\n", "semicolons.csv")
+    result = run_cli(["--data", str(bad), "--output", str(tmp_path / "o")], prefect_api_url)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: {bad}: header does not match the expected columns (country, avg_income_k, "
+        "price_k, tax_k, units_sold_k); the file seems to be delimited by ';', expected ','"
+    ]
+    verbose = run_cli(
+        ["--data", str(bad), "--output", str(tmp_path / "o"), "--verbose"], prefect_api_url
+    )
+    assert "Finished in state Failed" in verbose.stderr  # Prefect's logs, on request
+    assert verbose.stderr.count("error:") == 1
+    assert "Traceback" not in verbose.stderr

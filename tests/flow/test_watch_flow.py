@@ -6,6 +6,9 @@ import json
 import os
 import time
 
+import numpy as np
+import pandas as pd
+
 from flows.watch import watch_landing
 from tasks.ledger import ledger_rows
 from tests.conftest import HEADER, sales_rows
@@ -30,23 +33,37 @@ def test_watch_trains_once_per_new_content_on_all_accepted_data(tmp_path):
         "output": str(output),
     }
 
-    assert watch_landing(**kwargs)["trained"] is None  # nothing landed yet
+    nothing = watch_landing(**kwargs)
+    assert nothing["trained"] is None  # nothing landed yet
+    assert nothing["found"] == {"accepted": [], "failed": {}, "duplicate": {}, "waiting": []}
 
     land(landing, "a.csv", sales_rows(30, seed=2, start=100))
     land(landing, "broken.csv", ["not,enough"])
     first = watch_landing(**kwargs)
     assert first["found"]["accepted"] == ["a.csv"]
-    assert first["found"]["failed"] == ["broken.csv"]
+    assert list(first["found"]["failed"]) == ["broken.csv"]
+    assert "no valid rows: all 1 data rows of broken.csv" in first["found"]["failed"]["broken.csv"]
     assert first["trained"]["rows"]["in"] == 90
 
     land(landing, "a-copy.csv", sales_rows(30, seed=2, start=100))
     second = watch_landing(**kwargs)
-    assert second["found"]["duplicate"] == ["a-copy.csv"]
+    assert second["found"]["duplicate"] == {"a-copy.csv": "same content as a.csv"}
     assert second["trained"] is None
 
+    # After acceptance the landed a.csv is overwritten with bad rows, then deleted: training
+    # reads the checked copy in the ledger's store.
+    (landing / "a.csv").write_text("\n".join([HEADER, "A1,x,1,1,1"]) + "\n")
+    (landing / "a.csv").unlink()
     land(landing, "b.csv", sales_rows(20, seed=3, start=200))
     third = watch_landing(**kwargs)
-    assert third["trained"]["rows"]["in"] == 110  # base + a + b, the copy not twice
+    assert third["trained"]["rows"] == {"in": 110, "accepted": 110, "quarantined": 0}
+    predictions = pd.read_parquet(output / third["trained"]["outputs"]["predictions"])
+    landed_a = predictions[predictions["source_file"].str.endswith("_a.csv")]
+    expected = pd.DataFrame([r.split(",") for r in sales_rows(30, seed=2, start=100)])
+    assert sorted(landed_a["country"]) == sorted(expected[0])
+    np.testing.assert_allclose(
+        landed_a.sort_values("country")["avg_income_k"], expected.sort_values(0)[1].astype(float)
+    )
     rows = {r["name"]: r for r in ledger_rows(ledger)}
     assert rows["a.csv"]["run_id"] == first["trained"]["run_id"]
     assert rows["b.csv"]["run_id"] == third["trained"]["run_id"]

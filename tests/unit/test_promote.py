@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 
 import numpy as np
@@ -14,6 +15,7 @@ from tasks.evaluate import INTERCEPT
 from tasks.promote import (
     LinearModel,
     decide_promotion,
+    holdout_mse,
     load_model,
     model_from_weights,
     output_lock,
@@ -21,6 +23,7 @@ from tasks.promote import (
     write_champion,
 )
 from tasks.storage import new_run, write_table
+from tasks.train import moments_mse, moments_of
 
 F, T = ("a", "b"), ("y",)
 
@@ -97,24 +100,65 @@ def test_champion_round_trips_through_parquet_and_pointer(tmp_path):
         load_model(tmp_path, "nope")
 
 
-def _hold_lock(root, ready, seconds):
+def _hold_and_tell(root, ready, queue):
     with output_lock(root, timeout_seconds=5):
+        queue.put(os.getpid())
         ready.set()
-        time.sleep(seconds)
+        time.sleep(30)
 
 
 def test_output_lock_excludes_other_processes_and_dies_with_its_holder(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(tmp_path, ready, 30))
+    queue = ctx.Queue()
+    holder = ctx.Process(target=_hold_and_tell, args=(tmp_path, ready, queue))
     holder.start()
     assert ready.wait(60)
+    pid = queue.get(timeout=10)
+    heard = []
     with (
-        pytest.raises(PipelineError, match="another training run is publishing"),
-        output_lock(tmp_path, timeout_seconds=0.5),
+        pytest.raises(PipelineError, match=rf"another training run \(pid {pid}\) is publishing"),
+        output_lock(tmp_path, timeout_seconds=0.5, on_wait=heard.append),
     ):
         pass
+    assert heard == [
+        f"waiting for the publish lock on {tmp_path}: another run (pid {pid}) is publishing "
+        "there; giving up after 0.5 s"
+    ]
     holder.kill()
     holder.join()
     with output_lock(tmp_path, timeout_seconds=5):
         pass
+
+
+def test_holdout_mse_from_statistics_equals_the_mse_over_the_rows():
+    # The gate of a streamed run compares models on the holdout statistics: same MSE, per target.
+    rng = np.random.default_rng(3)
+    X = rng.normal(50, 10, (400, 3))
+    Y = X @ rng.normal(size=(3, 2)) + rng.normal(0, 2, (400, 2))
+    for _ in range(5):
+        W, b = rng.normal(size=(2, 3)), rng.normal(size=2) * 10
+        by_rows = ((X @ W.T + b - Y) ** 2).mean(axis=0)
+        np.testing.assert_allclose(moments_mse(moments_of(X, Y), W, b), by_rows, rtol=1e-9)
+    frame = pd.DataFrame(np.column_stack([X, Y]), columns=["a", "b", "c", "y", "z"])
+    candidate = LinearModel(("a", "b", "c"), ("y", "z"), W, b)
+    np.testing.assert_allclose(
+        holdout_mse(candidate, moments_of(X, Y)), holdout_mse(candidate, frame), rtol=1e-9
+    )
+
+
+def test_the_gate_holds_for_every_target():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 2))
+    Y = np.column_stack([X @ [2.0, -1.0] + 1, X @ [0.5, 0.5] - 2]) + rng.normal(0, 0.1, (200, 2))
+    holdout = pd.DataFrame(np.column_stack([X, Y]), columns=["a", "b", "y", "z"])
+    exact = LinearModel(F, ("y", "z"), np.array([[2.0, -1.0], [0.5, 0.5]]), np.array([1.0, -2.0]))
+    # Better on y, worse on z: not promoted, and the reason names z only.
+    mixed = LinearModel(F, ("y", "z"), np.array([[2.0, -1.0], [0.9, 0.5]]), np.array([1.0, -2.0]))
+    for stats in (holdout, moments_of(X, Y)):
+        decision = decide_promotion(mixed, True, exact, "old", stats, 0.0)
+        assert not decision["promoted"]
+        assert "z:" in decision["reason"]
+        assert "y:" not in decision["reason"]
+        assert set(decision["candidate_holdout_mse"]) == {"y", "z"}
+        assert decide_promotion(exact, True, mixed, "old", stats, 0.0)["promoted"]

@@ -7,8 +7,7 @@ import ast
 import pytest
 
 from tasks.errors import PipelineError
-from tasks.ingest import resolve_inputs
-from tasks.paths import DATA_ROOTS_ENV, confine, data_roots, output_roots
+from tasks.paths import DATA_ROOTS_ENV, confine, data_roots, output_roots, resolve_inputs
 from tests.conftest import REPO
 
 

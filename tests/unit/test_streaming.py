@@ -22,7 +22,8 @@ from schemas.sales import (
 )
 from tasks.errors import DataQualityError, PipelineError
 from tasks.evaluate import evaluate_model, metrics_from_sums, predictions_frame
-from tasks.ingest import read_sales_csv, resolve_inputs
+from tasks.ingest import read_sales_csv
+from tasks.paths import resolve_inputs
 from tasks.prepare import prepare_file
 from tasks.profile import profile_frame
 from tasks.scan import (

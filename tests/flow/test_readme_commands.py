@@ -1,0 +1,98 @@
+"""The README's console examples, run verbatim in a fresh copy of the checkout, in README order:
+what a new user types and what they see. Run ids and the checkout's path are the only parts
+allowed to differ (they differ on every machine)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+CONSOLE = re.compile(r"<!-- console -->\n```console\n(.*?)```", re.DOTALL)
+RUN_ID = re.compile(r"\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}")
+README_CHECKOUT = "/path/to/sales-model"
+COPY = [
+    "flows",
+    "tasks",
+    "schemas",
+    "scripts",
+    "data/__init__.py",
+    "data/generate_sales.py",
+    "data/sales.csv",
+    "data/notebook.csv",
+    "data/score_sample.csv",
+    "prefect.yaml",
+    "Makefile",
+    "requirements.txt",
+    "constraints.txt",
+]
+
+
+def console_examples() -> list[tuple[str, list[str]]]:
+    """(command, expected output lines) for every `$ ` line of every console block."""
+    examples: list[tuple[str, list[str]]] = []
+    for block in CONSOLE.findall((REPO / "README.md").read_text()):
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                examples.append((line[2:], []))
+            else:
+                examples[-1][1].append(line)
+    return examples
+
+
+def normalised(text: str, checkout: Path) -> list[str]:
+    return RUN_ID.sub("<run_id>", text.replace(str(checkout), README_CHECKOUT)).splitlines()
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory) -> Path:
+    """A fresh copy of the checkout (no output/, no ledger) sharing this one's .venv; file
+    times are kept so that make sees the virtual environment as up to date."""
+    target = tmp_path_factory.mktemp("readme") / "sales-model"
+    for name in COPY:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    (target / "data" / "landing").mkdir()
+    (target / ".venv").symlink_to(REPO / ".venv")
+    return target
+
+
+def test_the_readme_has_console_examples_for_a_new_user():
+    commands = [command for command, _ in console_examples()]
+    assert commands[0] == "make run"
+    assert any(c.startswith(".venv/bin/python -m flows.score") for c in commands)
+    assert any(c.startswith(".venv/bin/python -m flows.watch") for c in commands)
+
+
+def test_readme_console_examples_print_what_the_readme_shows(checkout, prefect_api_url):
+    # The user's shell: the README's default roots (data/, output/ of the checkout), not the
+    # test suite's, and no make of ours around it.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("SALES_MODEL_", "MAKE", "MFLAGS"))
+    }
+    env["PREFECT_API_URL"] = prefect_api_url  # the session's server: no temporary one per command
+    for command, expected in console_examples():
+        result = subprocess.run(
+            ["bash", "-c", command],
+            cwd=checkout,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=300,
+        )
+        assert normalised(result.stdout, checkout) == normalised("\n".join(expected), checkout), (
+            f"$ {command}\n{result.stdout}"
+        )
