@@ -71,3 +71,15 @@ def test_watch_trains_once_per_new_content_on_all_accepted_data(tmp_path):
     assert len(list((output / "manifests").glob("*.json"))) == 2
     champion = json.loads((output / "champion.json").read_text())
     assert champion["run_id"] in {first["trained"]["run_id"], third["trained"]["run_id"]}
+
+
+def test_a_missing_landing_folder_is_an_error_and_creates_nothing(tmp_path, capsys):
+    from flows.watch import main
+
+    code = main(["--landing", str(tmp_path / "incoming"), "--ledger", str(tmp_path / "ledger")])
+    assert code == 1
+    assert (
+        capsys.readouterr().err
+        == f"error: parameter landing: folder '{tmp_path}/incoming' not found\n"
+    )
+    assert not (tmp_path / "ledger").exists()
