@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -53,3 +54,17 @@ def sales_rows(n: int, seed: int = 0, start: int = 0) -> list[str]:
         f"C{start + i:04d},{a:.3f},{p:.4f},{t:.4f},{u:.3f}"
         for i, (a, p, t, u) in enumerate(zip(income, price, tax, units, strict=True))
     ]
+
+
+def copy_checkout(names: list[str], target: Path) -> Path:
+    """Copy these files and folders of the checkout to `target` (file times kept, no
+    __pycache__), with an empty data/landing/; returns `target`."""
+    for name in names:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    (target / "data" / "landing").mkdir(parents=True)
+    return target

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_checkout
 
 CONSOLE = re.compile(r"<!-- console -->\n```console\n(.*?)```", re.DOTALL)
 RUN_ID = re.compile(r"\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}")
@@ -54,15 +53,7 @@ def normalised(text: str, checkout: Path) -> list[str]:
 def checkout(tmp_path_factory) -> Path:
     """A fresh copy of the checkout (no output/, no ledger) sharing this one's .venv; file
     times are kept so that make sees the virtual environment as up to date."""
-    target = tmp_path_factory.mktemp("readme") / "sales-model"
-    for name in COPY:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    (target / "data" / "landing").mkdir()
+    target = copy_checkout(COPY, tmp_path_factory.mktemp("readme") / "sales-model")
     (target / ".venv").symlink_to(REPO / ".venv")
     return target
 

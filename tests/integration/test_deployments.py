@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -36,21 +35,15 @@ from scripts.local_prefect import (
     stop,
 )
 from tasks.ledger import LEDGER_DB, ledger_rows, open_ledger
-from tests.conftest import HEADER, REPO, sales_rows
+from tests.conftest import HEADER, copy_checkout, sales_rows
 
 POLL_SECONDS = 4
 COPY = ["flows", "tasks", "schemas", "scripts", "prefect.yaml", "data/sales.csv"]
 
 
-def copy_checkout(target: Path) -> None:
-    for name in COPY:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    (target / "data" / "landing").mkdir()
+def stack_checkout(target: Path) -> None:
+    """The checkout's copy the stack deploys from, its landing poll shortened."""
+    copy_checkout(COPY, target)
     config = yaml.safe_load((target / "prefect.yaml").read_text())
     for deployment in config["deployments"]:
         if deployment["name"] == "retrain-on-new-data":
@@ -63,7 +56,7 @@ def copy_checkout(target: Path) -> None:
 def stack(tmp_path_factory):
     base = tmp_path_factory.mktemp("stack")
     checkout = base / "checkout"
-    copy_checkout(checkout)
+    stack_checkout(checkout)
     local = Stack(repo=checkout, state=base / "run", home=base / "prefect-home")
     said: list[str] = []
     info = start(
