@@ -34,7 +34,7 @@ serve: $(STAMP) ## local Prefect server (127.0.0.1) + pool + deployments + worke
 stop: $(STAMP) ## stop the worker and the server started by serve
 	$(BIN)/python -m scripts.local_prefect stop
 
-bench: $(STAMP) ## measure floor, peer, both paths and the flow on 1M, 10M, 100M rows; writes BENCHMARKS.md
+bench: $(STAMP) ## measure floors, peers, the steps, scoring and the flow on 1M, 10M, 100M rows; writes BENCHMARKS.md
 	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt -c constraints.txt
 	$(BIN)/python -m benchmarks.run
 

@@ -33,6 +33,25 @@ def floor(csv: Path, out: Path) -> dict:
     return {"seconds": time.perf_counter() - started, "rows": rows}
 
 
+def stream_floor(csv: Path, out: Path) -> dict:
+    """pyarrow's streaming reader (open_csv, types inferred from the first block) + a batched
+    Parquet write of the same batches with two more columns: the floor for inputs bigger than
+    memory."""
+    started = time.perf_counter()
+    reader = pacsv.open_csv(csv, read_options=pacsv.ReadOptions(block_size=8 << 20))
+    rows, writer = 0, None
+    for batch in reader:
+        extra = pa.array(np.zeros(batch.num_rows))
+        table = pa.Table.from_batches([batch]).append_column("predicted", extra)
+        table = table.append_column("residual", extra)
+        if writer is None:
+            writer = pq.ParquetWriter(out / "floor.parquet", table.schema)
+        writer.write_table(table)
+        rows += batch.num_rows
+    writer.close()
+    return {"seconds": time.perf_counter() - started, "rows": rows}
+
+
 def peer(csv: Path, out: Path) -> dict:
     """pandas read_csv + pandera (lazy, bad rows dropped) + scikit-learn + to_parquet."""
     import pandas as pd
@@ -66,84 +85,119 @@ def peer(csv: Path, out: Path) -> dict:
     return {"seconds": time.perf_counter() - started, "rows": len(frame), "accepted": len(good)}
 
 
+def polars_peer(csv: Path, out: Path) -> dict:
+    """polars read_csv (numbers as floats, bad values null) + pandera[polars] (lazy, failing
+    rows dropped) + numpy least squares + write_parquet: the script a user writes in an hour."""
+    import pandera.polars as pap
+    import polars as pl
+
+    started = time.perf_counter()
+    numeric = dict.fromkeys((*FEATURES, *TARGETS), pl.Float64)
+    frame = pl.read_csv(csv, schema_overrides=numeric, ignore_errors=True)
+    frame = frame.with_row_index("row")
+    finite = pap.Check(lambda data: data.lazyframe.select(pl.col(data.key).is_finite()))
+    schema = pap.DataFrameSchema(
+        {
+            "country": pap.Column(str),
+            **{name: pap.Column(float, [pap.Check.ge(0), finite]) for name in numeric},
+        }
+    )
+    try:
+        schema.validate(frame, lazy=True)
+        good = frame
+    except pap.errors.SchemaErrors as err:
+        bad = err.failure_cases["index"].drop_nulls().unique()
+        good = frame.filter(~pl.col("row").is_in(bad.implode()))
+    X = np.column_stack([good[name].to_numpy() for name in FEATURES] + [np.ones(good.height)])
+    y = good[TARGETS[0]].to_numpy()
+    solution, *_ = np.linalg.lstsq(X, y, rcond=None)
+    predicted = X @ solution
+    good = good.with_columns(
+        pl.Series("predicted", predicted), pl.Series("residual", y - predicted)
+    )
+    good.write_parquet(out / "polars_peer.parquet")
+    return {"seconds": time.perf_counter() - started, "rows": frame.height, "accepted": good.height}
+
+
 def steps(csv: Path, out: Path) -> dict:
-    """This pipeline's steps called directly, on the path the flow picks for this file size
-    (in memory up to stream_above_mb, streamed above it)."""
-    from schemas.params import DEFAULT_STREAM_ABOVE_MB
-
-    if csv.stat().st_size > DEFAULT_STREAM_ABOVE_MB * 2**20:
-        return {**stream(csv, out), "path": "streamed"}
-    return {**memory(csv, out), "path": "in memory"}
-
-
-def memory(csv: Path, out: Path) -> dict:
-    """The in-memory path: read, validate, split, statistics, train (moments), evaluate,
-    publish every table, the report and the manifest."""
-    from tasks.evaluate import evaluate_run
-    from tasks.prepare import prepare_file
-    from tasks.publish import publish_outputs
-    from tasks.storage import new_run
-    from tasks.train import fit_from_moments
+    """This pipeline's steps called directly, with the default options: pass 1 (read, check,
+    quarantine, duplicate keys, statistics), training (the default solver), pass 2
+    (predictions), publish every table, the report and the manifest."""
+    from schemas.params import RunConfig
+    from tasks.dataset import scan_file
+    from tasks.predict import Scoring, predict_parts
+    from tasks.publish import publish_training
+    from tasks.storage import new_run, staging_area, table_metadata
+    from tasks.train import fit_scan, solver_for
+    from tasks.validate import check_quality
 
     started = time.perf_counter()
-    prepared = prepare_file(csv, FEATURES, TARGETS, 0.2, 0)
-    data = prepared.data
-    fit = fit_from_moments(prepared.moments, max_epochs=20_000, tol=1e-12, seed=0)
-    tables = evaluate_run.fn(data.accepted, prepared.is_holdout, fit, FEATURES, TARGETS, 0)
-    run = new_run(out / "steps", {})
-    manifest = publish_outputs(run, data, tables, fit, FEATURES, TARGETS, 0.0, 0.5)
-    return _result(started, manifest, fit)
-
-
-def stream(csv: Path, out: Path) -> dict:
-    """The streaming path: pass 1 (read and validate in blocks, quarantine, duplicate check,
-    statistics), train (moments), pass 2 (predictions), publish every table, the report and
-    the manifest."""
-    from tasks.publish import publish_streamed
-    from tasks.scan import StreamedData, emit_file, evaluate_streamed, scan_file
-    from tasks.storage import data_fingerprint, new_run, staging_area, table_metadata
-    from tasks.train import fit_from_moments
-
-    started = time.perf_counter()
+    config = RunConfig(FEATURES, TARGETS)
     run = new_run(out / "steps", {})
     with staging_area(run.output_root, run.run_id) as staging:
-        streamed = StreamedData([scan_file(csv, 0, FEATURES, TARGETS, 0.2, 0, staging)])
-        fit = fit_from_moments(streamed.moments, max_epochs=20_000, tol=1e-12, seed=0)
-        fingerprint = data_fingerprint([f.sha256 for f in streamed.files])
-        metadata = table_metadata(run, "predictions", fingerprint)
-        scoring = streamed.scoring(fit)
-        emits = [
-            emit_file(scan, FEATURES, TARGETS, staging, scoring, metadata)
-            for scan in streamed.scans
-        ]
-        tables = evaluate_streamed.fn(streamed, emits, fit, FEATURES, TARGETS)
-        manifest = publish_streamed(run, streamed, emits, tables, fit, FEATURES, TARGETS, 0.0, 0.5)
-    return _result(started, manifest, fit)
-
-
-def _result(started: float, manifest: dict, fit) -> dict:
+        scan = scan_file(csv, 0, config, staging)
+        check_quality(list(scan.files), config.max_bad_fraction)
+        fit = fit_scan(scan, config)
+        metadata = table_metadata(run, "predictions", scan.fingerprint)
+        emitted = predict_parts(scan.parts, Scoring.of(fit, scan), config, staging, metadata)
+        manifest = publish_training(run, scan, emitted, fit, config)
     train = next(m for m in manifest["metrics"] if m["split"] == "train")
     return {
         "seconds": time.perf_counter() - started,
         "rows": manifest["rows"]["in"],
         "accepted": manifest["rows"]["accepted"],
+        "solver": solver_for(config, scan.train.n),
         "epochs": fit.epochs,
         "relative_gap": train["relative_gap"],
     }
 
 
+def score(csv: Path, out: Path) -> dict:
+    """score-sales' steps called directly on the file (its target column ignored), with a
+    champion model in place: pass 1 of the features, pass 2 writing the scores, publish."""
+    from schemas.params import RunConfig
+    from tasks.dataset import scan_file
+    from tasks.predict import score_parts
+    from tasks.promote import write_champion
+    from tasks.score import choose_model, publish_scores
+    from tasks.storage import new_run, staging_area, table_metadata, write_table
+    from tasks.validate import check_quality
+
+    root = out / "score"
+    champion = new_run(root, {})
+    weights = {
+        "target": ["units_sold_k"] * 4,
+        "feature": [*FEATURES, "(intercept)"],
+        "weight": [0.15, -4.0, -12.0, 8.0],
+        "standardized_weight": [1.0] * 4,
+        "scaler_mean": [1.0] * 3 + [None],
+        "scaler_std": [1.0] * 3 + [None],
+    }
+    import pandas as pd
+
+    write_table(pd.DataFrame(weights), root, "weights", champion, "0" * 64)
+    write_champion(root, champion.run_id, {"reason": "benchmark", "candidate_holdout_mse": {}})
+
+    started = time.perf_counter()
+    model_run_id, model = choose_model(root, None)
+    config = RunConfig(model.features, (), holdout_fraction=0.0)
+    run = new_run(root, {})
+    with staging_area(root, run.run_id) as staging:
+        scan = scan_file(csv, 0, config, staging)
+        check_quality(list(scan.files), config.max_bad_fraction)
+        metadata = table_metadata(run, "scores", scan.fingerprint)
+        emitted = score_parts(scan.parts, model, model_run_id, config, staging, metadata)
+        manifest = publish_scores(run, scan, emitted, model_run_id)
+    return {"seconds": time.perf_counter() - started, "rows": manifest["rows"]["in"]}
+
+
 def flow(csv: Path, out: Path) -> dict:
-    """The whole train-sales-model flow through Prefect (PREFECT_API_URL: a running server)."""
+    """The whole train-sales-model flow with default options (PREFECT_API_URL: a running
+    server)."""
     from flows.train import train_sales_model
 
     started = time.perf_counter()
-    manifest = train_sales_model(
-        data=str(csv),
-        output=str(out / "flow"),
-        solver="moments",
-        tol=1e-12,
-        max_bad_fraction=0.1,
-    )
+    manifest = train_sales_model(data=str(csv), output=str(out / "flow"))
     train = next(m for m in manifest["metrics"] if m["split"] == "train")
     return {
         "seconds": time.perf_counter() - started,
@@ -154,10 +208,11 @@ def flow(csv: Path, out: Path) -> dict:
 
 CASES = {
     "floor": floor,
+    "stream_floor": stream_floor,
     "peer": peer,
+    "polars_peer": polars_peer,
     "steps": steps,
-    "memory": memory,
-    "stream": stream,
+    "score": score,
     "flow": flow,
 }
 

@@ -14,22 +14,22 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.cli import add_common_options, run_flow
+from flows.steps import emit, for_runner, open_inputs, scan_inputs
 from schemas.params import (
     DEFAULT_MAX_BAD_FRACTION,
     DEFAULT_OUTPUT,
     DEFAULT_SCORE_DATA,
     BadFraction,
     DataPaths,
+    RunConfig,
     RunId,
 )
-from schemas.sales import allowed_columns, required_columns
-from tasks.ingest import read_inputs
 from tasks.paths import check_all, confine, data_roots, output_roots, resolve_inputs
+from tasks.predict import score_task
 from tasks.promote import LinearModel
 from tasks.publish import check_data_quality
-from tasks.score import choose_model, score_rows
-from tasks.storage import new_run
-from tasks.validate import validate_rows
+from tasks.score import choose_model, publish_score_run
+from tasks.storage import new_run, staging_area, table_metadata
 
 
 @flow(name="score-sales")
@@ -41,28 +41,36 @@ def score_sales(
 ) -> dict[str, Any]:
     """Score the feature rows at `data` with the champion (or `run_id`) from `output`; writes
     the `scores` and `score_quarantine` tables and returns the scoring manifest."""
-    root, (model_run_id, model) = check_score_inputs(data, output, run_id)
-    run = new_run(root, dict(flow_run.parameters))
-    raw = read_inputs(
-        data, required_columns(model.features, ()), allowed_columns(model.features, ())
+    paths, root, (model_run_id, model) = check_score_inputs(data, output, run_id)
+    config = RunConfig(
+        features=model.features,
+        targets=(),
+        holdout_fraction=0.0,
+        max_bad_fraction=max_bad_fraction,
     )
-    validated = validate_rows(raw, model.features, ())
-    check_data_quality(run, validated, max_bad_fraction, "score")
-    return score_rows(run, validated, model_run_id, model)
+    config = for_runner(config, len(paths))
+    plans = open_inputs(paths, config)
+    run = new_run(root, dict(flow_run.parameters))
+    with staging_area(root, run.run_id) as staging:
+        scan = scan_inputs(plans, config, staging)
+        check_data_quality(run, scan, max_bad_fraction, "score")
+        metadata = table_metadata(run, "scores", scan.fingerprint)
+        emitted = emit(score_task, scan, model, model_run_id, config, staging, metadata)
+        return publish_score_run(run, scan, emitted, model_run_id)
 
 
 def check_score_inputs(
     data: str | list[str], output: str, run_id: str | None
-) -> tuple[Path, tuple[str, LinearModel]]:
-    """(output root, (model run id, model)) once the paths are right and the model exists;
-    otherwise one PipelineError listing every problem."""
+) -> tuple[list[Path], Path, tuple[str, LinearModel]]:
+    """(input files, output root, (model run id, model)) once the paths are right and the
+    model exists; otherwise one PipelineError listing every problem."""
     found = check_all(
         {
             "data": lambda: resolve_inputs(data, data_roots()),
             "output": lambda: confine(output, output_roots(), "output"),
         }
     )
-    return found["output"], choose_model(found["output"], run_id)
+    return found["data"], found["output"], choose_model(found["output"], run_id)
 
 
 def summarize(manifest: dict[str, Any]) -> str:

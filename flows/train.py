@@ -1,6 +1,6 @@
 """train-sales-model: CSV -> pandera -> tensors -> gradient descent -> MSE -> Parquet.
 
-python -m flows.train --data PATH --output DIR [--targets ...] [--features ...] ...
+.venv/bin/python -m flows.train --data PATH --output DIR [--targets ...] [--features ...] ...
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
-from prefect.futures import wait
 from prefect.runtime import flow_run
 
 from flows.cli import add_common_options, run_flow
+from flows.steps import emit, for_runner, open_inputs, scan_inputs
 from schemas.params import (
+    AUTO_DIRECT_MAX_ROWS,
     DEFAULT_DATA,
     DEFAULT_DRIFT_THRESHOLD,
     DEFAULT_DTYPE,
@@ -26,7 +27,7 @@ from schemas.params import (
     DEFAULT_PROMOTION_TOLERANCE,
     DEFAULT_SEED,
     DEFAULT_SOLVER,
-    DEFAULT_STREAM_ABOVE_MB,
+    DEFAULT_SPLIT_MB,
     DEFAULT_TOL,
     BadFraction,
     ColumnList,
@@ -37,31 +38,18 @@ from schemas.params import (
     LearningRate,
     MaxEpochs,
     PromotionTolerance,
+    RunConfig,
     Seed,
     Solver,
-    StreamAboveMB,
+    SplitMB,
     Tolerance,
 )
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
-from tasks.evaluate import evaluate_run
 from tasks.paths import check_all, confine, data_roots, output_roots, resolve_inputs
-from tasks.prepare import combine_files, prepare_input_file
-from tasks.publish import (
-    check_data_quality,
-    check_streamed_quality,
-    publish_run,
-    publish_streamed_run,
-)
+from tasks.predict import Scoring, predict_task
+from tasks.publish import check_data_quality, publish_run
 from tasks.report import report_run, summary_text
-from tasks.scan import (
-    FileEmit,
-    Scoring,
-    StreamedData,
-    emit_input_file,
-    evaluate_streamed,
-    scan_input_file,
-)
-from tasks.storage import RunInfo, data_fingerprint, new_run, staging_area, table_metadata
+from tasks.storage import new_run, staging_area, table_metadata
 from tasks.train import train_model
 from tasks.validate import check_columns
 
@@ -82,43 +70,39 @@ def train_sales_model(
     promotion_tolerance: PromotionTolerance = DEFAULT_PROMOTION_TOLERANCE,
     drift_threshold: DriftThreshold = DEFAULT_DRIFT_THRESHOLD,
     solver: Solver = DEFAULT_SOLVER,
-    stream_above_mb: StreamAboveMB = DEFAULT_STREAM_ABOVE_MB,
+    split_mb: SplitMB = DEFAULT_SPLIT_MB,
 ) -> dict[str, Any]:
     """Train the sales model on the CSV(s) at `data` and publish it under `output`.
 
     Returns the run manifest (also written to `<output>/manifests/<run_id>.json`).
     """
     paths, root = check_train_inputs(data, output, features, targets)
-    run = new_run(root, dict(flow_run.parameters))
-    if sum(path.stat().st_size for path in paths) > stream_above_mb * 2**20:
-        return train_streamed(
-            run,
-            paths,
-            features,
-            targets,
-            holdout_fraction,
-            seed,
-            max_epochs,
-            lr,
-            tol,
-            max_bad_fraction,
-            dtype,
-            promotion_tolerance,
-            drift_threshold,
-            solver,
-        )
-    parts = [
-        prepare_input_file.submit(path, features, targets, holdout_fraction, seed) for path in paths
-    ]
-    wait(parts)  # every file's task ends before any result is used; a failure fails the run
-    prepared = combine_files([part.result() for part in parts])
-    check_data_quality(run, prepared.data, max_bad_fraction)
-    fit = train_model(prepared, features, targets, lr, max_epochs, tol, seed, solver, dtype)
-    tables = evaluate_run(prepared.data.accepted, prepared.is_holdout, fit, features, targets, seed)
-    manifest = publish_run(
-        run, prepared.data, tables, fit, features, targets, promotion_tolerance, drift_threshold
+    config = RunConfig(
+        features=tuple(features),
+        targets=tuple(targets),
+        holdout_fraction=holdout_fraction,
+        seed=seed,
+        max_bad_fraction=max_bad_fraction,
+        max_epochs=max_epochs,
+        lr=lr,
+        tol=tol,
+        dtype=dtype,
+        solver=solver,
+        promotion_tolerance=promotion_tolerance,
+        drift_threshold=drift_threshold,
+        split_bytes=int(split_mb * 2**20),
     )
-    report_run(manifest, tables["weights"], output)
+    config = for_runner(config, len(paths))
+    plans = open_inputs(paths, config)
+    run = new_run(root, dict(flow_run.parameters))
+    with staging_area(root, run.run_id) as staging:
+        scan = scan_inputs(plans, config, staging)
+        check_data_quality(run, scan, config.max_bad_fraction, "train")
+        fit = train_model(scan, config)
+        metadata = table_metadata(run, "predictions", scan.fingerprint)
+        emitted = emit(predict_task, scan, Scoring.of(fit, scan), config, staging, metadata)
+        manifest = publish_run(run, scan, emitted, fit, config)
+    report_run(manifest, root)
     return manifest
 
 
@@ -135,63 +119,6 @@ def check_train_inputs(
         }
     )
     return found["data"], found["output"]
-
-
-def train_streamed(
-    run: RunInfo,
-    paths: list[Path],
-    features: tuple[str, ...],
-    targets: tuple[str, ...],
-    holdout_fraction: float,
-    seed: int,
-    max_epochs: int,
-    lr: float | None,
-    tol: float,
-    max_bad_fraction: float,
-    dtype: str,
-    promotion_tolerance: float,
-    drift_threshold: float,
-    solver: str,
-) -> dict[str, Any]:
-    """The same run for inputs bigger than memory: pass 1 per file (validate, quarantine,
-    statistics), training, pass 2 per file (predictions), publish. See tasks/scan.py."""
-    with staging_area(run.output_root, run.run_id) as staging:
-        scans = [
-            scan_input_file.submit(
-                path, i, features, targets, holdout_fraction, seed, staging, solver == "direct"
-            )
-            for i, path in enumerate(paths)
-        ]
-        wait(scans)
-        streamed = StreamedData([scan.result() for scan in scans])
-        fingerprint = data_fingerprint([f.sha256 for f in streamed.files])
-        metadata = table_metadata(run, "predictions", fingerprint)
-
-        def emit_all(scoring: Scoring | None) -> list[FileEmit]:
-            futures = [
-                emit_input_file.submit(scan, features, targets, staging, scoring, metadata)
-                for scan in streamed.scans
-            ]
-            wait(futures)
-            return [future.result() for future in futures]
-
-        check_streamed_quality(run, streamed, max_bad_fraction, lambda: emit_all(None))
-        fit = train_model(streamed, features, targets, lr, max_epochs, tol, seed, solver, dtype)
-        emits = emit_all(streamed.scoring(fit))
-        tables = evaluate_streamed(streamed, emits, fit, features, targets)
-        manifest = publish_streamed_run(
-            run,
-            streamed,
-            emits,
-            tables,
-            fit,
-            features,
-            targets,
-            promotion_tolerance,
-            drift_threshold,
-        )
-    report_run(manifest, tables["weights"], str(run.output_root))
-    return manifest
 
 
 def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
@@ -219,22 +146,22 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--solver",
-        help="direct (row-wise autograd) or moments (sufficient statistics); "
-        f"default {DEFAULT_SOLVER}",
+        help="auto, direct (row-wise autograd) or moments (sufficient statistics); "
+        f"default {DEFAULT_SOLVER}: direct up to {AUTO_DIRECT_MAX_ROWS:,} training rows",
     )
     parser.add_argument(
         "--drift-threshold",
         help=f"standardized mean shift flagged as drift (default {DEFAULT_DRIFT_THRESHOLD})",
     )
     parser.add_argument(
-        "--stream-above-mb",
-        help="stream inputs bigger than this in total (two passes, bounded memory; 0: always); "
-        f"default {DEFAULT_STREAM_ABOVE_MB:g}",
+        "--split-mb",
+        help="cut each input into byte ranges of about this many MB, a task each (for a "
+        f"cluster; default {DEFAULT_SPLIT_MB:g}: one task per file, its blocks on every core)",
     )
     parser.add_argument(
         "--task-runner",
         choices=["threads", "dask"],
-        help="where per-file tasks run: threads (default) or a Dask cluster",
+        help="where the tasks run: threads (default) or a Dask cluster",
     )
     parser.add_argument(
         "--dask-address", help="scheduler of an existing Dask cluster (default: a local one)"

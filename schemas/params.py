@@ -7,8 +7,10 @@ same flow signature.
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Annotated, Literal
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
 
@@ -87,15 +89,53 @@ RunId = Annotated[
     AfterValidator(_check_run_id),
     Field(description="A training run id.", json_schema_extra={"pattern": RUN_ID_PATTERN}),
 ]
+# auto: `direct` while the training rows are few (AUTO_DIRECT_MAX_ROWS), `moments` above.
 # direct: autograd over the rows every epoch, as in the notebook. moments: the same loss and
 # gradients from float64 sufficient statistics, O(d^2) per epoch whatever the row count.
-Solver = Literal["direct", "moments"]
-DEFAULT_SOLVER = "direct"
-# Inputs above this total size are streamed (two passes over the CSV, bounded memory) instead of
-# read whole; 0 streams everything.
-StreamAboveMB = Annotated[
-    float,
-    Field(ge=0.0, description="Stream the inputs (bounded memory) when they total more MB."),
-]
-DEFAULT_STREAM_ABOVE_MB = 64.0
+Solver = Literal["auto", "direct", "moments"]
+DEFAULT_SOLVER = "auto"
+AUTO_DIRECT_MAX_ROWS = 50_000
 Dtype = Literal["float32", "float64"]
+# Split each input file into byte ranges of about this many MB, one task each (for a Dask
+# cluster); 0 reads each file as one range, its blocks parsed in parallel threads.
+SplitMB = Annotated[
+    float,
+    Field(ge=0.0, description="Byte ranges of about this many MB per task (0: a task per file)."),
+]
+DEFAULT_SPLIT_MB = 0.0
+# Text read and checked at a time: about 250k rows of the sales contract.
+BLOCK_BYTES = 8 << 20
+# Accepted rows kept in memory between the passes; above this they go to Arrow IPC files.
+MEMORY_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The settings of one run, built once from the flow's parameters and passed as one value.
+    The columns and the split decide what pass 1 keeps; the rest is training, the gate and how
+    the work is cut (block size, threads, byte ranges)."""
+
+    features: tuple[str, ...]
+    targets: tuple[str, ...]
+    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
+    seed: int = DEFAULT_SEED
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
+    max_epochs: int = DEFAULT_MAX_EPOCHS
+    lr: float | None = None
+    tol: float = DEFAULT_TOL
+    dtype: str = DEFAULT_DTYPE
+    solver: str = DEFAULT_SOLVER
+    promotion_tolerance: float = DEFAULT_PROMOTION_TOLERANCE
+    drift_threshold: float = DEFAULT_DRIFT_THRESHOLD
+    block_bytes: int = BLOCK_BYTES
+    split_bytes: int = 0
+    memory_bytes: int = MEMORY_BYTES
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        """The numeric columns: features, then targets."""
+        return (*self.features, *self.targets)
+
+    def with_changes(self, **changes: Any) -> RunConfig:
+        return replace(self, **changes)

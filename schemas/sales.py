@@ -22,7 +22,7 @@ MAX_MONEY_K = 10_000.0
 MAX_UNITS_K = 10_000_000.0
 
 # Text ids: no control characters. Padding is stripped before validation (see tasks/validate.py).
-_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 
 def _finite(series: pd.Series) -> pd.Series:
@@ -38,7 +38,7 @@ class SalesRecord(pa.DataFrameModel):
     """One row of a sales file: a country's economics and the units sold there."""
 
     country: Series[str] = pa.Field(
-        str_matches=_PRINTABLE, description="Country identifier (text, no control characters)."
+        str_matches=ID_PATTERN, description="Country identifier (text, no control characters)."
     )
     avg_income_k: Series[float] = pa.Field(
         gt=0, le=MAX_MONEY_K, description="Average income in the country, thousands."

@@ -27,10 +27,11 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 from prefect.states import State
 
+from schemas.params import RunConfig
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
+from tasks.csvfile import sha256_file
+from tasks.dataset import scan_file
 from tasks.errors import PipelineError
-from tasks.ingest import sha256_file
-from tasks.scan import scan_file
 from tasks.storage import atomic_write
 from tasks.validate import FileReport, check_quality
 
@@ -258,7 +259,8 @@ def file_report(path: Path, features: tuple[str, ...], targets: tuple[str, ...])
     """Row accounting of one file, with the training run's checks, read in blocks so that a
     landed file of any size is checked in bounded memory."""
     with tempfile.TemporaryDirectory(prefix="ledger-check-") as staging:
-        return scan_file(path, 0, features, targets, 0.0, 0, Path(staging)).report
+        config = RunConfig(features, targets, holdout_fraction=0.0)
+        return scan_file(path, 0, config, Path(staging)).files[0]
 
 
 def _check_one(

@@ -1,6 +1,11 @@
 """Profile and drift: summary statistics of the accepted data, and how far the new data has moved
 from the champion's training data.
 
+The profile's count, mean and std come from the float64 statistics pass 1 sums anyway; min and
+max are tracked exactly; the quantiles come from a uniform sample of the rows (exact up to
+PROFILE_SAMPLE_ROWS rows), chosen by a hash of the id so that it is the same whatever the order
+or grouping of the rows.
+
 Drift measure: the standardized mean shift |mean_new - mean_ref| / std_ref per column. A shift
 above the threshold (default 0.5: half a reference standard deviation) is flagged. Drift is
 reported, never acted on.
@@ -15,27 +20,31 @@ import numpy as np
 import pandas as pd
 
 from tasks.split import mix64
+from tasks.stats import Moments
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-# Rows kept for the quantiles: exact up to this many accepted rows, estimated from a uniform
-# sample of this size above it (rank error about 0.1 percentile point).
 PROFILE_SAMPLE_ROWS = 1 << 17
 _SAMPLE_SALT = np.uint64(0x5EED5A3B1E5A3B1E)
+NO_KEY = np.uint64(2**64 - 1)
 
 
 @dataclass
 class BottomK:
-    """A uniform sample: the rows with the k smallest sample keys (a hash of the id), so it is
-    the same whatever the order or grouping of the rows, and exact (all rows) up to k rows.
-    `rows` is a numpy array or a DataFrame, row-aligned with `keys`."""
+    """A uniform sample: the rows with the k smallest sample keys, exact (all rows) up to k
+    rows. `rows` is a numpy array or a DataFrame, row-aligned with `keys`."""
 
     k: int
     keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
     rows: np.ndarray | pd.DataFrame | None = None
 
+    @property
+    def threshold(self) -> np.uint64:
+        """Keys at or above this cannot enter (the largest kept key once full)."""
+        return self.keys.max() if len(self.keys) >= self.k else NO_KEY
+
     def add(self, keys: np.ndarray, rows: np.ndarray | pd.DataFrame) -> None:
-        if len(self.keys) >= self.k:  # full: only keys below the largest kept can enter
-            pick = np.flatnonzero(keys < self.keys.max())
+        pick = np.flatnonzero(keys < self.threshold) if len(self.keys) >= self.k else None
+        if pick is not None:
             keys, rows = keys[pick], _take(rows, pick)
         if not len(keys) and self.rows is not None:
             return
@@ -75,99 +84,78 @@ def sample_keys(hashes: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ProfileSketch:
-    """Exact count, mean, variance (Chan's parallel update), min and max per column, and a
-    BottomK sample for the quantiles; sketches of disjoint rows merge."""
+    """Exact min and max per column and a BottomK sample for the quantiles; sketches of
+    disjoint rows merge, whatever their order."""
 
     columns: tuple[str, ...]
-    n: int = 0
-    mean: np.ndarray | None = None
-    m2: np.ndarray | None = None
     low: np.ndarray | None = None
     high: np.ndarray | None = None
     sample: BottomK = field(default_factory=lambda: BottomK(PROFILE_SAMPLE_ROWS))
 
-    def add(self, values: np.ndarray, keys: np.ndarray) -> None:
+    def add(self, values: np.ndarray, keys: np.ndarray, below: np.uint64 = NO_KEY) -> None:
+        """Add rows (values [N, columns], sample keys [N]); rows whose key is at or above
+        `below` (a threshold the whole sample is already below) are not needed."""
         if not len(values):
             return
-        mean = values.mean(axis=0)
-        part = ProfileSketch(
-            self.columns,
-            len(values),
-            mean,
-            ((values - mean) ** 2).sum(axis=0),
-            values.min(axis=0),
-            values.max(axis=0),
-            BottomK(self.sample.k),
-        )
-        part.sample.add(keys, values)
-        merged = self.merge(part)
-        vars(self).update(vars(merged))
+        low, high = values.min(axis=0), values.max(axis=0)
+        self.low = low if self.low is None else np.minimum(self.low, low)
+        self.high = high if self.high is None else np.maximum(self.high, high)
+        if below != NO_KEY:
+            pick = np.flatnonzero(keys < below)
+            values, keys = values[pick], keys[pick]
+        self.sample.add(keys, np.ascontiguousarray(values))
+
+    def absorb(self, other: ProfileSketch) -> None:
+        """Add another sketch's rows to this one, in place."""
+        if other.low is None:
+            return
+        self.low = other.low if self.low is None else np.minimum(self.low, other.low)
+        self.high = other.high if self.high is None else np.maximum(self.high, other.high)
+        if other.sample.rows is not None:
+            self.sample.add(other.sample.keys, other.sample.rows)
 
     def merge(self, other: ProfileSketch) -> ProfileSketch:
-        if other.n == 0:
+        if other.low is None:
             return self
-        if self.n == 0:
+        if self.low is None:
             return other
-        n = self.n + other.n
-        delta = other.mean - self.mean
         return ProfileSketch(
             self.columns,
-            n,
-            self.mean + delta * other.n / n,
-            self.m2 + other.m2 + delta * delta * self.n * other.n / n,
             np.minimum(self.low, other.low),
             np.maximum(self.high, other.high),
             self.sample.merge(other.sample),
         )
 
-    def frame(self) -> pd.DataFrame:
-        """The profile table (see tasks.profile.profile_frame): count, mean, std (ddof=1),
-        min, p05..p95, max."""
-        records = []
-        for i, column in enumerate(self.columns):
-            if self.n:
-                values = self.sample.rows[:, i]
-                quantiles = np.quantile(values, QUANTILES)
-                stats = (
-                    self.mean[i],
-                    math.sqrt(self.m2[i] / (self.n - 1)) if self.n > 1 else np.nan,
-                )
-                low, high = self.low[i], self.high[i]
-            else:
-                quantiles, stats, low, high = (
-                    [np.nan] * len(QUANTILES),
-                    (np.nan, np.nan),
-                    np.nan,
-                    np.nan,
-                )
-            records.append(
-                {
-                    "column": column,
-                    "count": self.n,
-                    "mean": stats[0],
-                    "std": stats[1],
-                    "min": low,
-                    **{
-                        f"p{round(q * 100):02d}": v
-                        for q, v in zip(QUANTILES, quantiles, strict=True)
-                    },
-                    "max": high,
-                }
-            )
-        return pd.DataFrame.from_records(records)
 
-
-def profile_frame(
-    frame: pd.DataFrame, columns: list[str], keys: np.ndarray | None = None
-) -> pd.DataFrame:
-    """The profile of `columns` of `frame` (see ProfileSketch.frame). `keys` (one uint64 per
-    row, e.g. sample_keys of the id hashes) choose the quantile sample above
-    PROFILE_SAMPLE_ROWS rows; by default the row positions do."""
-    sketch = ProfileSketch(tuple(columns))
-    if keys is None:
-        keys = sample_keys(np.arange(len(frame), dtype=np.uint64))
-    sketch.add(frame[columns].to_numpy(dtype=np.float64), keys)
-    return sketch.frame()
+def profile_table(sketch: ProfileSketch, moments: Moments) -> pd.DataFrame:
+    """The profile table: count, mean, std (ddof=1), min, p05..p95, max per column, from the
+    sketch and the statistics of the same rows (features in x, targets in y)."""
+    n = moments.n
+    sums = np.concatenate([moments.sum_x, moments.sum_y])
+    squares = np.concatenate([np.diag(moments.xtx), moments.yty])
+    records = []
+    for i, column in enumerate(sketch.columns):
+        if n:
+            mean = sums[i] / n
+            m2 = max(squares[i] - n * mean * mean, 0.0)
+            std = math.sqrt(m2 / (n - 1)) if n > 1 else np.nan
+            quantiles = np.quantile(sketch.sample.rows[:, i], QUANTILES)
+            low, high = sketch.low[i], sketch.high[i]
+        else:
+            mean = std = low = high = np.nan
+            quantiles = [np.nan] * len(QUANTILES)
+        records.append(
+            {
+                "column": column,
+                "count": n,
+                "mean": mean,
+                "std": std,
+                "min": low,
+                **{f"p{round(q * 100):02d}": v for q, v in zip(QUANTILES, quantiles, strict=True)},
+                "max": high,
+            }
+        )
+    return pd.DataFrame.from_records(records)
 
 
 def compare_profiles(new: pd.DataFrame, reference: pd.DataFrame, threshold: float) -> pd.DataFrame:

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from tasks.errors import PipelineError
-from tasks.evaluate import INTERCEPT, linear_predict, mse_per_target
+from tasks.evaluate import INTERCEPT
+from tasks.stats import Moments, moments_mse
 from tasks.storage import table_path, write_json
-from tasks.train import Moments, moments_mse
 
 CHAMPION_FILE = "champion.json"
 LOCK_FILE = ".publish.lock"
@@ -68,16 +68,16 @@ def decide_promotion(
     converged: bool,
     champion: LinearModel | None,
     champion_id: str | None,
-    holdout: pd.DataFrame | Moments,
+    holdout: Moments,
     tolerance: float,
 ) -> dict[str, Any]:
-    """Compare the candidate with the champion on the candidate's holdout rows (the rows, or
-    their float64 statistics when the data was streamed: the same MSE without the rows).
+    """Compare the candidate with the champion on the candidate's holdout rows, through their
+    float64 statistics (the same MSE, without the rows).
 
     Promoted when training converged and, for every target, the candidate's holdout MSE is at
     most the champion's times (1 + tolerance). Returns the decision with its reason and figures.
     """
-    rows = holdout.n if isinstance(holdout, Moments) else len(holdout)
+    rows = holdout.n
     decision: dict[str, Any] = {
         "promoted": False,
         "reason": "",
@@ -123,13 +123,9 @@ def decide_promotion(
     }
 
 
-def holdout_mse(model: LinearModel, holdout: pd.DataFrame | Moments) -> np.ndarray:
-    """The model's MSE per target on the holdout rows or their statistics."""
-    if isinstance(holdout, Moments):
-        return moments_mse(holdout, model.W, model.b)
-    X = holdout[list(model.features)].to_numpy()
-    y = holdout[list(model.targets)].to_numpy()
-    return mse_per_target(linear_predict(X, model.W, model.b), y)
+def holdout_mse(model: LinearModel, holdout: Moments) -> np.ndarray:
+    """The model's MSE per target on the rows summed in `holdout`."""
+    return moments_mse(holdout, model.W, model.b)
 
 
 def _by_target(targets: tuple[str, ...], values: np.ndarray) -> dict[str, float]:

@@ -215,9 +215,8 @@ def write_report(
 
 
 @task(cache_policy=NONE)
-def report_run(manifest: dict[str, Any], weights: pd.DataFrame, output_root: str) -> str:
+def report_run(manifest: dict[str, Any], root: Path) -> str:
     """Publish the run summary (markdown, linking the report) and the weights as artifacts."""
-    root = Path(output_root)
     markdown = summary_markdown(manifest, root)
     if "report" in manifest["outputs"]:
         report = (root / manifest["outputs"]["report"]).resolve()
@@ -225,6 +224,7 @@ def report_run(manifest: dict[str, Any], weights: pd.DataFrame, output_root: str
     create_markdown_artifact(
         markdown=markdown, key="sales-model-run", description="Training run summary"
     )
+    weights = pd.read_parquet(root / manifest["outputs"]["weights"])
     create_table_artifact(
         table=weights.astype(object).where(weights.notna(), None).to_dict(orient="records"),
         key="sales-model-weights",

@@ -1,755 +1,444 @@
-"""Streaming: inputs bigger than memory, in two passes over each CSV with bounded memory.
+"""Pass 1 over one byte range of a CSV: every block parsed once, checked, split, summed.
 
-Pass 1 (scan_file) reads the file in blocks and checks each block as the in-memory path checks a
-whole file (validate.check_text_batch: same checks, messages and line numbers), writes the
-quarantine records to a staged Parquet file, records each line's fate (rejected, train, holdout)
-in a LineCodes, and spills every row that has an id (hash, line, ok, id, values) to hash
-partitions on disk. Each partition (about PARTITION_BYTES of input) is then loaded alone: a row
-whose id appeared on an earlier line anywhere in the file is a duplicate key, and the other
-accepted rows are summed into float64 statistics (train and holdout moments, the profile).
-Training needs only those statistics.
+One reader goes through the range in order (the range's sha256 comes from the same read) and
+hands each block to a pool of threads, which parse, screen and hash it (pyarrow, polars and
+numpy work outside the GIL, so the blocks of one file use every core). Results are taken back
+in block order, so that records, spills and sums do not depend on timing:
 
-Pass 2 (emit_file) reads the file again, predicts every accepted row with the trained model,
-writes the predictions to a staged Parquet file block by block and sums the squared errors for
-the metrics; it also writes the quarantine records of the duplicate keys (their raw text is only
-at hand while reading). Publishing moves the staged files into place (tasks/publish.py).
+- the rows the screen cleared go straight on; the others (and the parser's rejected rows) are
+  gathered over blocks and checked together by pandera (validate.check_rows), whose cost is
+  mostly per call;
+- accepted rows are kept (id, values, line, split), in memory up to a budget and in Arrow IPC
+  files above it: all that training and pass 2 read, so the CSV text is never parsed again;
+- quarantine records go to a staged Parquet file; a key record per row with an id goes to the
+  duplicate-key partitions (tasks/dedup.py);
+- per spilled batch: float64 statistics of its train and holdout rows and a profile sketch.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-import shutil
-from collections.abc import Iterator
+import hashlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
-import torch
 from prefect import get_run_logger, task
-from prefect.cache_policies import NONE
 
 from schemas.outputs import QUARANTINE_ARROW
-from schemas.sales import ID_COLUMN, allowed_columns, required_columns
-from tasks.errors import PipelineError
-from tasks.evaluate import SPLITS, metrics_from_sums, weights_frame
-from tasks.ingest import (
-    FILE_READ_TASK,
-    STREAM_BLOCK_BYTES,
-    RawFile,
-    TextBatch,
-    iter_text_batches,
-    parse_error_frame,
-    sha256_file,
-)
-from tasks.profile import BottomK, ProfileSketch, sample_keys
-from tasks.split import hash_text, holdout_of_hashes
-from tasks.tensors import DTYPES, check_shapes
-from tasks.train import FitResult, Moments, least_squares_of_moments, moments_of
-from tasks.validate import (
-    QUARANTINE_COLUMNS,
-    FileReport,
-    as_csv_lines,
-    check_rows,
-    parse_numbers,
-    screen_batch,
-)
+from schemas.params import RunConfig
+from schemas.sales import ID_COLUMN
+from tasks.csvfile import Block, ByteRange, CsvFile, LineRejection, parse_block, read_blocks
+from tasks.dedup import KeyWriter, partitions_for
+from tasks.profile import NO_KEY, ProfileSketch, sample_keys
+from tasks.retry import FILE_READ_TASK
+from tasks.split import holdout_of_hashes
+from tasks.stats import Moments, moments_of_columns
+from tasks.storage import working_files
+from tasks.validate import QUARANTINE_COLUMNS, check_rows, screen_block
 
-# Input bytes per duplicate-check partition: each partition is loaded alone after pass 1.
-PARTITION_BYTES = 32 << 20
-# Suspect rows gathered before they are checked together (see _Suspects).
-SUSPECT_ROWS = 50_000
-# Rows of the predictions kept for the report's plots (a uniform sample above this).
-REPORT_SAMPLE_ROWS = 20_000
-_SPLIT_NAMES = pa.array(list(SPLITS), pa.string())  # index 0 train, 1 holdout
-
-
-class LineCodes:
-    """A growable code per file line (1 byte a line: 100 MB for 100M rows): REJECTED, TRAIN or
-    HOLDOUT. Pass 1 writes it, pass 2 reads which rows to predict and their split from it."""
-
-    REJECTED, TRAIN, HOLDOUT = 0, 1, 2
-
-    def __init__(self) -> None:
-        self.codes = np.zeros(1 << 16, dtype=np.uint8)
-
-    def set(self, lines: np.ndarray, codes: np.ndarray | int) -> None:
-        if len(lines) and int(lines.max()) >= len(self.codes):
-            grown = np.zeros(max(2 * len(self.codes), int(lines.max()) + 1), dtype=np.uint8)
-            grown[: len(self.codes)] = self.codes
-            self.codes = grown
-        self.codes[lines] = codes
-
-    def get(self, lines: np.ndarray) -> np.ndarray:
-        inside = lines < len(self.codes)
-        out = np.zeros(len(lines), dtype=np.uint8)
-        out[inside] = self.codes[lines[inside]]
-        return out
-
-    def accepted_lines(self) -> np.ndarray:
-        return np.flatnonzero(self.codes)
+# Rows the screen could not clear, gathered before pandera checks them together (a call costs
+# about 0.1 s whatever its size, when values fail); the check runs in the pool while later
+# blocks are parsed.
+SUSPECT_ROWS = 100_000
 
 
 @dataclass
-class FileScan:
-    """Pass 1's result for one file: row accounting, the float64 statistics of its train and
-    holdout rows, its profile, each line's fate, the duplicate keys (written to the quarantine
-    by pass 2, which has their text) and the staged quarantine file."""
+class BatchStats:
+    """What accepted rows add up to: train and holdout statistics, and the profile sketch."""
 
-    path: Path
-    index: int
-    report: FileReport
     train: Moments
     holdout: Moments
     profile: ProfileSketch
-    accepted: LineCodes
-    duplicates: pd.DataFrame  # source_line, country: rows whose id is on an earlier line
-    quarantine: list[Path]
-    rows: tuple[np.ndarray, np.ndarray] | None = None  # (X, y) of training rows, if kept
+
+    def absorb(self, other: BatchStats) -> None:
+        """Add another batch's statistics to these, in place."""
+        self.train = self.train + other.train
+        self.holdout = self.holdout + other.holdout
+        self.profile.absorb(other.profile)
+
+    @staticmethod
+    def zero(config: RunConfig) -> BatchStats:
+        d, k = len(config.features), len(config.targets)
+        return BatchStats(Moments.zero(d, k), Moments.zero(d, k), ProfileSketch(config.values))
 
 
-def scan_file(
-    path: Path,
-    index: int,
-    features: tuple[str, ...],
-    targets: tuple[str, ...],
-    holdout_fraction: float,
-    seed: int,
-    staging: Path,
-    *,
-    keep_rows: bool = False,
-    block_bytes: int = STREAM_BLOCK_BYTES,
-    partition_bytes: int = PARTITION_BYTES,
-) -> FileScan:
-    """Pass 1 over one file (see the module docstring). `keep_rows` also returns the training
-    rows as arrays, for the direct solver."""
-    source = str(path)
-    size = path.stat().st_size
-    values = [*features, *targets]
-    spill = staging / f"spill-{index:05d}"
-    spill.mkdir(parents=True, exist_ok=True)
-    n_parts = max(1, math.ceil(size / partition_bytes))
-    quarantine_path = staging / "quarantine" / f"part-{index:05d}-0.parquet"
-    accepted = LineCodes()
-    rows_in = 0
-    with (
-        _Partitions(spill, n_parts, values) as partitions,
-        _QuarantineWriter(quarantine_path) as quarantine,
-    ):
+def take_rows(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The rows of an [N, m] array where `mask` holds, as a column-major array (numpy sums and
+    compares the columns of that layout ten times faster than across rows)."""
+    out = np.empty((int(np.count_nonzero(mask)), values.shape[1]), order="F")
+    for j in range(values.shape[1]):
+        np.compress(mask, values[:, j], out=out[:, j])
+    return out
 
-        def record_rows(ids: pa.Array, lines: np.ndarray, data: np.ndarray, ok: np.ndarray):
-            # Accepted rows get their line code (train or holdout); every row with an id is
-            # spilled for the duplicate check (a row repeating the id of an earlier rejected row
-            # is a duplicate too, as in the whole-file check).
-            has_id = pc.is_valid(ids).to_numpy(zero_copy_only=False)
-            keys = ids.filter(pa.array(has_id))
-            hashes = hash_text(keys, seed)
-            lines, ok = lines[has_id], ok[has_id]
-            codes = LineCodes.TRAIN + holdout_of_hashes(hashes[ok], holdout_fraction)
-            accepted.set(lines[ok], codes.astype(np.uint8))
-            partitions.write(hashes, lines, keys, data[has_id], ok)
 
-        suspects = _Suspects(path, size, features, targets)
-        for batch in iter_text_batches(
-            path,
-            required_columns(features, targets),
-            allowed_columns(features, targets),
-            block_bytes,
-        ):
-            rows_in += batch.rows.num_rows + len(batch.parse_errors)
-            screened = screen_batch(batch, features, targets)
-            clean = screened.clean
-            record_rows(
-                screened.ids.filter(pa.array(clean)),
-                batch.lines[clean],
-                screened.values[clean],
-                np.ones(int(clean.sum()), dtype=bool),
-            )
-            suspects.add(batch, ~clean)
-            if suspects.rows >= SUSPECT_ROWS:
-                record_rows(*suspects.check(quarantine))
-        if suspects.rows or suspects.errors:
-            record_rows(*suspects.check(quarantine))
-    sha256 = sha256_file(path)
-    train, holdout, profile, duplicates, rows = _reduce(
-        spill, n_parts, values, features, holdout_fraction, accepted, keep_rows
-    )
-    shutil.rmtree(spill, ignore_errors=True)
-    n_accepted = train.n + holdout.n
-    report = FileReport(source, sha256, size, rows_in, n_accepted, rows_in - n_accepted)
-    if not quarantine.rows:
-        quarantine_path.unlink(missing_ok=True)
-    staged = [quarantine_path] if quarantine.rows else []
-    return FileScan(
-        path, index, report, train, holdout, profile, accepted, duplicates, staged, rows
+def batch_stats(
+    values: np.ndarray,
+    holdout: np.ndarray,
+    hashes: np.ndarray,
+    config: RunConfig,
+    below: np.uint64 = NO_KEY,
+) -> BatchStats:
+    """The statistics of accepted rows (values [N, features + targets], holdout mask, id
+    hashes); sample keys at or above `below` are left out of the profile's sample."""
+    d = len(config.features)
+    profile = ProfileSketch(config.values)
+    profile.add(values, sample_keys(hashes), below)
+    train = moments_of_columns(take_rows(values, ~holdout), d)
+    return BatchStats(train, moments_of_columns(take_rows(values, holdout), d), profile)
+
+
+def spill_schema(config: RunConfig) -> pa.Schema:
+    """Accepted rows as pass 1 keeps them: the id, the numeric columns, the line (local to the
+    byte range) and whether the row is in the holdout split."""
+    return pa.schema(
+        [(ID_COLUMN, pa.string())]
+        + [(name, pa.float64()) for name in config.values]
+        + [("line", pa.int64()), ("holdout", pa.bool_())]
     )
 
 
+def spilled_values(batch: pa.RecordBatch, config: RunConfig) -> np.ndarray:
+    """The numeric columns of a spilled batch as float64 [N, features + targets]."""
+    columns = [batch.column(name).to_numpy() for name in config.values]
+    return np.asfortranarray(np.column_stack(columns).reshape(batch.num_rows, len(config.values)))
+
+
+# Accepted rows spilled in memory (up to RunConfig.memory_bytes per range) or in IPC files: a
+# chunk is a tuple of batches or a file, about CHUNK_BLOCKS blocks of rows (pass 2 writes one
+# predictions part per chunk, in parallel).
+SpillChunk = tuple[pa.RecordBatch, ...] | Path
+CHUNK_BLOCKS = 8
+
+
+@dataclass(frozen=True)
+class RangeScan:
+    """Pass 1's result for one byte range. Lines are local (the range's first line is 0).
+    `blocks` holds (file offset, first line, bytes) per block, to read lines back;
+    `rejection` is (local line, message with `{line}`) when the file is refused there."""
+
+    path: Path
+    span: ByteRange
+    lines: int
+    rows: int
+    accepted: int
+    stats: BatchStats
+    quarantine: Path | None
+    spill: tuple[SpillChunk, ...]
+    keys: tuple[Path, ...]
+    blocks: np.ndarray
+    sha256: str
+    rejection: tuple[int, str] | None = None
+
+
+def scan_range(
+    file: CsvFile, span: ByteRange, config: RunConfig, staging: Path, name: str
+) -> RangeScan:
+    """Pass 1 over one byte range (see the module docstring); `name` makes its staged files
+    unique."""
+    digest = hashlib.sha256()
+    if span.start == file.data_start:
+        with file.path.open("rb") as fh:
+            digest.update(fh.read(file.data_start))
+    with working_files(staging):
+        return _scan(file, span, config, staging / name, digest)
+
+
+def _scan(
+    file: CsvFile, span: ByteRange, config: RunConfig, folder: Path, digest: hashlib._Hash
+) -> RangeScan:
+    state = _RangeState(file, config, folder)
+    window: deque = deque()
+    rejection = None
+    try:
+        with ThreadPoolExecutor(max(1, config.threads)) as pool:
+
+            def take(limit: int) -> None:
+                # results in order; gathered suspects go back to the pool as a check
+                while window and (len(window) > limit or window[0].done()):
+                    job = state.commit(window.popleft().result())
+                    if job is not None:
+                        window.append(pool.submit(_check, job, file, config))
+
+            try:
+                for block in read_blocks(file.path, span, config.block_bytes, digest):
+                    below = state.stats.profile.sample.threshold
+                    window.append(pool.submit(_screen, file, block, config, below))
+                    take(config.threads + 1)
+                take(0)
+                job = state.suspects.take()
+                if job is not None:
+                    window.append(pool.submit(_check, job, file, config))
+                take(0)
+            except LineRejection as exc:
+                rejection = (exc.local_line, exc.message)
+                for future in window:
+                    future.cancel()
+    finally:
+        quarantine, spill, keys = state.close()
+    blocks = np.array(state.blocks, dtype=np.int64).reshape(-1, 3)
+    return RangeScan(
+        file.path, span, state.lines, state.rows, state.accepted, state.stats,
+        quarantine, spill, keys, blocks, digest.hexdigest(), rejection,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Screened:
+    block: Block
+    rows: pa.Table
+    lines: np.ndarray
+    parse_errors: list[tuple[int, str, int, int]]
+    hashes: np.ndarray
+    has_id: np.ndarray
+    cleared: np.ndarray
+    clean: pa.RecordBatch
+    stats: BatchStats
+
+
+def _screen(file: CsvFile, block: Block, config: RunConfig, below: np.uint64) -> _Screened:
+    """The part of pass 1 that runs in the pool: parse, screen, hash, split and sum a block."""
+    text = parse_block(file, block)
+    screened = screen_block(text.rows, config.features, config.targets, config.seed)
+    clean = screened.clean
+    values, hashes = take_rows(screened.values, clean), screened.hashes[clean]
+    holdout = holdout_of_hashes(hashes, config.holdout_fraction)
+    batch = _spill_batch(
+        screened.ids.filter(pa.array(clean)), values, text.lines[clean], holdout, config
+    )
+    has_id = screened.ids.is_valid().to_numpy(zero_copy_only=False)
+    stats = batch_stats(values, holdout, hashes, config, below)
+    hashes_all = screened.hashes
+    return _Screened(
+        block, text.rows, text.lines, text.parse_errors, hashes_all, has_id, clean, batch, stats
+    )  # fmt: skip
+
+
+def _spill_batch(
+    ids: pa.Array, values: np.ndarray, lines: np.ndarray, holdout: np.ndarray, config: RunConfig
+) -> pa.RecordBatch:
+    columns = [pa.array(values[:, j]) for j in range(values.shape[1])]
+    return pa.record_batch(
+        [ids, *columns, pa.array(lines), pa.array(holdout)], schema=spill_schema(config)
+    )
+
+
+@dataclass(frozen=True)
 class _Suspects:
-    """Rows the screen could not clear, and the parser's rejected rows, gathered over blocks
-    and checked together by check_rows (pandera's cost is mostly per call and per failing
-    check, so fewer, larger calls are cheaper). Lines only grow, so the quarantine records of
-    successive checks stay in line order."""
+    """Rows the screen could not clear and the parser's rejected rows, gathered over blocks."""
 
-    def __init__(self, path: Path, size: int, features: tuple[str, ...], targets: tuple[str, ...]):
-        self.path, self.size, self.features, self.targets = path, size, features, targets
-        self.parts: list[tuple[pa.Table, np.ndarray]] = []
-        self.error_parts: list[pd.DataFrame] = []
-        self.rows = self.errors = 0
-
-    def add(self, batch: TextBatch, mask: np.ndarray) -> None:
-        picked = np.flatnonzero(mask)
-        if len(picked):
-            self.parts.append((batch.rows.take(pa.array(picked)), batch.lines[picked]))
-            self.rows += len(picked)
-        if len(batch.parse_errors):
-            self.error_parts.append(batch.parse_errors)
-            self.errors += len(batch.parse_errors)
-
-    def check(
-        self, quarantine: _QuarantineWriter
-    ) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
-        """check_rows on what was gathered; writes the records and returns (ids, lines, values,
-        ok) of the gathered rows; starts over."""
-        names = [*self.features, *self.targets]
-        header = (
-            self.parts[0][0].column_names
-            if self.parts
-            else list(required_columns(self.features, self.targets))
-        )
-        text = (
-            pa.concat_tables([part for part, _ in self.parts])
-            if self.parts
-            else pa.table({name: pa.array([], pa.string()) for name in header})
-        )
-        lines = (
-            np.concatenate([lines for _, lines in self.parts])
-            if self.parts
-            else np.zeros(0, np.int64)
-        )
-        errors = (
-            pd.concat(self.error_parts, ignore_index=True)
-            if self.error_parts
-            else parse_error_frame([])
-        )
-        rows = text.to_pandas(types_mapper=pd.ArrowDtype)
-        rows["source_line"] = lines
-        raw = RawFile(self.path, "", self.size, tuple(text.column_names), rows, errors)
-        checked = check_rows(raw, self.features, self.targets, unique_ids=False)
-        quarantine.write(checked.quarantine)
-        typed = checked.typed
-        ids = pa.array(typed[ID_COLUMN], type=pa.string())
-        if isinstance(ids, pa.ChunkedArray):
-            ids = ids.combine_chunks()
-        values = typed[names].to_numpy(dtype=np.float64)
-        self.parts, self.error_parts, self.rows, self.errors = [], [], 0, 0
-        return ids, lines, values, checked.keep
+    rows: pa.Table
+    lines: np.ndarray
+    hashes: np.ndarray
+    has_id: np.ndarray
+    parse_errors: list[tuple[int, str, int, int]]
 
 
-class _Partitions:
-    """Arrow IPC files, one per hash partition, holding the accepted rows of pass 1."""
+class _Gathered:
+    def __init__(self, header: tuple[str, ...]) -> None:
+        self.header = header
+        self.parts: list[tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.errors: list[tuple[int, str, int, int]] = []
+        self.rows = 0
 
-    def __init__(self, folder: Path, n: int, values: list[str]) -> None:
-        self.folder, self.n = folder, n
-        self.schema = pa.schema(
-            [("hash", pa.uint64()), ("line", pa.int64()), ("ok", pa.bool_())]
-            + [(ID_COLUMN, pa.string())]
-            + [(name, pa.float64()) for name in values]
-        )
-        self.writers: list[Any] = []
+    def add(self, done: _Screened) -> None:
+        suspect = np.flatnonzero(~done.cleared)
+        if len(suspect):
+            picked = pa.array(suspect)
+            self.parts.append(
+                (
+                    done.rows.take(picked),
+                    done.lines[suspect],
+                    done.hashes[suspect],
+                    done.has_id[suspect],
+                )
+            )
+            self.rows += len(suspect)
+        self.errors += done.parse_errors
 
-    def __enter__(self) -> _Partitions:
-        self.writers = [
-            ipc.new_file(self.folder / f"part-{i:04d}.arrow", self.schema) for i in range(self.n)
-        ]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for writer in self.writers:
-            writer.close()
-
-    def write(
-        self,
-        hashes: np.ndarray,
-        lines: np.ndarray,
-        keys: pa.Array,
-        values: np.ndarray,
-        ok: np.ndarray,
-    ) -> None:
-        part = ((hashes >> np.uint64(40)).astype(np.int64) * self.n >> 24).astype(np.int16)
-        order = np.argsort(part, kind="stable") if self.n > 1 else np.arange(len(part))
-        bounds = np.searchsorted(part[order], np.arange(self.n + 1))
-        columns = [pa.array(hashes[order]), pa.array(lines[order]), pa.array(ok[order])]
-        columns.append(keys.take(pa.array(order)))
-        columns += [pa.array(values[order, j]) for j in range(values.shape[1])]
-        batch = pa.record_batch(columns, schema=self.schema)
-        for i in range(self.n):
-            if bounds[i + 1] > bounds[i]:
-                self.writers[i].write_batch(batch.slice(bounds[i], bounds[i + 1] - bounds[i]))
+    def take(self) -> _Suspects | None:
+        if not self.parts and not self.errors:
+            return None
+        if self.parts:
+            text = pa.concat_tables([part[0] for part in self.parts])
+            lines, hashes, has_id = (np.concatenate([p[i] for p in self.parts]) for i in (1, 2, 3))
+        else:
+            text = pa.table({name: pa.array([], pa.string()) for name in self.header})
+            lines, hashes, has_id = np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, bool)
+        job = _Suspects(text, lines, hashes, has_id, self.errors)
+        self.parts, self.errors, self.rows = [], [], 0
+        return job
 
 
-class _QuarantineWriter:
-    """Quarantine records to one staged Parquet file, batch by batch."""
+@dataclass(frozen=True)
+class _Checked:
+    quarantine: pd.DataFrame
+    refused: tuple[np.ndarray, np.ndarray]
+    accepted: pa.RecordBatch
+    hashes: np.ndarray
+    stats: BatchStats
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.writer, self.rows = path, None, 0
 
-    def __enter__(self) -> _QuarantineWriter:
-        return self
+def _check(job: _Suspects, file: CsvFile, config: RunConfig) -> _Checked:
+    """pandera on gathered rows (in the pool): their records, the ids of the refused ones (they
+    count for repeats too) and the accepted ones as a spill batch."""
+    rows = job.rows.to_pandas(types_mapper=pd.ArrowDtype)
+    rows["source_line"] = job.lines
+    errors = parse_error_frame(job.parse_errors)
+    checked = check_rows(str(file.path), rows, errors, config.features, config.targets)
+    keep = checked.keep
+    refused = job.has_id & ~keep
+    typed = checked.typed[keep]
+    values = typed[list(config.values)].to_numpy(np.float64)
+    values = np.asfortranarray(values.reshape(len(typed), len(config.values)))
+    hashes = job.hashes[keep]
+    holdout = holdout_of_hashes(hashes, config.holdout_fraction)
+    ids = pa.array(typed[ID_COLUMN].astype(object), pa.string())
+    batch = _spill_batch(ids, values, job.lines[keep], holdout, config)
+    return _Checked(
+        checked.quarantine,
+        (job.hashes[refused], job.lines[refused]),
+        batch,
+        hashes,
+        batch_stats(values, holdout, hashes, config),
+    )
 
-    def write(self, frame: pd.DataFrame) -> None:
+
+class _RangeState:
+    """What the blocks of a range add up to, taken in block order."""
+
+    def __init__(self, file: CsvFile, config: RunConfig, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.file, self.config, self.folder = file, config, folder
+        self.lines = self.rows = self.accepted = 0
+        self.stats = BatchStats.zero(config)
+        self.blocks: list[tuple[int, int, int]] = []
+        self.spill = _Spill(folder, spill_schema(config), config)
+        self.keys = KeyWriter(folder, partitions_for(file.size))
+        self.quarantine_path = folder / "quarantine.parquet"
+        self.quarantine: pq.ParquetWriter | None = None
+        self.suspects = _Gathered(file.header)
+
+    def commit(self, done: _Screened | _Checked) -> _Suspects | None:
+        """Take a block's (or a check's) result; returns the gathered suspects once there
+        are enough of them to check."""
+        if isinstance(done, _Checked):
+            self._write_quarantine(done.quarantine)
+            hashes, lines = done.refused
+            self.keys.write(hashes, lines, np.zeros(len(hashes), bool))
+            self._accept(done.accepted, done.hashes, done.stats)
+            return None
+        block = done.block
+        self.blocks.append((block.offset, block.first_line, len(block.data)))
+        self.lines += block.lines
+        self.rows += done.rows.num_rows + len(done.parse_errors)
+        self._accept(done.clean, done.hashes[done.cleared], done.stats)
+        self.suspects.add(done)
+        return self.suspects.take() if self.suspects.rows >= SUSPECT_ROWS else None
+
+    def _accept(self, batch: pa.RecordBatch, hashes: np.ndarray, stats: BatchStats) -> None:
+        if batch.num_rows:
+            self.spill.write(batch)
+            self.keys.write(hashes, batch.column("line").to_numpy(), np.ones(len(hashes), bool))
+            self.stats.absorb(stats)
+            self.accepted += batch.num_rows
+
+    def _write_quarantine(self, frame: pd.DataFrame) -> None:
         if not len(frame):
             return
-        table = pa.Table.from_pandas(
-            quarantine_frame(frame), schema=QUARANTINE_ARROW, preserve_index=False
-        )
-        if self.writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = pq.ParquetWriter(self.path, QUARANTINE_ARROW)
-        self.writer.write_table(table)
-        self.rows += len(frame)
+        if self.quarantine is None:
+            self.quarantine = pq.ParquetWriter(self.quarantine_path, QUARANTINE_ARROW)
+        self.quarantine.write_table(quarantine_table(frame))
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> tuple[Path | None, tuple[SpillChunk, ...], tuple[Path, ...]]:
+        quarantine = None
+        if self.quarantine is not None:
+            self.quarantine.close()
+            quarantine = self.quarantine_path
+        return quarantine, self.spill.close(), self.keys.close()
+
+
+class _Spill:
+    """Accepted rows in chunks: kept in memory while they fit `memory_bytes`, in Arrow IPC
+    files after that (read back without memory-mapping, so they never count as resident)."""
+
+    def __init__(self, folder: Path, schema: pa.Schema, config: RunConfig) -> None:
+        self.folder, self.schema = folder, schema
+        self.budget = config.memory_bytes
+        self.chunk_rows = CHUNK_BLOCKS * max(1, config.block_bytes // 34)  # ~34 bytes a row
+        self.chunks: list[SpillChunk] = []
+        self.kept: list[pa.RecordBatch] = []
+        self.writer = None
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self.rows >= self.chunk_rows:
+            self._end_chunk()
+        if self.writer is None and batch.nbytes <= self.budget:
+            self.kept.append(batch)
+            self.budget -= batch.nbytes
+        else:
+            if self.kept:
+                self._end_chunk()
+            if self.writer is None:
+                path = self.folder / f"spill-{len(self.chunks):04d}.arrow"
+                self.writer = (path, ipc.new_file(path, self.schema))
+            self.writer[1].write_batch(batch)
+        self.rows += batch.num_rows
+
+    def _end_chunk(self) -> None:
+        if self.kept:
+            self.chunks.append(tuple(self.kept))
+            self.kept = []
         if self.writer is not None:
-            self.writer.close()
+            self.writer[1].close()
+            self.chunks.append(self.writer[0])
+            self.writer = None
+        self.rows = 0
+
+    def close(self) -> tuple[SpillChunk, ...]:
+        self._end_chunk()
+        return tuple(self.chunks)
 
 
-def quarantine_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Quarantine records with the table's column types (text columns as str, nulls kept)."""
+def parse_error_frame(parse_errors: list[tuple[int, str, int, int]]) -> pd.DataFrame:
+    """Rows the parser rejected -> source_line, reason, detail, raw."""
+    return pd.DataFrame(
+        {
+            "source_line": pd.Series([e[0] for e in parse_errors], dtype="int64"),
+            "reason": "wrong field count",
+            "detail": [f"expected {e[3]} fields, found {e[2]}" for e in parse_errors],
+            "raw": pd.Series([e[1] for e in parse_errors], dtype="str"),
+        }
+    )
+
+
+def quarantine_table(frame: pd.DataFrame) -> pa.Table:
+    """Quarantine records with the table's Arrow types (text columns as str, nulls kept)."""
     frame = frame[QUARANTINE_COLUMNS].copy()
     for column in ("source_file", "column", "reason", "detail", "raw"):
         frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
     frame["source_line"] = frame["source_line"].astype("int64")
-    return frame
+    return pa.Table.from_pandas(frame, schema=QUARANTINE_ARROW, preserve_index=False)
 
 
-def _reduce(
-    spill: Path,
-    n_parts: int,
-    values: list[str],
-    features: tuple[str, ...],
-    holdout_fraction: float,
-    accepted: LineCodes,
-    keep_rows: bool,
-) -> tuple[Moments, Moments, ProfileSketch, pd.DataFrame, tuple | None]:
-    """Load each partition alone: flag repeated ids (all but the first line of each; their
-    line codes become REJECTED), sum the rest into train/holdout moments and the profile.
-    Returns (train, holdout, profile, duplicates, training rows if `keep_rows`)."""
-    d = len(features)
-    zero = moments_of(np.zeros((0, d)), np.zeros((0, len(values) - d)))
-    train, holdout = zero, zero
-    profile = ProfileSketch(tuple(values))
-    duplicates, kept = [], []
-    for i in range(n_parts):
-        with ipc.open_file(spill / f"part-{i:04d}.arrow") as reader:
-            table = reader.read_all()
-        if not table.num_rows:
-            continue
-        hashes = table["hash"].to_numpy()
-        lines = table["line"].to_numpy()
-        repeated = _repeated_ids(hashes, lines, table[ID_COLUMN])
-        if repeated.any():
-            duplicates.append(
-                pd.DataFrame(
-                    {
-                        "source_line": lines[repeated],
-                        ID_COLUMN: table[ID_COLUMN].filter(pa.array(repeated)).to_pandas(),
-                    }
-                )
-            )
-            accepted.set(lines[repeated], LineCodes.REJECTED)
-        use = table["ok"].to_numpy(zero_copy_only=False) & ~repeated
-        data = np.column_stack([table[name].to_numpy() for name in values])
-        if not use.all():
-            data, hashes, lines = data[use], hashes[use], lines[use]
-        is_holdout = holdout_of_hashes(hashes, holdout_fraction)
-        X, y = data[:, :d], data[:, d:]
-        train = train + moments_of(X[~is_holdout], y[~is_holdout])
-        holdout = holdout + moments_of(X[is_holdout], y[is_holdout])
-        profile.add(data, sample_keys(hashes))
-        if keep_rows:
-            kept.append((lines[~is_holdout], X[~is_holdout], y[~is_holdout]))
-        del table, data
-    rows = None
-    if keep_rows:
-        lines = np.concatenate([k[0] for k in kept]) if kept else np.zeros(0, np.int64)
-        order = np.argsort(lines, kind="stable")
-        X = np.concatenate([k[1] for k in kept])[order] if kept else np.zeros((0, d))
-        y = np.concatenate([k[2] for k in kept])[order] if kept else np.zeros((0, len(values) - d))
-        rows = (X, y)
-    dup_frame = (
-        pd.concat(duplicates, ignore_index=True).sort_values("source_line", ignore_index=True)
-        if duplicates
-        else pd.DataFrame(
-            {"source_line": pd.Series([], dtype="int64"), ID_COLUMN: pd.Series([], dtype=object)}
-        )
-    )
-    return train, holdout, profile, dup_frame, rows
-
-
-def _repeated_ids(hashes: np.ndarray, lines: np.ndarray, ids: pa.ChunkedArray) -> np.ndarray:
-    """Rows whose id appeared on an earlier line of the file (equal hashes, confirmed on the
-    text)."""
-    repeated = np.zeros(len(hashes), dtype=bool)
-    ordered = np.sort(hashes)
-    if not (ordered[1:] == ordered[:-1]).any():  # the common case: no id twice
-        return repeated
-    order = np.argsort(hashes, kind="stable")
-    ordered = hashes[order]
-    same = ordered[1:] == ordered[:-1]
-    if not same.any():
-        return repeated
-    in_group = np.zeros(len(hashes), dtype=bool)
-    in_group[1:] |= same
-    in_group[:-1] |= same
-    candidates = order[in_group]
-    frame = pd.DataFrame(
-        {
-            "pos": candidates,
-            "line": lines[candidates],
-            "id": ids.take(pa.array(candidates)).to_pandas(),
-        }
-    ).sort_values("line", kind="stable")
-    repeated[frame["pos"].to_numpy()[frame["id"].duplicated().to_numpy()]] = True
-    return repeated
-
-
-@dataclass
-class FileEmit:
-    """Pass 2's result for one file: staged files, per-split sums for the metrics, a sample of
-    the predictions for the report."""
-
-    predictions: Path | None
-    quarantine: Path | None
-    sums: dict[str, dict[str, Any]]
-    sample: BottomK
-
-
-@dataclass(frozen=True)
-class Scoring:
-    """What pass 2 predicts with: the trained model, the least-squares optimum of the training
-    rows and the training mean of the targets (the baseline), all raw-scale float64."""
-
-    W: np.ndarray
-    b: np.ndarray
-    W_opt: np.ndarray
-    b_opt: np.ndarray
-    train_mean: np.ndarray
-
-
-def emit_file(
-    scan: FileScan,
-    features: tuple[str, ...],
-    targets: tuple[str, ...],
-    staging: Path,
-    scoring: Scoring | None,
-    metadata: dict[bytes, bytes],
-    *,
-    block_bytes: int = STREAM_BLOCK_BYTES,
-) -> FileEmit:
-    """Pass 2 over one file (see the module docstring). Without `scoring` it only writes the
-    quarantine records of the duplicate keys (a run refused for its data)."""
-    source = str(scan.path)
-    dup_lines = scan.duplicates["source_line"].to_numpy(dtype=np.int64)
-    sums = {split: _zero_sums(len(targets)) for split in SPLITS}
-    sample = BottomK(REPORT_SAMPLE_ROWS)
-    pred_path = staging / "predictions" / f"part-{scan.index}.parquet"
-    dup_path = staging / "quarantine" / f"part-{scan.index:05d}-1.parquet"
-    if scoring is None and not len(dup_lines):
-        return FileEmit(None, None, sums, sample)
-    schema = predictions_arrow_schema(features, targets).with_metadata(metadata)
-    with contextlib.ExitStack() as stack:
-        dups = stack.enter_context(_QuarantineWriter(dup_path))
-        writer = None
-        if scoring is not None:
-            pred_path.parent.mkdir(parents=True, exist_ok=True)
-            writer = stack.enter_context(
-                pq.ParquetWriter(pred_path, schema, use_dictionary=["split", "source_file"])
-            )
-        for batch in iter_text_batches(
-            scan.path,
-            required_columns(features, targets),
-            allowed_columns(features, targets),
-            block_bytes,
-        ):
-            lines = batch.lines
-            repeated = np.isin(lines, dup_lines) if len(dup_lines) else None
-            if repeated is not None and repeated.any():
-                dups.write(
-                    _duplicate_records(
-                        source, batch.rows.filter(pa.array(repeated)), lines[repeated]
-                    )
-                )
-            if writer is None:
-                continue
-            codes = scan.accepted.get(lines)
-            keep = codes != LineCodes.REJECTED
-            table = _predict_batch(
-                batch.rows.filter(pa.array(keep)),
-                lines[keep],
-                codes[keep] == LineCodes.HOLDOUT,
-                source,
-                features,
-                targets,
-                scoring,
-                sums,
-                sample,
-            )
-            writer.write_table(table.cast(schema))
-    return FileEmit(
-        pred_path if writer is not None else None,
-        dup_path if dups.rows else None,
-        sums,
-        sample,
-    )
-
-
-def _zero_sums(k: int) -> dict[str, Any]:
-    return {"rows": 0, "sse": np.zeros(k), "sse_baseline": np.zeros(k), "sse_optimum": np.zeros(k)}
-
-
-def add_sums(
-    a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]
-) -> dict[str, dict[str, Any]]:
-    """Per-split sums of two files added."""
-    return {split: {key: a[split][key] + b[split][key] for key in a[split]} for split in a}
-
-
-def _floats(column: pa.ChunkedArray) -> np.ndarray:
-    """Accepted number text -> float64 (pyarrow's parser; the validating parser if the text has
-    padding or signs pyarrow's cast does not take)."""
-    try:
-        return pc.cast(column, pa.float64()).to_numpy()
-    except pa.ArrowInvalid:
-        return parse_numbers(column.to_pandas())[0].to_numpy()
-
-
-def _predict_batch(
-    rows: pa.Table,
-    lines: np.ndarray,
-    is_holdout: np.ndarray,
-    source: str,
-    features: tuple[str, ...],
-    targets: tuple[str, ...],
-    scoring: Scoring,
-    sums: dict[str, dict[str, Any]],
-    sample: BottomK,
-) -> pa.Table:
-    ids = pc.utf8_trim_whitespace(rows[ID_COLUMN])
-    X = (
-        np.column_stack([_floats(rows[name]) for name in features])
-        if len(rows)
-        else np.zeros((0, len(features)))
-    )
-    y = (
-        np.column_stack([_floats(rows[name]) for name in targets])
-        if len(rows)
-        else np.zeros((0, len(targets)))
-    )
-    pred = X @ scoring.W.T + scoring.b
-    residual = y - pred
-    optimum = y - (X @ scoring.W_opt.T + scoring.b_opt)
-    baseline = y - scoring.train_mean
-    for split, mask in zip(SPLITS, (~is_holdout, is_holdout), strict=True):
-        part = sums[split]
-        part["rows"] += int(mask.sum())
-        part["sse"] += (residual[mask] ** 2).sum(axis=0)
-        part["sse_baseline"] += (baseline[mask] ** 2).sum(axis=0)
-        part["sse_optimum"] += (optimum[mask] ** 2).sum(axis=0)
-    columns: dict[str, Any] = {ID_COLUMN: ids}
-    for j, name in enumerate(features):
-        columns[name] = X[:, j]
-    for j, name in enumerate(targets):
-        columns[name] = y[:, j]
-    for j, name in enumerate(targets):
-        columns[f"predicted_{name}"] = pred[:, j]
-        columns[f"residual_{name}"] = residual[:, j]
-    columns["split"] = _SPLIT_NAMES.take(pa.array(is_holdout.astype(np.int8)))
-    columns["source_file"] = pa.array([source], pa.string()).take(
-        pa.array(np.zeros(len(lines), np.int8))
-    )
-    columns["source_line"] = lines
-    table = pa.table(columns)
-    if len(lines):
-        keys = sample_keys(lines.astype(np.uint64))
-        take = np.arange(len(keys))
-        if len(keys) > sample.k:
-            take = np.argpartition(keys, sample.k - 1)[: sample.k]
-        sample.add(keys[take], table.take(pa.array(take)).to_pandas())
-    return table
-
-
-def predictions_arrow_schema(features: tuple[str, ...], targets: tuple[str, ...]) -> pa.Schema:
-    """The predictions table's Arrow types (the columns of tasks.evaluate.predictions_frame)."""
-    fields = [(ID_COLUMN, pa.string())] + [(name, pa.float64()) for name in (*features, *targets)]
-    for name in targets:
-        fields += [(f"predicted_{name}", pa.float64()), (f"residual_{name}", pa.float64())]
-    fields += [("split", pa.string()), ("source_file", pa.string()), ("source_line", pa.int64())]
-    return pa.schema(fields)
-
-
-def _duplicate_records(source: str, rows: pa.Table, lines: np.ndarray) -> pd.DataFrame:
-    text = rows.to_pandas()
-    return pd.DataFrame(
-        {
-            "source_file": source,
-            "source_line": lines,
-            "column": ID_COLUMN,
-            "reason": "duplicate key",
-            "detail": [
-                f"{ID_COLUMN} {value.strip()!r} already appears earlier in this file"
-                for value in text[ID_COLUMN]
-            ],
-            "raw": as_csv_lines(text),
-        }
-    )
-
-
-def iter_quarantine(parts: list[Path]) -> Iterator[pd.DataFrame]:
-    """A file's staged quarantine parts (pass 1 records, then duplicate keys) merged in
-    line order, a row group at a time."""
-    first = pq.ParquetFile(parts[0]) if parts and parts[0].name.endswith("-0.parquet") else None
-    late = [p for p in parts if p.name.endswith("-1.parquet")]
-    extra = pd.concat([pd.read_parquet(p) for p in late], ignore_index=True) if late else None
-    groups = range(first.num_row_groups) if first is not None else []
-    for g in groups:
-        frame = first.read_row_group(g).to_pandas()
-        if extra is not None and len(extra):
-            upto = int(frame["source_line"].max())
-            take = extra["source_line"] <= upto
-            frame = pd.concat([frame, extra[take]], ignore_index=True).sort_values(
-                "source_line", kind="stable"
-            )
-            extra = extra[~take]
-        yield frame
-    if extra is not None and len(extra):
-        yield extra
-
-
-@dataclass
-class StreamedData:
-    """All files of a streamed run after pass 1: their scans, the summed train statistics
-    (`moments`, what training needs), the holdout statistics and the merged profile."""
-
-    scans: list[FileScan]
-
-    @property
-    def files(self) -> list[FileReport]:
-        return [scan.report for scan in self.scans]
-
-    @property
-    def moments(self) -> Moments:
-        return _sum_moments([scan.train for scan in self.scans])
-
-    @property
-    def holdout(self) -> Moments:
-        return _sum_moments([scan.holdout for scan in self.scans])
-
-    @property
-    def accepted_rows(self) -> int:
-        return sum(scan.report.accepted for scan in self.scans)
-
-    def profile(self) -> pd.DataFrame:
-        merged = self.scans[0].profile
-        for scan in self.scans[1:]:
-            merged = merged.merge(scan.profile)
-        return merged.frame()
-
-    def training_tensors(
-        self, features: tuple[str, ...], targets: tuple[str, ...], dtype: str
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """X [N, d] and y [N, k] of the training rows (kept by pass 1 for the direct solver)."""
-        missing = [str(scan.path) for scan in self.scans if scan.rows is None]
-        if missing:
-            raise PipelineError(f"training rows of {', '.join(missing)} were not kept by pass 1")
-        X = np.concatenate([scan.rows[0] for scan in self.scans])
-        y = np.concatenate([scan.rows[1] for scan in self.scans])
-        torch_dtype = DTYPES[dtype]
-        X_t, y_t = torch.from_numpy(X).to(torch_dtype), torch.from_numpy(y).to(torch_dtype)
-        check_shapes(X_t, y_t)
-        return X_t, y_t
-
-    def quarantine_parts(self, emits: list[FileEmit] | None = None) -> list[list[Path]]:
-        """Staged quarantine files per input file: pass 1's, then pass 2's duplicates."""
-        parts = []
-        for i, scan in enumerate(self.scans):
-            late = [] if emits is None or emits[i].quarantine is None else [emits[i].quarantine]
-            parts.append([*scan.quarantine, *late])
-        return parts
-
-    def scoring(self, fit: FitResult) -> Scoring:
-        """What pass 2 needs from the trained model (see Scoring)."""
-        m = self.moments
-        W_opt, b_opt = least_squares_of_moments(m)
-        return Scoring(fit.W, fit.b, W_opt, b_opt, m.sum_y / m.n)
-
-
-def _sum_moments(parts: list[Moments]) -> Moments:
-    total = parts[0]
-    for part in parts[1:]:
-        total = total + part
-    return total
-
-
-@task(**FILE_READ_TASK)
-def scan_input_file(
-    path: Path,
-    index: int,
-    features: tuple[str, ...],
-    targets: tuple[str, ...],
-    holdout_fraction: float,
-    seed: int,
-    staging: Path,
-    keep_rows: bool,
-) -> FileScan:
-    """scan_file as a task (retried on transient I/O errors), logging the row counts."""
-    scan = scan_file(
-        path, index, features, targets, holdout_fraction, seed, staging, keep_rows=keep_rows
-    )
-    report = scan.report
+@task(**FILE_READ_TASK, task_run_name="scan-{name}")
+def scan_range_task(
+    file: CsvFile, span: ByteRange, config: RunConfig, staging: Path, name: str
+) -> RangeScan:
+    """scan_range as a task (retried on transient I/O errors), logging its row counts."""
+    scanned = scan_range(file, span, config, staging, name)
     get_run_logger().info(
-        "%s: %d data rows, %d accepted, %d quarantined (streamed)",
-        path,
-        report.rows,
-        report.accepted,
-        report.quarantined,
+        "%s bytes %d-%d: %d rows, %d accepted before the duplicate-key check",
+        file.path,
+        span.start,
+        span.end,
+        scanned.rows,
+        scanned.accepted,
     )
-    return scan
-
-
-@task(**FILE_READ_TASK)
-def emit_input_file(
-    scan: FileScan,
-    features: tuple[str, ...],
-    targets: tuple[str, ...],
-    staging: Path,
-    scoring: Scoring | None,
-    metadata: dict[bytes, bytes],
-) -> FileEmit:
-    """emit_file as a task (retried on transient I/O errors)."""
-    return emit_file(scan, features, targets, staging, scoring, metadata)
-
-
-@task(cache_policy=NONE)
-def evaluate_streamed(
-    streamed: StreamedData,
-    emits: list[FileEmit],
-    fit: FitResult,
-    features: tuple[str, ...],
-    targets: tuple[str, ...],
-) -> dict[str, pd.DataFrame]:
-    """The run's small tables: weights, metrics (from pass 2's sums), profile (pass 1's)."""
-    sums = emits[0].sums
-    for emit in emits[1:]:
-        sums = add_sums(sums, emit.sums)
-    return {
-        "weights": weights_frame(fit, features, targets),
-        "metrics": metrics_from_sums(sums, fit, targets),
-        "profile": streamed.profile(),
-    }
+    return scanned

@@ -44,7 +44,7 @@ def hash_text(values: pa.Array | pa.ChunkedArray | pd.Series, seed: int) -> np.n
     ]
     data = np.frombuffer(values.buffers()[2], dtype=np.uint8) if n else np.zeros(0, np.uint8)
     key = int(mix64(np.uint64(seed) ^ _GOLDEN))
-    sums = np.empty(n, dtype=np.uint64)
+    sums = np.zeros(n, dtype=np.uint64)
     first = 0
     while first < n:  # strings in chunks of about _CHUNK_BYTES, so the power tables stay small
         last = int(np.searchsorted(offsets, offsets[first] + _CHUNK_BYTES, side="right")) - 1
@@ -52,11 +52,12 @@ def hash_text(values: pa.Array | pa.ChunkedArray | pd.Series, seed: int) -> np.n
         base, end = int(offsets[first]), int(offsets[last])
         powers, inverse = _power_tables(key | 1, end - base + 1)
         starts = offsets[first:last] - base
-        ends = offsets[first + 1 : last + 1] - base
-        with np.errstate(over="ignore"):
-            total = np.zeros(end - base + 1, dtype=np.uint64)
-            np.cumsum(data[base:end] * powers[: end - base], dtype=np.uint64, out=total[1:])
-            sums[first:last] = (total[ends] - total[starts]) * inverse[starts]
+        filled = np.flatnonzero(offsets[first + 1 : last + 1] - base > starts)
+        if end > base and len(filled):
+            with np.errstate(over="ignore"):
+                weighted = data[base:end] * powers[: end - base]
+                per_string = np.add.reduceat(weighted, starts[filled], dtype=np.uint64)
+                sums[first + filled] = per_string * inverse[starts[filled]]
         first = last
     lengths = np.diff(offsets).astype(np.uint64)
     with np.errstate(over="ignore"):

@@ -8,6 +8,7 @@ never sees a half-written file; the manifest is written last, and a run counts o
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -101,11 +102,34 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def _errno(exc: OSError) -> int | None:
+    match = re.search(r"\[errno (\d+)\]", str(exc), flags=re.IGNORECASE)
+    return exc.errno or (int(match.group(1)) if match else None)
+
+
 def _describe(exc: OSError) -> str:
     """'No space left on device' rather than pyarrow's 'Error writing bytes ... [errno 28]'."""
-    match = re.search(r"\[errno (\d+)\]", str(exc), flags=re.IGNORECASE)
-    number = exc.errno or (int(match.group(1)) if match else None)
+    number = _errno(exc)
     return os.strerror(number) if number else str(exc)
+
+
+# The errors of a disk that takes no more (full, a file size limit, a quota, read-only).
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+
+
+@contextlib.contextmanager
+def working_files(folder: Path) -> Iterator[None]:
+    """A disk that takes no more while a run writes its working files (the kept rows, staged
+    parts) is one line naming the folder; nothing is published."""
+    try:
+        yield
+    except OSError as exc:
+        if _errno(exc) not in _DISK_FULL:
+            raise
+        raise PublishError(
+            f"{folder}: could not write the run's working files ({_describe(exc)}); "
+            "nothing was published"
+        ) from exc
 
 
 def remove_written(paths: list[Path]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,12 +16,11 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 
+from schemas.params import AUTO_DIRECT_MAX_ROWS, RunConfig
+from tasks.dataset import Scan, training_rows
 from tasks.errors import DataQualityError, TrainingError
-from tasks.tensors import check_shapes
-
-if TYPE_CHECKING:
-    from tasks.prepare import PreparedData
-    from tasks.scan import StreamedData
+from tasks.stats import Moments, Scaler, centred_moments, scaler_of_moments
+from tasks.tensors import DTYPES, check_shapes
 
 # Epochs without any decrease of the loss before training stops: gradient descent with step 1/L
 # decreases a quadratic every epoch, so a plateau means float rounding has been reached.
@@ -43,14 +41,6 @@ def mse_loss(preds: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         )
     diff = preds - y
     return (diff * diff).mean()
-
-
-@dataclass(frozen=True)
-class Scaler:
-    """Per-feature mean and standard deviation of the training rows (float64)."""
-
-    mean: np.ndarray
-    std: np.ndarray
 
 
 def fit_scaler(X: torch.Tensor) -> Scaler:
@@ -82,75 +72,6 @@ def curvature_of_gram(gram: np.ndarray, n_targets: int) -> tuple[float, float]:
     eig = np.linalg.eigvalsh(gram)
     scale = 2.0 / n_targets
     return float(eig[-1] * scale), float(max(eig[0], 0.0) * scale)
-
-
-@dataclass(frozen=True)
-class Moments:
-    """Sufficient statistics of a linear least-squares problem, in float64: n, sum x [d],
-    sum y [k], X^T X [d, d], X^T y [d, k], and sum y^2 per target [k]. Partial statistics of
-    disjoint row sets add up (files, batches, processes, machines)."""
-
-    n: int
-    sum_x: np.ndarray
-    sum_y: np.ndarray
-    xtx: np.ndarray
-    xty: np.ndarray
-    yty: np.ndarray
-
-    def __add__(self, other: Moments) -> Moments:
-        return Moments(
-            self.n + other.n,
-            self.sum_x + other.sum_x,
-            self.sum_y + other.sum_y,
-            self.xtx + other.xtx,
-            self.xty + other.xty,
-            self.yty + other.yty,
-        )
-
-
-def moments_of(X: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> Moments:
-    """One pass over X [N, d] and y [N, k], accumulated in float64."""
-    X64 = np.asarray(X, dtype=np.float64)
-    y64 = np.asarray(y, dtype=np.float64)
-    if X64.ndim != 2 or y64.ndim != 2 or len(X64) != len(y64):
-        raise ValueError(f"expected X [N, d] and y [N, k], got {X64.shape} and {y64.shape}")
-    return Moments(len(X64), X64.sum(0), y64.sum(0), X64.T @ X64, X64.T @ y64, (y64 * y64).sum(0))
-
-
-def centred_moments(m: Moments) -> tuple[np.ndarray, ...]:
-    """(mean x [d], mean y [k], Sxx [d, d], Sxy [d, k], Syy [k]): sums of products of
-    deviations from the means."""
-    mean_x, mean_y = m.sum_x / m.n, m.sum_y / m.n
-    sxx = m.xtx - m.n * np.outer(mean_x, mean_x)
-    sxy = m.xty - m.n * np.outer(mean_x, mean_y)
-    syy = m.yty - m.n * mean_y * mean_y
-    return mean_x, mean_y, sxx, sxy, syy
-
-
-def moments_mse(m: Moments, W: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """MSE per target [k] of the model (W [k, d], b [k]) on the rows summed in `m`, without
-    the rows: the quadratic form in centred statistics."""
-    mean_x, mean_y, sxx, sxy, syy = centred_moments(m)
-    bias = mean_x @ W.T + b - mean_y
-    sse = ((W @ sxx) * W).sum(1) - 2 * (W * sxy.T).sum(1) + syy + m.n * bias * bias
-    return np.maximum(sse, 0.0) / m.n
-
-
-def least_squares_of_moments(m: Moments) -> tuple[np.ndarray, np.ndarray]:
-    """The least-squares optimum (W [k, d], b [k]) from the statistics (centred normal
-    equations, float64)."""
-    mean_x, mean_y, sxx, sxy, _ = centred_moments(m)
-    scale = np.sqrt(np.maximum(np.diag(sxx), np.finfo(np.float64).tiny))
-    solution, *_ = np.linalg.lstsq(sxx / np.outer(scale, scale), sxy / scale[:, None], rcond=None)
-    W = (solution / scale[:, None]).T
-    return W, mean_y - W @ mean_x
-
-
-def scaler_of_moments(m: Moments) -> Scaler:
-    """Mean and std (ddof=0) of the features from their moments; a constant column keeps 1."""
-    mean, _, sxx, _, _ = centred_moments(m)
-    std = np.sqrt(np.maximum(np.diag(sxx) / m.n, 0.0))
-    return Scaler(mean, np.where(std > 0, std, 1.0))
 
 
 @dataclass
@@ -321,52 +242,47 @@ def descend(
     return FitResult(W_raw, b_raw, W_std, b_std, scaler, step, epoch, converged, reason, history)
 
 
-@task(cache_policy=NONE)
-def train_model(
-    prepared: PreparedData | StreamedData,
-    features: tuple[str, ...],
-    targets: tuple[str, ...],
-    lr: float | None,
-    max_epochs: int,
-    tol: float,
-    seed: int,
-    solver: str = "direct",
-    dtype: str = "float32",
-    log_every: int = 500,
+def fit_scan(
+    scan: Scan, config: RunConfig, on_epoch: Callable[[int, float], None] | None = None
 ) -> FitResult:
-    """Fit the model on the training rows, row by row (`direct`, in `dtype`) or from the summed
-    sufficient statistics (`moments`); `prepared` is in memory (PreparedData) or streamed
-    (StreamedData), logging the loss and updating a Prefect progress
-    artifact every `log_every` epochs."""
-    if prepared.moments.n == 0:
+    """Fit the model on a run's training rows with the configured solver (`auto`: `direct`
+    while the training rows are few, the sufficient statistics above)."""
+    if scan.train.n == 0:
         raise DataQualityError(
-            f"all {prepared.accepted_rows} accepted rows fell in the holdout split; "
-            "lower holdout_fraction"
+            f"all {scan.accepted} accepted rows fell in the holdout split; lower holdout_fraction"
         )
+    options = {"lr": config.lr, "max_epochs": config.max_epochs, "tol": config.tol}
+    if solver_for(config, scan.train.n) == "moments":
+        return fit_from_moments(scan.train, seed=config.seed, on_epoch=on_epoch, **options)
+    X, y = training_rows(scan, config)
+    dtype = DTYPES[config.dtype]
+    X_t, y_t = torch.from_numpy(X).to(dtype), torch.from_numpy(y).to(dtype)
+    return fit_linear_regression(X_t, y_t, seed=config.seed, on_epoch=on_epoch, **options)
+
+
+def solver_for(config: RunConfig, train_rows: int) -> str:
+    """The solver a run uses: as configured, `auto` resolved by the number of training rows."""
+    if config.solver != "auto":
+        return config.solver
+    return "direct" if train_rows <= AUTO_DIRECT_MAX_ROWS else "moments"
+
+
+@task(cache_policy=NONE)
+def train_model(scan: Scan, config: RunConfig, log_every: int = 500) -> FitResult:
+    """fit_scan as a task, logging the loss and updating a Prefect progress artifact every
+    `log_every` epochs."""
     logger = get_run_logger()
     progress = create_progress_artifact(0.0, description="Gradient descent: share of max_epochs")
 
     def log_progress(epoch: int, loss: float) -> None:
         if epoch % log_every == 0:
             logger.info("epoch %d: train MSE %.6g", epoch, loss)
-            update_progress_artifact(progress, 100.0 * epoch / max_epochs)
+            update_progress_artifact(progress, 100.0 * epoch / config.max_epochs)
 
-    if solver == "moments":
-        fit = fit_from_moments(
-            prepared.moments,
-            lr=lr,
-            max_epochs=max_epochs,
-            tol=tol,
-            seed=seed,
-            on_epoch=log_progress,
-        )
-    else:
-        X, y = prepared.training_tensors(features, targets, dtype)
-        fit = fit_linear_regression(
-            X, y, lr=lr, max_epochs=max_epochs, tol=tol, seed=seed, on_epoch=log_progress
-        )
+    fit = fit_scan(scan, config, log_progress)
     logger.info(
-        "stopped after %d epochs (%s), step size %.4g, final train MSE %.6g",
+        "%s solver stopped after %d epochs (%s), step size %.4g, final train MSE %.6g",
+        solver_for(config, scan.train.n),
         fit.epochs,
         fit.stop_reason,
         fit.lr,

@@ -1,14 +1,16 @@
 """Validate: text rows -> typed rows that pass the pandera schema, plus a quarantine record for
-every row that does not, with the column and the reason.
+every problem of a row that does not, with the column and the reason.
 
-Numbers are parsed here, under our control (no locale, no thousands separators, no hex), and
-the pandera schema (schemas/sales.py) decides the rest: not null, finite, in range, unique key.
+The pandera schema (schemas/sales.py) decides what a valid row is. To keep that fast, a block is
+first screened (screen_block): numbers parsed by polars and the schema's own checks (not null,
+bounds, finite, the id rule) evaluated vectorized from their statistics clear the rows that
+cannot fail; pandera validates the others (check_rows), so every record and message comes from
+pandera's checks. A check kind the screen does not know sends every row to pandera. Repeated
+ids are found over the whole file by tasks/dedup.py.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,18 +18,12 @@ import pandas as pd
 import pandera.pandas as pandera
 import pyarrow as pa
 import pyarrow.compute as pc
-from prefect import task
-from prefect.cache_policies import NONE
 
-from schemas.sales import ID_COLUMN, sales_schema
+from schemas.sales import ID_COLUMN, ID_PATTERN, sales_schema
 from tasks.errors import DataQualityError, InputFileError, PipelineError
-from tasks.ingest import RawFile, TextBatch
+from tasks.numbers import fast_floats, parse_numbers
+from tasks.split import hash_text
 
-NUMBER_PATTERN = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
-MISSING_TOKENS = frozenset({"", "na", "n/a", "#n/a", "null", "none", "nan", "-nan", "+nan"})
-INFINITE_TOKENS = frozenset({"inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
-_MISSING = pa.array(sorted(MISSING_TOKENS))
-_INFINITE = pa.array(sorted(INFINITE_TOKENS))
 QUARANTINE_COLUMNS = ["source_file", "source_line", "column", "reason", "detail", "raw"]
 
 # pandera check name (prefix) -> quarantine reason
@@ -37,8 +33,6 @@ _REASONS = {
     "greater_than": "out of range",
     "less_than": "out of range",
     "in_range": "out of range",
-    "multiple_fields_uniqueness": "duplicate key",
-    "field_uniqueness": "duplicate key",
     "str_matches": "invalid text",
 }
 
@@ -56,57 +50,110 @@ class FileReport:
 
 
 @dataclass(frozen=True)
-class ValidatedData:
-    """Accepted rows (typed, with source_file/source_line), quarantine records, accounting."""
+class Screened:
+    """A block screened: trimmed ids (null when empty) and their hashes, float64 values of the
+    numeric columns, and `clean`, the rows that certainly pass every column check."""
 
-    accepted: pd.DataFrame
-    quarantine: pd.DataFrame
-    files: list[FileReport]
-
-    @property
-    def rows_in(self) -> int:
-        return sum(f.rows for f in self.files)
-
-    @property
-    def rows_quarantined(self) -> int:
-        return sum(f.quarantined for f in self.files)
+    ids: pa.Array
+    hashes: np.ndarray
+    values: np.ndarray
+    clean: np.ndarray
 
 
-def parse_numbers(text: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Text -> (float64 values, problem). Values are NaN where the text is missing or not a
-    number; `problem` is the text that failed to parse, NA elsewhere. inf/-inf parse as such
-    (the schema rejects them as not finite). Vectorized with pyarrow compute: the common case
-    (a plain number) costs one regex and one cast; only the rest is trimmed and looked up."""
-    arrow = pa.array(text, type=pa.string(), from_pandas=True)
-    plain = pc.fill_null(pc.match_substring_regex(arrow, f"^{NUMBER_PATTERN}$"), False)
-    values = pc.cast(pc.if_else(plain, arrow, pa.scalar(None, pa.string())), pa.float64())
-    values = values.to_numpy(zero_copy_only=False).copy()
-    problem = np.full(len(arrow), None, dtype=object)
-    rest = np.flatnonzero(~plain.to_numpy(zero_copy_only=False))
-    if len(rest):
-        odd = arrow.take(pa.array(rest))
-        stripped = pc.utf8_trim_whitespace(odd)
-        lowered = pc.utf8_lower(stripped)
-        numeric = pc.fill_null(pc.match_substring_regex(stripped, f"^{NUMBER_PATTERN}$"), False)
-        infinite = pc.fill_null(pc.is_in(lowered, value_set=_INFINITE), False)
-        missing = pc.fill_null(pc.is_in(lowered, value_set=_MISSING), True)
-        parsed = pc.cast(pc.if_else(numeric, stripped, pa.scalar(None, pa.string())), pa.float64())
-        signed_inf = pc.if_else(pc.starts_with(lowered, "-"), -np.inf, np.inf)
-        parsed = pc.if_else(infinite, signed_inf, parsed)
-        values[rest] = parsed.to_numpy(zero_copy_only=False)
-        ok = pc.or_(pc.or_(numeric, infinite), missing).to_numpy(zero_copy_only=False)
-        problem[rest[~ok]] = np.asarray(odd.to_pylist(), dtype=object)[~ok]
-    index = text.index
-    return (
-        pd.Series(values, index=index, dtype="float64"),
-        pd.Series(problem, index=index, dtype=object),
-    )
+def screen_block(
+    rows: pa.Table, features: tuple[str, ...], targets: tuple[str, ...], seed: int
+) -> Screened:
+    """The fast half of checking a block (see the module docstring)."""
+    names = (*features, *targets)
+    ids = pc.utf8_trim_whitespace(rows[ID_COLUMN].combine_chunks())
+    ids = pc.if_else(pc.equal(ids, ""), pa.scalar(None, pa.string()), ids)
+    values = fast_floats(rows, names)
+    schema = sales_schema(features, targets)
+    columns = {ID_COLUMN: ids, **{name: values[:, j] for j, name in enumerate(names)}}
+    return Screened(ids, hash_text(ids, seed), values, prescreen(schema, columns, {}))
+
+
+# Row checks whose pandera semantics the screen reproduces exactly (value -> passes).
+_FAST_CHECKS = {
+    "greater_than": lambda v, st: v > st["min_value"],
+    "greater_than_or_equal_to": lambda v, st: v >= st["min_value"],
+    "less_than": lambda v, st: v < st["max_value"],
+    "less_than_or_equal_to": lambda v, st: v <= st["max_value"],
+    "is_finite": lambda v, st: np.isfinite(v),
+}
+
+
+def prescreen(
+    schema: pandera.DataFrameSchema,
+    columns: dict[str, np.ndarray | pa.Array | pd.Series],
+    unparsed: dict[str, np.ndarray],
+) -> np.ndarray:
+    """Rows that certainly pass every column check of `schema` (see cell_screen)."""
+    cells = cell_screen(schema, columns, unparsed)
+    return np.logical_and.reduce(list(cells.values())) if cells else np.ones(0, bool)
+
+
+def cell_screen(
+    schema: pandera.DataFrameSchema,
+    columns: dict[str, np.ndarray | pa.Array | pd.Series],
+    unparsed: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Per column of `schema`, the cells that certainly pass its checks (not null, range,
+    finite, text pattern), computed vectorized from the checks' own statistics; `columns` holds
+    float64 arrays and, for text columns, text. A check of a kind not listed in _FAST_CHECKS
+    (or a pattern RE2 cannot take) makes every cell of its column a suspect, so pandera still
+    decides; the screen only spares pandera the cells that cannot fail. A cell that did not
+    parse (`unparsed`) counts as passing: pandera would only report it as null, which the
+    parser's own record shadows."""
+    n = len(next(iter(columns.values())))
+    cells = {}
+    for name, column in schema.columns.items():
+        values = columns[name]
+        if isinstance(values, np.ndarray):
+            cell = ~np.isnan(values)
+            with np.errstate(invalid="ignore"):
+                for check in column.checks:
+                    test = _FAST_CHECKS.get(check.name)
+                    if test is None:
+                        cell = np.zeros(n, dtype=bool)
+                        break
+                    cell &= test(values, check.statistics)
+            cells[name] = cell | unparsed.get(name, False)
+            continue
+        text = pa.array(values, type=pa.string(), from_pandas=True)
+        cell = pc.is_valid(text).to_numpy(zero_copy_only=False)
+        for check in column.checks:
+            if check.name != "str_matches":
+                cell = np.zeros(n, dtype=bool)
+                break
+            cell &= _matches(text, check.statistics["pattern"])
+        cells[name] = cell
+    return cells
+
+
+def _matches(text: pa.Array, pattern: str) -> np.ndarray:
+    """Which values match a str_matches pattern (nulls do not). The id rule (no control
+    characters) is a byte scan: no UTF-8 byte of a character above U+007F is below 0x80."""
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    if pattern == ID_PATTERN and len(text):
+        buffer = text.buffers()[2]
+        data = np.frombuffer(buffer, np.uint8) if buffer is not None else np.zeros(0, np.uint8)
+        if not np.any((data < 0x20) | (data == 0x7F)):
+            nonempty = pc.greater(pc.utf8_length(text), 0)
+            return pc.fill_null(nonempty, False).to_numpy(zero_copy_only=False)
+    try:
+        hit = pc.match_substring_regex(text, pattern)
+    except pa.ArrowInvalid:
+        return np.zeros(len(text), dtype=bool)
+    return pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
 
 
 @dataclass(frozen=True)
 class CheckedRows:
-    """One block of text rows checked: `typed` (id and parsed numbers, every row), `keep`
-    (rows with no problem) and the quarantine records of the others."""
+    """Text rows checked: `typed` (id and parsed numbers, every row), `keep` (rows with no
+    problem) and the quarantine records of the others (parse errors included), in line
+    order."""
 
     typed: pd.DataFrame
     keep: np.ndarray
@@ -114,39 +161,42 @@ class CheckedRows:
 
 
 def check_rows(
-    raw: RawFile, features: tuple[str, ...], targets: tuple[str, ...], *, unique_ids: bool
+    source: str,
+    rows: pd.DataFrame,
+    parse_errors: pd.DataFrame,
+    features: tuple[str, ...],
+    targets: tuple[str, ...],
 ) -> CheckedRows:
-    """Parse and check text rows (see validate_file)."""
-    source = str(raw.path)
-    rows = raw.rows.reset_index(drop=True)
-    text_columns = list(raw.header)
+    """Parse and check text rows (one text column per CSV column, plus `source_line`) with the
+    pandera schema; `parse_errors` are the parser's rejected rows (source_line, reason, detail,
+    raw)."""
+    rows = rows.reset_index(drop=True)
+    text_columns = [c for c in rows.columns if c != "source_line"]
     blank = np.asarray((rows[text_columns] == "").all(axis=1).to_numpy(), dtype=bool)
 
     typed = pd.DataFrame(index=rows.index)
     ids = rows[ID_COLUMN].astype("str").str.strip()  # Arrow-backed text: vectorized checks
     typed[ID_COLUMN] = ids.where(ids != "")
-    problems, unparsed = [], {}
+    cells, unparsed = [], {}
     for name in (*features, *targets):
         typed[name], bad_text = parse_numbers(rows[name])
         unparsed[name] = bad_text.notna().to_numpy()
-        bad_values = bad_text.to_numpy()
-        for pos in np.flatnonzero(unparsed[name]):
-            value = bad_values[pos]
-            problems.append((pos, name, "not a number", f"{name}={value!r} is not a number"))
-
-    cells = pd.DataFrame(problems, columns=["pos", "column", "reason", "detail"])
-    failures = _schema_failures(typed, rows, features, targets, source, unique_ids, unparsed)
-    cells = pd.concat([cells, failures], ignore_index=True)
+        pos = np.flatnonzero(unparsed[name])
+        details = [f"{name}={value!r} is not a number" for value in bad_text.to_numpy()[pos]]
+        cells.append(
+            pd.DataFrame({"pos": pos, "column": name, "reason": "not a number", "detail": details})
+        )
+    cells.append(_schema_failures(typed, rows, features, targets, source, unparsed))
+    cells = pd.concat(cells, ignore_index=True)
     # A cell that did not parse also shows up as null: keep the parse reason only. Other
     # reasons for one cell all stay (-inf is both not finite and out of range).
+    positions = cells["pos"].to_numpy(dtype="int64")
     shadowed = np.zeros(len(cells), dtype=bool)
     missing = (cells["reason"] == "missing value").to_numpy()
-    positions = cells["pos"].to_numpy(dtype="int64")
     for column, mask in unparsed.items():
         here = missing & (cells["column"] == column).to_numpy()
         shadowed[here] = mask[positions[here]]
-    cells = cells[~shadowed]
-    cells = cells[~blank[cells["pos"].to_numpy(dtype="int64")]]
+    cells = cells[~shadowed & ~blank[positions]]
     blanks = pd.DataFrame(
         {"pos": np.flatnonzero(blank), "column": None, "reason": "blank line", "detail": ""}
     )
@@ -163,8 +213,8 @@ def check_rows(
             "raw": as_csv_lines(rows.iloc[bad_pos][text_columns]),
         }
     )
-    parse_errors = raw.parse_errors.assign(source_file=source, column=None)
-    quarantine = pd.concat([quarantine, parse_errors[QUARANTINE_COLUMNS]], ignore_index=True)
+    errors = parse_errors.assign(source_file=source, column=None)[QUARANTINE_COLUMNS]
+    quarantine = pd.concat([quarantine, errors], ignore_index=True)
     quarantine = quarantine.sort_values("source_line", kind="stable").reset_index(drop=True)
     keep = np.ones(len(rows), dtype=bool)
     keep[bad_pos] = False
@@ -172,153 +222,68 @@ def check_rows(
     return CheckedRows(typed, keep, quarantine.astype({"source_line": "int64"}))
 
 
-def validate_file(
-    raw: RawFile, features: tuple[str, ...], targets: tuple[str, ...]
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One file's text rows -> (accepted typed rows, quarantine records)."""
-    checked = check_rows(raw, features, targets, unique_ids=True)
-    accepted = checked.typed[checked.keep].reset_index(drop=True)
-    accepted.insert(len(accepted.columns) - 1, "source_file", str(raw.path))
-    return accepted, checked.quarantine
-
-
-# Row checks whose pandera semantics the pre-screen reproduces exactly (value -> passes).
-_FAST_CHECKS = {
-    "greater_than": lambda v, st: v > st["min_value"],
-    "greater_than_or_equal_to": lambda v, st: v >= st["min_value"],
-    "less_than": lambda v, st: v < st["max_value"],
-    "less_than_or_equal_to": lambda v, st: v <= st["max_value"],
-    "is_finite": lambda v, st: np.isfinite(v),
-}
-
-
-def prescreen(
-    schema: pandera.DataFrameSchema,
-    columns: dict[str, np.ndarray | pa.Array | pd.Series],
-    unparsed: dict[str, np.ndarray],
-) -> np.ndarray:
-    """Rows that certainly pass every column check of `schema` (not null, range, finite, text
-    pattern), computed vectorized from the checks' own statistics; `columns` holds float64
-    arrays and, for text columns, text. A check of a kind not listed in _FAST_CHECKS (or a
-    pattern RE2 cannot take) makes every row a suspect, so pandera still decides; the screen
-    only spares pandera the rows that cannot fail. A cell that did not parse (`unparsed`)
-    counts as passing: pandera would only report it as null, which the parser's own record
-    shadows."""
-    n = len(next(iter(columns.values())))
-    ok = np.ones(n, dtype=bool)
-    for name, column in schema.columns.items():
-        values = columns[name]
-        if isinstance(values, np.ndarray):
-            cell = ~np.isnan(values)
-            with np.errstate(invalid="ignore"):
-                for check in column.checks:
-                    test = _FAST_CHECKS.get(check.name)
-                    if test is None:
-                        return np.zeros(n, dtype=bool)
-                    cell &= test(values, check.statistics)
-            ok &= cell | unparsed.get(name, False)
-            continue
-        text = pa.array(values, type=pa.string(), from_pandas=True)
-        ok &= pc.is_valid(text).to_numpy(zero_copy_only=False)
-        for check in column.checks:
-            if check.name != "str_matches":
-                return np.zeros(n, dtype=bool)
-            try:
-                hit = pc.match_substring_regex(text, check.statistics["pattern"])
-            except pa.ArrowInvalid:
-                return np.zeros(n, dtype=bool)
-            ok &= pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
-    return ok
-
-
-@dataclass(frozen=True)
-class ScreenedBatch:
-    """A streamed block screened: trimmed ids (null when empty), float64 values and `clean`,
-    the rows that certainly pass every check (their values are final)."""
-
-    ids: pa.Array
-    values: np.ndarray
-    clean: np.ndarray
-
-
-def screen_batch(
-    batch: TextBatch, features: tuple[str, ...], targets: tuple[str, ...]
-) -> ScreenedBatch:
-    """The fast half of checking a streamed block: parse plain numbers and pre-screen every row
-    in Arrow and numpy. The other rows (and the parser's rejected rows) go through check_rows,
-    so every record is check_rows' own; repeated ids are left to the caller."""
-    names = (*features, *targets)
-    rows = batch.rows
-    ids = pc.utf8_trim_whitespace(rows[ID_COLUMN].combine_chunks())
-    ids = pc.if_else(pc.equal(ids, ""), pa.scalar(None, pa.string()), ids)
-    values = np.empty((rows.num_rows, len(names)))
-    clean = np.ones(rows.num_rows, dtype=bool)
-    for j, name in enumerate(names):
-        text = rows[name].combine_chunks()
-        plain = pc.fill_null(pc.match_substring_regex(text, f"^{NUMBER_PATTERN}$"), False)
-        parsed = pc.cast(pc.if_else(plain, text, pa.scalar(None, pa.string())), pa.float64())
-        values[:, j] = parsed.to_numpy(zero_copy_only=False)
-        clean &= plain.to_numpy(zero_copy_only=False)
+def _schema_failures(typed, rows, features, targets, source, unparsed) -> pd.DataFrame:
+    """pandera's column checks -> one record (pos, column, reason, detail) per failing cell.
+    A column's checks look at one value at a time, so pandera validates each column's distinct
+    values among the cells the screen could not clear (all columns in one call, each padded
+    with nulls whose findings are dropped), and its verdict on a value holds for every cell
+    with that value."""
     schema = sales_schema(features, targets)
-    columns = {ID_COLUMN: ids, **{name: values[:, j] for j, name in enumerate(names)}}
-    clean &= prescreen(schema, columns, {})
-    return ScreenedBatch(ids, values, clean)
-
-
-def _schema_failures(typed, rows, features, targets, source, unique_ids, unparsed):
-    """pandera validation -> one record (pos, column, reason, detail) per failing cell. The
-    column checks run on the rows the pre-screen could not clear; the unique-id check, when
-    asked for, on the id column of every row."""
-    schema = sales_schema(features, targets)
-    unique = schema.unique
-    schema.unique = None
     columns = {ID_COLUMN: typed[ID_COLUMN]}
     columns |= {name: typed[name].to_numpy() for name in (*features, *targets)}
-    suspects = typed[~prescreen(schema, columns, unparsed)]
-    found = [_failure_cases(schema, suspects)] if len(suspects) else []
-    if unique_ids and unique:
-        ids = pandera.DataFrameSchema(
-            {ID_COLUMN: pandera.Column(str, nullable=True)},
-            unique=unique,
-            report_duplicates=schema.report_duplicates,
-        )
-        found.append(_failure_cases(ids, typed[[ID_COLUMN]]))
-    found = [cases for cases in found if cases is not None]
-    if not found:
+    suspects = {}
+    for name, cleared in cell_screen(schema, columns, unparsed).items():
+        cells = np.flatnonzero(~cleared)
+        if len(cells):
+            codes, distinct = pd.factorize(typed[name].iloc[cells], use_na_sentinel=False)
+            suspects[name] = (cells, codes, distinct)
+    if not suspects:
         return pd.DataFrame(columns=["pos", "column", "reason", "detail"])
-    cases = pd.concat(found, ignore_index=True)
-    frame_level = cases[cases["index"].isna()]
-    if len(frame_level):
-        first = frame_level.iloc[0]
+    size = max(len(distinct) for _, _, distinct in suspects.values())
+    frame = pd.DataFrame(
+        {
+            name: pd.Series(
+                [*(suspects[name][2] if name in suspects else []), *[None] * size][:size],
+                dtype=typed[name].dtype,
+            )
+            for name in schema.columns
+        }
+    )
+    cases = _failure_cases(schema, frame)
+    if cases is None:
+        return pd.DataFrame(columns=["pos", "column", "reason", "detail"])
+    if cases["index"].isna().any():
+        first = cases[cases["index"].isna()].iloc[0]
         raise InputFileError(
             f"{source}: schema check {first['check']} failed: {first['failure_case']}"
         )
-    checks = cases["check"].astype(str)
-    reasons = {
-        check: next((r for prefix, r in _REASONS.items() if check.startswith(prefix)), check)
-        for check in checks.unique()
-    }
-    positions = cases["index"].astype("int64").to_numpy()
-    texts = np.empty(len(cases), dtype=object)
-    for column in cases["column"].unique():
-        picked = (cases["column"] == column).to_numpy()
-        texts[picked] = rows[column].iloc[positions[picked]].to_numpy(dtype=object)
-    records = []
-    for check, column, pos, value in zip(checks, cases["column"], positions, texts, strict=True):
-        reason, text = reasons[check], str(value)
-        if reason == "duplicate key":
-            detail = f"{ID_COLUMN} {text.strip()!r} already appears earlier in this file"
-        elif not text.strip():
-            detail = f"{column} is empty"
-        elif reason == "missing value":
-            detail = f"{column}={text!r}"
-        else:
-            detail = f"{column}={text!r} fails {check}"
-        records.append((pos, column, reason, detail))
-    return pd.DataFrame(records, columns=["pos", "column", "reason", "detail"])
+    hits = []
+    for name, (cells, codes, distinct) in suspects.items():
+        found = cases[(cases["column"] == name) & (cases["index"] < len(distinct))]
+        per_value = found[["index", "check"]].astype({"index": "int64", "check": str})
+        cell_codes = pd.DataFrame({"pos": cells, "index": codes})
+        hits.append(cell_codes.merge(per_value, on="index").assign(column=name))
+    hits = pd.concat(hits, ignore_index=True)
+    text = np.empty(len(hits), dtype=object)
+    for name in hits["column"].unique():
+        picked = (hits["column"] == name).to_numpy()
+        text[picked] = rows[name].iloc[hits["pos"].to_numpy()[picked]].to_numpy(dtype=object)
+    text = pd.Series(text, dtype=object).astype(str)
+    reason = hits["check"].map({check: _reason(check) for check in hits["check"].unique()})
+    shown = text.map({value: repr(value) for value in text.unique()})
+    detail = hits["column"] + "=" + shown + " fails " + hits["check"]
+    detail = detail.where(reason != "missing value", hits["column"] + "=" + shown)
+    detail = detail.where(text.str.strip() != "", hits["column"] + " is empty")
+    return pd.DataFrame(
+        {"pos": hits["pos"], "column": hits["column"], "reason": reason, "detail": detail}
+    )
 
 
-def _failure_cases(schema: pandera.DataFrameSchema, frame: pd.DataFrame) -> pd.DataFrame | None:
+def _reason(check: str) -> str:
+    return next((r for prefix, r in _REASONS.items() if check.startswith(prefix)), check)
+
+
+def _failure_cases(schema: pandera.DataFrameSchema | pandera.Column, frame: pd.DataFrame):
     try:
         schema.validate(frame, lazy=True)
     except pandera.errors.SchemaErrors as err:
@@ -327,17 +292,23 @@ def _failure_cases(schema: pandera.DataFrameSchema, frame: pd.DataFrame) -> pd.D
 
 
 def as_csv_lines(frame: pd.DataFrame) -> list[str]:
-    """Rows of text back to CSV lines (a blank line stays empty)."""
-    out = []
-    columns = [frame[name].to_numpy(dtype=object) for name in frame.columns]
-    for values in zip(*columns, strict=True):
-        if not any(values):
-            out.append("")
-            continue
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="").writerow(values)
-        out.append(buf.getvalue())
-    return out
+    """Rows of text back to CSV lines as Python's csv module writes them (a field holding a
+    comma or a quote is quoted, its quotes doubled); a blank line stays empty."""
+    if not len(frame):
+        return []
+    fields = []
+    for name in frame.columns:
+        text = pc.fill_null(pa.array(frame[name].to_numpy(dtype=object), pa.string()), "")
+        quoted = pc.binary_join_element_wise('"', pc.replace_substring(text, '"', '""'), '"', "")
+        fields.append(pc.if_else(pc.match_substring_regex(text, '[,"]'), quoted, text))
+    lines = pc.binary_join_element_wise(*fields, ",")
+    blank = pc.equal(pc.binary_join_element_wise(*fields, ""), "")
+    return pc.if_else(blank, "", lines).to_pylist()
+
+
+def duplicate_detail(value: str) -> str:
+    """The detail of a duplicate-key record."""
+    return f"{ID_COLUMN} {value.strip()!r} already appears earlier in this file"
 
 
 def check_columns(features: tuple[str, ...], targets: tuple[str, ...]) -> None:
@@ -351,26 +322,6 @@ def check_columns(features: tuple[str, ...], targets: tuple[str, ...]) -> None:
         raise PipelineError(f"parameters features and targets: {both} cannot be both")
     if ID_COLUMN in (*features, *targets):
         raise PipelineError(f"parameters features and targets: '{ID_COLUMN}' is the row key")
-
-
-def validate_files(
-    raw_files: list[RawFile], features: tuple[str, ...], targets: tuple[str, ...]
-) -> ValidatedData:
-    """Validate every file; concatenate accepted rows and quarantine records."""
-    accepted, quarantine, reports = [], [], []
-    for raw in raw_files:
-        good, bad = validate_file(raw, features, targets)
-        n_bad = bad["source_line"].nunique()
-        assert len(good) + n_bad == raw.data_rows, f"row accounting broken for {raw.path}"
-        accepted.append(good)
-        quarantine.append(bad)
-        reports.append(
-            FileReport(str(raw.path), raw.sha256, raw.size_bytes, raw.data_rows, len(good), n_bad)
-        )
-    quarantine = pd.concat(quarantine, ignore_index=True)
-    text_columns = [c for c in QUARANTINE_COLUMNS if c != "source_line"]
-    quarantine = quarantine.astype({**dict.fromkeys(text_columns, "str"), "source_line": "int64"})
-    return ValidatedData(pd.concat(accepted, ignore_index=True), quarantine, reports)
 
 
 def check_quality(files: list[FileReport], max_bad_fraction: float) -> None:
@@ -388,11 +339,3 @@ def check_quality(files: list[FileReport], max_bad_fraction: float) -> None:
             f"{quarantined} of {rows_in} rows ({share:.1%}) of {names} were "
             f"quarantined, above max_bad_fraction={max_bad_fraction}"
         )
-
-
-@task(cache_policy=NONE)
-def validate_rows(
-    raw_files: list[RawFile], features: tuple[str, ...], targets: tuple[str, ...]
-) -> ValidatedData:
-    """Validate the ingested files against the sales schema."""
-    return validate_files(raw_files, features, targets)

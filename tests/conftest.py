@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -68,3 +69,37 @@ def copy_checkout(names: list[str], target: Path) -> Path:
             shutil.copy2(source, target / name)
     (target / "data" / "landing").mkdir(parents=True)
     return target
+
+
+TOKENS = ["abc", "", "NA", "inf", "-inf", "-1", "1e400", " 5 ", "nan", "+3", "5.", "\x01x", "  "]
+
+
+def messy_csv(path: Path, seed: int, rows: int = 300) -> Path:
+    """Rows with every row-level problem: repeated ids (often far apart), blank lines, wrong
+    field counts, bad numbers, padded ids, quoted fields."""
+    rng = random.Random(seed)
+    lines, ids = [HEADER], []
+    for i in range(rows):
+        r = rng.random()
+        cid = f"C{i}" if rng.random() > 0.15 or not ids else rng.choice(ids)
+        ids.append(cid)
+        inc, price, tax = 20 + rng.random() * 100, 0.5 + rng.random() * 3, rng.random()
+        units = 50 + 0.3 * inc - 4 * price - 9 * tax + rng.gauss(0, 1)
+        cells = [cid, f"{inc:.3f}", f"{price:.3f}", f"{tax:.3f}", f"{units:.3f}"]
+        if r < 0.03:
+            lines.append("")
+            continue
+        if r < 0.06:
+            cells.append("1")
+        elif r < 0.08:
+            cells = cells[:-1]
+        elif r < 0.15:
+            for _ in range(rng.randint(1, 2)):
+                cells[rng.randint(0, 4)] = rng.choice(TOKENS)
+        elif r < 0.17:
+            cells[0] = f"  {cid} "
+        elif r < 0.19:
+            cells = [f'"{c}"' for c in cells]
+        lines.append(",".join(cells))
+    path.write_text("\n".join(lines) + "\n")
+    return path

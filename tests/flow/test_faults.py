@@ -39,11 +39,15 @@ def trained(write_csv, tmp_path):
     return data, output, manifest
 
 
-def snapshot(root):
+def snapshot(root, working_files=True):
+    """Every file under an output root (the lock aside), with size and time; without the
+    runs' working files (.staging/) when `working_files` is false."""
     return {
         str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
         for p in root.rglob("*")
-        if p.is_file() and p.name != ".publish.lock"
+        if p.is_file()
+        and p.name != ".publish.lock"
+        and (working_files or ".staging" not in p.relative_to(root).parts)
     }
 
 
@@ -96,13 +100,10 @@ def big_csv(path, rows):
     return path
 
 
-def partly_written(root):
-    """Hidden temp files (and staged files) with bytes in them: a write under way."""
-    return [
-        p
-        for p in root.rglob(".*")
-        if p.is_file() and p.name.endswith(".tmp") and p.stat().st_size > 0
-    ]
+def predictions_being_written(root):
+    """Staged predictions parts with bytes in them: pass 2 at work (they are moved into
+    predictions/ only by the publish step)."""
+    return [p for p in root.glob(".staging/*/predictions/*.parquet") if p.stat().st_size > 0]
 
 
 def test_sigkill_during_a_runs_parquet_write_leaves_readers_and_champion_intact(
@@ -116,21 +117,21 @@ def test_sigkill_during_a_runs_parquet_write_leaves_readers_and_champion_intact(
     data = big_csv(tmp_path / "big.csv", 400_000)
     proc = cli(["--data", str(data), "--output", str(output)], prefect_api_url)
     deadline = time.monotonic() + 180
-    while not (temps := partly_written(output)) and time.monotonic() < deadline:
+    while not (parts := predictions_being_written(output)) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert temps, "the run was never caught writing"
-    assert any("predictions" in t.parts for t in temps), temps  # the biggest table
-    assert all(t.exists() and t.stat().st_size > 0 for t in temps)  # killed mid-write
+    assert parts, "the run was never caught writing its predictions"
+    staging = parts[0].parents[1]
+    assert staging.exists()  # killed mid-write: its working files are left behind
 
     assert {table: run_ids_seen(output, table) for table in TABLES} == seen_before
     assert sorted(p.name for p in (output / "manifests").iterdir()) == manifests_before
     assert (output / "champion.json").read_text() == champion
 
     second = train_sales_model(data=str(trained[0]), output=str(output))
-    assert not [t for t in temps if t.exists()]  # swept by the next run
+    assert not staging.exists()  # swept by the next run
     assert not list(output.rglob(".*.tmp"))
     assert run_ids_seen(output, "predictions")[2] == {first["run_id"], second["run_id"]}
 
@@ -151,7 +152,7 @@ def output_sizes(root, run_id):
     return max(tables), max(report)
 
 
-@pytest.mark.parametrize("when", ["first table", "after the tables"])
+@pytest.mark.parametrize("when", ["working files", "after the tables"])
 def test_disk_full_while_writing_is_a_clear_error_and_changes_nothing(
     trained, write_csv, prefect_api_url, tmp_path, when
 ):
@@ -159,8 +160,9 @@ def test_disk_full_while_writing_is_a_clear_error_and_changes_nothing(
     before = snapshot(output)
     big = write_csv("\n".join([HEADER, *sales_rows(3000, seed=8)]) + "\n", "big.csv")
     small = write_csv("\n".join([HEADER, *sales_rows(60, seed=8)]) + "\n", "small.csv")
-    if when == "first table":
-        data, limit, failing = big, 48_000, "predictions"
+    if when == "working files":
+        # pass 2's staged predictions outgrow the limit: the run stops before publishing
+        data, limit, failing = big, 48_000, ".staging"
     else:
         # The largest table fits, the report's plots do not: tables are written, then the
         # publish fails and must take them back.
@@ -178,7 +180,10 @@ def test_disk_full_while_writing_is_a_clear_error_and_changes_nothing(
     assert "Traceback" not in stderr
     assert stderr.splitlines()[0].startswith("error:"), stderr
     (error,) = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert "could not write (File too large); the previous contents are unchanged" in error
+    if when == "working files":
+        assert "could not write the run's working files (File too large)" in error
+    else:
+        assert "could not write (File too large); the previous contents are unchanged" in error
     assert f"{output}/{failing}/" in error
     assert snapshot(output) == before  # whatever the run had written is gone again
     assert not list(output.rglob(".*.tmp"))
@@ -211,9 +216,10 @@ def test_kill_during_training_publishes_nothing_and_the_next_run_succeeds(traine
     time.sleep(1)  # well into the epochs
     proc.kill()
     proc.wait()
-    assert snapshot(output) == before
+    assert snapshot(output, working_files=False) == before  # nothing published
     manifest = train_sales_model(data=str(data), output=str(output))
     assert manifest["status"] == "completed"
+    assert not (output / ".staging").exists()  # the killed run's working files swept
 
 
 def _read_lines(stream, into):

@@ -35,29 +35,29 @@ def sales_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
     )
 
 
-@pytest.fixture(params=[64.0, 0.0], ids=["in-memory", "streamed"])
-def stream_above_mb(request):
+@pytest.fixture(params=["direct", "moments"])
+def solver(request):
     return request.param
 
 
-def train(path, output, stream_above_mb, **extra):
+def train(path, output, solver, **extra):
     return train_sales_model(
         data=str(path),
         output=str(output),
         features=FEATURES,
         targets=TARGETS,
         dtype="float64",
-        stream_above_mb=stream_above_mb,
+        solver=solver,
         **extra,
     )
 
 
 @pytest.mark.parametrize("corrupted", TARGETS)
-def test_a_candidate_worse_on_one_target_is_not_promoted(tmp_path, stream_above_mb, corrupted):
+def test_a_candidate_worse_on_one_target_is_not_promoted(tmp_path, solver, corrupted):
     output = tmp_path / "out"
     good = sales_frame()
     good.to_csv(tmp_path / "good.csv", index=False)
-    champion = train(tmp_path / "good.csv", output, stream_above_mb)
+    champion = train(tmp_path / "good.csv", output, solver)
     assert champion["promotion"]["promoted"]
     pointer = (output / "champion.json").read_bytes()
 
@@ -70,7 +70,7 @@ def test_a_candidate_worse_on_one_target_is_not_promoted(tmp_path, stream_above_
     worse.loc[train_rows, corrupted] = (worse.loc[train_rows, corrupted] + noise).abs().round(3)
     worse.to_csv(tmp_path / "worse.csv", index=False)
 
-    candidate = train(tmp_path / "worse.csv", output, stream_above_mb)
+    candidate = train(tmp_path / "worse.csv", output, solver)
     decision = candidate["promotion"]
     assert candidate["status"] == "completed"
     assert not decision["promoted"]
@@ -87,9 +87,7 @@ def test_a_candidate_worse_on_one_target_is_not_promoted(tmp_path, stream_above_
     ratio = max(
         decision["candidate_holdout_mse"][t] / decision["champion_holdout_mse"][t] for t in TARGETS
     )
-    tolerant = train(
-        tmp_path / "worse.csv", output, stream_above_mb, promotion_tolerance=ratio - 1 + 1e-6
-    )
+    tolerant = train(tmp_path / "worse.csv", output, solver, promotion_tolerance=ratio - 1 + 1e-6)
     assert tolerant["promotion"]["promoted"]
     assert tolerant["promotion"]["tolerance"] == pytest.approx(ratio - 1 + 1e-6)
     moved = json.loads((output / "champion.json").read_text())

@@ -14,8 +14,8 @@ import pytest
 
 from flows.train import train_sales_model
 from tasks.errors import DataQualityError, InputFileError, TrainingError
-from tasks.evaluate import least_squares
 from tests.conftest import HEADER, REPO, sales_rows
+from tests.reference import least_squares
 
 FEATURES = ["avg_income_k", "price_k", "tax_k"]
 BAD_LINES = [

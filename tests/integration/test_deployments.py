@@ -202,8 +202,9 @@ def test_nightly_deployment_run_completes_and_publishes(stack):
     content = manifest_of(local, run_id)
     assert content["status"] == "completed"
     assert content["rows"]["in"] == 300
-    for table in ("predictions", "weights", "metrics", "quarantine"):
+    for table in ("weights", "metrics", "quarantine"):
         assert (local.repo / "output" / content["outputs"][table]).is_file()
+    assert list((local.repo / "output" / content["outputs"]["predictions"]).glob("part-*.parquet"))
 
 
 def test_landed_file_is_recorded_and_leads_to_a_training_run(stack):

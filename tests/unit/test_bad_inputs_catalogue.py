@@ -22,19 +22,19 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS, allowed_columns, required_columns
 from tasks.errors import DataQualityError, PipelineError
-from tasks.ingest import read_sales_csv
 from tasks.paths import resolve_inputs
-from tasks.validate import ValidatedData, check_quality, validate_files
+from tasks.validate import check_quality
 from tests.conftest import HEADER, REPO
+from tests.pipeline import LAYOUTS, F, T, config, quarantine, scan_paths
+from tests.reference import normalised, whole_file
 
 SHARED_CATALOGUE = REPO.parent / "shared" / "BAD_INPUTS.md"
 REPO_CATALOGUE = REPO / "tests" / "BAD_INPUTS.md"
 
-F, T = DEFAULT_FEATURES, DEFAULT_TARGETS
 GOOD = ["A,70,0.1,0.043,5", "B,90,0.8,0.064,8", "C,80,0.13,0.058,12", "D,100,0.4,0.037,2"]
 
 
@@ -250,30 +250,26 @@ CASES: dict[str, Case] = {
 }
 
 
-def run_steps(
-    data: str, roots: list[Path], max_bad_fraction: float, check: bool = True
-) -> ValidatedData:
-    raws = [
-        read_sales_csv(path, required_columns(F, T), allowed_columns(F, T))
-        for path in resolve_inputs(data, roots)
-    ]
-    validated = validate_files(raws, F, T)
-    if check:
-        check_quality(validated.files, max_bad_fraction)
-    return validated
+def run_steps(data, roots, layout, staging, max_bad_fraction=None):
+    """The steps of a run up to the data check: resolve the path, pass 1, the bad share."""
+    scan = scan_paths(resolve_inputs(data, roots), config(layout), staging)
+    if max_bad_fraction is not None:
+        check_quality(list(scan.files), max_bad_fraction)
+    return scan
 
 
-def quarantine_map(validated: ValidatedData) -> dict[int, set]:
+def quarantine_map(records: pd.DataFrame) -> dict[int, set]:
     found: dict[int, set] = {}
-    for line, column, reason in validated.quarantine[
-        ["source_line", "column", "reason"]
-    ].itertuples(index=False):
+    for line, column, reason in records[["source_line", "column", "reason"]].itertuples(
+        index=False
+    ):
         found.setdefault(int(line), set()).add((None if column != column else column, reason))
     return found
 
 
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
-def test_catalogue_case(case: Case, tmp_path: Path):
+def test_catalogue_case(case: Case, layout: str, tmp_path: Path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     if case.content is not None:
@@ -284,29 +280,34 @@ def test_catalogue_case(case: Case, tmp_path: Path):
         (data_dir / "in.csv").symlink_to(outside)
     data = case.data.format(dir=data_dir)
     roots = [data_dir.resolve()]
+    staging = tmp_path / "staging"
 
     if case.outcome == "reject":
         with pytest.raises(PipelineError, match=case.message) as err:
-            run_steps(data, roots, case.max_bad_fraction)
+            run_steps(data, roots, layout, staging, case.max_bad_fraction)
         assert "\n" not in str(err.value)
         assert not isinstance(err.value, DataQualityError)
         return
     if case.outcome == "fail":
         with pytest.raises(DataQualityError, match=case.message):
-            run_steps(data, roots, case.max_bad_fraction)
-        validated = run_steps(data, roots, max_bad_fraction=1.0, check=False)
+            run_steps(data, roots, layout, staging / "a", case.max_bad_fraction)
+        scan = run_steps(data, roots, layout, staging / "b")
     else:
-        validated = run_steps(data, roots, case.max_bad_fraction)
+        scan = run_steps(data, roots, layout, staging / "b", case.max_bad_fraction)
 
-    assert len(validated.accepted) == case.accepted
-    assert quarantine_map(validated) == case.quarantined
-    for report in validated.files:
+    assert scan.accepted == case.accepted
+    records = quarantine(scan)
+    assert quarantine_map(records) == case.quarantined
+    for report in scan.files:
         assert report.rows == report.accepted + report.quarantined
     lines = case.content.replace(b"\r\n", b"\n").rstrip(b"\n").split(b"\n")
-    assert validated.rows_in == len(lines) - 1  # every line after the header is counted
+    assert sum(f.rows for f in scan.files) == len(lines) - 1  # every line after the header
     if case.outcome == "quarantine":
-        raw = validated.quarantine["raw"].tolist()
-        assert all(r == "" or r.encode() in lines for r in raw)
+        assert all(r == "" or r.encode() in lines for r in records["raw"])
+    # the same records, messages and lines as the whole-file reference
+    whole = whole_file(data_dir / "in.csv", F, T)
+    pd.testing.assert_frame_equal(normalised(records), normalised(whole.quarantine))
+    assert scan.accepted == len(whole.accepted)
 
 
 def catalogue_rows() -> dict[int, tuple[str, str]]:

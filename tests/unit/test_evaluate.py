@@ -8,15 +8,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from tasks.evaluate import (
-    INTERCEPT,
-    evaluate_model,
-    least_squares,
-    predictions_frame,
-    weights_frame,
-)
+from tasks.evaluate import INTERCEPT, fit_warnings, metrics_from_sums, weights_frame, zero_sums
 from tasks.split import hash_text, split_holdout
 from tasks.train import fit_linear_regression
+from tests.reference import least_squares
 
 
 def frame(n=500, seed=0):
@@ -57,7 +52,19 @@ def test_text_hash_separates_near_identical_ids():
     assert (hash_text(pa.array(ids, pa.string()), seed=1) != hashes).all()
 
 
-def test_metrics_agree_with_the_predictions_and_the_optimum():
+def sums_of(df, is_holdout, fit, W_opt, b_opt, train_mean):
+    """Per-split sums as pass 2 adds them up, computed here from the frame."""
+    sums = zero_sums(1)
+    for split, mask in (("train", ~is_holdout), ("holdout", is_holdout)):
+        x, y = df.loc[mask, ["x"]].to_numpy(), df.loc[mask, ["y"]].to_numpy()
+        sums[split]["rows"] = int(mask.sum())
+        sums[split]["sse"] = ((y - (x @ fit.W.T + fit.b)) ** 2).sum(axis=0)
+        sums[split]["sse_baseline"] = ((y - train_mean) ** 2).sum(axis=0)
+        sums[split]["sse_optimum"] = ((y - (x @ W_opt.T + b_opt)) ** 2).sum(axis=0)
+    return sums
+
+
+def test_metrics_from_sums_are_mse_r2_and_the_gap_to_the_optimum():
     df = frame()
     df["y"] = 3 * df["x"] + 1 + np.random.default_rng(1).normal(0, 0.5, len(df))
     is_holdout = split_holdout(df["country"], 0.25, seed=0)
@@ -65,24 +72,25 @@ def test_metrics_agree_with_the_predictions_and_the_optimum():
     X = torch.tensor(train[["x"]].to_numpy())
     y = torch.tensor(train[["y"]].to_numpy())
     fit = fit_linear_regression(X, y, max_epochs=5000, tol=1e-12, seed=0)
-    metrics = evaluate_model(df[["x"]].to_numpy(), df[["y"]].to_numpy(), is_holdout, fit, ("y",))
-    preds = predictions_frame(df, is_holdout, fit, ("x",), ("y",), "country")
+    W_opt, b_opt = least_squares(train[["x"]].to_numpy(), train[["y"]].to_numpy())
+    sums = sums_of(df, is_holdout, fit, W_opt, b_opt, train["y"].mean())
+    metrics = metrics_from_sums(sums, fit, ("y",))
 
     assert metrics["split"].tolist() == ["train", "holdout"]
     for split, row in metrics.set_index("split").iterrows():
-        part = preds[preds["split"] == split]
+        part = df[is_holdout] if split == "holdout" else train
+        residual = part["y"] - (part["x"] * fit.W[0, 0] + fit.b[0])
         assert row["rows"] == len(part)
-        assert row["mse"] == pytest.approx((part["residual_y"] ** 2).mean(), rel=1e-12)
+        assert row["mse"] == pytest.approx((residual**2).mean(), rel=1e-12)
         baseline = ((part["y"] - train["y"].mean()) ** 2).mean()
         assert row["baseline_mse"] == pytest.approx(baseline, rel=1e-12)
         assert row["r2"] == pytest.approx(1 - row["mse"] / baseline)
     train_row = metrics.set_index("split").loc["train"]
     assert abs(train_row["relative_gap"]) < 1e-9
-    W_opt, b_opt = least_squares(train[["x"]].to_numpy(), train[["y"]].to_numpy())
     assert train_row["optimum_mse"] == pytest.approx(
         ((train["x"] * W_opt[0, 0] + b_opt[0] - train["y"]) ** 2).mean(), rel=1e-12
     )
-    np.testing.assert_allclose(preds["predicted_y"] + preds["residual_y"], df["y"])
+    assert bool(train_row["converged"]) == fit.converged
 
 
 def test_empty_holdout_split_is_left_out():
@@ -94,10 +102,16 @@ def test_empty_holdout_split_is_left_out():
         tol=1e-9,
         seed=0,
     )
-    metrics = evaluate_model(
-        df[["x"]].to_numpy(), df[["y"]].to_numpy(), np.zeros(20, bool), fit, ("y",)
-    )
-    assert metrics["split"].tolist() == ["train"]
+    W_opt, b_opt = least_squares(df[["x"]].to_numpy(), df[["y"]].to_numpy())
+    sums = sums_of(df, np.zeros(20, bool), fit, W_opt, b_opt, df["y"].mean())
+    assert metrics_from_sums(sums, fit, ("y",))["split"].tolist() == ["train"]
+
+
+def test_too_few_training_rows_for_the_parameters_are_named():
+    (warning,) = fit_warnings(train_rows=4, n_features=3)
+    assert warning.startswith("only 4 training rows for 4 parameters per target")
+    assert fit_warnings(train_rows=39, n_features=3)
+    assert fit_warnings(train_rows=40, n_features=3) == []
 
 
 def test_weights_table_has_a_row_per_target_and_term():

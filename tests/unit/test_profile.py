@@ -8,9 +8,23 @@ import pytest
 
 from data.generate_sales import COLUMNS, generate
 from schemas.outputs import ProfileTable
-from tasks.profile import compare_profiles, profile_frame
+from tasks.profile import ProfileSketch, compare_profiles, profile_table, sample_keys
+from tasks.stats import moments_of
 
 NUMERIC = COLUMNS[1:]
+
+
+def profile_frame(frame: pd.DataFrame, columns: list[str], pieces: int = 3) -> pd.DataFrame:
+    """The pipeline's profile of a frame: sketches of a few pieces merged, and the statistics
+    of all rows (the first column as the feature, the others as targets)."""
+    values = frame[columns].to_numpy(np.float64)
+    keys = sample_keys(np.arange(len(frame), dtype=np.uint64))
+    sketch = ProfileSketch(tuple(columns))
+    for part in np.array_split(np.arange(len(frame)), pieces):
+        piece = ProfileSketch(tuple(columns))
+        piece.add(values[part], keys[part])
+        sketch = sketch.merge(piece)
+    return profile_table(sketch, moments_of(values[:, :1], values[:, 1:]))
 
 
 def sample(rows: int, seed: int) -> pd.DataFrame:

@@ -6,18 +6,16 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS, allowed_columns, required_columns
-from tasks.evaluate import least_squares
-from tasks.ingest import read_sales_csv
-from tasks.tensors import to_tensors
 from tasks.train import fit_linear_regression
-from tasks.validate import validate_files
 from tests.conftest import HEADER
+from tests.pipeline import LAYOUTS, F, T, config, kept_rows, quarantine, scan_paths
+from tests.reference import least_squares
 
-F, T = DEFAULT_FEATURES, DEFAULT_TARGETS
 NUMERIC = [*F, *T]
 RANGES = ("avg_income_k", "price_k", "tax_k")
 
@@ -90,20 +88,20 @@ def test_random_corruptions_are_accounted_for_and_training_reaches_lstsq(specs, 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "random.csv"
         path.write_text("\n".join([HEADER, *lines]) + "\n")
-        raw = read_sales_csv(path, required_columns(F, T), allowed_columns(F, T))
-        validated = validate_files([raw], F, T)
+        scan = scan_paths([path], config(data.draw(st.sampled_from(list(LAYOUTS)))), Path(tmp))
+        records, accepted = quarantine(scan), kept_rows(scan)
 
-    assert validated.rows_in == len(specs)
-    assert validated.accepted["source_line"].tolist() == accepted_lines
+    assert scan.files[0].rows == len(specs)
+    assert accepted["line"].tolist() == accepted_lines
     found: dict[int, set] = {}
-    for line_no, column, reason in validated.quarantine[
-        ["source_line", "column", "reason"]
-    ].itertuples(index=False):
+    for line_no, column, reason in records[["source_line", "column", "reason"]].itertuples(
+        index=False
+    ):
         found.setdefault(int(line_no), set()).add((None if column != column else column, reason))
     assert found == {k: v for k, v in expectations.items() if v}
 
-    accepted = validated.accepted
-    X_t, y_t = to_tensors(accepted, F, T, "float64")
+    X_t = torch.from_numpy(accepted[list(F)].to_numpy(np.float64, copy=True))
+    y_t = torch.from_numpy(accepted[list(T)].to_numpy(np.float64, copy=True))
     fit = fit_linear_regression(X_t, y_t, max_epochs=200_000, tol=1e-13, seed=0)
     X, y = X_t.numpy(), y_t.numpy()
     W, b = least_squares(X, y)

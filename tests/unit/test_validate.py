@@ -3,27 +3,38 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pandas as pd
 import pytest
 
 from schemas.outputs import QuarantineTable
-from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS, allowed_columns, required_columns
 from tasks.errors import PipelineError
-from tasks.ingest import read_sales_csv
-from tasks.validate import check_columns, parse_numbers, validate_files
+from tasks.numbers import parse_numbers
+from tasks.validate import check_columns
 from tests.conftest import HEADER
+from tests.pipeline import F, T, config, kept_rows, quarantine, scan_paths
 
-F, T = DEFAULT_FEATURES, DEFAULT_TARGETS
 GOOD = ["A,70,0.1,0.043,5", "B,90,0.8,0.064,8", "C,80,0.13,0.058,12"]
+
+
+@dataclass
+class Checked:
+    accepted: pd.DataFrame
+    quarantine: pd.DataFrame
+    rows_in: int
+    rows_quarantined: int
 
 
 def validate(write_csv, lines: list[str], features=F, targets=T):
     path = write_csv("\n".join([HEADER, *lines]) + "\n")
-    raw = read_sales_csv(
-        path, required_columns(features, targets), allowed_columns(features, targets)
+    staging = path.parent / "staging"
+    scan = scan_paths([path], config(features=features, targets=targets), staging)
+    accepted = kept_rows(scan).rename(columns={"line": "source_line"})
+    files = scan.files
+    return Checked(
+        accepted, quarantine(scan), sum(f.rows for f in files), sum(f.quarantined for f in files)
     )
-    return validate_files([raw], features, targets)
 
 
 def test_parse_numbers_accepts_plain_decimals_only():
@@ -86,9 +97,8 @@ def test_ragged_and_blank_rows_are_counted_in_quarantine(write_csv):
 
 def test_custom_columns_use_the_generic_numeric_rule(write_csv):
     path = write_csv("country,gdp,units_sold_k\nA,-5,1\nB,inf,2\nC,3,3\n")
-    features = ("gdp",)
-    raw = read_sales_csv(path, required_columns(features, T), allowed_columns(features, T))
-    data = validate_files([raw], features, T)
+    scan = scan_paths([path], config(features=("gdp",)), path.parent / "staging")
+    data = Checked(kept_rows(scan), quarantine(scan), 3, 1)
     # No range on an unknown column: -5 is fine, inf is not.
     assert data.accepted["country"].tolist() == ["A", "C"]
     assert data.quarantine["reason"].tolist() == ["not finite"]

@@ -1,0 +1,74 @@
+"""Wiring shared by the flows: pass 1 over the inputs and pass 2 over the kept rows, as Prefect
+tasks. On the default thread runner one byte range is scanned at a time, its blocks on every
+core; on a cluster (the Dask runner) every byte range is a task of its own, all at once, and the
+kept rows go to disk so that any worker can read them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect.context import FlowRunContext
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from schemas.params import RunConfig
+from tasks.csvfile import ByteRange, CsvFile
+from tasks.dataset import Scan, finish_input_task, hash_input_task, open_input_task, sum_scans
+from tasks.predict import Emitted, combine_emitted
+from tasks.scan import scan_range_task
+
+# Byte ranges per task on a cluster when the run does not say (split_mb).
+CLUSTER_SPLIT_BYTES = 64 << 20
+
+
+def on_cluster() -> bool:
+    """Whether this flow run's tasks run outside this process (a Dask task runner)."""
+    context = FlowRunContext.get()
+    return context is not None and not isinstance(context.task_runner, ThreadPoolTaskRunner)
+
+
+def for_runner(config: RunConfig, files: int) -> RunConfig:
+    """The settings of how the work is cut, for this flow run's task runner and `files`."""
+    if on_cluster():
+        return config.with_changes(
+            threads=1, memory_bytes=0, split_bytes=config.split_bytes or CLUSTER_SPLIT_BYTES
+        )
+    return config.with_changes(memory_bytes=config.memory_bytes // max(1, files))
+
+
+def open_inputs(paths: list[Path], config: RunConfig) -> list[tuple[CsvFile, list[ByteRange]]]:
+    """Every input file's header checked (before anything is read or written), each file cut
+    into its byte ranges."""
+    plans = [open_input_task.submit(path, config) for path in paths]
+    wait(plans)
+    return [plan.result() for plan in plans]
+
+
+def scan_inputs(
+    plans: list[tuple[CsvFile, list[ByteRange]]], config: RunConfig, staging: Path
+) -> Scan:
+    """Pass 1 over every input file (see tasks/scan.py), summed: one Scan."""
+    cluster = on_cluster()
+    submitted = []
+    for index, (file, spans) in enumerate(plans):
+        ranges = [
+            scan_range_task.submit(file, span, config, staging, f"{index:05d}-{span.index:04d}")
+            for span in spans
+        ]
+        sha256 = hash_input_task.submit(file.path) if len(spans) > 1 else None
+        if not cluster:
+            wait(ranges)  # one file at a time: each already uses every core
+        submitted.append((index, file, ranges, sha256))
+    finished = []
+    for index, file, ranges, sha256 in submitted:
+        scanned = [future.result() for future in ranges]  # a file's own error, in file order
+        finished.append(finish_input_task.submit(file, index, scanned, sha256, config, staging))
+    wait(finished)
+    return sum_scans([future.result() for future in finished])
+
+
+def emit(task, scan: Scan, *args) -> Emitted:
+    """Pass 2 (`task`: predict_task or score_task) over every file's kept rows."""
+    futures = [task.submit(part, *args) for part in scan.parts]
+    wait(futures)
+    return combine_emitted([future.result() for future in futures])

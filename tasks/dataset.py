@@ -1,0 +1,310 @@
+"""A run's data after pass 1: per file and summed over files, one type (Scan).
+
+finish_file turns the byte ranges of one file (tasks/scan.py) into the file's part of a Scan:
+line numbers made absolute, the refusal (if any) raised with its line, repeated ids found over
+the whole file (tasks/dedup.py) and quarantined with their text, and the file's statistics
+summed again without them. Scans of several files add up (`+`): what training, the gate, the
+metrics and pass 2 read.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from schemas.params import RunConfig
+from schemas.sales import ID_COLUMN, allowed_columns, required_columns
+from tasks.csvfile import ByteRange, CsvFile, open_csv, read_lines, sha256_file, split_ranges
+from tasks.dedup import repeated_ids
+from tasks.errors import InputFileError
+from tasks.profile import ProfileSketch, profile_table
+from tasks.retry import FILE_READ_TASK
+from tasks.scan import (
+    BatchStats,
+    RangeScan,
+    batch_stats,
+    quarantine_table,
+    scan_range,
+    spilled_values,
+)
+from tasks.split import hash_text
+from tasks.stats import Moments
+from tasks.storage import data_fingerprint, working_files
+from tasks.validate import FileReport, as_csv_lines, duplicate_detail
+
+FIRST_DATA_LINE = 2  # line 1 is the header
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """Where one file's accepted rows and records are: its byte ranges with the absolute line
+    of each range's first line, the lines of accepted rows that repeat an earlier id (left out
+    of everything downstream) and the staged records of those repeats."""
+
+    source: str
+    index: int
+    ranges: tuple[RangeScan, ...]
+    offsets: tuple[int, ...]
+    excluded: np.ndarray
+    duplicates: Path | None
+
+    def batches(self, chunk: tuple[int, int]) -> Iterator[pa.RecordBatch]:
+        """The accepted rows of one spill chunk (range, chunk number), lines absolute."""
+        r, c = chunk
+        kept = self.ranges[r].spill[c]
+        if isinstance(kept, Path):
+            with pa.OSFile(str(kept)) as source, ipc.open_file(source) as reader:
+                for i in range(reader.num_record_batches):
+                    yield self._absolute(reader.get_batch(i), self.offsets[r])
+            return
+        for batch in kept:
+            yield self._absolute(batch, self.offsets[r])
+
+    def chunks(self) -> list[tuple[int, int]]:
+        return [(r, c) for r, part in enumerate(self.ranges) for c in range(len(part.spill))]
+
+    def _absolute(self, batch: pa.RecordBatch, offset: int) -> pa.RecordBatch:
+        lines = batch.column("line").to_numpy() + offset
+        batch = batch.set_column(batch.schema.get_field_index("line"), "line", pa.array(lines))
+        if len(self.excluded):
+            batch = batch.filter(pa.array(~np.isin(lines, self.excluded)))
+        return batch
+
+    def quarantine(self) -> Iterator[pd.DataFrame]:
+        """The file's quarantine records in line order, a row group at a time."""
+        late = pd.read_parquet(self.duplicates) if self.duplicates is not None else None
+        for part, offset in zip(self.ranges, self.offsets, strict=True):
+            if part.quarantine is None:
+                continue
+            source = pq.ParquetFile(part.quarantine)
+            for group in range(source.num_row_groups):
+                frame = source.read_row_group(group).to_pandas()
+                frame["source_line"] += offset
+                if late is not None and len(late):
+                    take = late["source_line"] <= frame["source_line"].max()
+                    frame = pd.concat([frame, late[take]], ignore_index=True)
+                    frame = frame.sort_values("source_line", kind="stable")
+                    late = late[~take]
+                yield frame
+        if late is not None and len(late):
+            yield late
+
+
+@dataclass(frozen=True)
+class Scan:
+    """Pass 1's result for one or more files: their row accounting, where their rows are, the
+    statistics of the train and holdout rows, and the profile of the accepted rows."""
+
+    files: tuple[FileReport, ...]
+    parts: tuple[FilePart, ...]
+    train: Moments
+    holdout: Moments
+    profile: ProfileSketch
+
+    def __add__(self, other: Scan) -> Scan:
+        return Scan(
+            self.files + other.files,
+            self.parts + other.parts,
+            self.train + other.train,
+            self.holdout + other.holdout,
+            self.profile.merge(other.profile),
+        )
+
+    @property
+    def accepted(self) -> int:
+        return sum(f.accepted for f in self.files)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over the inputs' sha256s (see tasks.storage.data_fingerprint)."""
+        return data_fingerprint([f.sha256 for f in self.files])
+
+    def profile_table(self) -> pd.DataFrame:
+        """The profile of the accepted rows (see tasks.profile.profile_table)."""
+        return profile_table(self.profile, self.train + self.holdout)
+
+
+def training_rows(scan: Scan, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """X [N, d] and y [N, k] of the training rows, read from the kept rows (float64)."""
+    parts = []
+    for part in scan.parts:
+        for chunk in part.chunks():
+            for batch in part.batches(chunk):
+                holdout = batch.column("holdout").to_numpy(zero_copy_only=False)
+                parts.append(spilled_values(batch, config)[~holdout])
+    values = np.concatenate(parts) if parts else np.zeros((0, len(config.values)))
+    d = len(config.features)
+    return np.ascontiguousarray(values[:, :d]), np.ascontiguousarray(values[:, d:])
+
+
+def sum_scans(scans: list[Scan]) -> Scan:
+    total = scans[0]
+    for scan in scans[1:]:
+        total = total + scan
+    return total
+
+
+def finish_file(
+    file: CsvFile,
+    index: int,
+    ranges: list[RangeScan],
+    sha256: str | None,
+    config: RunConfig,
+    staging: Path,
+) -> Scan:
+    """One file's ranges -> the file's Scan (see the module docstring). `sha256` is the file's
+    hash when it was split into several ranges (one range hashes the whole file itself)."""
+    source = str(file.path)
+    offsets = list(np.cumsum([FIRST_DATA_LINE] + [r.lines for r in ranges[:-1]]))
+    refused = [
+        (off + r.rejection[0], r.rejection[1])
+        for r, off in zip(ranges, offsets, strict=True)
+        if r.rejection
+    ]
+    if refused:
+        line, message = min(refused)
+        raise InputFileError(message.format(line=line))
+    rows = sum(r.rows for r in ranges)
+    if rows == 0:
+        raise InputFileError(f"{source}: no data rows (header only)")
+    lines = _LineReader(file, ranges, offsets)
+    repeats = repeated_ids([r.keys for r in ranges], offsets, lines.ids, config.threads)
+    excluded = repeats.loc[repeats["ok"], "source_line"].to_numpy(np.int64)
+    duplicates = None
+    if len(repeats):
+        duplicates = staging / f"duplicates-{index:05d}.parquet"
+        with working_files(staging):
+            pq.write_table(_duplicate_records(source, repeats, lines), duplicates)
+    part = FilePart(source, index, tuple(ranges), tuple(map(int, offsets)), excluded, duplicates)
+    stats = BatchStats.zero(config)
+    if len(excluded):  # the statistics again, without the repeats
+        for chunk in part.chunks():
+            for batch in part.batches(chunk):
+                values = spilled_values(batch, config)
+                holdout = batch.column("holdout").to_numpy(zero_copy_only=False)
+                hashes = hash_text(batch.column(ID_COLUMN), config.seed)
+                stats.absorb(batch_stats(values, holdout, hashes, config))
+    else:
+        for r in ranges:
+            stats.absorb(r.stats)
+    accepted = sum(r.accepted for r in ranges) - len(excluded)
+    report = FileReport(
+        source,
+        ranges[0].sha256 if len(ranges) == 1 else sha256,
+        file.size,
+        rows,
+        accepted,
+        rows - accepted,
+    )
+    return Scan((report,), (part,), stats.train, stats.holdout, stats.profile)
+
+
+class _LineReader:
+    """Lines of a file read back by their absolute number (for repeated ids: their text)."""
+
+    def __init__(self, file: CsvFile, ranges: list[RangeScan], offsets: list[int]) -> None:
+        self.file = file
+        blocks = [
+            np.column_stack([r.blocks[:, 0], r.blocks[:, 1] + off, r.blocks[:, 2]])
+            for r, off in zip(ranges, offsets, strict=True)
+            if len(r.blocks)
+        ]
+        self.blocks = np.concatenate(blocks) if blocks else np.zeros((0, 3), np.int64)
+        self.id_field = file.header.index(ID_COLUMN)
+
+    def text(self, lines: np.ndarray) -> dict[int, str]:
+        found: dict[int, str] = {}
+        which = np.searchsorted(self.blocks[:, 1], lines, side="right") - 1
+        for b in np.unique(which):
+            offset, first, size = self.blocks[b]
+            wanted = lines[which == b]
+            got = read_lines(self.file.path, int(offset), int(size), list(wanted - first))
+            found |= {int(first + i): text for i, text in got.items()}
+        return found
+
+    def fields(self, lines: np.ndarray) -> dict[int, list[str]]:
+        return {line: next(csv.reader([text])) for line, text in self.text(lines).items()}
+
+    def ids(self, lines: np.ndarray) -> dict[int, str]:
+        return {line: row[self.id_field].strip() for line, row in self.fields(lines).items()}
+
+
+def _duplicate_records(source: str, repeats: pd.DataFrame, lines: _LineReader) -> pa.Table:
+    fields = lines.fields(repeats["source_line"].to_numpy())
+    rows = pd.DataFrame(
+        [fields[line] for line in repeats["source_line"]], columns=list(lines.file.header)
+    )
+    frame = pd.DataFrame(
+        {
+            "source_file": source,
+            "source_line": repeats["source_line"].to_numpy(),
+            "column": ID_COLUMN,
+            "reason": "duplicate key",
+            "detail": [duplicate_detail(value) for value in repeats["id"]],
+            "raw": as_csv_lines(rows),
+        }
+    )
+    return quarantine_table(frame)
+
+
+def open_input(path: Path, config: RunConfig) -> CsvFile:
+    """An input file with the run's columns checked (see open_csv)."""
+    features, targets = config.features, config.targets
+    return open_csv(path, required_columns(features, targets), allowed_columns(features, targets))
+
+
+def scan_file(path: Path, index: int, config: RunConfig, staging: Path) -> Scan:
+    """Pass 1 over one file in this process (its byte ranges one after another): what the
+    flow's tasks do, spread out. For tests, benchmarks and the landing check."""
+    file = open_input(path, config)
+    ranges = [
+        scan_range(file, span, config, staging, f"{index:05d}-{span.index:04d}")
+        for span in split_ranges(file, config.split_bytes)
+    ]
+    sha256 = sha256_file(path) if len(ranges) > 1 else None
+    return finish_file(file, index, ranges, sha256, config, staging)
+
+
+@task(**FILE_READ_TASK, task_run_name="open-{path.name}")
+def open_input_task(path: Path, config: RunConfig) -> tuple[CsvFile, list[ByteRange]]:
+    """Check a file's header and cut it into byte ranges (one unless config.split_bytes)."""
+    file = open_input(path, config)
+    return file, split_ranges(file, config.split_bytes)
+
+
+@task(**FILE_READ_TASK, task_run_name="hash-{path.name}")
+def hash_input_task(path: Path) -> str:
+    """The sha256 of a file split into several ranges (one range hashes itself as it reads)."""
+    return sha256_file(path)
+
+
+@task(cache_policy=NONE, task_run_name="check-{file.path.name}")
+def finish_input_task(
+    file: CsvFile,
+    index: int,
+    ranges: list[RangeScan],
+    sha256: str | None,
+    config: RunConfig,
+    staging: Path,
+) -> Scan:
+    """finish_file as a task, logging the file's row counts."""
+    scan = finish_file(file, index, ranges, sha256, config, staging)
+    report = scan.files[0]
+    get_run_logger().info(
+        "%s: %d data rows, %d accepted, %d quarantined",
+        report.path,
+        report.rows,
+        report.accepted,
+        report.quarantined,
+    )
+    return scan

@@ -1,0 +1,67 @@
+"""Numbers from text, under our control: plain decimals only (no locale, no thousands
+separators, no hex). Two parsers with one meaning:
+
+- `fast_floats` (polars' parser, multi-threaded, no Python per value) for the screen: a value it
+  returns as finite is a plain decimal and that value; anything else (NaN) sends the row to the
+  full check;
+- `parse_numbers` for the rows the screen could not clear: it also says why a value is not a
+  number, and accepts padding and the missing/infinite tokens, which the schema then judges.
+`tests/unit/test_numbers.py` holds the two to that contract on random text.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+NUMBER_PATTERN = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+MISSING_TOKENS = frozenset({"", "na", "n/a", "#n/a", "null", "none", "nan", "-nan", "+nan"})
+INFINITE_TOKENS = frozenset({"inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
+_MISSING = pa.array(sorted(MISSING_TOKENS))
+_INFINITE = pa.array(sorted(INFINITE_TOKENS))
+
+
+def fast_floats(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
+    """Text columns -> float64 [N, len(columns)]; NaN where the text is not a number polars
+    reads (empty, tokens, padding, thousands separators, ...). inf, nan and 1e400 come back as
+    such: the screen's finite check sends those rows on too."""
+    import polars as pl  # imported on first use: the screen is the only user
+
+    if not columns:
+        return np.zeros((table.num_rows, 0))
+    frame = pl.from_arrow(table.select(list(columns)))
+    floats = frame.select(pl.all().cast(pl.Float64, strict=False))
+    return floats.to_numpy().reshape(table.num_rows, len(columns))
+
+
+def parse_numbers(text: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Text -> (float64 values, problem). Values are NaN where the text is missing or not a
+    number; `problem` is the text that failed to parse, NA elsewhere. inf/-inf parse as such
+    (the schema rejects them as not finite). Vectorized with pyarrow compute: the common case
+    (a plain number) costs one regex and one cast; only the rest is trimmed and looked up."""
+    arrow = pa.array(text, type=pa.string(), from_pandas=True)
+    plain = pc.fill_null(pc.match_substring_regex(arrow, f"^{NUMBER_PATTERN}$"), False)
+    values = pc.cast(pc.if_else(plain, arrow, pa.scalar(None, pa.string())), pa.float64())
+    values = values.to_numpy(zero_copy_only=False).copy()
+    problem = np.full(len(arrow), None, dtype=object)
+    rest = np.flatnonzero(~plain.to_numpy(zero_copy_only=False))
+    if len(rest):
+        odd = arrow.take(pa.array(rest))
+        stripped = pc.utf8_trim_whitespace(odd)
+        lowered = pc.utf8_lower(stripped)
+        numeric = pc.fill_null(pc.match_substring_regex(stripped, f"^{NUMBER_PATTERN}$"), False)
+        infinite = pc.fill_null(pc.is_in(lowered, value_set=_INFINITE), False)
+        missing = pc.fill_null(pc.is_in(lowered, value_set=_MISSING), True)
+        parsed = pc.cast(pc.if_else(numeric, stripped, pa.scalar(None, pa.string())), pa.float64())
+        signed_inf = pc.if_else(pc.starts_with(lowered, "-"), -np.inf, np.inf)
+        parsed = pc.if_else(infinite, signed_inf, parsed)
+        values[rest] = parsed.to_numpy(zero_copy_only=False)
+        ok = pc.or_(pc.or_(numeric, infinite), missing).to_numpy(zero_copy_only=False)
+        problem[rest[~ok]] = np.asarray(odd.to_pylist(), dtype=object)[~ok]
+    index = text.index
+    return (
+        pd.Series(values, index=index, dtype="float64"),
+        pd.Series(problem, index=index, dtype=object),
+    )

@@ -1,0 +1,244 @@
+"""Pass 2: the kept rows of pass 1 -> a model's predictions, written as staged Parquet parts.
+
+Training runs write `predictions` (every accepted row with its prediction, residual and split)
+and sum the squared errors per split for the metrics; scoring runs write `scores`. Each spill
+chunk is one part, written on its own thread (Parquet encoding runs outside the GIL), and the
+parts are moved into place by the publish step. Nothing here reads the CSV again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+from prefect.cache_policies import NONE
+
+from schemas.params import RunConfig
+from schemas.sales import ID_COLUMN
+from tasks.dataset import FilePart, Scan
+from tasks.evaluate import SPLITS, add_sums, zero_sums
+from tasks.profile import BottomK
+from tasks.scan import spilled_values
+from tasks.split import mix64
+from tasks.stats import least_squares_of_moments
+from tasks.storage import working_files
+
+# Rows of the predictions kept for the report's plots (a uniform sample above this).
+REPORT_SAMPLE_ROWS = 20_000
+_SPLIT_NAMES = pa.array(list(SPLITS), pa.string())  # index 0 train, 1 holdout
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What pass 2 of a training run predicts with: the trained model, the least-squares
+    optimum of the training rows and the training mean of the targets (the baseline), all
+    raw-scale float64."""
+
+    W: np.ndarray
+    b: np.ndarray
+    W_opt: np.ndarray
+    b_opt: np.ndarray
+    train_mean: np.ndarray
+
+    @staticmethod
+    def of(fit: Any, scan: Scan) -> Scoring:
+        W_opt, b_opt = least_squares_of_moments(scan.train)
+        return Scoring(fit.W, fit.b, W_opt, b_opt, scan.train.sum_y / scan.train.n)
+
+
+@dataclass(frozen=True)
+class Emitted:
+    """Pass 2's result: the staged parts, per-split sums (training runs) and a sample of the
+    rows written, for the report."""
+
+    parts: tuple[Path, ...]
+    sums: dict[str, dict[str, Any]]
+    sample: BottomK
+
+
+def predictions_arrow(config: RunConfig) -> pa.Schema:
+    """The predictions table's Arrow types."""
+    fields = [(ID_COLUMN, pa.string())] + [(name, pa.float64()) for name in config.values]
+    for name in config.targets:
+        fields += [(f"predicted_{name}", pa.float64()), (f"residual_{name}", pa.float64())]
+    fields += [("split", pa.string()), ("source_file", pa.string()), ("source_line", pa.int64())]
+    return pa.schema(fields)
+
+
+def scores_arrow(features: tuple[str, ...], targets: tuple[str, ...]) -> pa.Schema:
+    """The scores table's Arrow types."""
+    fields = [(ID_COLUMN, pa.string())] + [(name, pa.float64()) for name in features]
+    fields += [(f"predicted_{name}", pa.float64()) for name in targets]
+    fields += [("model_run_id", pa.string()), ("source_file", pa.string())]
+    return pa.schema([*fields, ("source_line", pa.int64())])
+
+
+def predict_parts(
+    parts: tuple[FilePart, ...],
+    scoring: Scoring,
+    config: RunConfig,
+    staging: Path,
+    metadata: dict[bytes, bytes],
+) -> Emitted:
+    """Pass 2 of a training run over the kept rows of `parts` (see the module docstring)."""
+    schema = predictions_arrow(config).with_metadata(metadata)
+
+    def table(batch: pa.RecordBatch, source: str, sums: dict) -> pa.Table:
+        values = spilled_values(batch, config)
+        d = len(config.features)
+        X, y = values[:, :d], values[:, d:]
+        holdout = batch.column("holdout").to_numpy(zero_copy_only=False)
+        pred = X @ scoring.W.T + scoring.b
+        residual = y - pred
+        optimum = y - (X @ scoring.W_opt.T + scoring.b_opt)
+        baseline = y - scoring.train_mean
+        for split, mask in zip(SPLITS, (~holdout, holdout), strict=True):
+            part = sums[split]
+            part["rows"] += int(mask.sum())
+            part["sse"] += (residual[mask] ** 2).sum(axis=0)
+            part["sse_baseline"] += (baseline[mask] ** 2).sum(axis=0)
+            part["sse_optimum"] += (optimum[mask] ** 2).sum(axis=0)
+        columns = [batch.column(ID_COLUMN), *(batch.column(name) for name in config.values)]
+        for j in range(len(config.targets)):
+            columns += [pa.array(pred[:, j]), pa.array(residual[:, j])]
+        columns.append(_SPLIT_NAMES.take(pa.array(holdout.astype(np.int8))))
+        return _with_source(columns, batch, source, schema)
+
+    dictionary = ["split", "source_file"]
+    k = len(config.targets)
+    return _emit(parts, staging, "predictions", table, dictionary, k, config.threads)
+
+
+def score_parts(
+    parts: tuple[FilePart, ...],
+    model: Any,
+    model_run_id: str,
+    config: RunConfig,
+    staging: Path,
+    metadata: dict[bytes, bytes],
+) -> Emitted:
+    """Pass 2 of a scoring run: every kept row with the model's predictions (`model`: W, b,
+    features, targets)."""
+    schema = scores_arrow(model.features, model.targets).with_metadata(metadata)
+    run_column = pa.array([model_run_id], pa.string())
+
+    def table(batch: pa.RecordBatch, source: str, sums: dict) -> pa.Table:
+        X = spilled_values(batch, config)
+        pred = X @ model.W.T + model.b
+        sums["train"]["rows"] += batch.num_rows
+        columns = [batch.column(ID_COLUMN), *(batch.column(name) for name in model.features)]
+        columns += [pa.array(pred[:, j]) for j in range(len(model.targets))]
+        columns.append(run_column.take(pa.array(np.zeros(batch.num_rows, np.int8))))
+        return _with_source(columns, batch, source, schema)
+
+    dictionary = ["model_run_id", "source_file"]
+    k = len(model.targets)
+    return _emit(parts, staging, "scores", table, dictionary, k, config.threads)
+
+
+def _with_source(columns: list, batch: pa.RecordBatch, source: str, schema: pa.Schema) -> pa.Table:
+    zeros = pa.array(np.zeros(batch.num_rows, np.int8))
+    source_column = pa.array([source], pa.string()).take(zeros)
+    return pa.Table.from_arrays([*columns, source_column, batch.column("line")], schema=schema)
+
+
+def _emit(
+    parts: tuple[FilePart, ...],
+    staging: Path,
+    table_name: str,
+    table: Callable[[pa.RecordBatch, str, dict], pa.Table],
+    dictionary: list[str],
+    k: int,
+    threads: int,
+) -> Emitted:
+    """Write one staged part per spill chunk, on `threads` threads; sums and samples are added
+    up in chunk order, so the result does not depend on timing."""
+    folder = staging / table_name
+    folder.mkdir(parents=True, exist_ok=True)
+    units = [(part, chunk) for part in parts for chunk in part.chunks()]
+
+    def write(unit: tuple[FilePart, tuple[int, int]]) -> tuple[Path, dict, BottomK]:
+        part, chunk = unit
+        path = folder / f"part-{part.index:05d}-{chunk[0]:04d}-{chunk[1]:04d}.parquet"
+        sums, sample = zero_sums(k), BottomK(REPORT_SAMPLE_ROWS)
+        writer = None
+        for batch in part.batches(chunk):
+            if not batch.num_rows:
+                continue
+            out = table(batch, part.source, sums)
+            if writer is None:
+                writer = pq.ParquetWriter(path, out.schema, use_dictionary=dictionary)
+            writer.write_table(out, row_group_size=len(out))
+            _sample(sample, out, part.index)
+        if writer is None:
+            return None, sums, sample
+        writer.close()
+        return path, sums, sample
+
+    with working_files(folder), ThreadPoolExecutor(max(1, threads)) as pool:
+        results = list(pool.map(write, units))
+    sums, sample = zero_sums(k), BottomK(REPORT_SAMPLE_ROWS)
+    for _, part_sums, part_sample in results:
+        sums = add_sums(sums, part_sums)
+        sample = sample.merge(part_sample)
+    return Emitted(tuple(path for path, _, _ in results if path is not None), sums, sample)
+
+
+def _sample(sample: BottomK, table: pa.Table, file_index: int) -> None:
+    """Offer a written table's rows to the report's sample (keys from file and line)."""
+    lines = table.column("source_line").to_numpy().astype(np.uint64)
+    keys = mix64(lines ^ np.uint64(file_index << 40))
+    if len(sample.keys) >= sample.k:
+        keep = np.flatnonzero(keys < sample.threshold)
+    elif len(keys) > sample.k:
+        keep = np.argpartition(keys, sample.k - 1)[: sample.k]
+    else:
+        keep = np.arange(len(keys))
+    if len(keep):
+        sample.add(keys[keep], table.take(pa.array(keep)).to_pandas())
+
+
+def sample_frame(emitted: Emitted) -> pd.DataFrame:
+    """The report's sample of the rows pass 2 wrote."""
+    return emitted.sample.rows if emitted.sample.rows is not None else pd.DataFrame()
+
+
+@task(cache_policy=NONE, task_run_name="predict-{part.index}")
+def predict_task(
+    part: FilePart,
+    scoring: Scoring,
+    config: RunConfig,
+    staging: Path,
+    metadata: dict[bytes, bytes],
+) -> Emitted:
+    """predict_parts as a task, for one file's rows."""
+    return predict_parts((part,), scoring, config, staging, metadata)
+
+
+@task(cache_policy=NONE, task_run_name="score-{part.index}")
+def score_task(
+    part: FilePart,
+    model: Any,
+    model_run_id: str,
+    config: RunConfig,
+    staging: Path,
+    metadata: dict[bytes, bytes],
+) -> Emitted:
+    """score_parts as a task, for one file's rows."""
+    return score_parts((part,), model, model_run_id, config, staging, metadata)
+
+
+def combine_emitted(parts: list[Emitted]) -> Emitted:
+    """Pass 2's results of several files as one."""
+    sums, sample = parts[0].sums, parts[0].sample
+    for part in parts[1:]:
+        sums, sample = add_sums(sums, part.sums), sample.merge(part.sample)
+    return Emitted(tuple(path for part in parts for path in part.parts), sums, sample)
