@@ -123,8 +123,11 @@ def steps(csv: Path, out: Path) -> dict:
     """This pipeline's steps called directly, with the default options: pass 1 (read, check,
     quarantine, duplicate keys, statistics), training (the default solver), pass 2
     (predictions), publish every table, the report and the manifest."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from schemas.params import RunConfig
     from tasks.dataset import scan_file
+    from tasks.plots import model_plots, report_sample
     from tasks.predict import Scoring, predict_parts
     from tasks.publish import publish_training
     from tasks.storage import new_run, staging_area, table_metadata
@@ -138,9 +141,13 @@ def steps(csv: Path, out: Path) -> dict:
         scan = scan_file(csv, 0, config, staging)
         check_quality(list(scan.files), config.max_bad_fraction)
         fit = fit_scan(scan, config)
-        metadata = table_metadata(run, "predictions", scan.fingerprint)
-        emitted = predict_parts(scan.parts, Scoring.of(fit, scan), config, staging, metadata)
-        manifest = publish_training(run, scan, emitted, fit, config)
+        sample = report_sample(scan, fit.W, fit.b, FEATURES, TARGETS)
+        with ThreadPoolExecutor(1) as side:  # as the flow: plots drawn while pass 2 writes
+            plots = side.submit(model_plots, sample, fit.loss_history, TARGETS)
+            metadata = table_metadata(run, "predictions", scan.fingerprint)
+            scoring = Scoring.of(fit, scan)
+            emitted = predict_parts(scan.parts, scoring, config, staging, metadata)
+            manifest = publish_training(run, scan, emitted, fit, config, plots.result())
     train = next(m for m in manifest["metrics"] if m["split"] == "train")
     return {
         "seconds": time.perf_counter() - started,

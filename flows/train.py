@@ -46,6 +46,7 @@ from schemas.params import (
 )
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
 from tasks.paths import check_all, confine, data_roots, output_roots, resolve_inputs
+from tasks.plots import draw_model_plots
 from tasks.predict import Scoring, predict_task
 from tasks.publish import check_data_quality, publish_run
 from tasks.report import report_run, summary_text
@@ -99,9 +100,10 @@ def train_sales_model(
         scan = scan_inputs(plans, config, staging)
         check_data_quality(run, scan, config.max_bad_fraction, "train")
         fit = train_model(scan, config)
+        plots = draw_model_plots.submit(scan, fit, config)  # drawn while pass 2 writes
         metadata = table_metadata(run, "predictions", scan.fingerprint)
         emitted = emit(predict_task, scan, Scoring.of(fit, scan), config, staging, metadata)
-        manifest = publish_run(run, scan, emitted, fit, config)
+        manifest = publish_run(run, scan, emitted, fit, config, plots.result())
     report_run(manifest, root)
     return manifest
 

@@ -1,109 +1,119 @@
 """Contracts of the Parquet outputs. Every table is validated against these before it is written.
 
 Each table is a Hive-partitioned dataset under the output root, `<table>/run_id=<id>/`, so
-`run_id` comes from the path and is not stored in the files.
+`run_id` comes from the path and is not stored in the files. (pandera's object API, as in
+schemas/sales.py.)
 """
 
 from __future__ import annotations
 
+import pandas as pd
 import pandera.pandas as pa
 import pyarrow
-from pandera.typing.pandas import Series
 
-from schemas.sales import ID_COLUMN, SalesRecord
+from schemas.sales import ID_COLUMN, SALES_COLUMNS
 
 SCHEMA_VERSION = "1"
 TABLES = ("predictions", "weights", "metrics", "quarantine", "profile")
 
 
-class WeightsTable(pa.DataFrameModel):
-    """One row per target and term of the linear model."""
-
-    target: Series[str] = pa.Field(description="Target column the row belongs to.")
-    feature: Series[str] = pa.Field(description="Feature column, or '(intercept)' for the bias.")
-    weight: Series[float] = pa.Field(
-        description="Weight on the raw (unstandardized) scale: prediction = sum(weight * x) + "
-        "intercept weight."
-    )
-    standardized_weight: Series[float] = pa.Field(
-        description="Weight on standardized features ((x - scaler_mean) / scaler_std)."
-    )
-    scaler_mean: Series[float] = pa.Field(
-        nullable=True, description="Training-split mean of the feature; null for the intercept."
-    )
-    scaler_std: Series[float] = pa.Field(
-        nullable=True,
-        gt=0,
-        description="Training-split std (ddof=0) of the feature; null for the intercept.",
-    )
-
-    @pa.dataframe_check(name="finite_weights", error="weights must be finite")
-    @classmethod
-    def finite_weights(cls, df):
-        return df[["weight", "standardized_weight"]].abs().lt(float("inf")).all(axis=1)
-
-    class Config:
-        strict = True
-        unique = ["target", "feature"]  # noqa: RUF012
+def _finite_weights(frame: pd.DataFrame) -> pd.Series:
+    return frame[["weight", "standardized_weight"]].abs().lt(float("inf")).all(axis=1)
 
 
-class MetricsTable(pa.DataFrameModel):
-    """One row per target and split."""
+# One row per target and term of the linear model.
+WeightsTable = pa.DataFrameSchema(
+    {
+        "target": pa.Column(str, description="Target column the row belongs to."),
+        "feature": pa.Column(str, description="Feature column, or '(intercept)' for the bias."),
+        "weight": pa.Column(
+            float,
+            description="Weight on the raw (unstandardized) scale: prediction = sum(weight * x) "
+            "+ intercept weight.",
+        ),
+        "standardized_weight": pa.Column(
+            float, description="Weight on standardized features ((x - scaler_mean) / scaler_std)."
+        ),
+        "scaler_mean": pa.Column(
+            float,
+            nullable=True,
+            description="Training-split mean of the feature; null for the intercept.",
+        ),
+        "scaler_std": pa.Column(
+            float,
+            pa.Check.gt(0),
+            nullable=True,
+            description="Training-split std (ddof=0) of the feature; null for the intercept.",
+        ),
+    },
+    checks=pa.Check(_finite_weights, name="finite_weights", error="weights must be finite"),
+    strict=True,
+    unique=["target", "feature"],
+    name="weights",
+)
 
-    target: Series[str] = pa.Field(description="Target column.")
-    split: Series[str] = pa.Field(isin=["train", "holdout"], description="train or holdout.")
-    mse: Series[float] = pa.Field(ge=0, description="Mean squared error of the model, units^2.")
-    baseline_mse: Series[float] = pa.Field(
-        ge=0, description="MSE of predicting the training-split mean of the target."
-    )
-    r2: Series[float] = pa.Field(
-        nullable=True, description="1 - mse / baseline_mse (null when the baseline is exact)."
-    )
-    rows: Series[int] = pa.Field(gt=0, description="Rows in the split.")
-    optimum_mse: Series[float] = pa.Field(
-        ge=0, description="MSE of the closed-form least-squares model fitted on the train split."
-    )
-    relative_gap: Series[float] = pa.Field(
-        description="(mse - optimum_mse) / optimum_mse: ~0 on train when training converged."
-    )
-    epochs: Series[int] = pa.Field(ge=0, description="Gradient-descent epochs run.")
-    step_size: Series[float] = pa.Field(gt=0, description="Step size on standardized features.")
-    converged: Series[bool] = pa.Field(description="Whether training met its stopping test.")
+# One row per target and split.
+MetricsTable = pa.DataFrameSchema(
+    {
+        "target": pa.Column(str, description="Target column."),
+        "split": pa.Column(str, pa.Check.isin(["train", "holdout"]), description="Split."),
+        "mse": pa.Column(float, pa.Check.ge(0), description="Mean squared error, units^2."),
+        "baseline_mse": pa.Column(
+            float, pa.Check.ge(0), description="MSE of predicting the training-split mean."
+        ),
+        "r2": pa.Column(
+            float, nullable=True, description="1 - mse / baseline_mse (null when exact)."
+        ),
+        "rows": pa.Column(int, pa.Check.gt(0), description="Rows in the split."),
+        "optimum_mse": pa.Column(
+            float,
+            pa.Check.ge(0),
+            description="MSE of the closed-form least-squares model fitted on the train split.",
+        ),
+        "relative_gap": pa.Column(
+            float, description="(mse - optimum_mse) / optimum_mse: ~0 on train when converged."
+        ),
+        "epochs": pa.Column(int, pa.Check.ge(0), description="Gradient-descent epochs run."),
+        "step_size": pa.Column(
+            float, pa.Check.gt(0), description="Step size on standardized features."
+        ),
+        "converged": pa.Column(bool, description="Whether training met its stopping test."),
+    },
+    strict=True,
+    unique=["target", "split"],
+    name="metrics",
+)
 
-    class Config:
-        strict = True
-        unique = ["target", "split"]  # noqa: RUF012
+QUARANTINE_REASONS = [
+    "missing value",
+    "not a number",
+    "not finite",
+    "out of range",
+    "duplicate key",
+    "invalid text",
+    "wrong field count",
+    "blank line",
+]
 
+# One row per problem found in an input row (a row with two bad cells has two records).
+QuarantineTable = pa.DataFrameSchema(
+    {
+        "source_file": pa.Column(str, description="Input file as given to the run."),
+        "source_line": pa.Column(
+            int, pa.Check.ge(1), description="1-based line in the file (header = 1)."
+        ),
+        "column": pa.Column(
+            str, nullable=True, description="Offending column; null for whole-row problems."
+        ),
+        "reason": pa.Column(str, pa.Check.isin(QUARANTINE_REASONS), description="Reason."),
+        "detail": pa.Column(str, description="Human-readable detail with the offending value."),
+        "raw": pa.Column(str, description="The input row as text."),
+    },
+    strict=True,
+    name="quarantine",
+)
 
-class QuarantineTable(pa.DataFrameModel):
-    """One row per problem found in an input row (a row with two bad cells has two records)."""
-
-    source_file: Series[str] = pa.Field(description="Input file as given to the run.")
-    source_line: Series[int] = pa.Field(ge=1, description="1-based line in the file (header = 1).")
-    column: Series[str] = pa.Field(
-        nullable=True, description="Offending column; null for whole-row problems."
-    )
-    reason: Series[str] = pa.Field(
-        isin=[
-            "missing value",
-            "not a number",
-            "not finite",
-            "out of range",
-            "duplicate key",
-            "invalid text",
-            "wrong field count",
-            "blank line",
-        ],
-        description="Reason category.",
-    )
-    detail: Series[str] = pa.Field(description="Human-readable detail with the offending value.")
-    raw: Series[str] = pa.Field(description="The input row as text.")
-
-    class Config:
-        strict = True
-
-
-# The quarantine table's Arrow types, for files written in chunks (the streaming path).
+# The quarantine table's Arrow types, for files written in chunks.
 QUARANTINE_ARROW = pyarrow.schema(
     [
         ("source_file", pyarrow.string()),
@@ -116,12 +126,35 @@ QUARANTINE_ARROW = pyarrow.schema(
 )
 
 
+def _stat(description: str) -> pa.Column:
+    return pa.Column(float, nullable=True, description=description)
+
+
+# One row per numeric column of the run's accepted data.
+ProfileTable = pa.DataFrameSchema(
+    {
+        "column": pa.Column(str, unique=True, description="Input column."),
+        "count": pa.Column(int, pa.Check.ge(0), description="Non-null values."),
+        "mean": _stat("Mean, in the column's units."),
+        "std": _stat("Standard deviation (ddof=1)."),
+        "min": _stat("Smallest value."),
+        "p05": _stat("5th percentile."),
+        "p25": _stat("25th percentile."),
+        "p50": _stat("Median."),
+        "p75": _stat("75th percentile."),
+        "p95": _stat("95th percentile."),
+        "max": _stat("Largest value."),
+    },
+    strict=True,
+    name="profile",
+)
+
+
 def predictions_schema(features: tuple[str, ...], targets: tuple[str, ...]) -> pa.DataFrameSchema:
     """Schema of the predictions table for the run's feature and target columns."""
-    inputs = SalesRecord.to_schema().columns
-    columns = {ID_COLUMN: pa.Column(str, description=inputs[ID_COLUMN].description)}
+    columns = {ID_COLUMN: pa.Column(str, description=SALES_COLUMNS[ID_COLUMN].description)}
     for name in (*features, *targets):
-        known = inputs.get(name)
+        known = SALES_COLUMNS.get(name)
         columns[name] = pa.Column(float, description=known.description if known else name)
     for target in targets:
         columns[f"predicted_{target}"] = pa.Column(
@@ -136,31 +169,11 @@ def predictions_schema(features: tuple[str, ...], targets: tuple[str, ...]) -> p
     return pa.DataFrameSchema(columns, strict=True, name="predictions")
 
 
-class ProfileTable(pa.DataFrameModel):
-    """One row per numeric column of the run's accepted data."""
-
-    column: Series[str] = pa.Field(unique=True, description="Input column.")
-    count: Series[int] = pa.Field(ge=0, description="Non-null values.")
-    mean: Series[float] = pa.Field(nullable=True, description="Mean, in the column's units.")
-    std: Series[float] = pa.Field(nullable=True, description="Standard deviation (ddof=1).")
-    min: Series[float] = pa.Field(nullable=True, description="Smallest value.")
-    p05: Series[float] = pa.Field(nullable=True, description="5th percentile.")
-    p25: Series[float] = pa.Field(nullable=True, description="25th percentile.")
-    p50: Series[float] = pa.Field(nullable=True, description="Median.")
-    p75: Series[float] = pa.Field(nullable=True, description="75th percentile.")
-    p95: Series[float] = pa.Field(nullable=True, description="95th percentile.")
-    max: Series[float] = pa.Field(nullable=True, description="Largest value.")
-
-    class Config:
-        strict = True
-
-
 def scores_schema(features: tuple[str, ...], targets: tuple[str, ...]) -> pa.DataFrameSchema:
     """Schema of the scores table: the scored rows and the model's predictions."""
-    inputs = SalesRecord.to_schema().columns
-    columns = {ID_COLUMN: pa.Column(str, description=inputs[ID_COLUMN].description)}
+    columns = {ID_COLUMN: pa.Column(str, description=SALES_COLUMNS[ID_COLUMN].description)}
     for name in features:
-        known = inputs.get(name)
+        known = SALES_COLUMNS.get(name)
         columns[name] = pa.Column(float, description=known.description if known else name)
     for target in targets:
         columns[f"predicted_{target}"] = pa.Column(

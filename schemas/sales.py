@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-from pandera.typing.pandas import Series
 
 ID_COLUMN = "country"
 DEFAULT_FEATURES = ("avg_income_k", "price_k", "tax_k")
@@ -34,35 +33,27 @@ def _finite(series: pd.Series) -> pd.Series:
 IS_FINITE = pa.Check(_finite, name="is_finite", error="not finite", ignore_na=True)
 
 
-class SalesRecord(pa.DataFrameModel):
-    """One row of a sales file: a country's economics and the units sold there."""
+def _column(checks: list[pa.Check], description: str) -> pa.Column:
+    return pa.Column(float, [*checks, IS_FINITE], description=description)
 
-    country: Series[str] = pa.Field(
-        str_matches=ID_PATTERN, description="Country identifier (text, no control characters)."
-    )
-    avg_income_k: Series[float] = pa.Field(
-        gt=0, le=MAX_MONEY_K, description="Average income in the country, thousands."
-    )
-    price_k: Series[float] = pa.Field(gt=0, le=MAX_MONEY_K, description="Product price, thousands.")
-    tax_k: Series[float] = pa.Field(
-        ge=0, le=MAX_MONEY_K, description="Tax on the product, thousands."
-    )
-    units_sold_k: Series[float] = pa.Field(
-        ge=0, le=MAX_UNITS_K, description="Units sold, thousands (the default target)."
-    )
 
-    @pa.check(
-        "avg_income_k", "price_k", "tax_k", "units_sold_k", name="is_finite", error="not finite"
-    )
-    @classmethod
-    def is_finite(cls, series: Series[float]) -> Series[bool]:
-        return _finite(series)
-
-    class Config:
-        strict = True
-        unique_column_names = True
-        # Within one file a country appears once: later rows with the same key are quarantined.
-        unique = [ID_COLUMN]  # noqa: RUF012
+# One row of a sales file: a country's economics and the units sold there. (pandera's object
+# API: its class API imports dask, modin and pyspark typing on first use, a second of start-up.)
+SALES_COLUMNS = {
+    ID_COLUMN: pa.Column(
+        str,
+        pa.Check.str_matches(ID_PATTERN),
+        description="Country identifier (text, no control characters).",
+    ),
+    "avg_income_k": _column(
+        [pa.Check.gt(0), pa.Check.le(MAX_MONEY_K)], "Average income in the country, thousands."
+    ),
+    "price_k": _column([pa.Check.gt(0), pa.Check.le(MAX_MONEY_K)], "Product price, thousands."),
+    "tax_k": _column([pa.Check.ge(0), pa.Check.le(MAX_MONEY_K)], "Tax on the product, thousands."),
+    "units_sold_k": _column(
+        [pa.Check.ge(0), pa.Check.le(MAX_UNITS_K)], "Units sold, thousands (the default target)."
+    ),
+}
 
 
 def generic_numeric_column(name: str) -> pa.Column:
@@ -78,10 +69,9 @@ def generic_numeric_column(name: str) -> pa.Column:
 
 def sales_schema(features: tuple[str, ...], targets: tuple[str, ...]) -> pa.DataFrameSchema:
     """The row schema for a run: the id column plus the chosen feature and target columns."""
-    known = SalesRecord.to_schema()
-    columns = {ID_COLUMN: known.columns[ID_COLUMN]}
+    columns = {ID_COLUMN: SALES_COLUMNS[ID_COLUMN]}
     for name in (*features, *targets):
-        columns[name] = known.columns.get(name) or generic_numeric_column(name)
+        columns[name] = SALES_COLUMNS.get(name) or generic_numeric_column(name)
     return pa.DataFrameSchema(
         columns,
         strict=True,
@@ -103,4 +93,4 @@ def allowed_columns(features: tuple[str, ...], targets: tuple[str, ...]) -> set[
     Contract columns that a run does not use (e.g. tax_k when training on two features) are
     allowed and ignored; anything else is an unexpected column and rejects the file.
     """
-    return set(required_columns(features, targets)) | set(SalesRecord.to_schema().columns)
+    return set(required_columns(features, targets)) | set(SALES_COLUMNS)

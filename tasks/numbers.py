@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -27,8 +28,6 @@ def fast_floats(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
     """Text columns -> float64 [N, len(columns)]; NaN where the text is not a number polars
     reads (empty, tokens, padding, thousands separators, ...). inf, nan and 1e400 come back as
     such: the screen's finite check sends those rows on too."""
-    import polars as pl  # imported on first use: the screen is the only user
-
     if not columns:
         return np.zeros((table.num_rows, 0))
     frame = pl.from_arrow(table.select(list(columns)))

@@ -15,25 +15,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pandera.pandas as pandera
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NONE
 
+from schemas.outputs import predictions_schema, scores_schema
 from schemas.params import RunConfig
 from schemas.sales import ID_COLUMN
 from tasks.dataset import FilePart, Scan
 from tasks.evaluate import SPLITS, add_sums, zero_sums
-from tasks.profile import BottomK
 from tasks.scan import spilled_values
-from tasks.split import mix64
 from tasks.stats import least_squares_of_moments
 from tasks.storage import working_files
 
-# Rows of the predictions kept for the report's plots (a uniform sample above this).
-REPORT_SAMPLE_ROWS = 20_000
 _SPLIT_NAMES = pa.array(list(SPLITS), pa.string())  # index 0 train, 1 holdout
+# Rows of each written part checked against the table's pandera schema.
+CHECKED_ROWS = 1000
 
 
 @dataclass(frozen=True)
@@ -56,12 +55,10 @@ class Scoring:
 
 @dataclass(frozen=True)
 class Emitted:
-    """Pass 2's result: the staged parts, per-split sums (training runs) and a sample of the
-    rows written, for the report."""
+    """Pass 2's result: the staged parts and per-split sums (training runs)."""
 
     parts: tuple[Path, ...]
     sums: dict[str, dict[str, Any]]
-    sample: BottomK
 
 
 def predictions_arrow(config: RunConfig) -> pa.Schema:
@@ -112,9 +109,12 @@ def predict_parts(
         columns.append(_SPLIT_NAMES.take(pa.array(holdout.astype(np.int8))))
         return _with_source(columns, batch, source, schema)
 
-    dictionary = ["split", "source_file"]
+    # dictionary pages pay where values repeat (the input's few decimals), not for the id,
+    # the model's outputs or the line
+    dictionary = [*config.values, "split", "source_file"]
     k = len(config.targets)
-    return _emit(parts, staging, "predictions", table, dictionary, k, config.threads)
+    contract = predictions_schema(config.features, config.targets)
+    return _emit(parts, staging, "predictions", table, contract, dictionary, k, config.threads)
 
 
 def score_parts(
@@ -139,9 +139,10 @@ def score_parts(
         columns.append(run_column.take(pa.array(np.zeros(batch.num_rows, np.int8))))
         return _with_source(columns, batch, source, schema)
 
-    dictionary = ["model_run_id", "source_file"]
+    dictionary = [*model.features, "model_run_id", "source_file"]
     k = len(model.targets)
-    return _emit(parts, staging, "scores", table, dictionary, k, config.threads)
+    contract = scores_schema(model.features, model.targets)
+    return _emit(parts, staging, "scores", table, contract, dictionary, k, config.threads)
 
 
 def _with_source(columns: list, batch: pa.RecordBatch, source: str, schema: pa.Schema) -> pa.Table:
@@ -155,60 +156,42 @@ def _emit(
     staging: Path,
     table_name: str,
     table: Callable[[pa.RecordBatch, str, dict], pa.Table],
+    contract: pandera.DataFrameSchema,
     dictionary: list[str],
     k: int,
     threads: int,
 ) -> Emitted:
-    """Write one staged part per spill chunk, on `threads` threads; sums and samples are added
-    up in chunk order, so the result does not depend on timing."""
+    """Write one staged part per spill chunk, on `threads` threads; sums are added up in chunk
+    order, so the result does not depend on timing. The Arrow schema is fixed; the first rows
+    of every part are validated against the table's pandera `contract` as well."""
     folder = staging / table_name
     folder.mkdir(parents=True, exist_ok=True)
     units = [(part, chunk) for part in parts for chunk in part.chunks()]
 
-    def write(unit: tuple[FilePart, tuple[int, int]]) -> tuple[Path, dict, BottomK]:
+    def write(unit: tuple[FilePart, tuple[int, int]]) -> tuple[Path | None, dict]:
         part, chunk = unit
         path = folder / f"part-{part.index:05d}-{chunk[0]:04d}-{chunk[1]:04d}.parquet"
-        sums, sample = zero_sums(k), BottomK(REPORT_SAMPLE_ROWS)
+        sums = zero_sums(k)
         writer = None
         for batch in part.batches(chunk):
             if not batch.num_rows:
                 continue
             out = table(batch, part.source, sums)
             if writer is None:
+                contract.validate(out.slice(0, CHECKED_ROWS).to_pandas(), lazy=True)
                 writer = pq.ParquetWriter(path, out.schema, use_dictionary=dictionary)
             writer.write_table(out, row_group_size=len(out))
-            _sample(sample, out, part.index)
         if writer is None:
-            return None, sums, sample
+            return None, sums
         writer.close()
-        return path, sums, sample
+        return path, sums
 
     with working_files(folder), ThreadPoolExecutor(max(1, threads)) as pool:
         results = list(pool.map(write, units))
-    sums, sample = zero_sums(k), BottomK(REPORT_SAMPLE_ROWS)
-    for _, part_sums, part_sample in results:
+    sums = zero_sums(k)
+    for _, part_sums in results:
         sums = add_sums(sums, part_sums)
-        sample = sample.merge(part_sample)
-    return Emitted(tuple(path for path, _, _ in results if path is not None), sums, sample)
-
-
-def _sample(sample: BottomK, table: pa.Table, file_index: int) -> None:
-    """Offer a written table's rows to the report's sample (keys from file and line)."""
-    lines = table.column("source_line").to_numpy().astype(np.uint64)
-    keys = mix64(lines ^ np.uint64(file_index << 40))
-    if len(sample.keys) >= sample.k:
-        keep = np.flatnonzero(keys < sample.threshold)
-    elif len(keys) > sample.k:
-        keep = np.argpartition(keys, sample.k - 1)[: sample.k]
-    else:
-        keep = np.arange(len(keys))
-    if len(keep):
-        sample.add(keys[keep], table.take(pa.array(keep)).to_pandas())
-
-
-def sample_frame(emitted: Emitted) -> pd.DataFrame:
-    """The report's sample of the rows pass 2 wrote."""
-    return emitted.sample.rows if emitted.sample.rows is not None else pd.DataFrame()
+    return Emitted(tuple(path for path, _ in results if path is not None), sums)
 
 
 @task(cache_policy=NONE, task_run_name="predict-{part.index}")
@@ -238,7 +221,7 @@ def score_task(
 
 def combine_emitted(parts: list[Emitted]) -> Emitted:
     """Pass 2's results of several files as one."""
-    sums, sample = parts[0].sums, parts[0].sample
+    sums = parts[0].sums
     for part in parts[1:]:
-        sums, sample = add_sums(sums, part.sums), sample.merge(part.sample)
-    return Emitted(tuple(path for part in parts for path in part.parts), sums, sample)
+        sums = add_sums(sums, part.sums)
+    return Emitted(tuple(path for part in parts for path in part.parts), sums)

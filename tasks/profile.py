@@ -92,18 +92,26 @@ class ProfileSketch:
     high: np.ndarray | None = None
     sample: BottomK = field(default_factory=lambda: BottomK(PROFILE_SAMPLE_ROWS))
 
-    def add(self, values: np.ndarray, keys: np.ndarray, below: np.uint64 = NO_KEY) -> None:
+    def add(
+        self,
+        values: np.ndarray,
+        keys: np.ndarray,
+        below: np.uint64 = NO_KEY,
+        extra: np.ndarray | None = None,
+    ) -> None:
         """Add rows (values [N, columns], sample keys [N]); rows whose key is at or above
-        `below` (a threshold the whole sample is already below) are not needed."""
+        `below` (a threshold the whole sample is already below) are not needed. `extra`
+        columns ride along in the sample (the report's split flag)."""
         if not len(values):
             return
         low, high = values.min(axis=0), values.max(axis=0)
         self.low = low if self.low is None else np.minimum(self.low, low)
         self.high = high if self.high is None else np.maximum(self.high, high)
+        rows = values if extra is None else np.column_stack([values, extra])
         if below != NO_KEY:
             pick = np.flatnonzero(keys < below)
-            values, keys = values[pick], keys[pick]
-        self.sample.add(keys, np.ascontiguousarray(values))
+            rows, keys = rows[pick], keys[pick]
+        self.sample.add(keys, np.ascontiguousarray(rows))
 
     def absorb(self, other: ProfileSketch) -> None:
         """Add another sketch's rows to this one, in place."""

@@ -26,13 +26,12 @@ from schemas.outputs import (
     ProfileTable,
     QuarantineTable,
     WeightsTable,
-    predictions_schema,
 )
 from schemas.params import RunConfig
 from tasks.dataset import Scan
 from tasks.errors import DataQualityError
 from tasks.evaluate import fit_warnings, metrics_from_sums, weights_frame
-from tasks.predict import Emitted, sample_frame
+from tasks.predict import Emitted
 from tasks.profile import compare_profiles
 from tasks.promote import (
     decide_promotion,
@@ -103,12 +102,17 @@ def build_manifest(
 
 
 def publish_training(
-    run: RunInfo, scan: Scan, emitted: Emitted, fit: Any, config: RunConfig
+    run: RunInfo,
+    scan: Scan,
+    emitted: Emitted,
+    fit: Any,
+    config: RunConfig,
+    plots: dict[str, bytes],
 ) -> dict[str, Any]:
     """Under the output lock, all or nothing: validate and write the small tables, move the
     staged predictions in, merge the quarantine, decide promotion on the holdout statistics,
-    measure drift against the champion, write the report and the manifest, then move the
-    champion pointer if promoted."""
+    measure drift against the champion, write the report (with `plots`, drawn while pass 2
+    ran) and the manifest, then move the champion pointer if promoted."""
     tables = {
         "weights": weights_frame(fit, config.features, config.targets),
         "metrics": metrics_from_sums(emitted.sums, fit, config.targets),
@@ -116,9 +120,6 @@ def publish_training(
     }
     for name, frame in tables.items():
         SMALL_TABLES[name].validate(frame, lazy=True)
-    sample = sample_frame(emitted)
-    if len(sample):
-        predictions_schema(config.features, config.targets).validate(sample, lazy=True)
     root = run.output_root
     fingerprint = data_fingerprint([f.sha256 for f in scan.files])
     report_folder = report_dir(root, run.run_id)
@@ -144,7 +145,7 @@ def publish_training(
             "warnings": fit_warnings(scan.train.n, len(config.features)),
         }
         manifest = build_manifest(run, scan.files, "completed", outputs, results=results)
-        write_report(root, manifest, sample, fit.loss_history, config.targets)
+        write_report(root, manifest, plots)
         outputs["manifest"] = manifest_path(root, run.run_id)
         write_json(outputs["manifest"], manifest)
         if promotion["promoted"]:
@@ -153,11 +154,7 @@ def publish_training(
 
 
 # Tables small enough to be written from one DataFrame.
-SMALL_TABLES = {
-    "weights": WeightsTable.to_schema(),
-    "metrics": MetricsTable.to_schema(),
-    "profile": ProfileTable.to_schema(),
-}
+SMALL_TABLES = {"weights": WeightsTable, "metrics": MetricsTable, "profile": ProfileTable}
 
 
 def training_summary(fit: Any) -> dict[str, Any]:
@@ -254,7 +251,12 @@ def check_data_quality(run: RunInfo, scan: Scan, max_bad_fraction: float, kind: 
 
 @task(cache_policy=NONE)
 def publish_run(
-    run: RunInfo, scan: Scan, emitted: Emitted, fit: Any, config: RunConfig
+    run: RunInfo,
+    scan: Scan,
+    emitted: Emitted,
+    fit: Any,
+    config: RunConfig,
+    plots: dict[str, bytes],
 ) -> dict[str, Any]:
     """publish_training as a task; returns the manifest."""
-    return publish_training(run, scan, emitted, fit, config)
+    return publish_training(run, scan, emitted, fit, config, plots)

@@ -7,19 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
+from tasks.plots import PLOTS, plot_history, png
 from tasks.storage import MANIFESTS, atomic_write, manifest_path
 
 REPORTS = "reports"
 HISTORY_RUNS = 20
-FIGSIZE = (8, 5)  # inches
-DPI = 100  # so every PNG is 800 x 500 pixels
 
 
 def report_dir(root: Path, run_id: str) -> Path:
@@ -129,88 +126,17 @@ def holdout_history(root: Path, current: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=["run_id", "target", "mse"])
 
 
-def _save(figure: Figure, path: Path) -> str:
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=DPI))
-    return path.name
-
-
-def plot_loss(loss_history: list[float]) -> Figure:
-    figure = Figure(figsize=FIGSIZE)
-    ax = figure.subplots()
-    ax.semilogy(np.arange(len(loss_history)), loss_history)
-    ax.set(title="Training loss (MSE) per epoch", xlabel="epoch", ylabel="train MSE (log)")
-    ax.grid(alpha=0.3)
-    return figure
-
-
-def plot_predicted_vs_actual(predictions: pd.DataFrame, targets: tuple[str, ...]) -> Figure:
-    figure = Figure(figsize=FIGSIZE)
-    axes = np.atleast_1d(figure.subplots(1, len(targets), squeeze=False)[0])
-    holdout = predictions[predictions["split"] == "holdout"]
-    for ax, target in zip(axes, targets, strict=True):
-        actual, predicted = holdout[target], holdout[f"predicted_{target}"]
-        ax.scatter(actual, predicted, s=12, alpha=0.7)
-        if len(holdout):
-            low, high = min(actual.min(), predicted.min()), max(actual.max(), predicted.max())
-            ax.plot([low, high], [low, high], color="grey", linewidth=1)
-        ax.set(title=f"Holdout: {target}", xlabel="actual", ylabel="predicted")
-    return figure
-
-
-def plot_residuals(predictions: pd.DataFrame, targets: tuple[str, ...]) -> Figure:
-    figure = Figure(figsize=FIGSIZE)
-    axes = np.atleast_1d(figure.subplots(1, len(targets), squeeze=False)[0])
-    for ax, target in zip(axes, targets, strict=True):
-        for split in ("train", "holdout"):
-            part = predictions.loc[predictions["split"] == split, f"residual_{target}"]
-            if len(part):
-                ax.hist(part, bins=30, alpha=0.6, label=split, density=True)
-        ax.set(title=f"Residuals: {target}", xlabel="actual - predicted", ylabel="density")
-        _legend(ax)
-    return figure
-
-
-def _legend(ax) -> None:
-    """A legend when something was drawn (matplotlib warns on an empty one)."""
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend()
-
-
-def plot_history(history: pd.DataFrame) -> Figure:
-    figure = Figure(figsize=FIGSIZE)
-    ax = figure.subplots()
-    for target, part in history.groupby("target", sort=False):
-        ax.plot(range(len(part)), part["mse"], marker="o", label=target)
-        ax.set_xticks(range(len(part)), [r[:15] for r in part["run_id"]], rotation=45, ha="right")
-    ax.set(title="Holdout MSE of the last runs", xlabel="run", ylabel="holdout MSE")
-    if history.empty:
-        ax.text(0.5, 0.5, "no holdout rows in these runs", ha="center", transform=ax.transAxes)
-    _legend(ax)
-    figure.tight_layout()
-    return figure
-
-
-def write_report(
-    root: Path,
-    manifest: dict[str, Any],
-    predictions: pd.DataFrame,
-    loss_history: list[float],
-    targets: tuple[str, ...],
-) -> Path:
-    """Write `<root>/reports/<run_id>/`: report.md and four PNG plots. Returns report.md."""
+def write_report(root: Path, manifest: dict[str, Any], plots: dict[str, bytes]) -> Path:
+    """Write `<root>/reports/<run_id>/`: report.md, the model's plots (drawn already, see
+    tasks.plots.model_plots) and the holdout MSE history. Returns report.md."""
     folder = report_dir(root, manifest["run_id"])
-    plots = {
-        "Loss curve": _save(plot_loss(loss_history), folder / "loss.png"),
-        "Predicted vs actual (holdout)": _save(
-            plot_predicted_vs_actual(predictions, targets), folder / "holdout.png"
-        ),
-        "Residuals": _save(plot_residuals(predictions, targets), folder / "residuals.png"),
-        "Holdout MSE over runs": _save(
-            plot_history(holdout_history(root, manifest)), folder / "history.png"
-        ),
-    }
+    plots = {**plots, "history.png": png(plot_history(holdout_history(root, manifest)))}
+    for name, data in plots.items():
+        atomic_write(folder / name, lambda tmp, data=data: tmp.write_bytes(data))
     body = summary_markdown(manifest, root)
-    body += "\n## Plots\n\n" + "\n".join(f"### {t}\n\n![{t}]({f})\n" for t, f in plots.items())
+    body += "\n## Plots\n\n" + "\n".join(
+        f"### {title}\n\n![{title}]({name})\n" for name, title in PLOTS.items()
+    )
     return atomic_write(folder / "report.md", lambda tmp: tmp.write_text(body))
 
 

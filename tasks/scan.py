@@ -88,7 +88,7 @@ def batch_stats(
     hashes); sample keys at or above `below` are left out of the profile's sample."""
     d = len(config.features)
     profile = ProfileSketch(config.values)
-    profile.add(values, sample_keys(hashes), below)
+    profile.add(values, sample_keys(hashes), below, holdout)
     train = moments_of_columns(take_rows(values, ~holdout), d)
     return BatchStats(train, moments_of_columns(take_rows(values, holdout), d), profile)
 

@@ -222,47 +222,42 @@ def check_rows(
     return CheckedRows(typed, keep, quarantine.astype({"source_line": "int64"}))
 
 
+# pandera's verdicts on single values, (features, targets, column, value) -> the checks it
+# failed: a column's checks look at one value at a time, so a verdict holds wherever the value
+# comes back, and pandera (about 0.1 s a call) is asked about new values only.
+_VERDICTS: dict[tuple, tuple[str, ...]] = {}
+_VERDICTS_KEPT = 100_000
+
+
 def _schema_failures(typed, rows, features, targets, source, unparsed) -> pd.DataFrame:
     """pandera's column checks -> one record (pos, column, reason, detail) per failing cell.
-    A column's checks look at one value at a time, so pandera validates each column's distinct
-    values among the cells the screen could not clear (all columns in one call, each padded
-    with nulls whose findings are dropped), and its verdict on a value holds for every cell
-    with that value."""
+    pandera validates each column's distinct values among the cells the screen could not clear
+    (see _VERDICTS; all columns in one call, each padded with nulls whose findings are
+    dropped), and its verdict on a value holds for every cell with that value."""
     schema = sales_schema(features, targets)
     columns = {ID_COLUMN: typed[ID_COLUMN]}
     columns |= {name: typed[name].to_numpy() for name in (*features, *targets)}
-    suspects = {}
+    suspects, unknown = {}, {}
     for name, cleared in cell_screen(schema, columns, unparsed).items():
         cells = np.flatnonzero(~cleared)
         if len(cells):
             codes, distinct = pd.factorize(typed[name].iloc[cells], use_na_sentinel=False)
-            suspects[name] = (cells, codes, distinct)
-    if not suspects:
-        return pd.DataFrame(columns=["pos", "column", "reason", "detail"])
-    size = max(len(distinct) for _, _, distinct in suspects.values())
-    frame = pd.DataFrame(
-        {
-            name: pd.Series(
-                [*(suspects[name][2] if name in suspects else []), *[None] * size][:size],
-                dtype=typed[name].dtype,
-            )
-            for name in schema.columns
-        }
-    )
-    cases = _failure_cases(schema, frame)
-    if cases is None:
-        return pd.DataFrame(columns=["pos", "column", "reason", "detail"])
-    if cases["index"].isna().any():
-        first = cases[cases["index"].isna()].iloc[0]
-        raise InputFileError(
-            f"{source}: schema check {first['check']} failed: {first['failure_case']}"
-        )
+            keys = [(features, targets, name, _value_key(v)) for v in distinct]
+            suspects[name] = (cells, codes, keys)
+            unknown[name] = [
+                v for v, key in zip(distinct, keys, strict=True) if key not in _VERDICTS
+            ]
+    if any(unknown.values()):
+        _ask_pandera(schema, typed, unknown, features, targets, source)
     hits = []
-    for name, (cells, codes, distinct) in suspects.items():
-        found = cases[(cases["column"] == name) & (cases["index"] < len(distinct))]
-        per_value = found[["index", "check"]].astype({"index": "int64", "check": str})
-        cell_codes = pd.DataFrame({"pos": cells, "index": codes})
-        hits.append(cell_codes.merge(per_value, on="index").assign(column=name))
+    for name, (cells, codes, keys) in suspects.items():
+        pairs = [(u, check) for u, key in enumerate(keys) for check in _VERDICTS[key]]
+        if pairs:
+            failed = pd.DataFrame(pairs, columns=["index", "check"])
+            cell_codes = pd.DataFrame({"pos": cells, "index": codes})
+            hits.append(cell_codes.merge(failed, on="index").assign(column=name))
+    if not hits:
+        return pd.DataFrame(columns=["pos", "column", "reason", "detail"])
     hits = pd.concat(hits, ignore_index=True)
     text = np.empty(len(hits), dtype=object)
     for name in hits["column"].unique():
@@ -277,6 +272,43 @@ def _schema_failures(typed, rows, features, targets, source, unparsed) -> pd.Dat
     return pd.DataFrame(
         {"pos": hits["pos"], "column": hits["column"], "reason": reason, "detail": detail}
     )
+
+
+def _value_key(value) -> object:
+    return "<null>" if value is None or value != value else value
+
+
+def _ask_pandera(schema, typed, unknown, features, targets, source) -> None:
+    """pandera on the values it has not judged yet (see _VERDICTS)."""
+    size = max(len(values) for values in unknown.values())
+    frame = pd.DataFrame(
+        {
+            name: pd.Series(
+                [*unknown.get(name, []), *[None] * size][:size], dtype=typed[name].dtype
+            )
+            for name in schema.columns
+        }
+    )
+    cases = _failure_cases(schema, frame)
+    found: dict[tuple, list[str]] = {}
+    if cases is not None:
+        if cases["index"].isna().any():
+            first = cases[cases["index"].isna()].iloc[0]
+            raise InputFileError(
+                f"{source}: schema check {first['check']} failed: {first['failure_case']}"
+            )
+        for name, index, check in cases[["column", "index", "check"]].itertuples(index=False):
+            if int(index) < len(unknown.get(name, [])):
+                value = unknown[name][int(index)]
+                found.setdefault((features, targets, name, _value_key(value)), []).append(
+                    str(check)
+                )
+    if len(_VERDICTS) > _VERDICTS_KEPT:
+        _VERDICTS.clear()
+    for name, values in unknown.items():
+        for value in values:
+            key = (features, targets, name, _value_key(value))
+            _VERDICTS[key] = tuple(found.get(key, ()))
 
 
 def _reason(check: str) -> str:
@@ -298,7 +330,7 @@ def as_csv_lines(frame: pd.DataFrame) -> list[str]:
         return []
     fields = []
     for name in frame.columns:
-        text = pc.fill_null(pa.array(frame[name].to_numpy(dtype=object), pa.string()), "")
+        text = pc.fill_null(pa.array(frame[name], pa.string(), from_pandas=True), "")
         quoted = pc.binary_join_element_wise('"', pc.replace_substring(text, '"', '""'), '"', "")
         fields.append(pc.if_else(pc.match_substring_regex(text, '[,"]'), quoted, text))
     lines = pc.binary_join_element_wise(*fields, ",")
