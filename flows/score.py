@@ -48,7 +48,7 @@ def score_sales(
         holdout_fraction=0.0,
         max_bad_fraction=max_bad_fraction,
     )
-    config = for_runner(config, len(paths))
+    config = for_runner(config)
     plans = open_inputs(paths, config)
     run = new_run(root, dict(flow_run.parameters))
     with staging_area(root, run.run_id) as staging:

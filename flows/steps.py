@@ -27,13 +27,11 @@ def on_cluster() -> bool:
     return context is not None and not isinstance(context.task_runner, ThreadPoolTaskRunner)
 
 
-def for_runner(config: RunConfig, files: int) -> RunConfig:
-    """The settings of how the work is cut, for this flow run's task runner and `files`."""
+def for_runner(config: RunConfig) -> RunConfig:
+    """The settings of how the work is cut, for this flow run's task runner."""
     if on_cluster():
-        return config.with_changes(
-            threads=1, memory_bytes=0, split_bytes=config.split_bytes or CLUSTER_SPLIT_BYTES
-        )
-    return config.with_changes(memory_bytes=config.memory_bytes // max(1, files))
+        return config.with_changes(threads=1, split_bytes=config.split_bytes or CLUSTER_SPLIT_BYTES)
+    return config
 
 
 def open_inputs(paths: list[Path], config: RunConfig) -> list[tuple[CsvFile, list[ByteRange]]]:

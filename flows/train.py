@@ -93,7 +93,7 @@ def train_sales_model(
         drift_threshold=drift_threshold,
         split_bytes=int(split_mb * 2**20),
     )
-    config = for_runner(config, len(paths))
+    config = for_runner(config)
     plans = open_inputs(paths, config)
     run = new_run(root, dict(flow_run.parameters))
     with staging_area(root, run.run_id) as staging:

@@ -9,7 +9,6 @@ metrics and pass 2 read.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,30 +16,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from schemas.params import RunConfig
 from schemas.sales import ID_COLUMN, allowed_columns, required_columns
-from tasks.csvfile import ByteRange, CsvFile, open_csv, read_lines, sha256_file, split_ranges
-from tasks.dedup import repeated_ids
+from tasks.batchstats import BatchStats, batch_stats
+from tasks.blocks import LineReader
+from tasks.csvfile import ByteRange, CsvFile, open_csv, sha256_file, split_ranges
+from tasks.dedup import duplicate_records, repeated_ids
 from tasks.errors import InputFileError
 from tasks.profile import ProfileSketch, profile_table
 from tasks.retry import FILE_READ_TASK
-from tasks.scan import (
-    BatchStats,
-    RangeScan,
-    batch_stats,
-    quarantine_table,
-    scan_range,
-    spilled_values,
-)
+from tasks.scan import RangeScan, scan_range
+from tasks.spill import read_chunk, spilled_values
 from tasks.split import hash_text
 from tasks.stats import Moments
 from tasks.storage import data_fingerprint, working_files
-from tasks.validate import FileReport, as_csv_lines, duplicate_detail
+from tasks.validate import FileReport
 
 FIRST_DATA_LINE = 2  # line 1 is the header
 
@@ -61,13 +55,7 @@ class FilePart:
     def batches(self, chunk: tuple[int, int]) -> Iterator[pa.RecordBatch]:
         """The accepted rows of one spill chunk (range, chunk number), lines absolute."""
         r, c = chunk
-        kept = self.ranges[r].spill[c]
-        if isinstance(kept, Path):
-            with pa.OSFile(str(kept)) as source, ipc.open_file(source) as reader:
-                for i in range(reader.num_record_batches):
-                    yield self._absolute(reader.get_batch(i), self.offsets[r])
-            return
-        for batch in kept:
+        for batch in read_chunk(self.ranges[r].spill[c]):
             yield self._absolute(batch, self.offsets[r])
 
     def chunks(self) -> list[tuple[int, int]]:
@@ -177,14 +165,14 @@ def finish_file(
     rows = sum(r.rows for r in ranges)
     if rows == 0:
         raise InputFileError(f"{source}: no data rows (header only)")
-    lines = _LineReader(file, ranges, offsets)
+    lines = LineReader(file, [r.blocks for r in ranges], offsets)
     repeats = repeated_ids([r.keys for r in ranges], offsets, lines.ids, config.threads)
     excluded = repeats.loc[repeats["ok"], "source_line"].to_numpy(np.int64)
     duplicates = None
     if len(repeats):
         duplicates = staging / f"duplicates-{index:05d}.parquet"
         with working_files(staging):
-            pq.write_table(_duplicate_records(source, repeats, lines), duplicates)
+            pq.write_table(duplicate_records(source, repeats, lines), duplicates)
     part = FilePart(source, index, tuple(ranges), tuple(map(int, offsets)), excluded, duplicates)
     stats = BatchStats.zero(config)
     if len(excluded):  # the statistics again, without the repeats
@@ -207,54 +195,6 @@ def finish_file(
         rows - accepted,
     )
     return Scan((report,), (part,), stats.train, stats.holdout, stats.profile)
-
-
-class _LineReader:
-    """Lines of a file read back by their absolute number (for repeated ids: their text)."""
-
-    def __init__(self, file: CsvFile, ranges: list[RangeScan], offsets: list[int]) -> None:
-        self.file = file
-        blocks = [
-            np.column_stack([r.blocks[:, 0], r.blocks[:, 1] + off, r.blocks[:, 2]])
-            for r, off in zip(ranges, offsets, strict=True)
-            if len(r.blocks)
-        ]
-        self.blocks = np.concatenate(blocks) if blocks else np.zeros((0, 3), np.int64)
-        self.id_field = file.header.index(ID_COLUMN)
-
-    def text(self, lines: np.ndarray) -> dict[int, str]:
-        found: dict[int, str] = {}
-        which = np.searchsorted(self.blocks[:, 1], lines, side="right") - 1
-        for b in np.unique(which):
-            offset, first, size = self.blocks[b]
-            wanted = lines[which == b]
-            got = read_lines(self.file.path, int(offset), int(size), list(wanted - first))
-            found |= {int(first + i): text for i, text in got.items()}
-        return found
-
-    def fields(self, lines: np.ndarray) -> dict[int, list[str]]:
-        return {line: next(csv.reader([text])) for line, text in self.text(lines).items()}
-
-    def ids(self, lines: np.ndarray) -> dict[int, str]:
-        return {line: row[self.id_field].strip() for line, row in self.fields(lines).items()}
-
-
-def _duplicate_records(source: str, repeats: pd.DataFrame, lines: _LineReader) -> pa.Table:
-    fields = lines.fields(repeats["source_line"].to_numpy())
-    rows = pd.DataFrame(
-        [fields[line] for line in repeats["source_line"]], columns=list(lines.file.header)
-    )
-    frame = pd.DataFrame(
-        {
-            "source_file": source,
-            "source_line": repeats["source_line"].to_numpy(),
-            "column": ID_COLUMN,
-            "reason": "duplicate key",
-            "detail": [duplicate_detail(value) for value in repeats["id"]],
-            "raw": as_csv_lines(rows),
-        }
-    )
-    return quarantine_table(frame)
 
 
 def open_input(path: Path, config: RunConfig) -> CsvFile:

@@ -17,10 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-# Input bytes per duplicate-check partition: each partition's keys (12 bytes a row, about 4M
-# rows) are loaded alone.
-PARTITION_BYTES = 128 << 20
+from schemas.sales import ID_COLUMN
+from tasks.blocks import LineReader
+from tasks.validate import as_csv_lines, duplicate_detail, quarantine_table
+
+# Input bytes per duplicate-check partition: each partition's keys (12 bytes a row, about 700k
+# rows of the sales contract) are loaded and sorted alone, one per thread.
+PARTITION_BYTES = 24 << 20
 # A key record: the id's hash and the range-local line, negative (-line - 1) for a row that
 # was refused for other reasons.
 KEY = np.dtype([("hash", "<u8"), ("line", "<i4")])
@@ -40,20 +45,19 @@ class KeyWriter:
         self.files = [path.open("wb") for path in self.paths]
 
     def write(self, hashes: np.ndarray, lines: np.ndarray, ok: np.ndarray) -> None:
-        keys = np.empty(len(hashes), KEY)
-        keys["hash"], keys["line"] = hashes, np.where(ok, lines, -lines - 1)
+        lines = np.where(ok, lines, -lines - 1)
         n = len(self.files)
-        if n == 1:
+        bounds = None
+        if n > 1:  # grouped by partition (numpy takes plain arrays faster than records)
+            part = partition_of(hashes, n)
+            order = np.argsort(part, kind="stable")
+            bounds = np.searchsorted(part[order], np.arange(n + 1))
+            hashes, lines = hashes[order], lines[order]
+        keys = np.empty(len(hashes), KEY)
+        keys["hash"], keys["line"] = hashes, lines
+        if bounds is None:
             keys.tofile(self.files[0])
             return
-        part = partition_of(hashes, n)
-        if n <= 8:  # a few masks are cheaper than a sort
-            for p in range(n):
-                keys[part == p].tofile(self.files[p])
-            return
-        order = np.argsort(part, kind="stable")
-        bounds = np.searchsorted(part[order], np.arange(n + 1))
-        keys = keys[order]
         for p in range(n):
             if bounds[p + 1] > bounds[p]:
                 keys[bounds[p] : bounds[p + 1]].tofile(self.files[p])
@@ -127,3 +131,22 @@ def repeated_ids(
         )
     repeated = pd.concat(found, ignore_index=True).sort_values("line", ignore_index=True)
     return repeated.rename(columns={"line": "source_line"})[["source_line", "ok", "id"]]
+
+
+def duplicate_records(source: str, repeats: pd.DataFrame, lines: LineReader) -> pa.Table:
+    """Quarantine records of the repeated ids (see repeated_ids), with their lines' text."""
+    fields = lines.fields(repeats["source_line"].to_numpy())
+    rows = pd.DataFrame(
+        [fields[line] for line in repeats["source_line"]], columns=list(lines.file.header)
+    )
+    frame = pd.DataFrame(
+        {
+            "source_file": source,
+            "source_line": repeats["source_line"].to_numpy(),
+            "column": ID_COLUMN,
+            "reason": "duplicate key",
+            "detail": [duplicate_detail(value) for value in repeats["id"]],
+            "raw": as_csv_lines(rows),
+        }
+    )
+    return quarantine_table(frame)

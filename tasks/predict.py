@@ -26,7 +26,7 @@ from schemas.params import RunConfig
 from schemas.sales import ID_COLUMN
 from tasks.dataset import FilePart, Scan
 from tasks.evaluate import SPLITS, add_sums, zero_sums
-from tasks.scan import spilled_values
+from tasks.spill import spilled_values
 from tasks.stats import least_squares_of_moments
 from tasks.storage import working_files
 

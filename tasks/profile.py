@@ -28,33 +28,56 @@ _SAMPLE_SALT = np.uint64(0x5EED5A3B1E5A3B1E)
 NO_KEY = np.uint64(2**64 - 1)
 
 
-@dataclass
 class BottomK:
     """A uniform sample: the rows with the k smallest sample keys, exact (all rows) up to k
-    rows. `rows` is a numpy array or a DataFrame, row-aligned with `keys`."""
+    rows. `rows` is a numpy array or a DataFrame, row-aligned with `keys`. Rows that may enter
+    wait in a pending list and are selected together once there are k/2 of them, so that adding
+    a few rows to a full sample costs a few rows, not k."""
 
-    k: int
-    keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
-    rows: np.ndarray | pd.DataFrame | None = None
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self._keys = np.zeros(0, np.uint64)
+        self._rows: np.ndarray | pd.DataFrame | None = None
+        self._pending: list[tuple[np.ndarray, np.ndarray | pd.DataFrame]] = []
+        self._waiting = 0
 
     @property
     def threshold(self) -> np.uint64:
         """Keys at or above this cannot enter (the largest kept key once full)."""
-        return self.keys.max() if len(self.keys) >= self.k else NO_KEY
+        return self._keys.max() if len(self._keys) >= self.k else NO_KEY
+
+    @property
+    def keys(self) -> np.ndarray:
+        self._select()
+        return self._keys
+
+    @property
+    def rows(self) -> np.ndarray | pd.DataFrame | None:
+        self._select()
+        return self._rows
 
     def add(self, keys: np.ndarray, rows: np.ndarray | pd.DataFrame) -> None:
-        pick = np.flatnonzero(keys < self.threshold) if len(self.keys) >= self.k else None
-        if pick is not None:
+        if len(self._keys) >= self.k:
+            pick = np.flatnonzero(keys < self.threshold)
             keys, rows = keys[pick], _take(rows, pick)
-        if not len(keys) and self.rows is not None:
+            if not len(keys):
+                return
+        self._pending.append((keys, rows))
+        self._waiting += len(keys)
+        if self._waiting >= max(1, self.k // 2):
+            self._select()
+
+    def _select(self) -> None:
+        if not self._pending:
             return
-        if self.rows is not None:
-            keys = np.concatenate([self.keys, keys])
-            rows = _concat(self.rows, rows)
+        parts = self._pending if self._rows is None else [(self._keys, self._rows), *self._pending]
+        keys = np.concatenate([part[0] for part in parts])
+        rows = _concat([part[1] for part in parts])
         if len(keys) > self.k:
             keep = np.argpartition(keys, self.k - 1)[: self.k]
             keys, rows = keys[keep], _take(rows, keep)
-        self.keys, self.rows = keys, rows
+        self._keys, self._rows = keys, rows
+        self._pending, self._waiting = [], 0
 
     def merge(self, other: BottomK) -> BottomK:
         merged = BottomK(self.k)
@@ -70,10 +93,10 @@ def _take(rows: np.ndarray | pd.DataFrame, index: np.ndarray) -> np.ndarray | pd
     return rows[index]
 
 
-def _concat(a: np.ndarray | pd.DataFrame, b: np.ndarray | pd.DataFrame):
-    if isinstance(a, pd.DataFrame):
-        return pd.concat([a, b], ignore_index=True)
-    return np.concatenate([a, b])
+def _concat(parts: list[np.ndarray | pd.DataFrame]) -> np.ndarray | pd.DataFrame:
+    if isinstance(parts[0], pd.DataFrame):
+        return pd.concat(parts, ignore_index=True)
+    return np.concatenate(parts)
 
 
 def sample_keys(hashes: np.ndarray) -> np.ndarray:
@@ -119,8 +142,9 @@ class ProfileSketch:
             return
         self.low = other.low if self.low is None else np.minimum(self.low, other.low)
         self.high = other.high if self.high is None else np.maximum(self.high, other.high)
-        if other.sample.rows is not None:
-            self.sample.add(other.sample.keys, other.sample.rows)
+        rows = other.sample.rows
+        if rows is not None:
+            self.sample.add(other.sample.keys, rows)
 
     def merge(self, other: ProfileSketch) -> ProfileSketch:
         if other.low is None:

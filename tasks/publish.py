@@ -42,7 +42,6 @@ from tasks.promote import (
     write_champion,
 )
 from tasks.report import report_dir, write_report
-from tasks.scan import quarantine_table
 from tasks.storage import (
     RunInfo,
     data_fingerprint,
@@ -55,7 +54,7 @@ from tasks.storage import (
     write_table,
     write_table_chunks,
 )
-from tasks.validate import FileReport, check_quality
+from tasks.validate import FileReport, check_quality, quarantine_table
 
 # Where each kind of run keeps its rejected rows.
 QUARANTINE_TABLES = {"train": "quarantine", "score": "score_quarantine"}

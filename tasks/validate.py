@@ -1,12 +1,10 @@
 """Validate: text rows -> typed rows that pass the pandera schema, plus a quarantine record for
 every problem of a row that does not, with the column and the reason.
 
-The pandera schema (schemas/sales.py) decides what a valid row is. To keep that fast, a block is
-first screened (screen_block): numbers parsed by polars and the schema's own checks (not null,
-bounds, finite, the id rule) evaluated vectorized from their statistics clear the rows that
-cannot fail; pandera validates the others (check_rows), so every record and message comes from
-pandera's checks. A check kind the screen does not know sends every row to pandera. Repeated
-ids are found over the whole file by tasks/dedup.py.
+The pandera schema (schemas/sales.py) decides what a valid row is. The screen
+(tasks/screen.py) clears the rows that cannot fail; pandera validates the others (check_rows),
+so every record and message comes from pandera's checks. Repeated ids are found over the whole
+file by tasks/dedup.py. Also here: the run-level checks (columns, the bad-row fraction).
 """
 
 from __future__ import annotations
@@ -19,10 +17,11 @@ import pandera.pandas as pandera
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.sales import ID_COLUMN, ID_PATTERN, sales_schema
+from schemas.outputs import QUARANTINE_ARROW
+from schemas.sales import ID_COLUMN, sales_schema
 from tasks.errors import DataQualityError, InputFileError, PipelineError
-from tasks.numbers import fast_floats, parse_numbers
-from tasks.split import hash_text
+from tasks.numbers import parse_numbers
+from tasks.screen import cell_screen
 
 QUARANTINE_COLUMNS = ["source_file", "source_line", "column", "reason", "detail", "raw"]
 
@@ -47,106 +46,6 @@ class FileReport:
     rows: int
     accepted: int
     quarantined: int
-
-
-@dataclass(frozen=True)
-class Screened:
-    """A block screened: trimmed ids (null when empty) and their hashes, float64 values of the
-    numeric columns, and `clean`, the rows that certainly pass every column check."""
-
-    ids: pa.Array
-    hashes: np.ndarray
-    values: np.ndarray
-    clean: np.ndarray
-
-
-def screen_block(
-    rows: pa.Table, features: tuple[str, ...], targets: tuple[str, ...], seed: int
-) -> Screened:
-    """The fast half of checking a block (see the module docstring)."""
-    names = (*features, *targets)
-    ids = pc.utf8_trim_whitespace(rows[ID_COLUMN].combine_chunks())
-    ids = pc.if_else(pc.equal(ids, ""), pa.scalar(None, pa.string()), ids)
-    values = fast_floats(rows, names)
-    schema = sales_schema(features, targets)
-    columns = {ID_COLUMN: ids, **{name: values[:, j] for j, name in enumerate(names)}}
-    return Screened(ids, hash_text(ids, seed), values, prescreen(schema, columns, {}))
-
-
-# Row checks whose pandera semantics the screen reproduces exactly (value -> passes).
-_FAST_CHECKS = {
-    "greater_than": lambda v, st: v > st["min_value"],
-    "greater_than_or_equal_to": lambda v, st: v >= st["min_value"],
-    "less_than": lambda v, st: v < st["max_value"],
-    "less_than_or_equal_to": lambda v, st: v <= st["max_value"],
-    "is_finite": lambda v, st: np.isfinite(v),
-}
-
-
-def prescreen(
-    schema: pandera.DataFrameSchema,
-    columns: dict[str, np.ndarray | pa.Array | pd.Series],
-    unparsed: dict[str, np.ndarray],
-) -> np.ndarray:
-    """Rows that certainly pass every column check of `schema` (see cell_screen)."""
-    cells = cell_screen(schema, columns, unparsed)
-    return np.logical_and.reduce(list(cells.values())) if cells else np.ones(0, bool)
-
-
-def cell_screen(
-    schema: pandera.DataFrameSchema,
-    columns: dict[str, np.ndarray | pa.Array | pd.Series],
-    unparsed: dict[str, np.ndarray],
-) -> dict[str, np.ndarray]:
-    """Per column of `schema`, the cells that certainly pass its checks (not null, range,
-    finite, text pattern), computed vectorized from the checks' own statistics; `columns` holds
-    float64 arrays and, for text columns, text. A check of a kind not listed in _FAST_CHECKS
-    (or a pattern RE2 cannot take) makes every cell of its column a suspect, so pandera still
-    decides; the screen only spares pandera the cells that cannot fail. A cell that did not
-    parse (`unparsed`) counts as passing: pandera would only report it as null, which the
-    parser's own record shadows."""
-    n = len(next(iter(columns.values())))
-    cells = {}
-    for name, column in schema.columns.items():
-        values = columns[name]
-        if isinstance(values, np.ndarray):
-            cell = ~np.isnan(values)
-            with np.errstate(invalid="ignore"):
-                for check in column.checks:
-                    test = _FAST_CHECKS.get(check.name)
-                    if test is None:
-                        cell = np.zeros(n, dtype=bool)
-                        break
-                    cell &= test(values, check.statistics)
-            cells[name] = cell | unparsed.get(name, False)
-            continue
-        text = pa.array(values, type=pa.string(), from_pandas=True)
-        cell = pc.is_valid(text).to_numpy(zero_copy_only=False)
-        for check in column.checks:
-            if check.name != "str_matches":
-                cell = np.zeros(n, dtype=bool)
-                break
-            cell &= _matches(text, check.statistics["pattern"])
-        cells[name] = cell
-    return cells
-
-
-def _matches(text: pa.Array, pattern: str) -> np.ndarray:
-    """Which values match a str_matches pattern (nulls do not). The id rule (no control
-    characters) is a byte scan: no UTF-8 byte of a character above U+007F is below 0x80."""
-    if isinstance(text, pa.ChunkedArray):
-        text = text.combine_chunks()
-    if pattern == ID_PATTERN and len(text):
-        buffer = text.buffers()[2]
-        data = np.frombuffer(buffer, np.uint8) if buffer is not None else np.zeros(0, np.uint8)
-        if not np.any((data < 0x20) | (data == 0x7F)):
-            nonempty = pc.greater(pc.utf8_length(text), 0)
-            return pc.fill_null(nonempty, False).to_numpy(zero_copy_only=False)
-    try:
-        hit = pc.match_substring_regex(text, pattern)
-    except pa.ArrowInvalid:
-        return np.zeros(len(text), dtype=bool)
-    return pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
 
 
 @dataclass(frozen=True)
@@ -371,3 +270,12 @@ def check_quality(files: list[FileReport], max_bad_fraction: float) -> None:
             f"{quarantined} of {rows_in} rows ({share:.1%}) of {names} were "
             f"quarantined, above max_bad_fraction={max_bad_fraction}"
         )
+
+
+def quarantine_table(frame: pd.DataFrame) -> pa.Table:
+    """Quarantine records with the table's Arrow types (text columns as str, nulls kept)."""
+    frame = frame[QUARANTINE_COLUMNS].copy()
+    for column in ("source_file", "column", "reason", "detail", "raw"):
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    frame["source_line"] = frame["source_line"].astype("int64")
+    return pa.Table.from_pandas(frame, schema=QUARANTINE_ARROW, preserve_index=False)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS, allowed_columns, required_columns
-from tasks.csvfile import LineRejection, open_csv, parse_block, read_blocks, split_ranges
+from tasks.blocks import LineRejection, parse_block, read_blocks
+from tasks.csvfile import open_csv, split_ranges
 from tasks.errors import InputFileError
 from tasks.paths import resolve_inputs
 from tests.conftest import HEADER

@@ -1,7 +1,7 @@
 """The block pipeline against the whole-file reference (tests/reference.py): the same records
 with the same messages and line numbers, the same accepted rows, statistics, profile,
 predictions and metrics, however the file is cut (one block, blocks of a line or two, byte
-ranges of a few lines, rows kept in memory or on disk, one thread or two)."""
+ranges of a few lines, one thread or two, one duplicate-key partition or dozens)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+import tasks.dedup
 import tasks.scan
 from schemas.sales import ID_COLUMN
 from tasks.evaluate import metrics_from_sums
@@ -31,14 +32,19 @@ from tests.reference import (
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("layout", [*LAYOUTS, "on disk, one thread"])
+@pytest.mark.parametrize("layout", [*LAYOUTS, "one thread", "many key partitions"])
 def test_pass_one_matches_the_whole_file(tmp_path, monkeypatch, seed, layout):
-    if layout == "on disk, one thread":
-        run = config("tiny blocks", seed=seed, memory_bytes=0, threads=1)
+    if layout == "one thread":
+        run = config("tiny blocks", seed=seed, threads=1)
+    elif layout == "many key partitions":
+        run = config("tiny ranges", seed=seed)
+        monkeypatch.setattr(tasks.dedup, "PARTITION_BYTES", 100)
     else:
         run = config(layout, seed=seed)
     monkeypatch.setattr(tasks.scan, "SUSPECT_ROWS", 7)  # many checks, each of a few rows
     path = messy_csv(tmp_path / "in.csv", seed)
+    if layout == "many key partitions":
+        assert tasks.dedup.partitions_for(path.stat().st_size) > 8
     whole = whole_file(path, F, T, 0.2, seed)
     scan = scan_paths([path], run, tmp_path / "stage")
 
@@ -98,7 +104,7 @@ def test_results_do_not_depend_on_threads_or_where_the_rows_are_kept(tmp_path):
     path = messy_csv(tmp_path / "in.csv", 7, rows=2000)
     runs = [
         config("tiny blocks", threads=1),
-        config("tiny blocks", threads=2, memory_bytes=0),
+        config("tiny blocks", threads=2),
         config("tiny blocks", threads=2),
     ]
     scans = [scan_paths([path], run, tmp_path / f"s{i}") for i, run in enumerate(runs)]

@@ -1,0 +1,85 @@
+"""Accepted rows between the passes, in Arrow IPC files: what training and pass 2 read, so that
+the CSV text is parsed once. Pass 1 appends each block's accepted rows (id, values, line,
+split) to the current chunk file; a chunk is about CHUNK_BLOCKS blocks of rows, and pass 2
+writes one predictions part per chunk, in parallel. The files are always written: the page
+cache keeps small ones in memory, and big ones never count against the process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from schemas.params import RunConfig
+from schemas.sales import ID_COLUMN
+
+CHUNK_BLOCKS = 8
+ROW_BYTES = 34  # about one row of the sales contract as CSV text
+
+
+def spill_schema(config: RunConfig) -> pa.Schema:
+    """Accepted rows as pass 1 keeps them: the id, the numeric columns, the line (local to the
+    byte range) and whether the row is in the holdout split."""
+    return pa.schema(
+        [(ID_COLUMN, pa.string())]
+        + [(name, pa.float64()) for name in config.values]
+        + [("line", pa.int64()), ("holdout", pa.bool_())]
+    )
+
+
+def spill_batch(
+    ids: pa.Array, values: np.ndarray, lines: np.ndarray, holdout: np.ndarray, config: RunConfig
+) -> pa.RecordBatch:
+    """Accepted rows (ids, values [N, features + targets], lines, holdout mask) as a batch."""
+    columns = [pa.array(values[:, j]) for j in range(values.shape[1])]
+    return pa.record_batch(
+        [ids, *columns, pa.array(lines), pa.array(holdout)], schema=spill_schema(config)
+    )
+
+
+def spilled_values(batch: pa.RecordBatch, config: RunConfig) -> np.ndarray:
+    """The numeric columns of a spilled batch as float64 [N, features + targets]."""
+    columns = [batch.column(name).to_numpy() for name in config.values]
+    return np.asfortranarray(np.column_stack(columns).reshape(batch.num_rows, len(config.values)))
+
+
+def read_chunk(path: Path) -> Iterator[pa.RecordBatch]:
+    """The batches of one chunk file, one at a time (read, not memory-mapped, so that they do
+    not count as resident)."""
+    with pa.OSFile(str(path)) as source, ipc.open_file(source) as reader:
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i)
+
+
+class SpillWriter:
+    """The accepted rows of one byte range, appended in order to chunk files in `folder`."""
+
+    def __init__(self, folder: Path, config: RunConfig) -> None:
+        self.folder, self.schema = folder, spill_schema(config)
+        self.chunk_rows = CHUNK_BLOCKS * max(1, config.block_bytes // ROW_BYTES)
+        self.chunks: list[Path] = []
+        self.writer: ipc.RecordBatchFileWriter | None = None
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self.writer is not None and self.rows >= self.chunk_rows:
+            self._end_chunk()
+        if self.writer is None:
+            path = self.folder / f"spill-{len(self.chunks):04d}.arrow"
+            self.chunks.append(path)
+            self.writer = ipc.new_file(path, self.schema)
+        self.writer.write_batch(batch)
+        self.rows += batch.num_rows
+
+    def _end_chunk(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        self.rows = 0
+
+    def close(self) -> tuple[Path, ...]:
+        self._end_chunk()
+        return tuple(self.chunks)
