@@ -129,7 +129,7 @@ def render(results: dict[int, dict[str, dict]]) -> str:
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `make bench` on "
         f"{os.cpu_count()} cores, {platform.python_implementation()} "
         f"{platform.python_version()}; one run, all cases side by side, each in a fresh process"
-        " (peak RSS from wait4; about 370 MB of it is the imports of torch, polars, pandera and"
+        " (peak RSS from wait4; about 400 MB of it is the imports of torch, polars, pandera and"
         " Prefect). Input: a generated sales CSV (`benchmarks/generate.py`, seed 0, correlated"
         " features, 2% of rows with one bad value).",
         "",

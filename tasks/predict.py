@@ -54,6 +54,19 @@ class Scoring:
 
 
 @dataclass(frozen=True)
+class _Output:
+    """What pass 2 writes: the table's name, `build(batch, source, sums)` making a batch's
+    rows (and adding to `sums`), the pandera contract, the columns with dictionary pages and
+    the number of targets (for the sums)."""
+
+    name: str
+    build: Callable[[pa.RecordBatch, str, dict], pa.Table]
+    contract: pandera.DataFrameSchema
+    dictionary: list[str]
+    targets: int
+
+
+@dataclass(frozen=True)
 class Emitted:
     """Pass 2's result: the staged parts and per-split sums (training runs)."""
 
@@ -112,9 +125,9 @@ def predict_parts(
     # dictionary pages pay where values repeat (the input's few decimals), not for the id,
     # the model's outputs or the line
     dictionary = [*config.values, "split", "source_file"]
-    k = len(config.targets)
     contract = predictions_schema(config.features, config.targets)
-    return _emit(parts, staging, "predictions", table, contract, dictionary, k, config.threads)
+    output = _Output("predictions", table, contract, dictionary, len(config.targets))
+    return _emit(parts, staging, output, config.threads)
 
 
 def score_parts(
@@ -140,9 +153,9 @@ def score_parts(
         return _with_source(columns, batch, source, schema)
 
     dictionary = [*model.features, "model_run_id", "source_file"]
-    k = len(model.targets)
     contract = scores_schema(model.features, model.targets)
-    return _emit(parts, staging, "scores", table, contract, dictionary, k, config.threads)
+    output = _Output("scores", table, contract, dictionary, len(model.targets))
+    return _emit(parts, staging, output, config.threads)
 
 
 def _with_source(columns: list, batch: pa.RecordBatch, source: str, schema: pa.Schema) -> pa.Table:
@@ -151,35 +164,26 @@ def _with_source(columns: list, batch: pa.RecordBatch, source: str, schema: pa.S
     return pa.Table.from_arrays([*columns, source_column, batch.column("line")], schema=schema)
 
 
-def _emit(
-    parts: tuple[FilePart, ...],
-    staging: Path,
-    table_name: str,
-    table: Callable[[pa.RecordBatch, str, dict], pa.Table],
-    contract: pandera.DataFrameSchema,
-    dictionary: list[str],
-    k: int,
-    threads: int,
-) -> Emitted:
+def _emit(parts: tuple[FilePart, ...], staging: Path, output: _Output, threads: int) -> Emitted:
     """Write one staged part per spill chunk, on `threads` threads; sums are added up in chunk
     order, so the result does not depend on timing. The Arrow schema is fixed; the first rows
-    of every part are validated against the table's pandera `contract` as well."""
-    folder = staging / table_name
+    of every part are validated against the table's pandera contract as well."""
+    folder = staging / output.name
     folder.mkdir(parents=True, exist_ok=True)
     units = [(part, chunk) for part in parts for chunk in part.chunks()]
 
     def write(unit: tuple[FilePart, tuple[int, int]]) -> tuple[Path | None, dict]:
         part, chunk = unit
         path = folder / f"part-{part.index:05d}-{chunk[0]:04d}-{chunk[1]:04d}.parquet"
-        sums = zero_sums(k)
+        sums = zero_sums(output.targets)
         writer = None
         for batch in part.batches(chunk):
             if not batch.num_rows:
                 continue
-            out = table(batch, part.source, sums)
+            out = output.build(batch, part.source, sums)
             if writer is None:
-                contract.validate(out.slice(0, CHECKED_ROWS).to_pandas(), lazy=True)
-                writer = pq.ParquetWriter(path, out.schema, use_dictionary=dictionary)
+                output.contract.validate(out.slice(0, CHECKED_ROWS).to_pandas(), lazy=True)
+                writer = pq.ParquetWriter(path, out.schema, use_dictionary=output.dictionary)
             writer.write_table(out, row_group_size=len(out))
         if writer is None:
             return None, sums
@@ -188,7 +192,7 @@ def _emit(
 
     with working_files(folder), ThreadPoolExecutor(max(1, threads)) as pool:
         results = list(pool.map(write, units))
-    sums = zero_sums(k)
+    sums = zero_sums(output.targets)
     for _, part_sums in results:
         sums = add_sums(sums, part_sums)
     return Emitted(tuple(path for path, _ in results if path is not None), sums)

@@ -240,7 +240,7 @@ def move_parts(parts: list[Path], root: Path, table: str, run_id: str) -> Path:
 
 @contextlib.contextmanager
 def staging_area(root: Path, run_id: str) -> Iterator[Path]:
-    """A private folder under `<root>/.staging/` for the files a streamed run writes before it
+    """A private folder under `<root>/.staging/` for the files a run writes before it
     publishes; removed when the run ends, or by a later sweep if its process died."""
     folder = root / STAGING / f"{run_id}.{os.getpid()}"
     folder.mkdir(parents=True, exist_ok=True)
