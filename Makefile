@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DATA ?= data/sales.csv
+DATA ?= dataset
 OUTPUT ?= output
 PORT ?= 4200
 
@@ -25,13 +25,20 @@ $(STAMP): requirements.txt constraints.txt
 
 install: $(STAMP) ## create .venv and install pinned dependencies
 
-run: $(STAMP) ## train on $(DATA), write $(OUTPUT)/, print a summary
+run: $(STAMP) ## train on $(DATA) (default: the dataset), write $(OUTPUT)/, print a summary
 	$(BIN)/python -m flows.train --data $(DATA) --output $(OUTPUT)
 
-serve: $(STAMP) ## local Prefect server (127.0.0.1) + pool + deployments + worker
+land: $(STAMP) ## move FILE=... into data/landing/ and announce it: the landing check starts
+	@test -n "$(FILE)" || { echo "usage: make land FILE=path/to/file.csv" >&2; exit 2; }
+	$(BIN)/python -m flows.land $(FILE)
+
+dataset: $(STAMP) ## list the dataset (data/sales.csv + accepted landed files) and its fingerprint
+	$(BIN)/python -m flows.dataset
+
+serve: $(STAMP) ## local Prefect server (127.0.0.1) + pool + deployments + worker + landing watcher
 	$(BIN)/python -m scripts.local_prefect start --port $(PORT)
 
-stop: $(STAMP) ## stop the worker and the server started by serve
+stop: $(STAMP) ## stop the watcher, the worker and the server started by serve
 	$(BIN)/python -m scripts.local_prefect stop
 
 bench: $(STAMP) ## measure floors, peers, the steps, scoring and the flow on 1M, 10M, 100M rows; writes BENCHMARKS.md
@@ -52,4 +59,4 @@ test: $(STAMP) lint ## lint, then the whole test suite
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf $(OUTPUT) .pytest_cache .ruff_cache data/ledger
 
-.PHONY: help install run serve stop bench lint format test clean
+.PHONY: help install run land dataset serve stop bench lint format test clean

@@ -4,26 +4,37 @@ run the flow, report a user error as one line.
 By default the terminal shows the summary, or one `error:` line; Prefect's own logs still go to
 the Prefect server (the UI shows them). `--verbose`, or setting PREFECT_LOGGING_LEVEL yourself,
 shows them in the terminal too.
+
+Which server: PREFECT_API_URL (or a Prefect profile) when set; else the local stack's server
+when `make serve` is running (found from its state file); else Prefect's temporary server.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
+import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prefect import Flow
 from prefect.exceptions import ParameterTypeError
 from prefect.logging.handlers import PrefectConsoleHandler
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tasks.errors import PipelineError
 
 # Prefect must never phone home from these machines; a user's own setting wins.
 OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 ENGINE_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+# Where `make serve` (scripts/local_prefect.py) records its server's address and PIDs.
+STACK_INFO = Path(__file__).resolve().parents[1] / ".run" / "stack.json"
 
 
 class _DropUserErrorTracebacks(logging.Filter):
@@ -50,10 +61,44 @@ class _QuietConsole(logging.Filter):
         return not record.getMessage().startswith("Still processing items")
 
 
+def exit_now(code: int) -> None:
+    """End the command-line process: run the exit handlers (Prefect sends its last logs and
+    events there), flush, and exit without tearing the interpreter down, which with torch
+    loaded takes about a second and does nothing a finished run needs."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="show Prefect's logs in the terminal too"
     )
+
+
+def running_stack_api(info_file: Path = STACK_INFO) -> str | None:
+    """The API URL of the local stack's server if it is up and answering, else None."""
+    try:
+        url = json.loads(info_file.read_text())["api_url"]
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            response.read()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return url
+
+
+@contextlib.contextmanager
+def prefect_server() -> Iterator[str | None]:
+    """Run what is inside against the configured Prefect API, or the local stack's server
+    when none is configured and `make serve` is running (no temporary server to start)."""
+    configured = PREFECT_API_URL.value()
+    stack = None if configured else running_stack_api()
+    if stack is None:
+        yield configured
+        return
+    with temporary_settings(updates={PREFECT_API_URL: stack}):
+        yield stack
 
 
 def parameter_error(exc: ParameterTypeError, given: dict[str, Any]) -> str:
@@ -116,7 +161,8 @@ def run_flow(
         if preflight is not None:
             preflight(checked)
         terminal_logging(verbose)
-        result = flow(**parameters)
+        with prefect_server():
+            result = flow(**parameters)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

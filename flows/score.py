@@ -6,15 +6,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.cli import add_common_options, run_flow
-from flows.steps import emit, for_runner, open_inputs, scan_inputs
+from flows.cli import add_common_options, exit_now, run_flow
+from flows.steps import emit, for_runner, name_flow_run, open_inputs, scan_inputs
 from schemas.params import (
     DEFAULT_MAX_BAD_FRACTION,
     DEFAULT_OUTPUT,
@@ -31,8 +30,11 @@ from tasks.publish import check_data_quality
 from tasks.score import choose_model, publish_score_run
 from tasks.storage import new_run, staging_area, table_metadata
 
+# Scoring reads and writes once per row, like training's pass 2: well under training's timeout.
+SCORE_TIMEOUT_SECONDS = 2 * 3600
 
-@flow(name="score-sales")
+
+@flow(name="score-sales", timeout_seconds=SCORE_TIMEOUT_SECONDS)
 def score_sales(
     data: DataPaths = DEFAULT_SCORE_DATA,
     output: str = DEFAULT_OUTPUT,
@@ -51,6 +53,7 @@ def score_sales(
     config = for_runner(config)
     plans = open_inputs(paths, config)
     run = new_run(root, dict(flow_run.parameters))
+    name_flow_run(f"score-{run.run_id}")
     with staging_area(root, run.run_id) as staging:
         scan = scan_inputs(plans, config, staging)
         check_data_quality(run, scan, max_bad_fraction, "score")
@@ -104,4 +107,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -6,21 +6,23 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.cli import add_common_options, run_flow
-from flows.steps import emit, for_runner, open_inputs, scan_inputs
+from flows.cli import add_common_options, exit_now, run_flow
+from flows.steps import emit, for_runner, name_flow_run, open_inputs, scan_inputs
 from schemas.params import (
     AUTO_DIRECT_MAX_ROWS,
+    DATASET_BASE,
     DEFAULT_DATA,
     DEFAULT_DRIFT_THRESHOLD,
     DEFAULT_DTYPE,
     DEFAULT_HOLDOUT_FRACTION,
+    DEFAULT_LEDGER,
     DEFAULT_MAX_BAD_FRACTION,
     DEFAULT_MAX_EPOCHS,
     DEFAULT_OUTPUT,
@@ -45,20 +47,28 @@ from schemas.params import (
     Tolerance,
 )
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
-from tasks.paths import check_all, confine, data_roots, output_roots, resolve_inputs
+from tasks.ledger import training_inputs
+from tasks.paths import check_all, confine, data_roots, output_roots
 from tasks.plots import draw_model_plots
 from tasks.predict import Scoring, predict_task
 from tasks.publish import check_data_quality, publish_run
 from tasks.report import report_run, summary_text
+from tasks.slots import training_slot
 from tasks.storage import new_run, staging_area, table_metadata
 from tasks.train import train_model
 from tasks.validate import check_columns
 
+# Longer than any training here takes (100M rows: a few minutes); a hung run ends, freeing the
+# training slot, instead of blocking every retrain after it. An operator with bigger data sets
+# SALES_MODEL_TRAIN_TIMEOUT_SECONDS in the worker's environment (or a run's job variables).
+TRAIN_TIMEOUT_SECONDS = float(os.environ.get("SALES_MODEL_TRAIN_TIMEOUT_SECONDS", 3 * 3600))
 
-@flow(name="train-sales-model")
+
+@flow(name="train-sales-model", timeout_seconds=TRAIN_TIMEOUT_SECONDS)
 def train_sales_model(
     data: DataPaths = DEFAULT_DATA,
     output: str = DEFAULT_OUTPUT,
+    ledger: str = DEFAULT_LEDGER,
     features: ColumnList = DEFAULT_FEATURES,
     targets: ColumnList = DEFAULT_TARGETS,
     holdout_fraction: HoldoutFraction = DEFAULT_HOLDOUT_FRACTION,
@@ -73,11 +83,12 @@ def train_sales_model(
     solver: Solver = DEFAULT_SOLVER,
     split_mb: SplitMB = DEFAULT_SPLIT_MB,
 ) -> dict[str, Any]:
-    """Train the sales model on the CSV(s) at `data` and publish it under `output`.
+    """Train the sales model on the CSV(s) at `data` and publish it under `output`. `data`
+    "dataset" (the default) is the base file plus every accepted landed file of `ledger`.
 
     Returns the run manifest (also written to `<output>/manifests/<run_id>.json`).
     """
-    paths, root = check_train_inputs(data, output, features, targets)
+    paths, root = check_train_inputs(data, ledger, output, features, targets)
     config = RunConfig(
         features=tuple(features),
         targets=tuple(targets),
@@ -95,7 +106,14 @@ def train_sales_model(
     )
     config = for_runner(config)
     plans = open_inputs(paths, config)
+    with training_slot():  # one training at a time on this server (tasks/slots.py)
+        return _train(plans, root, config)
+
+
+def _train(plans, root: Path, config: RunConfig) -> dict[str, Any]:
+    """Pass 1, training, pass 2 and the publish of one run, inside the training slot."""
     run = new_run(root, dict(flow_run.parameters))
+    name_flow_run(f"train-{run.run_id}")
     with staging_area(root, run.run_id) as staging:
         scan = scan_inputs(plans, config, staging)
         check_data_quality(run, scan, config.max_bad_fraction, "train")
@@ -109,14 +127,18 @@ def train_sales_model(
 
 
 def check_train_inputs(
-    data: str | list[str], output: str, features: tuple[str, ...], targets: tuple[str, ...]
+    data: str | list[str],
+    ledger: str,
+    output: str,
+    features: tuple[str, ...],
+    targets: tuple[str, ...],
 ) -> tuple[list[Path], Path]:
     """(input files, output root) once every parameter naming columns or paths is right;
     otherwise one PipelineError listing every problem. Nothing is read or created."""
     found = check_all(
         {
             "columns": lambda: check_columns(features, targets),
-            "data": lambda: resolve_inputs(data, data_roots()),
+            "data": lambda: training_inputs(data, ledger, data_roots()),
             "output": lambda: confine(output, output_roots(), "output"),
         }
     )
@@ -128,7 +150,12 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         prog="python -m flows.train", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--data", help=f"CSV file, folder of CSVs or glob (default {DEFAULT_DATA})")
+    parser.add_argument(
+        "--data",
+        help=f"CSV file, folder of CSVs or glob; default {DEFAULT_DATA}: {DATASET_BASE} plus "
+        "every accepted landed file in the ledger",
+    )
+    parser.add_argument("--ledger", help=f"ledger of landed files (default {DEFAULT_LEDGER})")
     parser.add_argument("--output", help=f"output root (default {DEFAULT_OUTPUT})")
     parser.add_argument(
         "--features", nargs="+", help=f"feature columns (default {DEFAULT_FEATURES})"
@@ -203,10 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         parameters,
         lambda manifest: summary_text(manifest, Path(manifest["parameters"]["output"])),
         lambda checked: check_train_inputs(
-            checked["data"], checked["output"], checked["features"], checked["targets"]
+            checked["data"],
+            checked["ledger"],
+            checked["output"],
+            checked["features"],
+            checked["targets"],
         ),
     )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -1,64 +1,84 @@
-"""watch-landing: record new files in the landing folder and retrain on all accepted data.
+"""watch-landing: record new files in the landing folder and retrain on the dataset.
 
 Deployed with an interval schedule (prefect.yaml: watch-landing/retrain-on-new-data), so a file
 dropped into data/landing/ leads to a training run without anyone pressing a button.
 
-    .venv/bin/python -m flows.watch [--landing DIR] [--ledger DIR] [--base-data PATH] [--output DIR]
+    .venv/bin/python -m flows.watch [--landing DIR] [--ledger DIR] [--output DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from flows.cli import add_common_options, run_flow
-from flows.train import train_sales_model
+from flows.cli import add_common_options, exit_now, run_flow
+from flows.train import TRAIN_TIMEOUT_SECONDS, train_sales_model
 from schemas.params import (
-    DEFAULT_DATA,
+    DATASET,
     DEFAULT_LANDING,
     DEFAULT_LEDGER,
     DEFAULT_MAX_BAD_FRACTION,
     DEFAULT_OUTPUT,
     DEFAULT_SETTLE_SECONDS,
     BadFraction,
-    DataPaths,
     SettleSeconds,
 )
-from tasks.ledger import check_landed_files, files_to_train, record_training
+from tasks.events import DEBOUNCE_SECONDS
+from tasks.landing import check_landed_files
+from tasks.ledger import files_to_train, record_training, training_inputs
 from tasks.paths import (
     check_all,
     confine,
     data_roots,
     existing_folder,
     output_roots,
-    resolve_inputs,
 )
 
+# The check, and the training it starts (which has its own timeout, TRAIN_TIMEOUT_SECONDS).
+WATCH_TIMEOUT_SECONDS = TRAIN_TIMEOUT_SECONDS + 15 * 60
 
-@flow(name="watch-landing")
+
+def check_run_name() -> str:
+    """`check-landing-20261201T020000`: when the check ran (UTC)."""
+    return f"check-landing-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+
+
+@flow(name="watch-landing", flow_run_name=check_run_name, timeout_seconds=WATCH_TIMEOUT_SECONDS)
 def watch_landing(
     landing: str = DEFAULT_LANDING,
     ledger: str = DEFAULT_LEDGER,
-    base_data: DataPaths = DEFAULT_DATA,
     output: str = DEFAULT_OUTPUT,
     settle_seconds: SettleSeconds = DEFAULT_SETTLE_SECONDS,
     max_bad_fraction: BadFraction = DEFAULT_MAX_BAD_FRACTION,
+    landed_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """Check new landed files; if any were accepted, train on the base data plus every accepted
-    landed file. Returns what was found and, when it trained, the training manifest."""
-    landing_dir, ledger_dir = check_watch_inputs(landing, ledger, base_data, output)
+    """Check new landed files; if any were accepted, train on the dataset (the base file plus
+    every accepted landed file: what nightly trains on). Returns what was found and, when it
+    trained, the training manifest. `landed_at` (set by the landed-event trigger: the event's
+    time) makes the run wait until the trigger's window has passed, so that it sees every file
+    of a burst whose later events the trigger absorbed."""
+    landing_dir, ledger_dir = check_watch_inputs(landing, ledger, output)
+    if landed_at is not None:
+        wait_out_burst(landed_at)
     found = check_landed_files(landing_dir, ledger_dir, settle_seconds, max_bad_fraction)
-    untrained, accepted = files_to_train(ledger)
+    if landed_at is not None and found["waiting"]:
+        # Announced files still being written: once more after they had time to settle,
+        # rather than leaving them to the next poll.
+        time.sleep(settle_seconds)
+        again = check_landed_files(landing_dir, ledger_dir, settle_seconds, max_bad_fraction)
+        found = merge_found(found, again)
+    untrained = files_to_train(ledger)
     if not untrained:
         return {"found": found, "trained": None}
-    base = base_data if isinstance(base_data, list) else [base_data]
     state = train_sales_model(
-        data=[*base, *accepted],
+        data=DATASET,
+        ledger=ledger,
         output=output,
         max_bad_fraction=max_bad_fraction,
         return_state=True,
@@ -67,9 +87,23 @@ def watch_landing(
     return {"found": found, "trained": manifest}
 
 
-def check_watch_inputs(
-    landing: str, ledger: str, base_data: str | list[str], output: str
-) -> tuple[Path, Path]:
+def merge_found(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Two checks' outcomes as one: everything either recorded, and what still waits."""
+    return {
+        "accepted": first["accepted"] + second["accepted"],
+        "failed": {**first["failed"], **second["failed"]},
+        "duplicate": {**first["duplicate"], **second["duplicate"]},
+        "waiting": second["waiting"],
+    }
+
+
+def wait_out_burst(landed_at: datetime) -> None:
+    """Sleep until DEBOUNCE_SECONDS after `landed_at` (at once if that has passed)."""
+    until = landed_at.timestamp() + DEBOUNCE_SECONDS
+    time.sleep(max(0.0, until - time.time()))
+
+
+def check_watch_inputs(landing: str, ledger: str, output: str) -> tuple[Path, Path]:
     """(landing folder, ledger folder) once every path parameter is right (the landing folder
     must exist); otherwise one PipelineError listing every problem. Nothing is created."""
     roots = data_roots()
@@ -77,7 +111,7 @@ def check_watch_inputs(
         {
             "landing": lambda: existing_folder(landing, roots, "landing"),
             "ledger": lambda: confine(ledger, roots, "ledger"),
-            "base_data": lambda: resolve_inputs(base_data, roots),
+            "dataset": lambda: training_inputs(DATASET, ledger, roots),
             "output": lambda: confine(output, output_roots(), "output"),
         }
     )
@@ -115,7 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--landing", help=f"landing folder (default {DEFAULT_LANDING})")
     parser.add_argument("--ledger", help=f"ledger folder (default {DEFAULT_LEDGER})")
-    parser.add_argument("--base-data", help=f"base training data (default {DEFAULT_DATA})")
     parser.add_argument("--output", help=f"output root (default {DEFAULT_OUTPUT})")
     parser.add_argument("--settle-seconds", help=f"default {DEFAULT_SETTLE_SECONDS}")
     parser.add_argument("--max-bad-fraction", help=f"default {DEFAULT_MAX_BAD_FRACTION}")
@@ -126,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         args,
         summarize,
         lambda checked: check_watch_inputs(
-            checked["landing"], checked["ledger"], checked["base_data"], checked["output"]
+            checked["landing"], checked["ledger"], checked["output"]
         ),
     )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -14,7 +14,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
 
-DEFAULT_DATA = "data/sales.csv"
+# The dataset every training run reads unless told otherwise (nightly, the landing retrain, the
+# command line): the base file plus every accepted landed file in the ledger, oldest first.
+DATASET = "dataset"
+DATASET_BASE = "data/sales.csv"
+DEFAULT_DATA = DATASET
 DEFAULT_OUTPUT = "output"
 DEFAULT_SCORE_DATA = "data/score_sample.csv"
 DEFAULT_LANDING = "data/landing"

@@ -1,6 +1,7 @@
-"""A local Prefect stack: server on 127.0.0.1, the process work pool, every deployment in
-prefect.yaml, and a process worker. Used by `make serve` / `make stop` and by the integration
-tests.
+"""A local Prefect stack: server on 127.0.0.1, the process work pool, the training concurrency
+limit and the zombie-run automation (scripts/server_setup.py), every deployment in
+prefect.yaml, a process worker, and the landing watcher (scripts/landing_watcher.py). Used by
+`make serve` / `make stop` and by the integration tests.
 
     python -m scripts.local_prefect start [--port 4200]   # prints the UI URL
     python -m scripts.local_prefect stop
@@ -26,12 +27,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.cli import OFFLINE_ENV
+from flows.cli import OFFLINE_ENV, STACK_INFO
+from schemas.params import DEFAULT_LANDING as LANDING
+from scripts.server_setup import recover
 from tasks.storage import pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "sales-pool"
 HOST = "127.0.0.1"
+# The worker looks for runs to start every 2 s (Prefect's default is 10 s: a landed file's
+# check would wait for it), and its flow runs send a heartbeat every 30 s, which the zombie
+# automation watches.
+WORKER_SETTINGS = {
+    "PREFECT_WORKER_QUERY_SECONDS": "2",
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+}
 
 
 @dataclass(frozen=True)
@@ -39,7 +49,7 @@ class Stack:
     """Where a local stack keeps its state, and the checkout its deployments run from."""
 
     repo: Path = REPO
-    state: Path = REPO / ".run"
+    state: Path = STACK_INFO.parent
     home: Path = REPO / ".prefect"
 
     @property
@@ -151,10 +161,14 @@ def start(
         crashed = recover(api_url)
         if crashed:
             say(f"marked {len(crashed)} orphaned run(s) of an earlier stack Crashed")
+        say("creating the training concurrency limit and the zombie-run automation ...")
+        _run([sys.executable, "-m", "scripts.server_setup"], env, stack.repo)
         say(f"deploying {stack.repo / 'prefect.yaml'} ...")
         _run(_prefect("deploy", "--all", "--no-prompt"), env, stack.repo)
         say(f"starting a process worker on {POOL} (log: {stack.state / 'worker.log'}) ...")
         start_worker(stack, worker_env)
+        say(f"watching {stack.repo / LANDING} (log: {stack.state / 'watcher.log'}) ...")
+        start_watcher(stack)
     except BaseException:
         stop(stack)
         raise
@@ -167,12 +181,28 @@ def start_worker(stack: Stack, worker_env: dict[str, str] | None = None) -> int:
     worker = _spawn(
         _prefect("worker", "start", "--pool", POOL, "--type", "process"),
         stack.state / "worker.log",
-        stack.env(info["api_url"], worker_env),
+        stack.env(info["api_url"], {**WORKER_SETTINGS, **(worker_env or {})}),
         stack.repo,
     )
     info["pids"]["worker"] = worker.pid
     _write_info(stack, info)
     return worker.pid
+
+
+def start_watcher(stack: Stack) -> int:
+    """Start the landing watcher of the stack's checkout; returns its PID."""
+    info = json.loads(stack.info_file.read_text())
+    (stack.repo / LANDING).mkdir(parents=True, exist_ok=True)
+    command = ["-m", "scripts.landing_watcher", "--landing", LANDING, "--api-url", info["api_url"]]
+    watcher = _spawn(
+        [sys.executable, *command],
+        stack.state / "watcher.log",
+        stack.env(info["api_url"]),
+        stack.repo,
+    )
+    info["pids"]["watcher"] = watcher.pid
+    _write_info(stack, info)
+    return watcher.pid
 
 
 def _write_info(stack: Stack, info: dict) -> None:
@@ -207,7 +237,7 @@ def stop(stack: Stack = Stack(), timeout: float = 20.0) -> list[int]:
         return []
     pids = json.loads(stack.info_file.read_text())["pids"]
     stopped = []
-    for name in ("worker", "server"):
+    for name in ("watcher", "worker", "server"):
         pid = pids.get(name)
         if pid is None or not pid_alive(pid):
             continue
@@ -220,56 +250,6 @@ def stop(stack: Stack = Stack(), timeout: float = 20.0) -> list[int]:
         stopped.extend(group)
     stack.info_file.unlink(missing_ok=True)
     return stopped
-
-
-def recover(api_url: str) -> list[str]:
-    """Mark as Crashed every Running/Pending flow run whose process on this machine is gone
-    (e.g. its worker was stopped mid-run), which also frees its concurrency slot. Returns the
-    flow run ids it crashed."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-    from prefect.states import Crashed
-
-    crashed = []
-    with (
-        temporary_settings(updates={PREFECT_API_URL: api_url}),
-        get_client(sync_client=True) as client,
-    ):
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(
-                    type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
-                )
-            )
-        )
-        for run in runs:
-            pid = _local_pid(run.infrastructure_pid)
-            if pid is None or pid_alive(pid):
-                continue
-            client.set_flow_run_state(
-                run.id,
-                Crashed(message=f"process {pid} is gone (worker stopped?); marked by recover"),
-                force=True,
-            )
-            crashed.append(str(run.id))
-    return crashed
-
-
-def _local_pid(infrastructure_pid: str | None) -> int | None:
-    """A process worker's run records its PID ('1234', or 'host:1234'); None when the run is
-    not a local process (another host, or no process yet)."""
-    if not infrastructure_pid:
-        return None
-    host, _, pid = infrastructure_pid.rpartition(":")
-    if (host and host != socket.gethostname()) or not pid.isdigit():
-        return None
-    return int(pid)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,7 +121,7 @@ def plot_history(history: pd.DataFrame) -> Figure:
     return figure
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE, task_run_name="plots")
 def draw_model_plots(scan: Scan, fit: Any, config: RunConfig) -> dict[str, bytes]:
     """model_plots of the trained model on the report's sample, as a task (it runs while pass 2
     writes the predictions)."""

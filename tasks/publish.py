@@ -237,7 +237,7 @@ def publish_rejection(run: RunInfo, scan: Scan, error: str, kind: str) -> dict[s
     return manifest
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE, task_run_name="quality-{run.run_id}")
 def check_data_quality(run: RunInfo, scan: Scan, max_bad_fraction: float, kind: str) -> None:
     """Fail the run when too few rows are usable, publishing the quarantine and a failed
     manifest first so that the rejected rows are kept with their reasons."""
@@ -248,7 +248,7 @@ def check_data_quality(run: RunInfo, scan: Scan, max_bad_fraction: float, kind: 
         raise
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE, task_run_name="publish-{run.run_id}")
 def publish_run(
     run: RunInfo,
     scan: Scan,

@@ -140,13 +140,16 @@ def write_report(root: Path, manifest: dict[str, Any], plots: dict[str, bytes]) 
     return atomic_write(folder / "report.md", lambda tmp: tmp.write_text(body))
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE, task_run_name="report-{manifest[run_id]}")
 def report_run(manifest: dict[str, Any], root: Path) -> str:
-    """Publish the run summary (markdown, linking the report) and the weights as artifacts."""
+    """Publish the run summary (markdown, linking the report and the manifest) and the weights
+    as artifacts: the flow run's page in the UI shows both."""
     markdown = summary_markdown(manifest, root)
+    links = {"Run manifest": manifest_path(root, manifest["run_id"])}
     if "report" in manifest["outputs"]:
-        report = (root / manifest["outputs"]["report"]).resolve()
-        markdown += f"\nFull report with plots: [{report}](file://{report})\n"
+        links["Full report with plots"] = root / manifest["outputs"]["report"]
+    for label, path in links.items():
+        markdown += f"\n{label}: [{path.resolve()}](file://{path.resolve()})\n"
     create_markdown_artifact(
         markdown=markdown, key="sales-model-run", description="Training run summary"
     )

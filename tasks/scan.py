@@ -207,7 +207,7 @@ class _RangeState:
         return quarantine, self.spill.close(), self.keys.close()
 
 
-@task(**FILE_READ_TASK, task_run_name="scan-{name}")
+@task(**FILE_READ_TASK, task_run_name="read-{file.path.name}-{span.index}")
 def scan_range_task(
     file: CsvFile, span: ByteRange, config: RunConfig, staging: Path, name: str
 ) -> RangeScan:

@@ -44,7 +44,7 @@ def publish_scores(run: RunInfo, scan: Scan, emitted: Emitted, model_run_id: str
     return manifest
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE, task_run_name="publish-{run.run_id}")
 def publish_score_run(
     run: RunInfo, scan: Scan, emitted: Emitted, model_run_id: str
 ) -> dict[str, Any]:

@@ -267,7 +267,7 @@ def solver_for(config: RunConfig, train_rows: int) -> str:
     return "direct" if train_rows <= AUTO_DIRECT_MAX_ROWS else "moments"
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE, task_run_name="fit-{config.solver}")
 def train_model(scan: Scan, config: RunConfig, log_every: int = 500) -> FitResult:
     """fit_scan as a task, logging the loss and updating a Prefect progress artifact every
     `log_every` epochs."""

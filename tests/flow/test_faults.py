@@ -69,10 +69,14 @@ def run_ids_seen(root, table):
 
 
 def cli(args, api_url, **kwargs):
+    """The command line against the server at `api_url` (None: a temporary server of its own)."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    if api_url is not None:
+        env["PREFECT_API_URL"] = api_url
     return subprocess.Popen(
         [sys.executable, "-m", "flows.train", *args],
         cwd=REPO,
-        env={**os.environ, "PREFECT_API_URL": api_url},
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -229,13 +233,14 @@ def _read_lines(stream, into):
 
 def test_two_runs_at_once_wait_for_the_publish_lock_and_both_publish(trained, prefect_api_url):
     data, output, _ = trained
-    # This test holds the lock, so both runs must reach the publish step and wait there.
+    # On one server the training slot runs trainings one at a time; the publish lock is what
+    # keeps apart runs of different servers sharing an output folder: one on the session's
+    # server, one on a temporary server of its own. This test holds the lock, so both runs must
+    # reach the publish step and wait there.
     with output_lock(output, timeout_seconds=5):
         procs = [
-            cli(
-                ["--data", str(data), "--output", str(output), "--seed", str(seed)], prefect_api_url
-            )
-            for seed in (11, 12)
+            cli(["--data", str(data), "--output", str(output), "--seed", str(seed)], api_url)
+            for seed, api_url in ((11, prefect_api_url), (12, None))
         ]
         stderr = [[], []]
         readers = [
@@ -272,18 +277,21 @@ def test_two_runs_at_once_wait_for_the_publish_lock_and_both_publish(trained, pr
     assert counts == {run_id: m["rows"]["accepted"] for run_id, m in manifests.items()}
 
 
-def test_failed_training_fails_the_watch_flow_and_is_recorded(write_csv, tmp_path):
+def test_failed_training_fails_the_watch_flow_and_is_recorded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the dataset's base file is data/sales.csv
     landing = tmp_path / "landing"
     landing.mkdir()
-    # Base data with a third of its rows bad: the combined training run fails its data check.
-    base = write_csv("\n".join([HEADER, *sales_rows(20), *[f"X{i},x,1,1,1" for i in range(10)]]))
+    # Base data with a third of its rows bad: the training run on the dataset fails its check.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "sales.csv").write_text(
+        "\n".join([HEADER, *sales_rows(20), *[f"X{i},x,1,1,1" for i in range(10)]])
+    )
     (landing / "new.csv").write_text("\n".join([HEADER, *sales_rows(10, seed=3, start=50)]))
     old = time.time() - 60
     os.utime(landing / "new.csv", (old, old))
     state = watch_landing(
         landing=str(landing),
         ledger=str(tmp_path / "ledger"),
-        base_data=str(base),
         output=str(tmp_path / "out"),
         return_state=True,
     )

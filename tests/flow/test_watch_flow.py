@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from flows.train import train_sales_model
 from flows.watch import watch_landing
 from tasks.ledger import ledger_rows
 from tests.conftest import HEADER, sales_rows
@@ -21,17 +22,14 @@ def land(landing, name, lines):
     os.utime(path, (old, old))
 
 
-def test_watch_trains_once_per_new_content_on_all_accepted_data(tmp_path):
+def test_watch_trains_once_per_new_content_on_all_accepted_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the dataset's base file is data/sales.csv
     landing, ledger, output = tmp_path / "landing", tmp_path / "ledger", tmp_path / "out"
     landing.mkdir()
-    base = tmp_path / "base.csv"
+    (tmp_path / "data").mkdir()
+    base = tmp_path / "data" / "sales.csv"
     base.write_text("\n".join([HEADER, *sales_rows(60, seed=1)]) + "\n")
-    kwargs = {
-        "landing": str(landing),
-        "ledger": str(ledger),
-        "base_data": str(base),
-        "output": str(output),
-    }
+    kwargs = {"landing": str(landing), "ledger": str(ledger), "output": str(output)}
 
     nothing = watch_landing(**kwargs)
     assert nothing["trained"] is None  # nothing landed yet
@@ -71,6 +69,53 @@ def test_watch_trains_once_per_new_content_on_all_accepted_data(tmp_path):
     assert len(list((output / "manifests").glob("*.json"))) == 2
     champion = json.loads((output / "champion.json").read_text())
     assert champion["run_id"] in {first["trained"]["run_id"], third["trained"]["run_id"]}
+
+
+def test_nightly_and_the_landing_retrain_read_the_same_dataset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    landing, ledger, output = tmp_path / "landing", tmp_path / "ledger", tmp_path / "out"
+    landing.mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "sales.csv").write_text("\n".join([HEADER, *sales_rows(40)]) + "\n")
+    before = train_sales_model(ledger=str(ledger), output=str(output))  # nightly: the defaults
+    assert before["rows"]["in"] == 40  # no ledger yet: the base file only, and none created
+    assert not ledger.exists()
+    land(landing, "a.csv", sales_rows(25, seed=2, start=100))
+    retrain = watch_landing(landing=str(landing), ledger=str(ledger), output=str(output))
+    nightly = train_sales_model(ledger=str(ledger), output=str(output))
+    assert retrain["trained"]["rows"]["in"] == nightly["rows"]["in"] == 65
+    assert retrain["trained"]["data_fingerprint"] == nightly["data_fingerprint"]
+    assert nightly["data_fingerprint"] != before["data_fingerprint"]
+    for manifest in (retrain["trained"], nightly):
+        predictions = pd.read_parquet(output / manifest["outputs"]["predictions"])
+        assert sorted(predictions["country"]) == sorted(
+            [line.split(",")[0] for line in [*sales_rows(40), *sales_rows(25, seed=2, start=100)]]
+        )
+
+
+def artifacts_of(state) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
+
+
+def test_a_check_that_finds_nothing_new_leaves_no_artifacts(tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    kwargs = {"landing": str(landing), "ledger": str(tmp_path / "ledger"), "output": str(tmp_path)}
+    quiet = watch_landing(**kwargs, return_state=True)
+    assert quiet.is_completed()
+    assert quiet.result()["trained"] is None
+    assert artifacts_of(quiet) == []
+    land(landing, "broken.csv", ["not,enough"])  # something new (rejected): its progress shows
+    found = watch_landing(**kwargs, return_state=True)
+    assert found.result()["found"]["failed"]
+    assert [a.type for a in artifacts_of(found)] == ["progress"]
 
 
 def test_a_missing_landing_folder_is_an_error_and_creates_nothing(tmp_path, capsys):

@@ -10,14 +10,8 @@ import time
 import pytest
 
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
-from tasks.ledger import (
-    check_landed,
-    is_complete,
-    ledger_rows,
-    mark_trained,
-    open_ledger,
-    untrained_files,
-)
+from tasks.landing import check_landed, is_complete
+from tasks.ledger import ledger_rows, mark_trained, open_ledger, untrained_files
 from tests.conftest import HEADER, sales_rows
 
 NOTHING = {"accepted": [], "failed": {}, "duplicate": {}, "waiting": []}

@@ -4,7 +4,9 @@ schedule and concurrency are what the README promises, and runs start in an abso
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import subprocess
 from datetime import UTC, datetime
 
 import pytest
@@ -12,6 +14,7 @@ import yaml
 from cronsim import CronSim
 from prefect import Flow
 
+from tasks.events import DEBOUNCE_SECONDS, LANDED_EVENT, RESOURCE_PREFIX
 from tests.conftest import REPO
 
 CONFIG = yaml.safe_load((REPO / "prefect.yaml").read_text())
@@ -46,10 +49,46 @@ def test_nightly_runs_at_two_utc_one_at_a_time_queued():
     assert nightly["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
 
 
-def test_landing_poll_runs_every_minute_and_never_overlaps():
-    poll = DEPLOYMENTS["retrain-on-new-data"]
-    assert poll["schedules"] == [{"interval": 60}]
-    assert poll["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+def test_landing_check_starts_on_the_landed_event_with_a_slow_poll_behind_it():
+    check = DEPLOYMENTS["retrain-on-new-data"]
+    assert check["schedules"] == [{"interval": 600}]  # the fallback: 144 runs a quiet day
+    assert check["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+    (trigger,) = check["triggers"]
+    assert trigger["expect"] == [LANDED_EVENT]
+    assert trigger["match"] == {"prefect.resource.id": f"{RESOURCE_PREFIX}*"}
+    assert (trigger["posture"], trigger["threshold"]) == ("Reactive", 1)
+    assert trigger["within"] == DEBOUNCE_SECONDS  # the run waits out the window it absorbs
+    assert trigger["parameters"] == {
+        "landed_at": {"__prefect_kind": "jinja", "template": "{{ event.occurred }}"},
+        "settle_seconds": 1,
+    }
+    flow = load_entrypoint(check["entrypoint"])
+    flow.validate_parameters({"landed_at": "2026-12-01T02:00:00+00:00", "settle_seconds": 1})
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS.values(), ids=list(DEPLOYMENTS))
+def test_every_deployment_is_tagged_versioned_and_described(deployment):
+    assert "sales-model" in deployment["tags"]
+    assert deployment["version"]
+    assert len(deployment["description"]) > 40
+
+
+@pytest.mark.parametrize(
+    ("home", "ok"), [(None, False), ("relative/path", False), ("/nonexistent", False), (REPO, True)]
+)
+def test_deploying_without_an_absolute_checkout_path_fails_with_a_message(home, ok):
+    (step,) = CONFIG["build"]
+    script = step["prefect.deployments.steps.run_shell_script"]
+    assert script["shell"] is True
+    env = {k: v for k, v in os.environ.items() if k != "SALES_MODEL_HOME"}
+    if home is not None:
+        env["SALES_MODEL_HOME"] = str(home)
+    result = subprocess.run(
+        ["/bin/sh", "-c", script["script"]], env=env, capture_output=True, text=True
+    )
+    assert (result.returncode == 0) == ok
+    if not ok:
+        assert "SALES_MODEL_HOME must be the absolute path of this checkout" in result.stderr
 
 
 def test_readme_deployment_table_matches_prefect_yaml():
@@ -58,7 +97,7 @@ def test_readme_deployment_table_matches_prefect_yaml():
     assert set(rows) == set(DEPLOYMENTS)
     assert f"cron `{DEPLOYMENTS['nightly']['schedules'][0]['cron']}` (UTC)" in rows["nightly"]
     interval = DEPLOYMENTS["retrain-on-new-data"]["schedules"][0]["interval"]
-    assert rows["retrain-on-new-data"] == f"every {interval} s"
+    assert rows["retrain-on-new-data"] == f"on the landed event, and every {interval} s"
     assert rows["score"] == "on demand"
     assert "schedules" not in DEPLOYMENTS["score"]
 

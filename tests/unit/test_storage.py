@@ -18,7 +18,14 @@ import pytest
 from schemas.outputs import SCHEMA_VERSION, WeightsTable
 from schemas.params import RUN_ID_PATTERN, _check_run_id
 from tasks.errors import PublishError
-from tasks.storage import atomic_write, new_run, sweep_temp_files, write_table
+from tasks.storage import (
+    _RunClock,
+    atomic_write,
+    format_run_id,
+    new_run,
+    sweep_temp_files,
+    write_table,
+)
 
 
 def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
@@ -89,12 +96,13 @@ def test_run_ids_sort_in_the_order_they_were_made_and_say_when(tmp_path):
     )
 
 
-def test_run_ids_keep_sorting_when_the_clock_steps_back(tmp_path):
+def test_run_ids_keep_sorting_when_the_clock_steps_back():
+    # A clock of its own: the process's clock has seen the real time of earlier tests.
+    clock = _RunClock()
     later = datetime(2026, 12, 1, 12, 0, 0, 500_000, tzinfo=UTC)
-    first = new_run(tmp_path, {}, now=later).run_id
-    earlier = new_run(tmp_path, {}, now=later - timedelta(seconds=5)).run_id
-    assert first.startswith("20261201T120000.500Z-")
-    assert earlier.startswith("20261201T120000.501Z-")
+    first = format_run_id(clock.next(later), "a")
+    earlier = format_run_id(clock.next(later - timedelta(seconds=5)), "b")
+    assert (first, earlier) == ("20261201T120000.500Z-a", "20261201T120000.501Z-b")
 
 
 @pytest.mark.parametrize("column", ["weight", "standardized_weight"])

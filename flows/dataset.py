@@ -1,0 +1,48 @@
+"""Show the dataset every training run reads by default: the base file plus every accepted
+landed file in the ledger, oldest first, with the fingerprint the run's manifest will carry
+(`data_fingerprint`: two runs with the same fingerprint trained on the same bytes).
+
+    .venv/bin/python -m flows.dataset [--ledger DIR]        (make dataset)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from schemas.params import DATASET, DEFAULT_LEDGER
+from tasks.csvfile import sha256_file
+from tasks.errors import PipelineError
+from tasks.ledger import training_inputs
+from tasks.paths import data_roots
+from tasks.storage import data_fingerprint
+
+
+def describe(ledger: str) -> str:
+    """One line per file of the dataset (sha256 prefix, size, path), then the fingerprint."""
+    files = training_inputs(DATASET, ledger, data_roots())
+    digests = [sha256_file(path) for path in files]
+    lines = [
+        f"{digest[:12]}  {path.stat().st_size:>12,} B  {path}"
+        for path, digest in zip(files, digests, strict=True)
+    ]
+    lines.append(f"{len(files)} file(s); data_fingerprint {data_fingerprint(digests)}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.dataset", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"default {DEFAULT_LEDGER}")
+    args = parser.parse_args(argv)
+    try:
+        print(describe(args.ledger))
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

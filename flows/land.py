@@ -1,0 +1,68 @@
+"""Land files: move each into the landing folder in one step (never seen half-written), then
+announce it with the landed event (tasks/events.py), so the landing check starts at once.
+
+    .venv/bin/python -m flows.land FILE [FILE ...] [--landing DIR]     (make land FILE=...)
+
+Without a Prefect server to tell (no PREFECT_API_URL, `make serve` not running) the files are
+still landed: the fallback poll picks them up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from flows.cli import prefect_server
+from schemas.params import DEFAULT_LANDING
+from tasks.errors import PipelineError
+from tasks.events import emit_landed
+from tasks.landing import is_candidate
+from tasks.paths import data_roots, existing_folder
+
+
+def land(source: Path, landing: Path) -> Path:
+    """Move `source` into `landing` under its own name, atomically: it is written next to the
+    target under a name the landing check ignores, then renamed. Returns the landed path."""
+    if not source.is_file():
+        raise PipelineError(f"{source}: file not found")
+    target = landing / source.name
+    if not is_candidate(source):
+        raise PipelineError(f"{source}: only visible *.csv files can be landed")
+    partial = landing / f".{source.name}.part"
+    shutil.move(source, partial)  # a rename on the same file system, else copy and delete
+    partial.replace(target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.land", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("files", nargs="+", type=Path, help="CSV files to land (moved, not copied)")
+    parser.add_argument("--landing", default=DEFAULT_LANDING, help=f"default {DEFAULT_LANDING}")
+    args = parser.parse_args(argv)
+    try:
+        landing = existing_folder(args.landing, data_roots(), "landing")
+        landed = [land(source, landing) for source in args.files]
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path in landed:
+        print(f"landed {path}")
+    with prefect_server() as api:
+        if api is None:
+            print("no Prefect server to announce them to: the next landing poll picks them up")
+            return 0
+        try:
+            emit_landed(landed)
+        except Exception as exc:  # the files are landed whatever happens to the announcement
+            print(f"could not announce them to {api} ({exc}): the next poll picks them up")
+            return 0
+    print(f"announced to {api}: the landing check starts within seconds")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
