@@ -62,9 +62,16 @@ class _QuietConsole(logging.Filter):
 
 
 def exit_now(code: int) -> None:
-    """End the command-line process: run the exit handlers (Prefect sends its last logs and
-    events there), flush, and exit without tearing the interpreter down, which with torch
-    loaded takes about a second and does nothing a finished run needs."""
+    """End the command-line process: send Prefect's last logs and events while its server is
+    still up (an exit handler stops the temporary server before logging's own flush, which then
+    waits ~5 s for a server that is gone), run the exit handlers, flush, and exit without
+    tearing the interpreter down, which with torch loaded takes about a second and does
+    nothing a finished run needs."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
