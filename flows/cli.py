@@ -61,17 +61,22 @@ class _QuietConsole(logging.Filter):
         return not record.getMessage().startswith("Still processing items")
 
 
+def send_pending_logs_and_events(timeout: float = 10.0) -> None:
+    """Wait until Prefect's log and event workers have sent what they hold to the server."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=timeout)
+    EventsWorker.drain_all(timeout=timeout)
+
+
 def exit_now(code: int) -> None:
     """End the command-line process: send Prefect's last logs and events while its server is
     still up (an exit handler stops the temporary server before logging's own flush, which then
     waits ~5 s for a server that is gone), run the exit handlers, flush, and exit without
     tearing the interpreter down, which with torch loaded takes about a second and does
     nothing a finished run needs."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=10)
-    EventsWorker.drain_all(timeout=10)
+    send_pending_logs_and_events()
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()

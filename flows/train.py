@@ -47,6 +47,7 @@ from schemas.params import (
     Tolerance,
 )
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
+from tasks.csvfile import ByteRange, CsvFile
 from tasks.ledger import training_inputs
 from tasks.paths import check_all, confine, data_roots, output_roots
 from tasks.plots import draw_model_plots
@@ -110,7 +111,9 @@ def train_sales_model(
         return _train(plans, root, config)
 
 
-def _train(plans, root: Path, config: RunConfig) -> dict[str, Any]:
+def _train(
+    plans: list[tuple[CsvFile, list[ByteRange]]], root: Path, config: RunConfig
+) -> dict[str, Any]:
     """Pass 1, training, pass 2 and the publish of one run, inside the training slot."""
     run = new_run(root, dict(flow_run.parameters))
     name_flow_run(f"train-{run.run_id}")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from watchfiles import Change, watch
 
+from scripts.server_setup import recover
 from tasks.events import emit_landed
 from tasks.landing import is_candidate
 
@@ -40,10 +41,9 @@ def ready(pending: dict[Path, float], now: float) -> list[Path]:
     return sorted(done)
 
 
-def watch_landing(landing: Path, api_url: str, stop: threading.Event) -> None:
-    """Announce complete files arriving in `landing` until `stop` is set."""
-    from scripts.local_prefect import recover
-
+def announce_landed_files(landing: Path, api_url: str, stop: threading.Event) -> None:
+    """Announce complete files arriving in `landing` until `stop` is set; recover orphaned
+    runs every RECOVER_SECONDS."""
     pending: dict[Path, float] = {}
     recovered = time.monotonic()
     for changes in watch(
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     landing = args.landing.resolve()
     print(f"watching {landing}", flush=True)
-    watch_landing(landing, args.api_url, threading.Event())
+    announce_landed_files(landing, args.api_url, threading.Event())
     return 0
 
 

@@ -11,11 +11,9 @@ import subprocess
 import sys
 
 import pytest
-from prefect.events.worker import EventsWorker
-from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.cli import OFFLINE_ENV
+from flows.cli import OFFLINE_ENV, send_pending_logs_and_events
 from scripts.local_prefect import HOST, free_port, wait_healthy
 
 
@@ -60,8 +58,7 @@ def prefect_api_url(tmp_path_factory):
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield url
             # Send the last logs and events while the server still listens.
-            APILogWorker.drain_all(timeout=10)
-            EventsWorker.drain_all(timeout=10)
+            send_pending_logs_and_events()
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
