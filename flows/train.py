@@ -18,6 +18,7 @@ from flows.steps import emit, for_runner, name_flow_run, open_inputs, scan_input
 from schemas.params import (
     AUTO_DIRECT_MAX_ROWS,
     DATASET_BASE,
+    DEFAULT_CONFIDENCE,
     DEFAULT_DATA,
     DEFAULT_DRIFT_THRESHOLD,
     DEFAULT_DTYPE,
@@ -33,6 +34,7 @@ from schemas.params import (
     DEFAULT_TOL,
     BadFraction,
     ColumnList,
+    Confidence,
     DataPaths,
     DriftThreshold,
     Dtype,
@@ -83,6 +85,7 @@ def train_sales_model(
     drift_threshold: DriftThreshold = DEFAULT_DRIFT_THRESHOLD,
     solver: Solver = DEFAULT_SOLVER,
     split_mb: SplitMB = DEFAULT_SPLIT_MB,
+    confidence: Confidence = DEFAULT_CONFIDENCE,
 ) -> dict[str, Any]:
     """Train the sales model on the CSV(s) at `data` and publish it under `output`. `data`
     "dataset" (the default) is the base file plus every accepted landed file of `ledger`.
@@ -103,6 +106,7 @@ def train_sales_model(
         solver=solver,
         promotion_tolerance=promotion_tolerance,
         drift_threshold=drift_threshold,
+        confidence=confidence,
         split_bytes=int(split_mb * 2**20),
     )
     config = for_runner(config)
@@ -184,6 +188,11 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--drift-threshold",
         help=f"standardized mean shift flagged as drift (default {DEFAULT_DRIFT_THRESHOLD})",
+    )
+    parser.add_argument(
+        "--confidence",
+        help="level of the coefficient intervals (and of the prediction intervals scoring "
+        f"writes with this model); default {DEFAULT_CONFIDENCE}",
     )
     parser.add_argument(
         "--split-mb",

@@ -13,12 +13,17 @@ import pyarrow
 
 from schemas.sales import ID_COLUMN, SALES_COLUMNS
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 TABLES = ("predictions", "weights", "metrics", "quarantine", "profile")
 
 
 def _finite_weights(frame: pd.DataFrame) -> pd.Series:
     return frame[["weight", "standardized_weight"]].abs().lt(float("inf")).all(axis=1)
+
+
+def _inference(description: str, bounds: tuple[float, float] | None = None) -> pa.Column:
+    checks = [pa.Check.in_range(*bounds)] if bounds else []
+    return pa.Column(float, checks, nullable=True, description=description)
 
 
 # One row per target and term of the linear model.
@@ -44,6 +49,38 @@ WeightsTable = pa.DataFrameSchema(
             pa.Check.gt(0),
             nullable=True,
             description="Training-split std (ddof=0) of the feature; null for the intercept.",
+        ),
+        "ls_weight": pa.Column(
+            float,
+            description="Closed-form least-squares estimate on the train split (float64 "
+            "sufficient statistics): the estimate the inference columns describe; `weight` "
+            "matches it to within the run's relative_gap.",
+        ),
+        "std_error": _inference("Classical standard error of ls_weight (homoskedastic errors)."),
+        "t_stat": _inference("ls_weight / std_error."),
+        "p_value": _inference(
+            "Two-sided p-value of t_stat, Student t with dof degrees of freedom.", (0.0, 1.0)
+        ),
+        "ci_low": _inference("Lower end of the confidence interval of ls_weight."),
+        "ci_high": _inference("Upper end of the confidence interval of ls_weight."),
+        "robust_std_error": _inference(
+            "Heteroskedasticity-robust (HC1) standard error of ls_weight."
+        ),
+        "confidence": pa.Column(
+            float, pa.Check.in_range(0.0, 1.0, False, False), description="Confidence level."
+        ),
+        "dof": pa.Column(int, description="Residual degrees of freedom n - p - 1 (train split)."),
+        "residual_variance": pa.Column(
+            float, nullable=True, description="Residual variance sse / dof of the target's fit."
+        ),
+        "covariance": pa.Column(
+            object,
+            nullable=True,
+            description="This term's row of the classical coefficient covariance, in the "
+            "target's term order (features, then the intercept); null when undefined.",
+        ),
+        "note": pa.Column(
+            str, nullable=True, description="Why the inference columns are null, if they are."
         ),
     },
     checks=pa.Check(_finite_weights, name="finite_weights", error="weights must be finite"),
@@ -78,11 +115,31 @@ MetricsTable = pa.DataFrameSchema(
             float, pa.Check.gt(0), description="Step size on standardized features."
         ),
         "converged": pa.Column(bool, description="Whether training met its stopping test."),
+        "residual_std_error": _inference(
+            "sqrt(sse / dof) of the least-squares fit (train split only)."
+        ),
+        "adj_r2": _inference("Adjusted R^2 of the least-squares fit (train split only)."),
+        "f_stat": _inference("F statistic of all features against none (train split only)."),
+        "f_p_value": _inference("p-value of f_stat (train split only).", (0.0, 1.0)),
+        "dof": pa.Column(
+            "Int64", nullable=True, description="Residual degrees of freedom (train split only)."
+        ),
+        "note": pa.Column(
+            str, nullable=True, description="Why a fit statistic is null, if one is."
+        ),
     },
     strict=True,
     unique=["target", "split"],
     name="metrics",
 )
+
+# Arrow types of the small tables' columns that can be null in every row of a run (pandas
+# alone would write those as Arrow's null type, which readers cannot union across runs).
+NULLABLE_ARROW = {
+    "note": pyarrow.string(),
+    "covariance": pyarrow.list_(pyarrow.float64()),
+    "dof": pyarrow.int64(),
+}
 
 QUARANTINE_REASONS = [
     "missing value",
@@ -179,6 +236,13 @@ def scores_schema(features: tuple[str, ...], targets: tuple[str, ...]) -> pa.Dat
         columns[f"predicted_{target}"] = pa.Column(
             float, pa.Check(lambda s: s.abs() < float("inf")), description=f"Predicted {target}."
         )
+        for end, side in (("low", "Lower"), ("high", "Upper")):
+            columns[f"predicted_{target}_{end}"] = pa.Column(
+                float,
+                nullable=True,
+                description=f"{side} end of the prediction interval of a new observation of "
+                f"{target} at the model's confidence level (null when the model has none).",
+            )
     columns["model_run_id"] = pa.Column(str, description="Training run whose weights scored.")
     columns["source_file"] = pa.Column(str, description="Input file the row came from.")
     columns["source_line"] = pa.Column(int, pa.Check.ge(1), description="Line in that file.")

@@ -35,6 +35,8 @@ DEFAULT_MAX_BAD_FRACTION = 0.1
 DEFAULT_DTYPE = "float32"
 # A candidate must be at least as good as the champion on the same holdout rows.
 DEFAULT_PROMOTION_TOLERANCE = 0.0
+# Coefficient and prediction intervals: the level analysts quote by default.
+DEFAULT_CONFIDENCE = 0.95
 # Drift is flagged when a column's mean moved by more than half a standard deviation of the
 # champion's data.
 DEFAULT_DRIFT_THRESHOLD = 0.5
@@ -66,6 +68,10 @@ BadFraction = Annotated[
 PromotionTolerance = Annotated[
     float,
     Field(ge=0.0, description="Relative holdout-MSE slack a new model gets against the champion."),
+]
+Confidence = Annotated[
+    float,
+    Field(gt=0.0, lt=1.0, description="Level of the coefficient and prediction intervals."),
 ]
 SettleSeconds = Annotated[
     float, Field(ge=0.0, description="Seconds a landed file must be unchanged before pickup.")
@@ -130,6 +136,7 @@ class RunConfig:
     solver: str = DEFAULT_SOLVER
     promotion_tolerance: float = DEFAULT_PROMOTION_TOLERANCE
     drift_threshold: float = DEFAULT_DRIFT_THRESHOLD
+    confidence: float = DEFAULT_CONFIDENCE
     block_bytes: int = BLOCK_BYTES
     split_bytes: int = 0
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)

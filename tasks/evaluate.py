@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.inference import Inference
+
 SPLITS = ("train", "holdout")
 INTERCEPT = "(intercept)"
 # Fewer training rows than this per fitted parameter (features + intercept, per target) and the
@@ -20,15 +22,17 @@ def relative_gap(mse: np.ndarray, optimum: np.ndarray) -> np.ndarray:
     return (mse - optimum) / np.maximum(optimum, 1e-300)
 
 
-def zero_sums(k: int) -> dict[str, dict[str, Any]]:
-    """Per-split sums for k targets before any row: rows, and the squared errors of the model
-    (sse), of the training mean (sse_baseline) and of the least-squares optimum (sse_optimum)."""
+def zero_sums(k: int, d: int = 0) -> dict[str, dict[str, Any]]:
+    """Per-split sums for k targets and d features before any row: rows, the squared errors of
+    the model (sse), of the training mean (sse_baseline) and of the least-squares optimum
+    (sse_optimum), and the HC meat of the optimum's residuals (see inference.meat_of_rows)."""
     return {
         split: {
             "rows": 0,
             "sse": np.zeros(k),
             "sse_baseline": np.zeros(k),
             "sse_optimum": np.zeros(k),
+            "meat": np.zeros((k, d + 1, d + 1)),
         }
         for split in SPLITS
     }
@@ -42,9 +46,10 @@ def add_sums(
 
 
 def metrics_from_sums(
-    sums: dict[str, dict[str, Any]], fit: Any, targets: tuple[str, ...]
+    sums: dict[str, dict[str, Any]], fit: Any, targets: tuple[str, ...], inference: Inference
 ) -> pd.DataFrame:
-    """The metrics table (see metrics_frame) from per-split sums (see zero_sums)."""
+    """The metrics table (see metrics_frame and with_fit_statistics) from per-split sums (see
+    zero_sums)."""
     per_split = {}
     for split in SPLITS:
         part = sums[split]
@@ -55,7 +60,7 @@ def metrics_from_sums(
             part["sse_baseline"] / rows,
             part["sse_optimum"] / rows,
         )
-    return metrics_frame(per_split, fit, targets)
+    return with_fit_statistics(metrics_frame(per_split, fit, targets), inference)
 
 
 def metrics_frame(
@@ -91,27 +96,79 @@ def metrics_frame(
     return pd.DataFrame.from_records(records)
 
 
-def weights_frame(fit: Any, features: tuple[str, ...], targets: tuple[str, ...]) -> pd.DataFrame:
-    """One row per target and term: raw-scale weight, standardized weight, scaler mean/std
-    (null for the intercept)."""
+def with_fit_statistics(metrics: pd.DataFrame, inference: Inference) -> pd.DataFrame:
+    """The metrics with the least-squares fit's statistics on the train split (null on the
+    holdout rows): residual_std_error, adj_r2, f_stat, f_p_value, dof, and the note saying why
+    a number is null."""
+    frame = metrics.copy()
+    train = (frame["split"] == "train").to_numpy()
+    order = {target: i for i, target in enumerate(dict.fromkeys(frame["target"]))}
+    index = frame["target"].map(order).to_numpy()
+    per_target = {
+        "residual_std_error": np.sqrt(inference.residual_variance),
+        "adj_r2": inference.adj_r2,
+        "f_stat": inference.f_stat,
+        "f_p_value": inference.f_p_value,
+    }
+    for name, values in per_target.items():
+        frame[name] = np.where(train, values[index], np.nan)
+    frame["dof"] = pd.Series(inference.dof, index=frame.index, dtype="Int64").where(train)
+    notes = np.array(inference.notes, dtype=object)[index]
+    frame["note"] = pd.Series(np.where(train, notes, None), dtype=object)
+    return frame
+
+
+def weights_frame(
+    fit: Any, inference: Inference, features: tuple[str, ...], targets: tuple[str, ...]
+) -> pd.DataFrame:
+    """One row per target and term (the features, then the intercept): the raw-scale weight
+    gradient descent found, the standardized weight, the scaler's mean and std (null for the
+    intercept), and the inference of the least-squares fit (see tasks/inference.py): its
+    estimate, standard error, t statistic, p-value, interval, HC1 standard error, the
+    confidence level and degrees of freedom, the residual variance, the term's row of the
+    coefficient covariance (in this target's term order), and the note saying why the
+    inference is null, if it is."""
+    low, high = inference.interval()
+    columns = {
+        "ls_weight": inference.estimate,
+        "std_error": inference.std_error,
+        "t_stat": inference.t_stat,
+        "p_value": inference.p_value,
+        "ci_low": low,
+        "ci_high": high,
+        "robust_std_error": inference.robust_std_error,
+    }
     records = []
     for j, target in enumerate(targets):
-        for i, feature in enumerate(features):
+        terms = [*features, INTERCEPT]
+        weight = [*fit.W[j], fit.b[j]]
+        standardized = [*fit.W_std[j], fit.b_std[j]]
+        mean = [*fit.scaler.mean, np.nan]
+        std = [*fit.scaler.std, np.nan]
+        covariance = inference.covariance[j]
+        for i, term in enumerate(terms):
+            row = covariance[i]
             records.append(
-                (
-                    target,
-                    feature,
-                    fit.W[j, i],
-                    fit.W_std[j, i],
-                    fit.scaler.mean[i],
-                    fit.scaler.std[i],
-                )
+                {
+                    "target": target,
+                    "feature": term,
+                    "weight": weight[i],
+                    "standardized_weight": standardized[i],
+                    "scaler_mean": mean[i],
+                    "scaler_std": std[i],
+                    **{name: values[j, i] for name, values in columns.items()},
+                    "confidence": inference.confidence,
+                    "dof": inference.dof,
+                    "residual_variance": inference.residual_variance[j],
+                    "covariance": None if np.isnan(row).any() else row.tolist(),
+                    "note": inference.notes[j],
+                }
             )
-        records.append((target, INTERCEPT, fit.b[j], fit.b_std[j], np.nan, np.nan))
-    return pd.DataFrame.from_records(
-        records,
-        columns=["target", "feature", "weight", "standardized_weight", "scaler_mean", "scaler_std"],
-    )
+    frame = pd.DataFrame.from_records(records)
+    defined = frame["note"].isna()
+    for name in ("std_error", "t_stat", "p_value", "ci_low", "ci_high", "robust_std_error"):
+        frame[name] = frame[name].where(defined)
+    return frame
 
 
 def fit_warnings(train_rows: int, n_features: int) -> list[str]:

@@ -15,6 +15,7 @@ from prefect.cache_policies import NONE
 
 from schemas.params import RunConfig
 from tasks.dataset import Scan
+from tasks.evaluate import INTERCEPT
 
 FIGSIZE = (8, 5)  # inches
 DPI = 100  # so every PNG is 800 x 500 pixels
@@ -22,6 +23,7 @@ DPI = 100  # so every PNG is 800 x 500 pixels
 REPORT_SAMPLE_ROWS = 20_000
 # file name -> title, in report order
 PLOTS = {
+    "coefficients.png": "Coefficients with their confidence intervals",
     "loss.png": "Loss curve",
     "holdout.png": "Predicted vs actual (holdout)",
     "residuals.png": "Residuals",
@@ -105,6 +107,30 @@ def _legend(ax) -> None:
     """A legend when something was drawn (matplotlib warns on an empty one)."""
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
+
+
+def plot_coefficients(coefficients: pd.DataFrame) -> Figure:
+    """The least-squares estimate of every feature's coefficient with its confidence interval,
+    one panel per target (the intercept, on another scale, is in the report's table)."""
+    terms = coefficients[coefficients["feature"] != INTERCEPT]
+    targets = list(dict.fromkeys(terms["target"]))
+    figure = Figure(figsize=FIGSIZE)
+    axes = figure.subplots(1, max(len(targets), 1), squeeze=False)[0]
+    for ax, target in zip(axes, targets, strict=False):
+        part = terms[terms["target"] == target].iloc[::-1]
+        rows = np.arange(len(part))
+        estimate = part["ls_weight"].to_numpy(float)
+        low, high = part["ci_low"].to_numpy(float), part["ci_high"].to_numpy(float)
+        ax.axvline(0.0, color="grey", linewidth=1)
+        ax.errorbar(estimate, rows, xerr=[estimate - low, high - estimate], fmt="o", capsize=4)
+        if np.isnan(low).any():
+            ax.text(0.5, 0.02, "no interval: see the note", transform=ax.transAxes, ha="center")
+        level = part["confidence"].iloc[0] if len(part) else 0.95
+        ax.set_yticks(rows, part["feature"].tolist())
+        ax.set(title=f"{target}: {level:.0%} intervals", xlabel="coefficient (raw scale)")
+        ax.grid(alpha=0.3, axis="x")
+    figure.tight_layout()
+    return figure
 
 
 def plot_history(history: pd.DataFrame) -> Figure:

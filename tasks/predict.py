@@ -26,6 +26,8 @@ from schemas.params import RunConfig
 from schemas.sales import ID_COLUMN
 from tasks.dataset import FilePart, Scan
 from tasks.evaluate import SPLITS, add_sums, zero_sums
+from tasks.inference import meat_of_rows, prediction_interval
+from tasks.promote import Uncertainty
 from tasks.spill import spilled_values
 from tasks.stats import least_squares_of_moments
 from tasks.storage import working_files
@@ -38,32 +40,34 @@ CHECKED_ROWS = 1000
 @dataclass(frozen=True)
 class Scoring:
     """What pass 2 of a training run predicts with: the trained model, the least-squares
-    optimum of the training rows and the training mean of the targets (the baseline), all
-    raw-scale float64."""
+    optimum of the training rows, the training mean of the targets (the baseline) and of the
+    features (the centre of the HC meat), all raw-scale float64."""
 
     W: np.ndarray
     b: np.ndarray
     W_opt: np.ndarray
     b_opt: np.ndarray
     train_mean: np.ndarray
+    feature_mean: np.ndarray
 
     @staticmethod
     def of(fit: Any, scan: Scan) -> Scoring:
         W_opt, b_opt = least_squares_of_moments(scan.train)
-        return Scoring(fit.W, fit.b, W_opt, b_opt, scan.train.sum_y / scan.train.n)
+        m = scan.train
+        return Scoring(fit.W, fit.b, W_opt, b_opt, m.sum_y / m.n, m.sum_x / m.n)
 
 
 @dataclass(frozen=True)
 class _Output:
     """What pass 2 writes: the table's name, `build(batch, source, sums)` making a batch's
     rows (and adding to `sums`), the pandera contract, the columns with dictionary pages and
-    the number of targets (for the sums)."""
+    the numbers of targets and features (for the sums)."""
 
     name: str
     build: Callable[[pa.RecordBatch, str, dict], pa.Table]
     contract: pandera.DataFrameSchema
     dictionary: list[str]
-    targets: int
+    sizes: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,8 @@ def predictions_arrow(config: RunConfig) -> pa.Schema:
 def scores_arrow(features: tuple[str, ...], targets: tuple[str, ...]) -> pa.Schema:
     """The scores table's Arrow types."""
     fields = [(ID_COLUMN, pa.string())] + [(name, pa.float64()) for name in features]
-    fields += [(f"predicted_{name}", pa.float64()) for name in targets]
+    for name in targets:
+        fields += [(f"predicted_{name}{end}", pa.float64()) for end in ("", "_low", "_high")]
     fields += [("model_run_id", pa.string()), ("source_file", pa.string())]
     return pa.schema([*fields, ("source_line", pa.int64())])
 
@@ -116,6 +121,8 @@ def predict_parts(
             part["sse"] += (residual[mask] ** 2).sum(axis=0)
             part["sse_baseline"] += (baseline[mask] ** 2).sum(axis=0)
             part["sse_optimum"] += (optimum[mask] ** 2).sum(axis=0)
+        train = ~holdout
+        sums["train"]["meat"] += meat_of_rows(X[train], optimum[train], scoring.feature_mean)
         columns = [batch.column(ID_COLUMN), *(batch.column(name) for name in config.values)]
         for j in range(len(config.targets)):
             columns += [pa.array(pred[:, j]), pa.array(residual[:, j])]
@@ -126,7 +133,8 @@ def predict_parts(
     # the model's outputs or the line
     dictionary = [*config.values, "split", "source_file"]
     contract = predictions_schema(config.features, config.targets)
-    output = _Output("predictions", table, contract, dictionary, len(config.targets))
+    sizes = (len(config.targets), len(config.features))
+    output = _Output("predictions", table, contract, dictionary, sizes)
     return _emit(parts, staging, output, config.threads)
 
 
@@ -146,16 +154,30 @@ def score_parts(
     def table(batch: pa.RecordBatch, source: str, sums: dict) -> pa.Table:
         X = spilled_values(batch, config)
         pred = X @ model.W.T + model.b
+        low, high = interval_of(X, pred, model.uncertainty)
         sums["train"]["rows"] += batch.num_rows
         columns = [batch.column(ID_COLUMN), *(batch.column(name) for name in model.features)]
-        columns += [pa.array(pred[:, j]) for j in range(len(model.targets))]
+        for j in range(len(model.targets)):
+            columns += [pa.array(values[:, j], from_pandas=True) for values in (pred, low, high)]
         columns.append(run_column.take(pa.array(np.zeros(batch.num_rows, np.int8))))
         return _with_source(columns, batch, source, schema)
 
     dictionary = [*model.features, "model_run_id", "source_file"]
     contract = scores_schema(model.features, model.targets)
-    output = _Output("scores", table, contract, dictionary, len(model.targets))
+    output = _Output("scores", table, contract, dictionary, (len(model.targets), 0))
     return _emit(parts, staging, output, config.threads)
+
+
+def interval_of(
+    X: np.ndarray, predicted: np.ndarray, uncertainty: Uncertainty | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction intervals [N, k] for new rows (NaN, written as null, where the model has no
+    uncertainty or it is undefined for a target)."""
+    if uncertainty is None:
+        nan = np.full(predicted.shape, np.nan)
+        return nan, nan
+    u = uncertainty
+    return prediction_interval(X, predicted, u.covariance, u.residual_variance, u.dof, u.confidence)
 
 
 def _with_source(columns: list, batch: pa.RecordBatch, source: str, schema: pa.Schema) -> pa.Table:
@@ -175,7 +197,7 @@ def _emit(parts: tuple[FilePart, ...], staging: Path, output: _Output, threads: 
     def write(unit: tuple[FilePart, tuple[int, int]]) -> tuple[Path | None, dict]:
         part, chunk = unit
         path = folder / f"part-{part.index:05d}-{chunk[0]:04d}-{chunk[1]:04d}.parquet"
-        sums = zero_sums(output.targets)
+        sums = zero_sums(*output.sizes)
         writer = None
         for batch in part.batches(chunk):
             if not batch.num_rows:
@@ -192,7 +214,7 @@ def _emit(parts: tuple[FilePart, ...], staging: Path, output: _Output, threads: 
 
     with working_files(folder), ThreadPoolExecutor(max(1, threads)) as pool:
         results = list(pool.map(write, units))
-    sums = zero_sums(output.targets)
+    sums = zero_sums(*output.sizes)
     for _, part_sums in results:
         sums = add_sums(sums, part_sums)
     return Emitted(tuple(path for path, _ in results if path is not None), sums)

@@ -28,23 +28,55 @@ LOCK_FILE = ".publish.lock"
 
 
 @dataclass(frozen=True)
+class Uncertainty:
+    """What prediction intervals need, per target: the raw-scale coefficient covariance
+    [k, d + 1, d + 1] (features, then the intercept; NaN where undefined), the residual
+    variance [k], the degrees of freedom and the confidence level."""
+
+    covariance: np.ndarray
+    residual_variance: np.ndarray
+    dof: int
+    confidence: float
+
+
+@dataclass(frozen=True)
 class LinearModel:
-    """Raw-scale weights W [k, d] and b [k] for named features and targets."""
+    """Raw-scale weights W [k, d] and b [k] for named features and targets, and their
+    uncertainty (None for weights written before it was published)."""
 
     features: tuple[str, ...]
     targets: tuple[str, ...]
     W: np.ndarray
     b: np.ndarray
+    uncertainty: Uncertainty | None = None
 
 
 def model_from_weights(weights: pd.DataFrame) -> LinearModel:
-    """A weights table (target, feature, weight) -> LinearModel, in the table's row order."""
+    """A weights table (target, feature, weight, and the covariance columns when present) ->
+    LinearModel, in the table's row order."""
     targets = tuple(dict.fromkeys(weights["target"]))
     features = tuple(f for f in dict.fromkeys(weights["feature"]) if f != INTERCEPT)
     table = weights.pivot(index="target", columns="feature", values="weight")
     W = table.loc[list(targets), list(features)].to_numpy(dtype=np.float64)
     b = table.loc[list(targets), INTERCEPT].to_numpy(dtype=np.float64)
-    return LinearModel(features, targets, W, b)
+    return LinearModel(features, targets, W, b, _uncertainty(weights, targets, features))
+
+
+def _uncertainty(
+    weights: pd.DataFrame, targets: tuple[str, ...], features: tuple[str, ...]
+) -> Uncertainty | None:
+    if "covariance" not in weights.columns:
+        return None
+    terms = [*features, INTERCEPT]
+    covariance = np.full((len(targets), len(terms), len(terms)), np.nan)
+    variance = np.full(len(targets), np.nan)
+    for j, target in enumerate(targets):
+        rows = weights[weights["target"] == target].set_index("feature").loc[terms]
+        variance[j] = rows["residual_variance"].iloc[0]
+        if rows["covariance"].notna().all():
+            covariance[j] = np.stack([np.asarray(row, np.float64) for row in rows["covariance"]])
+    first = weights.iloc[0]
+    return Uncertainty(covariance, variance, int(first["dof"]), float(first["confidence"]))
 
 
 def load_model(root: Path, run_id: str) -> LinearModel:

@@ -5,6 +5,7 @@ nothing."""
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -12,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow
 from prefect import get_run_logger, task
@@ -31,6 +33,7 @@ from schemas.params import RunConfig
 from tasks.dataset import Scan
 from tasks.errors import DataQualityError
 from tasks.evaluate import fit_warnings, metrics_from_sums, weights_frame
+from tasks.inference import Inference, infer
 from tasks.predict import Emitted
 from tasks.profile import compare_profiles
 from tasks.promote import (
@@ -112,9 +115,10 @@ def publish_training(
     staged predictions in, merge the quarantine, decide promotion on the holdout statistics,
     measure drift against the champion, write the report (with `plots`, drawn while pass 2
     ran) and the manifest, then move the champion pointer if promoted."""
+    inference = fit_inference(scan, emitted, config)
     tables = {
-        "weights": weights_frame(fit, config.features, config.targets),
-        "metrics": metrics_from_sums(emitted.sums, fit, config.targets),
+        "weights": weights_frame(fit, inference, config.features, config.targets),
+        "metrics": metrics_from_sums(emitted.sums, fit, config.targets, inference),
         "profile": scan.profile_table(),
     }
     for name, frame in tables.items():
@@ -138,7 +142,8 @@ def publish_training(
         outputs["report"] = report_folder / "report.md"
         results = {
             "training": training_summary(fit),
-            "metrics": tables["metrics"].to_dict(orient="records"),
+            "metrics": records_of(tables["metrics"]),
+            "coefficients": records_of(tables["weights"][COEFFICIENT_COLUMNS]),
             "promotion": promotion,
             "drift": drift_against(root, champion_id, tables["profile"], config.drift_threshold),
             "warnings": fit_warnings(scan.train.n, len(config.features)),
@@ -150,6 +155,39 @@ def publish_training(
         if promotion["promoted"]:
             write_champion(root, run.run_id, promotion)
     return manifest
+
+
+def fit_inference(scan: Scan, emitted: Emitted, config: RunConfig) -> Inference:
+    """The inference of the least-squares fit on the training rows (tasks/inference.py): the
+    statistics of pass 1 and the residual sums of pass 2."""
+    train = emitted.sums["train"]
+    return infer(
+        scan.train,
+        train["sse_optimum"],
+        train["meat"],
+        config.features,
+        config.targets,
+        config.confidence,
+    )
+
+
+# The weights columns the manifest (and so the summary and the report) carries.
+COEFFICIENT_COLUMNS = [
+    "target", "feature", "weight", "ls_weight", "std_error", "ci_low", "ci_high", "p_value",
+    "robust_std_error", "confidence", "note",
+]  # fmt: skip
+
+
+def records_of(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """A small table as JSON-ready records (NaN and NA as null)."""
+    records = frame.to_dict("records")
+    return [{name: _plain(value) for name, value in row.items()} for row in records]
+
+
+def _plain(value: Any) -> Any:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
 
 
 # Tables small enough to be written from one DataFrame.

@@ -12,7 +12,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
-from tasks.plots import PLOTS, plot_history, png
+from tasks.plots import PLOTS, plot_coefficients, plot_history, png
 from tasks.storage import MANIFESTS, atomic_write, manifest_path
 
 REPORTS = "reports"
@@ -51,10 +51,12 @@ def summary_markdown(manifest: dict[str, Any], output_root: Path) -> str:
             "|---|---|---:|---:|---:|---:|---:|",
             *(
                 f"| {m['target']} | {m['split']} | {m['rows']} | {m['mse']:.6g} | "
-                f"{m['baseline_mse']:.6g} | {m['r2']:.4f} | {m['relative_gap']:.2e} |"
+                f"{m['baseline_mse']:.6g} | {_fixed(m['r2'], '.4f')} | {m['relative_gap']:.2e} |"
                 for m in manifest["metrics"]
             ),
         ]
+    if manifest.get("coefficients"):
+        lines += ["", *coefficient_markdown(manifest["coefficients"])]
     lines += [f"\n**Warning**: {warning}." for warning in manifest.get("warnings", [])]
     promotion = manifest.get("promotion")
     if promotion:
@@ -84,6 +86,56 @@ def summary_markdown(manifest: dict[str, Any], output_root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def coefficient_markdown(coefficients: list[dict[str, Any]]) -> list[str]:
+    """The coefficient table: least-squares estimate, standard errors, interval, p-value."""
+    level = coefficients[0]["confidence"]
+    lines = [
+        f"**Coefficients** (least squares on the train split; {level:.0%} intervals; robust SE "
+        "is HC1):",
+        "",
+        "| target | term | estimate | std error | CI low | CI high | p-value | robust SE |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    notes = {}
+    for c in coefficients:
+        cells = [_number(c[name]) for name in ("ls_weight", "std_error", "ci_low", "ci_high")]
+        cells += [_p(c["p_value"]), _number(c["robust_std_error"])]
+        lines.append(f"| {c['target']} | {c['feature']} | " + " | ".join(cells) + " |")
+        if c["note"]:
+            notes[c["target"]] = c["note"]
+    lines += [f"\n**No inference for {target}**: {note}." for target, note in notes.items()]
+    return lines
+
+
+def coefficient_lines(coefficients: list[dict[str, Any]]) -> list[str]:
+    """One terminal line per coefficient: estimate, interval, p-value (or why there is none)."""
+    out = []
+    for c in coefficients:
+        if c["ci_low"] is None:
+            interval = f"no interval ({c['note']})"
+        else:
+            interval = (
+                f"{c['confidence']:.0%} CI [{_number(c['ci_low'])}, {_number(c['ci_high'])}] "
+                f"p={_p(c['p_value'])}"
+            )
+        out.append(f"  {c['target']} {c['feature']:<14} {_number(c['ls_weight']):>11} {interval}")
+    return out
+
+
+def _number(value: float | None) -> str:
+    return _fixed(value, ".6g")
+
+
+def _fixed(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return ""
+    return "<1e-16" if value < 1e-16 else f"{value:.3g}"
+
+
 def summary_text(manifest: dict[str, Any], output_root: Path) -> str:
     """A few plain lines for the terminal."""
     rows = manifest["rows"]
@@ -94,8 +146,11 @@ def summary_text(manifest: dict[str, Any], output_root: Path) -> str:
     for m in manifest["metrics"] or []:
         out.append(
             f"  {m['target']} {m['split']:<7} rows={m['rows']:<6} mse={m['mse']:.6g} "
-            f"r2={m['r2']:.4f} gap_to_optimum={m['relative_gap']:.1e}"
+            f"r2={_fixed(m['r2'], '.4f')} gap_to_optimum={m['relative_gap']:.1e}"
         )
+    if manifest.get("coefficients"):
+        out.append("coefficients (least squares, train split):")
+        out += coefficient_lines(manifest["coefficients"])
     out += [f"warning: {warning}" for warning in manifest.get("warnings", [])]
     promotion = manifest.get("promotion")
     if promotion:
@@ -130,7 +185,12 @@ def write_report(root: Path, manifest: dict[str, Any], plots: dict[str, bytes]) 
     """Write `<root>/reports/<run_id>/`: report.md, the model's plots (drawn already, see
     tasks.plots.model_plots) and the holdout MSE history. Returns report.md."""
     folder = report_dir(root, manifest["run_id"])
-    plots = {**plots, "history.png": png(plot_history(holdout_history(root, manifest)))}
+    coefficients = pd.DataFrame.from_records(manifest["coefficients"])
+    plots = {
+        **plots,
+        "coefficients.png": png(plot_coefficients(coefficients)),
+        "history.png": png(plot_history(holdout_history(root, manifest))),
+    }
     for name, data in plots.items():
         atomic_write(folder / name, lambda tmp, data=data: tmp.write_bytes(data))
     body = summary_markdown(manifest, root)
@@ -153,9 +213,8 @@ def report_run(manifest: dict[str, Any], root: Path) -> str:
     create_markdown_artifact(
         markdown=markdown, key="sales-model-run", description="Training run summary"
     )
-    weights = pd.read_parquet(root / manifest["outputs"]["weights"])
     create_table_artifact(
-        table=weights.astype(object).where(weights.notna(), None).to_dict(orient="records"),
+        table=manifest["coefficients"],
         key="sales-model-weights",
         description=f"Weights of run {manifest['run_id']} (raw scale)",
     )

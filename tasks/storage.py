@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow
 import pyarrow.parquet as pq
 
-from schemas.outputs import SCHEMA_VERSION
+from schemas.outputs import NULLABLE_ARROW, SCHEMA_VERSION
 from tasks.errors import PublishError
 
 MANIFESTS = "manifests"
@@ -198,6 +198,10 @@ def write_table(
 ) -> Path:
     """Write one table of one run as Parquet with the run's key-value metadata."""
     arrow = pyarrow.Table.from_pandas(frame, preserve_index=False)
+    for name, kind in NULLABLE_ARROW.items():
+        if name in arrow.column_names:
+            index = arrow.schema.get_field_index(name)
+            arrow = arrow.set_column(index, name, arrow.column(name).cast(kind))
     metadata = {**(arrow.schema.metadata or {}), **table_metadata(run, table, fingerprint)}
     arrow = arrow.replace_schema_metadata(metadata)
     return atomic_write(table_path(root, table, run.run_id), lambda tmp: pq.write_table(arrow, tmp))

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from tasks.evaluate import INTERCEPT, fit_warnings, metrics_from_sums, weights_frame, zero_sums
+from tasks.inference import Inference, infer, meat_of_rows
 from tasks.split import hash_text, split_holdout
+from tasks.stats import least_squares_of_moments, moments_of
 from tasks.train import fit_linear_regression
 from tests.reference import least_squares
 
@@ -52,6 +54,15 @@ def test_text_hash_separates_near_identical_ids():
     assert (hash_text(pa.array(ids, pa.string()), seed=1) != hashes).all()
 
 
+def inference_of(X, y, features, targets) -> Inference:
+    """The inference of the least-squares fit of y [N, k] on X [N, d], from the rows."""
+    m = moments_of(X, y)
+    W, b = least_squares_of_moments(m)
+    residuals = y - (X @ W.T + b)
+    meat = meat_of_rows(X, residuals, m.sum_x / m.n)
+    return infer(m, (residuals**2).sum(axis=0), meat, features, targets, 0.95)
+
+
 def sums_of(df, is_holdout, fit, W_opt, b_opt, train_mean):
     """Per-split sums as pass 2 adds them up, computed here from the frame."""
     sums = zero_sums(1)
@@ -74,7 +85,8 @@ def test_metrics_from_sums_are_mse_r2_and_the_gap_to_the_optimum():
     fit = fit_linear_regression(X, y, max_epochs=5000, tol=1e-12, seed=0)
     W_opt, b_opt = least_squares(train[["x"]].to_numpy(), train[["y"]].to_numpy())
     sums = sums_of(df, is_holdout, fit, W_opt, b_opt, train["y"].mean())
-    metrics = metrics_from_sums(sums, fit, ("y",))
+    inference = inference_of(train[["x"]].to_numpy(), train[["y"]].to_numpy(), ("x",), ("y",))
+    metrics = metrics_from_sums(sums, fit, ("y",), inference)
 
     assert metrics["split"].tolist() == ["train", "holdout"]
     for split, row in metrics.set_index("split").iterrows():
@@ -91,6 +103,12 @@ def test_metrics_from_sums_are_mse_r2_and_the_gap_to_the_optimum():
         ((train["x"] * W_opt[0, 0] + b_opt[0] - train["y"]) ** 2).mean(), rel=1e-12
     )
     assert bool(train_row["converged"]) == fit.converged
+    assert train_row["dof"] == len(train) - 2
+    assert train_row["residual_std_error"] == pytest.approx(
+        np.sqrt(train_row["optimum_mse"] * len(train) / (len(train) - 2)), rel=1e-12
+    )
+    holdout_row = metrics.set_index("split").loc["holdout"]
+    assert holdout_row[["residual_std_error", "adj_r2", "f_stat", "f_p_value", "dof"]].isna().all()
 
 
 def test_empty_holdout_split_is_left_out():
@@ -104,7 +122,8 @@ def test_empty_holdout_split_is_left_out():
     )
     W_opt, b_opt = least_squares(df[["x"]].to_numpy(), df[["y"]].to_numpy())
     sums = sums_of(df, np.zeros(20, bool), fit, W_opt, b_opt, df["y"].mean())
-    assert metrics_from_sums(sums, fit, ("y",))["split"].tolist() == ["train"]
+    inference = inference_of(df[["x"]].to_numpy(), df[["y"]].to_numpy(), ("x",), ("y",))
+    assert metrics_from_sums(sums, fit, ("y",), inference)["split"].tolist() == ["train"]
 
 
 def test_too_few_training_rows_for_the_parameters_are_named():
@@ -119,7 +138,9 @@ def test_weights_table_has_a_row_per_target_and_term():
     X = torch.tensor(df[["x", "y"]].to_numpy())
     y = torch.tensor(np.column_stack([df["x"] + df["y"], df["x"] - df["y"]]))
     fit = fit_linear_regression(X, y, max_epochs=3000, tol=1e-12, seed=0)
-    weights = weights_frame(fit, ("x", "y"), ("s", "d"))
+    noisy = y.numpy() + np.random.default_rng(2).normal(0, 0.1, y.shape)
+    inference = inference_of(X.numpy(), noisy, ("x", "y"), ("s", "d"))
+    weights = weights_frame(fit, inference, ("x", "y"), ("s", "d"))
     assert weights[["target", "feature"]].values.tolist() == [
         ["s", "x"],
         ["s", "y"],

@@ -17,6 +17,7 @@ from tasks.evaluate import metrics_from_sums
 from tasks.plots import report_sample
 from tasks.predict import Scoring, predict_parts
 from tasks.profile import BottomK, sample_keys
+from tasks.publish import fit_inference
 from tasks.split import hash_text
 from tasks.train import fit_from_moments
 from tests.conftest import messy_csv
@@ -86,7 +87,8 @@ def test_pass_two_predictions_and_metrics_match_the_whole_file(tmp_path):
     accepted = whole.accepted
     X, y = accepted[list(F)].to_numpy(), accepted[list(T)].to_numpy()
     reference = evaluate_model(X, y, whole.is_holdout, fit, T)
-    metrics = metrics_from_sums(emitted.sums, fit, T)
+    metrics = metrics_from_sums(emitted.sums, fit, T, fit_inference(scan, emitted, run))
+    metrics = metrics[reference.columns]  # the fit statistics: tests/unit/test_inference.py
     pd.testing.assert_frame_equal(
         metrics.drop(columns="relative_gap"), reference.drop(columns="relative_gap"), rtol=1e-9
     )

@@ -116,6 +116,14 @@ def test_weights_schema_refuses_infinite_weights(column, value):
         "standardized_weight": [1.0],
         "scaler_mean": [0.0],
         "scaler_std": [1.0],
+        "ls_weight": [2.0],
+        **{name: [0.1] for name in ("std_error", "t_stat", "p_value", "ci_low", "ci_high")},
+        "robust_std_error": [0.1],
+        "confidence": [0.95],
+        "dof": [10],
+        "residual_variance": [1.0],
+        "covariance": [[0.01]],
+        "note": pd.Series([None], dtype=object),
     }
     WeightsTable.validate(pd.DataFrame(good), lazy=True)
     with pytest.raises(pa.errors.SchemaErrors) as err:
