@@ -28,6 +28,7 @@ from prefect.exceptions import ParameterTypeError
 from prefect.logging.handlers import PrefectConsoleHandler
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from schemas.params import DEFAULT_ID_COLUMN, NO_ID
 from tasks.errors import PipelineError
 
 # Prefect must never phone home from these machines; a user's own setting wins.
@@ -86,6 +87,15 @@ def exit_now(code: int) -> None:
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="show Prefect's logs in the terminal too"
+    )
+
+
+def add_id_column_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--id-column",
+        help=f"id column of the rows, unique within a file (default {DEFAULT_ID_COLUMN}); "
+        f"{NO_ID}: files without one (no duplicate-key check, the split keyed on the row's "
+        "values)",
     )
 
 

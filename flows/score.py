@@ -12,16 +12,19 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.cli import add_common_options, exit_now, run_flow
+from flows.cli import add_common_options, add_id_column_option, exit_now, run_flow
 from flows.steps import emit, for_runner, name_flow_run, open_inputs, scan_inputs
 from schemas.params import (
+    DEFAULT_ID_COLUMN,
     DEFAULT_MAX_BAD_FRACTION,
     DEFAULT_OUTPUT,
     DEFAULT_SCORE_DATA,
     BadFraction,
     DataPaths,
+    IdColumn,
     RunConfig,
     RunId,
+    id_column_of,
 )
 from tasks.paths import check_all, confine, data_roots, output_roots, resolve_inputs
 from tasks.predict import score_task
@@ -40,6 +43,7 @@ def score_sales(
     output: str = DEFAULT_OUTPUT,
     run_id: RunId = None,
     max_bad_fraction: BadFraction = DEFAULT_MAX_BAD_FRACTION,
+    id_column: IdColumn = DEFAULT_ID_COLUMN,
 ) -> dict[str, Any]:
     """Score the feature rows at `data` with the champion (or `run_id`) from `output`; writes
     the `scores` and `score_quarantine` tables and returns the scoring manifest."""
@@ -47,6 +51,7 @@ def score_sales(
     config = RunConfig(
         features=model.features,
         targets=(),
+        id_column=id_column_of(id_column),
         holdout_fraction=0.0,
         max_bad_fraction=max_bad_fraction,
     )
@@ -96,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help=f"output root with the models (default {DEFAULT_OUTPUT})")
     parser.add_argument("--run-id", help="score with this training run (default: the champion)")
     parser.add_argument("--max-bad-fraction", help=f"default {DEFAULT_MAX_BAD_FRACTION}")
+    add_id_column_option(parser)
     add_common_options(parser)
     args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v not in (None, False)}
     return run_flow(

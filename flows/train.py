@@ -13,7 +13,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.cli import add_common_options, exit_now, run_flow
+from flows.cli import add_common_options, add_id_column_option, exit_now, run_flow
 from flows.steps import emit, for_runner, name_flow_run, open_inputs, scan_inputs
 from schemas.params import (
     AUTO_DIRECT_MAX_ROWS,
@@ -23,6 +23,7 @@ from schemas.params import (
     DEFAULT_DRIFT_THRESHOLD,
     DEFAULT_DTYPE,
     DEFAULT_HOLDOUT_FRACTION,
+    DEFAULT_ID_COLUMN,
     DEFAULT_LEDGER,
     DEFAULT_MAX_BAD_FRACTION,
     DEFAULT_MAX_EPOCHS,
@@ -39,6 +40,7 @@ from schemas.params import (
     DriftThreshold,
     Dtype,
     HoldoutFraction,
+    IdColumn,
     LearningRate,
     MaxEpochs,
     PromotionTolerance,
@@ -47,6 +49,7 @@ from schemas.params import (
     Solver,
     SplitMB,
     Tolerance,
+    id_column_of,
 )
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
 from tasks.csvfile import ByteRange, CsvFile
@@ -86,16 +89,18 @@ def train_sales_model(
     solver: Solver = DEFAULT_SOLVER,
     split_mb: SplitMB = DEFAULT_SPLIT_MB,
     confidence: Confidence = DEFAULT_CONFIDENCE,
+    id_column: IdColumn = DEFAULT_ID_COLUMN,
 ) -> dict[str, Any]:
     """Train the sales model on the CSV(s) at `data` and publish it under `output`. `data`
     "dataset" (the default) is the base file plus every accepted landed file of `ledger`.
 
     Returns the run manifest (also written to `<output>/manifests/<run_id>.json`).
     """
-    paths, root = check_train_inputs(data, ledger, output, features, targets)
+    paths, root = check_train_inputs(data, ledger, output, features, targets, id_column)
     config = RunConfig(
         features=tuple(features),
         targets=tuple(targets),
+        id_column=id_column_of(id_column),
         holdout_fraction=holdout_fraction,
         seed=seed,
         max_bad_fraction=max_bad_fraction,
@@ -139,12 +144,13 @@ def check_train_inputs(
     output: str,
     features: tuple[str, ...],
     targets: tuple[str, ...],
+    id_column: str,
 ) -> tuple[list[Path], Path]:
     """(input files, output root) once every parameter naming columns or paths is right;
     otherwise one PipelineError listing every problem. Nothing is read or created."""
     found = check_all(
         {
-            "columns": lambda: check_columns(features, targets),
+            "columns": lambda: check_columns(features, targets, id_column_of(id_column)),
             "data": lambda: training_inputs(data, ledger, data_roots()),
             "output": lambda: confine(output, output_roots(), "output"),
         }
@@ -168,6 +174,7 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
         "--features", nargs="+", help=f"feature columns (default {DEFAULT_FEATURES})"
     )
     parser.add_argument("--targets", nargs="+", help=f"target columns (default {DEFAULT_TARGETS})")
+    add_id_column_option(parser)
     parser.add_argument("--holdout-fraction", help=f"default {DEFAULT_HOLDOUT_FRACTION}")
     parser.add_argument("--seed", help=f"default {DEFAULT_SEED}")
     parser.add_argument("--max-epochs", help=f"default {DEFAULT_MAX_EPOCHS}")
@@ -247,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             checked["output"],
             checked["features"],
             checked["targets"],
+            checked["id_column"],
         ),
     )
 

@@ -17,18 +17,23 @@ from typing import Any
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from flows.cli import add_common_options, exit_now, run_flow
+from flows.cli import add_common_options, add_id_column_option, exit_now, run_flow
 from flows.train import TRAIN_TIMEOUT_SECONDS, train_sales_model
 from schemas.params import (
     DATASET,
+    DEFAULT_ID_COLUMN,
     DEFAULT_LANDING,
     DEFAULT_LEDGER,
     DEFAULT_MAX_BAD_FRACTION,
     DEFAULT_OUTPUT,
     DEFAULT_SETTLE_SECONDS,
     BadFraction,
+    IdColumn,
+    RunConfig,
     SettleSeconds,
+    id_column_of,
 )
+from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
 from tasks.events import DEBOUNCE_SECONDS
 from tasks.landing import check_landed_files
 from tasks.ledger import files_to_train, record_training, training_inputs
@@ -57,6 +62,7 @@ def watch_landing(
     settle_seconds: SettleSeconds = DEFAULT_SETTLE_SECONDS,
     max_bad_fraction: BadFraction = DEFAULT_MAX_BAD_FRACTION,
     landed_at: datetime | None = None,
+    id_column: IdColumn = DEFAULT_ID_COLUMN,
 ) -> dict[str, Any]:
     """Check new landed files; if any were accepted, train on the dataset (the base file plus
     every accepted landed file: what nightly trains on). Returns what was found and, when it
@@ -66,12 +72,18 @@ def watch_landing(
     landing_dir, ledger_dir = check_watch_inputs(landing, ledger, output)
     if landed_at is not None:
         wait_out_burst(landed_at)
-    found = check_landed_files(landing_dir, ledger_dir, settle_seconds, max_bad_fraction)
+    config = RunConfig(
+        DEFAULT_FEATURES,
+        DEFAULT_TARGETS,
+        id_column=id_column_of(id_column),
+        max_bad_fraction=max_bad_fraction,
+    )
+    found = check_landed_files(landing_dir, ledger_dir, settle_seconds, config)
     if landed_at is not None and found["waiting"]:
         # Announced files still being written: once more after they had time to settle,
         # rather than leaving them to the next poll.
         time.sleep(settle_seconds)
-        again = check_landed_files(landing_dir, ledger_dir, settle_seconds, max_bad_fraction)
+        again = check_landed_files(landing_dir, ledger_dir, settle_seconds, config)
         found = merge_found(found, again)
     untrained = files_to_train(ledger)
     if not untrained:
@@ -81,6 +93,7 @@ def watch_landing(
         ledger=ledger,
         output=output,
         max_bad_fraction=max_bad_fraction,
+        id_column=id_column,
         return_state=True,
     )
     manifest = record_training(ledger, untrained, quote(state))
@@ -152,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help=f"output root (default {DEFAULT_OUTPUT})")
     parser.add_argument("--settle-seconds", help=f"default {DEFAULT_SETTLE_SECONDS}")
     parser.add_argument("--max-bad-fraction", help=f"default {DEFAULT_MAX_BAD_FRACTION}")
+    add_id_column_option(parser)
     add_common_options(parser)
     args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v not in (None, False)}
     return run_flow(

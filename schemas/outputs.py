@@ -11,7 +11,7 @@ import pandas as pd
 import pandera.pandas as pa
 import pyarrow
 
-from schemas.sales import ID_COLUMN, SALES_COLUMNS
+from schemas.sales import ID_COLUMN, SALES_COLUMNS, id_column_spec
 
 SCHEMA_VERSION = "2"
 TABLES = ("predictions", "weights", "metrics", "quarantine", "profile")
@@ -207,9 +207,17 @@ ProfileTable = pa.DataFrameSchema(
 )
 
 
-def predictions_schema(features: tuple[str, ...], targets: tuple[str, ...]) -> pa.DataFrameSchema:
-    """Schema of the predictions table for the run's feature and target columns."""
-    columns = {ID_COLUMN: pa.Column(str, description=SALES_COLUMNS[ID_COLUMN].description)}
+def _id_columns(id_column: str | None) -> dict[str, pa.Column]:
+    if id_column is None:
+        return {}
+    return {id_column: pa.Column(str, description=id_column_spec(id_column).description)}
+
+
+def predictions_schema(
+    features: tuple[str, ...], targets: tuple[str, ...], id_column: str | None = ID_COLUMN
+) -> pa.DataFrameSchema:
+    """Schema of the predictions table for the run's id, feature and target columns."""
+    columns = _id_columns(id_column)
     for name in (*features, *targets):
         known = SALES_COLUMNS.get(name)
         columns[name] = pa.Column(float, description=known.description if known else name)
@@ -226,9 +234,11 @@ def predictions_schema(features: tuple[str, ...], targets: tuple[str, ...]) -> p
     return pa.DataFrameSchema(columns, strict=True, name="predictions")
 
 
-def scores_schema(features: tuple[str, ...], targets: tuple[str, ...]) -> pa.DataFrameSchema:
+def scores_schema(
+    features: tuple[str, ...], targets: tuple[str, ...], id_column: str | None = ID_COLUMN
+) -> pa.DataFrameSchema:
     """Schema of the scores table: the scored rows and the model's predictions."""
-    columns = {ID_COLUMN: pa.Column(str, description=SALES_COLUMNS[ID_COLUMN].description)}
+    columns = _id_columns(id_column)
     for name in features:
         known = SALES_COLUMNS.get(name)
         columns[name] = pa.Column(float, description=known.description if known else name)

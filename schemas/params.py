@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
 
+from schemas.sales import ID_COLUMN
+
 # The dataset every training run reads unless told otherwise (nightly, the landing retrain, the
 # command line): the base file plus every accepted landed file in the ledger, oldest first.
 DATASET = "dataset"
@@ -35,6 +37,10 @@ DEFAULT_MAX_BAD_FRACTION = 0.1
 DEFAULT_DTYPE = "float32"
 # A candidate must be at least as good as the champion on the same holdout rows.
 DEFAULT_PROMOTION_TOLERANCE = 0.0
+# The id column of the input rows (unique within a file; the split is keyed on it); NO_ID for
+# files without one (no duplicate-key check, the split keyed on the row's values).
+DEFAULT_ID_COLUMN = ID_COLUMN
+NO_ID = "none"
 # Coefficient and prediction intervals: the level analysts quote by default.
 DEFAULT_CONFIDENCE = 0.95
 # Drift is flagged when a column's mean moved by more than half a standard deviation of the
@@ -69,6 +75,21 @@ PromotionTolerance = Annotated[
     float,
     Field(ge=0.0, description="Relative holdout-MSE slack a new model gets against the champion."),
 ]
+IdColumn = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description=f"Id column of the rows (unique within a file), or '{NO_ID}' for files "
+        "without one.",
+    ),
+]
+
+
+def id_column_of(value: str) -> str | None:
+    """The id column a parameter names (None for NO_ID)."""
+    return None if value.strip().lower() == NO_ID else value
+
+
 Confidence = Annotated[
     float,
     Field(gt=0.0, lt=1.0, description="Level of the coefficient and prediction intervals."),
@@ -126,6 +147,7 @@ class RunConfig:
 
     features: tuple[str, ...]
     targets: tuple[str, ...]
+    id_column: str | None = DEFAULT_ID_COLUMN
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
     seed: int = DEFAULT_SEED
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION

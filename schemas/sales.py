@@ -56,6 +56,19 @@ SALES_COLUMNS = {
 }
 
 
+def id_column_spec(name: str) -> pa.Column:
+    """The id column of a run: the contract's `country`, or any other text column named by
+    parameter, held to the same rule (text, no control characters)."""
+    if name == ID_COLUMN:
+        return SALES_COLUMNS[ID_COLUMN]
+    return pa.Column(
+        str,
+        pa.Check.str_matches(ID_PATTERN),
+        name=name,
+        description=f"{name}: row identifier chosen by parameter (text, no control characters).",
+    )
+
+
 def generic_numeric_column(name: str) -> pa.Column:
     """A column the contract does not know: a finite float, no range."""
     return pa.Column(
@@ -67,30 +80,38 @@ def generic_numeric_column(name: str) -> pa.Column:
     )
 
 
-def sales_schema(features: tuple[str, ...], targets: tuple[str, ...]) -> pa.DataFrameSchema:
-    """The row schema for a run: the id column plus the chosen feature and target columns."""
-    columns = {ID_COLUMN: SALES_COLUMNS[ID_COLUMN]}
+def sales_schema(
+    features: tuple[str, ...], targets: tuple[str, ...], id_column: str | None = ID_COLUMN
+) -> pa.DataFrameSchema:
+    """The row schema for a run: the id column (None: the rows have none) plus the chosen
+    feature and target columns. Ids are unique within a file."""
+    columns = {} if id_column is None else {id_column: id_column_spec(id_column)}
     for name in (*features, *targets):
         columns[name] = SALES_COLUMNS.get(name) or generic_numeric_column(name)
     return pa.DataFrameSchema(
         columns,
         strict=True,
         unique_column_names=True,
-        unique=[ID_COLUMN],
+        unique=None if id_column is None else [id_column],
         report_duplicates="exclude_first",
         name="sales",
     )
 
 
-def required_columns(features: tuple[str, ...], targets: tuple[str, ...]) -> list[str]:
+def required_columns(
+    features: tuple[str, ...], targets: tuple[str, ...], id_column: str | None = ID_COLUMN
+) -> list[str]:
     """Columns a file must have, in contract order."""
-    return [ID_COLUMN, *features, *targets]
+    return [*([] if id_column is None else [id_column]), *features, *targets]
 
 
-def allowed_columns(features: tuple[str, ...], targets: tuple[str, ...]) -> set[str]:
+def allowed_columns(
+    features: tuple[str, ...], targets: tuple[str, ...], id_column: str | None = ID_COLUMN
+) -> set[str]:
     """Columns a file may have: the required ones and any other column of the contract.
 
-    Contract columns that a run does not use (e.g. tax_k when training on two features) are
-    allowed and ignored; anything else is an unexpected column and rejects the file.
+    Contract columns that a run does not use (e.g. tax_k when training on two features, or
+    country when the run has another id column or none) are allowed and ignored; anything else
+    is an unexpected column and rejects the file.
     """
-    return set(required_columns(features, targets)) | set(SALES_COLUMNS)
+    return set(required_columns(features, targets, id_column)) | set(SALES_COLUMNS)

@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from schemas.sales import ID_COLUMN
 from tasks.csvfile import ByteRange, CsvFile
 from tasks.errors import InputFileError
 
@@ -213,8 +212,11 @@ def read_lines(path: Path, offset: int, data_bytes: int, wanted: list[int]) -> d
 class LineReader:
     """Lines of a file read back by their absolute number (for repeated ids: their text)."""
 
-    def __init__(self, file: CsvFile, ranges: list[np.ndarray], offsets: list[int]) -> None:
-        """`ranges`: per byte range, its blocks as (file offset, local first line, bytes)."""
+    def __init__(
+        self, file: CsvFile, ranges: list[np.ndarray], offsets: list[int], id_column: str
+    ) -> None:
+        """`ranges`: per byte range, its blocks as (file offset, local first line, bytes);
+        `id_column` the column `ids` reads."""
         self.file = file
         blocks = [
             np.column_stack([r[:, 0], r[:, 1] + off, r[:, 2]])
@@ -222,7 +224,8 @@ class LineReader:
             if len(r)
         ]
         self.blocks = np.concatenate(blocks) if blocks else np.zeros((0, 3), np.int64)
-        self.id_field = file.header.index(ID_COLUMN)
+        self.id_column = id_column
+        self.id_field = file.header.index(id_column)
 
     def text(self, lines: np.ndarray) -> dict[int, str]:
         found: dict[int, str] = {}

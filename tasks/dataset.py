@@ -21,7 +21,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from schemas.params import RunConfig
-from schemas.sales import ID_COLUMN, allowed_columns, required_columns
+from schemas.sales import allowed_columns, required_columns
 from tasks.batchstats import BatchStats, batch_stats
 from tasks.blocks import LineReader
 from tasks.csvfile import ByteRange, CsvFile, open_csv, sha256_file, split_ranges
@@ -165,14 +165,15 @@ def finish_file(
     rows = sum(r.rows for r in ranges)
     if rows == 0:
         raise InputFileError(f"{source}: no data rows (header only)")
-    lines = LineReader(file, [r.blocks for r in ranges], offsets)
-    repeats = repeated_ids([r.keys for r in ranges], offsets, lines.ids, config.threads)
-    excluded = repeats.loc[repeats["ok"], "source_line"].to_numpy(np.int64)
-    duplicates = None
-    if len(repeats):
-        duplicates = staging / f"duplicates-{index:05d}.parquet"
-        with working_files(staging):
-            pq.write_table(duplicate_records(source, repeats, lines), duplicates)
+    excluded, duplicates = np.zeros(0, np.int64), None
+    if config.id_column is not None:
+        lines = LineReader(file, [r.blocks for r in ranges], offsets, config.id_column)
+        repeats = repeated_ids([r.keys for r in ranges], offsets, lines.ids, config.threads)
+        excluded = repeats.loc[repeats["ok"], "source_line"].to_numpy(np.int64)
+        if len(repeats):
+            duplicates = staging / f"duplicates-{index:05d}.parquet"
+            with working_files(staging):
+                pq.write_table(duplicate_records(source, repeats, lines), duplicates)
     part = FilePart(source, index, tuple(ranges), tuple(map(int, offsets)), excluded, duplicates)
     stats = BatchStats.zero(config)
     if len(excluded):  # the statistics again, without the repeats
@@ -180,7 +181,7 @@ def finish_file(
             for batch in part.batches(chunk):
                 values = spilled_values(batch, config)
                 holdout = batch.column("holdout").to_numpy(zero_copy_only=False)
-                hashes = hash_text(batch.column(ID_COLUMN), config.seed)
+                hashes = hash_text(batch.column(config.id_column), config.seed)
                 stats.absorb(batch_stats(values, holdout, hashes, config))
     else:
         for r in ranges:
@@ -199,8 +200,8 @@ def finish_file(
 
 def open_input(path: Path, config: RunConfig) -> CsvFile:
     """An input file with the run's columns checked (see open_csv)."""
-    features, targets = config.features, config.targets
-    return open_csv(path, required_columns(features, targets), allowed_columns(features, targets))
+    columns = (config.features, config.targets, config.id_column)
+    return open_csv(path, required_columns(*columns), allowed_columns(*columns))
 
 
 def scan_file(path: Path, index: int, config: RunConfig, staging: Path) -> Scan:

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from schemas.sales import ID_COLUMN
 from tasks.blocks import LineReader
 from tasks.validate import as_csv_lines, duplicate_detail, quarantine_table
 
@@ -143,9 +142,9 @@ def duplicate_records(source: str, repeats: pd.DataFrame, lines: LineReader) -> 
         {
             "source_file": source,
             "source_line": repeats["source_line"].to_numpy(),
-            "column": ID_COLUMN,
+            "column": lines.id_column,
             "reason": "duplicate key",
-            "detail": [duplicate_detail(value) for value in repeats["id"]],
+            "detail": [duplicate_detail(lines.id_column, value) for value in repeats["id"]],
             "raw": as_csv_lines(rows),
         }
     )

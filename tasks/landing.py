@@ -19,7 +19,6 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 
 from schemas.params import RunConfig
-from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
 from tasks.csvfile import sha256_file
 from tasks.dataset import scan_file
 from tasks.errors import PipelineError
@@ -89,23 +88,20 @@ def check_landed(
     landing: Path,
     ledger_dir: Path,
     settle_seconds: float,
-    features: tuple[str, ...],
-    targets: tuple[str, ...],
-    max_bad_fraction: float,
+    config: RunConfig,
     on_file: Callable[[int, int, str, str], None] | None = None,
 ) -> dict[str, Any]:
-    """Record every new complete file in the landing folder: duplicate (same content as an
-    earlier file), failed (rejected file, or too many bad rows) or accepted (copied into the
-    store). Returns `accepted` (names), `failed` and `duplicate` (name -> reason) and `waiting`
+    """Record every new complete file in the landing folder, checked with the run's columns:
+    duplicate (same content as an earlier file), failed (rejected file, or more bad rows than
+    config.max_bad_fraction) or accepted (copied into the store). Returns `accepted` (names),
+    `failed` and `duplicate` (name -> reason) and `waiting`
     (files still within their settle time); `on_file(done, total, name, status)` is called
     after each file."""
     outcome: dict[str, Any] = {"accepted": [], "failed": {}, "duplicate": {}}
     with open_ledger(ledger_dir) as conn:
         found = scan_landing(landing, conn, settle_seconds)
         for done, landed in enumerate(found, start=1):
-            status, reason = _check_one(
-                conn, ledger_dir, landed, features, targets, max_bad_fraction
-            )
+            status, reason = _check_one(conn, ledger_dir, landed, config)
             name = landed.path.name
             if status == "accepted":
                 outcome["accepted"].append(name)
@@ -117,11 +113,10 @@ def check_landed(
     return outcome
 
 
-def file_report(path: Path, features: tuple[str, ...], targets: tuple[str, ...]) -> FileReport:
+def file_report(path: Path, config: RunConfig) -> FileReport:
     """Row accounting of one file, with the training run's checks, read in blocks so that a
     landed file of any size is checked in bounded memory."""
     with tempfile.TemporaryDirectory(prefix="ledger-check-") as staging:
-        config = RunConfig(features, targets, holdout_fraction=0.0)
         return scan_file(path, 0, config, Path(staging)).files[0]
 
 
@@ -129,9 +124,7 @@ def _check_one(
     conn: sqlite3.Connection,
     ledger_dir: Path,
     landed: LandedFile,
-    features: tuple[str, ...],
-    targets: tuple[str, ...],
-    max_bad_fraction: float,
+    config: RunConfig,
 ) -> tuple[str | None, str | None]:
     """Check and record one landed file; returns (status, reason); status None: it changed
     while being copied, next scan."""
@@ -145,8 +138,8 @@ def _check_one(
         stored.unlink()
         return None, None
     try:
-        report = file_report(stored, features, targets)
-        check_quality([report], max_bad_fraction)
+        report = file_report(stored, config)
+        check_quality([report], config.max_bad_fraction)
     except PipelineError as exc:
         stored.unlink()
         reason = str(exc).replace(str(stored), landed.path.name)
@@ -175,7 +168,7 @@ CHECK_TIMEOUT_SECONDS = 15 * 60
     timeout_seconds=CHECK_TIMEOUT_SECONDS,
 )
 def check_landed_files(
-    landing: Path, ledger: Path, settle_seconds: float, max_bad_fraction: float
+    landing: Path, ledger: Path, settle_seconds: float, config: RunConfig
 ) -> dict[str, Any]:
     """Scan the landing folder and record new files in the ledger (see check_landed), logging
     each file and updating a Prefect progress artifact (none when nothing new is found, so a
@@ -190,12 +183,4 @@ def check_landed_files(
         logger.info("landed file %d/%d: %s -> %s", done, total, name, status)
         update_progress_artifact(progress, 100.0 * done / total)
 
-    return check_landed(
-        landing,
-        ledger,
-        settle_seconds,
-        DEFAULT_FEATURES,
-        DEFAULT_TARGETS,
-        max_bad_fraction,
-        on_file,
-    )
+    return check_landed(landing, ledger, settle_seconds, config, on_file)

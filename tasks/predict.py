@@ -23,7 +23,6 @@ from prefect.cache_policies import NONE
 
 from schemas.outputs import predictions_schema, scores_schema
 from schemas.params import RunConfig
-from schemas.sales import ID_COLUMN
 from tasks.dataset import FilePart, Scan
 from tasks.evaluate import SPLITS, add_sums, zero_sums
 from tasks.inference import meat_of_rows, prediction_interval
@@ -80,16 +79,17 @@ class Emitted:
 
 def predictions_arrow(config: RunConfig) -> pa.Schema:
     """The predictions table's Arrow types."""
-    fields = [(ID_COLUMN, pa.string())] + [(name, pa.float64()) for name in config.values]
+    fields = _id_fields(config) + [(name, pa.float64()) for name in config.values]
     for name in config.targets:
         fields += [(f"predicted_{name}", pa.float64()), (f"residual_{name}", pa.float64())]
     fields += [("split", pa.string()), ("source_file", pa.string()), ("source_line", pa.int64())]
     return pa.schema(fields)
 
 
-def scores_arrow(features: tuple[str, ...], targets: tuple[str, ...]) -> pa.Schema:
+def scores_arrow(model: Any, config: RunConfig) -> pa.Schema:
     """The scores table's Arrow types."""
-    fields = [(ID_COLUMN, pa.string())] + [(name, pa.float64()) for name in features]
+    features, targets = model.features, model.targets
+    fields = _id_fields(config) + [(name, pa.float64()) for name in features]
     for name in targets:
         fields += [(f"predicted_{name}{end}", pa.float64()) for end in ("", "_low", "_high")]
     fields += [("model_run_id", pa.string()), ("source_file", pa.string())]
@@ -123,7 +123,7 @@ def predict_parts(
             part["sse_optimum"] += (optimum[mask] ** 2).sum(axis=0)
         train = ~holdout
         sums["train"]["meat"] += meat_of_rows(X[train], optimum[train], scoring.feature_mean)
-        columns = [batch.column(ID_COLUMN), *(batch.column(name) for name in config.values)]
+        columns = [*_ids(batch, config), *(batch.column(name) for name in config.values)]
         for j in range(len(config.targets)):
             columns += [pa.array(pred[:, j]), pa.array(residual[:, j])]
         columns.append(_SPLIT_NAMES.take(pa.array(holdout.astype(np.int8))))
@@ -132,7 +132,7 @@ def predict_parts(
     # dictionary pages pay where values repeat (the input's few decimals), not for the id,
     # the model's outputs or the line
     dictionary = [*config.values, "split", "source_file"]
-    contract = predictions_schema(config.features, config.targets)
+    contract = predictions_schema(config.features, config.targets, config.id_column)
     sizes = (len(config.targets), len(config.features))
     output = _Output("predictions", table, contract, dictionary, sizes)
     return _emit(parts, staging, output, config.threads)
@@ -148,36 +148,46 @@ def score_parts(
 ) -> Emitted:
     """Pass 2 of a scoring run: every kept row with the model's predictions (`model`: W, b,
     features, targets)."""
-    schema = scores_arrow(model.features, model.targets).with_metadata(metadata)
+    schema = scores_arrow(model, config).with_metadata(metadata)
     run_column = pa.array([model_run_id], pa.string())
 
     def table(batch: pa.RecordBatch, source: str, sums: dict) -> pa.Table:
         X = spilled_values(batch, config)
         pred = X @ model.W.T + model.b
-        low, high = interval_of(X, pred, model.uncertainty)
+        low, high = interval_of(X, model.uncertainty, len(model.targets))
         sums["train"]["rows"] += batch.num_rows
-        columns = [batch.column(ID_COLUMN), *(batch.column(name) for name in model.features)]
+        columns = [*_ids(batch, config), *(batch.column(name) for name in model.features)]
         for j in range(len(model.targets)):
             columns += [pa.array(values[:, j], from_pandas=True) for values in (pred, low, high)]
         columns.append(run_column.take(pa.array(np.zeros(batch.num_rows, np.int8))))
         return _with_source(columns, batch, source, schema)
 
     dictionary = [*model.features, "model_run_id", "source_file"]
-    contract = scores_schema(model.features, model.targets)
+    contract = scores_schema(model.features, model.targets, config.id_column)
     output = _Output("scores", table, contract, dictionary, (len(model.targets), 0))
     return _emit(parts, staging, output, config.threads)
 
 
+def _id_fields(config: RunConfig) -> list[tuple[str, pa.DataType]]:
+    return [] if config.id_column is None else [(config.id_column, pa.string())]
+
+
+def _ids(batch: pa.RecordBatch, config: RunConfig) -> list[pa.Array]:
+    return [] if config.id_column is None else [batch.column(config.id_column)]
+
+
 def interval_of(
-    X: np.ndarray, predicted: np.ndarray, uncertainty: Uncertainty | None
+    X: np.ndarray, uncertainty: Uncertainty | None, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Prediction intervals [N, k] for new rows (NaN, written as null, where the model has no
-    uncertainty or it is undefined for a target)."""
+    """Prediction intervals [N, k] for new rows X [N, d], around the least-squares prediction
+    the inference describes (NaN, written as null, where the model has no uncertainty or it is
+    undefined for a target)."""
     if uncertainty is None:
-        nan = np.full(predicted.shape, np.nan)
+        nan = np.full((len(X), k), np.nan)
         return nan, nan
     u = uncertainty
-    return prediction_interval(X, predicted, u.covariance, u.residual_variance, u.dof, u.confidence)
+    centre = X @ u.W.T + u.b
+    return prediction_interval(X, centre, u.covariance, u.residual_variance, u.dof, u.confidence)
 
 
 def _with_source(columns: list, batch: pa.RecordBatch, source: str, schema: pa.Schema) -> pa.Table:

@@ -29,10 +29,13 @@ LOCK_FILE = ".publish.lock"
 
 @dataclass(frozen=True)
 class Uncertainty:
-    """What prediction intervals need, per target: the raw-scale coefficient covariance
-    [k, d + 1, d + 1] (features, then the intercept; NaN where undefined), the residual
-    variance [k], the degrees of freedom and the confidence level."""
+    """What prediction intervals need, per target: the least-squares estimate the inference
+    describes (W [k, d], b [k]), its raw-scale covariance [k, d + 1, d + 1] (features, then the
+    intercept; NaN where undefined), the residual variance [k], the degrees of freedom and the
+    confidence level."""
 
+    W: np.ndarray
+    b: np.ndarray
     covariance: np.ndarray
     residual_variance: np.ndarray
     dof: int
@@ -75,8 +78,12 @@ def _uncertainty(
         variance[j] = rows["residual_variance"].iloc[0]
         if rows["covariance"].notna().all():
             covariance[j] = np.stack([np.asarray(row, np.float64) for row in rows["covariance"]])
+    table = weights.pivot(index="target", columns="feature", values="ls_weight")
+    W = table.loc[list(targets), list(features)].to_numpy(dtype=np.float64)
+    b = table.loc[list(targets), INTERCEPT].to_numpy(dtype=np.float64)
     first = weights.iloc[0]
-    return Uncertainty(covariance, variance, int(first["dof"]), float(first["confidence"]))
+    dof, confidence = int(first["dof"]), float(first["confidence"])
+    return Uncertainty(W, b, covariance, variance, dof, confidence)
 
 
 def load_model(root: Path, run_id: str) -> LinearModel:

@@ -10,7 +10,7 @@ in block order, so that records, spills and sums do not depend on timing:
 - accepted rows are appended to Arrow IPC chunk files (tasks/spill.py): all that training and
   pass 2 read, so the CSV text is never parsed again;
 - quarantine records go to a staged Parquet file; a key record per row with an id goes to the
-  duplicate-key partitions (tasks/dedup.py);
+  duplicate-key partitions (tasks/dedup.py), unless the run's files have no id column;
 - per block: float64 statistics of its train and holdout rows and a profile sketch
   (tasks/batchstats.py).
 """
@@ -134,7 +134,7 @@ class _Screened:
 def _screen(file: CsvFile, block: Block, config: RunConfig, below: np.uint64) -> _Screened:
     """The part of pass 1 that runs in the pool: parse, screen, hash, split and sum a block."""
     text = parse_block(file, block)
-    screened = screen_block(text.rows, config.features, config.targets, config.seed)
+    screened = screen_block(text.rows, config)
     clean = screened.clean
     values, hashes = take_rows(screened.values, clean), screened.hashes[clean]
     holdout = holdout_of_hashes(hashes, config.holdout_fraction)
@@ -167,6 +167,7 @@ class _RangeState:
         self.quarantine_path = folder / "quarantine.parquet"
         self.quarantine: pq.ParquetWriter | None = None
         self.suspects = Gathered(file.header)
+        self.has_ids = config.id_column is not None
 
     def commit(self, done: _Screened | Checked) -> Suspects | None:
         """Take a block's (or a check's) result; returns the gathered suspects once there
@@ -188,7 +189,9 @@ class _RangeState:
     def _accept(self, batch: pa.RecordBatch, hashes: np.ndarray, stats: BatchStats) -> None:
         if batch.num_rows:
             self.spill.write(batch)
-            self.keys.write(hashes, batch.column("line").to_numpy(), np.ones(len(hashes), bool))
+            if self.has_ids:  # (rows without an id column have no key to repeat)
+                lines = batch.column("line").to_numpy()
+                self.keys.write(hashes, lines, np.ones(len(hashes), bool))
             self.stats.absorb(stats)
             self.accepted += batch.num_rows
 

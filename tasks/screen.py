@@ -14,9 +14,10 @@ import pandera.pandas as pandera
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.sales import ID_COLUMN, ID_PATTERN, sales_schema
+from schemas.params import RunConfig
+from schemas.sales import ID_PATTERN, sales_schema
 from tasks.numbers import fast_floats
-from tasks.split import hash_text
+from tasks.split import hash_text, hash_values
 
 
 @dataclass(frozen=True)
@@ -30,17 +31,29 @@ class Screened:
     clean: np.ndarray
 
 
-def screen_block(
-    rows: pa.Table, features: tuple[str, ...], targets: tuple[str, ...], seed: int
-) -> Screened:
-    """The fast half of checking a block (see the module docstring)."""
-    names = (*features, *targets)
-    ids = pc.utf8_trim_whitespace(rows[ID_COLUMN].combine_chunks())
-    ids = pc.if_else(pc.equal(ids, ""), pa.scalar(None, pa.string()), ids)
+def screen_block(rows: pa.Table, config: RunConfig) -> Screened:
+    """The fast half of checking a block (see the module docstring). Without an id column the
+    ids are null and the hashes are those of the row's values (see row_hashes)."""
+    names = config.values
     values = fast_floats(rows, names)
-    schema = sales_schema(features, targets)
-    columns = {ID_COLUMN: ids, **{name: values[:, j] for j, name in enumerate(names)}}
-    return Screened(ids, hash_text(ids, seed), values, prescreen(schema, columns, {}))
+    schema = sales_schema(config.features, config.targets, config.id_column)
+    columns = {name: values[:, j] for j, name in enumerate(names)}
+    if config.id_column is None:
+        ids = pa.nulls(rows.num_rows, pa.string())
+    else:
+        ids = pc.utf8_trim_whitespace(rows[config.id_column].combine_chunks())
+        ids = pc.if_else(pc.equal(ids, ""), pa.scalar(None, pa.string()), ids)
+        columns[config.id_column] = ids
+    hashes = row_hashes(ids, values, config)
+    return Screened(ids, hashes, values, prescreen(schema, columns, {}))
+
+
+def row_hashes(ids: pa.Array, values: np.ndarray, config: RunConfig) -> np.ndarray:
+    """What a row's split and sample key are computed from: its id's hash, or without an id
+    column the hash of its numeric values (so a row keeps its split wherever it moves)."""
+    if config.id_column is None:
+        return hash_values(values, config.seed)
+    return hash_text(ids, config.seed)
 
 
 # Row checks whose pandera semantics the screen reproduces exactly (value -> passes).

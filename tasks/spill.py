@@ -14,17 +14,17 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from schemas.params import RunConfig
-from schemas.sales import ID_COLUMN
 
 CHUNK_BLOCKS = 8
 ROW_BYTES = 34  # about one row of the sales contract as CSV text
 
 
 def spill_schema(config: RunConfig) -> pa.Schema:
-    """Accepted rows as pass 1 keeps them: the id, the numeric columns, the line (local to the
-    byte range) and whether the row is in the holdout split."""
+    """Accepted rows as pass 1 keeps them: the id (if the files have one), the numeric
+    columns, the line (local to the byte range) and whether the row is in the holdout split."""
+    ids = [] if config.id_column is None else [(config.id_column, pa.string())]
     return pa.schema(
-        [(ID_COLUMN, pa.string())]
+        ids
         + [(name, pa.float64()) for name in config.values]
         + [("line", pa.int64()), ("holdout", pa.bool_())]
     )
@@ -35,8 +35,10 @@ def spill_batch(
 ) -> pa.RecordBatch:
     """Accepted rows (ids, values [N, features + targets], lines, holdout mask) as a batch."""
     columns = [pa.array(values[:, j]) for j in range(values.shape[1])]
+    if config.id_column is not None:
+        columns.insert(0, ids)
     return pa.record_batch(
-        [ids, *columns, pa.array(lines), pa.array(holdout)], schema=spill_schema(config)
+        [*columns, pa.array(lines), pa.array(holdout)], schema=spill_schema(config)
     )
 
 

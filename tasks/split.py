@@ -1,4 +1,5 @@
-"""Split: a deterministic train/holdout assignment per row, keyed on the row's id.
+"""Split: a deterministic train/holdout assignment per row, keyed on the row's id (or, for files
+without an id column, on the row's values).
 
 A row's split depends only on its id (the country) and the seed: the same country lands in the
 same split on every run, in every file and whatever its position, so a country whose figures are
@@ -62,6 +63,17 @@ def hash_text(values: pa.Array | pa.ChunkedArray | pd.Series, seed: int) -> np.n
     lengths = np.diff(offsets).astype(np.uint64)
     with np.errstate(over="ignore"):
         return mix64(sums ^ mix64(lengths + np.uint64(key)))
+
+
+def hash_values(values: np.ndarray, seed: int) -> np.ndarray:
+    """64-bit keyed hash of each row of float64 values [N, m] (-0.0 hashes like 0.0; rows
+    with a NaN are rejected rows, whatever they hash to): uint64 [N]."""
+    h = np.full(len(values), mix64(np.uint64(seed) ^ _GOLDEN), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(values.shape[1]):
+            bits = np.ascontiguousarray(values[:, j] + 0.0).view(np.uint64)
+            h = mix64(h + bits * np.uint64(2 * j + 1) + _GOLDEN)
+    return h
 
 
 _CHUNK_BYTES = 1 << 20

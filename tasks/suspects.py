@@ -11,10 +11,9 @@ import pandas as pd
 import pyarrow as pa
 
 from schemas.params import RunConfig
-from schemas.sales import ID_COLUMN
 from tasks.batchstats import BatchStats, batch_stats
 from tasks.spill import spill_batch
-from tasks.split import holdout_of_hashes
+from tasks.split import hash_values, holdout_of_hashes
 from tasks.validate import check_rows
 
 # Rows gathered before pandera checks them (a call costs about 0.1 s whatever its size, when
@@ -93,15 +92,19 @@ def check_suspects(job: Suspects, source: str, config: RunConfig) -> Checked:
     rows = job.rows.to_pandas(types_mapper=pd.ArrowDtype)
     rows["source_line"] = job.lines
     errors = parse_error_frame(job.parse_errors)
-    checked = check_rows(source, rows, errors, config.features, config.targets)
+    checked = check_rows(source, rows, errors, config)
     keep = checked.keep
     refused = job.has_id & ~keep
     typed = checked.typed[keep]
     values = typed[list(config.values)].to_numpy(np.float64)
     values = np.asfortranarray(values.reshape(len(typed), len(config.values)))
-    hashes = job.hashes[keep]
+    if config.id_column is None:
+        ids = pa.nulls(len(typed), pa.string())
+        hashes = hash_values(values, config.seed)  # the values as pandera parsed them
+    else:
+        ids = pa.array(typed[config.id_column].astype(object), pa.string())
+        hashes = job.hashes[keep]
     holdout = holdout_of_hashes(hashes, config.holdout_fraction)
-    ids = pa.array(typed[ID_COLUMN].astype(object), pa.string())
     batch = spill_batch(ids, values, job.lines[keep], holdout, config)
     return Checked(
         checked.quarantine,

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.outputs import QUARANTINE_ARROW
+from schemas.params import RunConfig
 from schemas.sales import ID_COLUMN, sales_schema
 from tasks.errors import DataQualityError, InputFileError, PipelineError
 from tasks.numbers import parse_numbers
@@ -60,24 +61,21 @@ class CheckedRows:
 
 
 def check_rows(
-    source: str,
-    rows: pd.DataFrame,
-    parse_errors: pd.DataFrame,
-    features: tuple[str, ...],
-    targets: tuple[str, ...],
+    source: str, rows: pd.DataFrame, parse_errors: pd.DataFrame, config: RunConfig
 ) -> CheckedRows:
     """Parse and check text rows (one text column per CSV column, plus `source_line`) with the
-    pandera schema; `parse_errors` are the parser's rejected rows (source_line, reason, detail,
-    raw)."""
+    run's pandera schema; `parse_errors` are the parser's rejected rows (source_line, reason,
+    detail, raw)."""
     rows = rows.reset_index(drop=True)
     text_columns = [c for c in rows.columns if c != "source_line"]
     blank = np.asarray((rows[text_columns] == "").all(axis=1).to_numpy(), dtype=bool)
 
     typed = pd.DataFrame(index=rows.index)
-    ids = rows[ID_COLUMN].astype("str").str.strip()  # Arrow-backed text: vectorized checks
-    typed[ID_COLUMN] = ids.where(ids != "")
+    if config.id_column is not None:
+        ids = rows[config.id_column].astype("str").str.strip()  # Arrow-backed: vectorized
+        typed[config.id_column] = ids.where(ids != "")
     cells, unparsed = [], {}
-    for name in (*features, *targets):
+    for name in config.values:
         typed[name], bad_text = parse_numbers(rows[name])
         unparsed[name] = bad_text.notna().to_numpy()
         pos = np.flatnonzero(unparsed[name])
@@ -85,7 +83,7 @@ def check_rows(
         cells.append(
             pd.DataFrame({"pos": pos, "column": name, "reason": "not a number", "detail": details})
         )
-    cells.append(_schema_failures(typed, rows, features, targets, source, unparsed))
+    cells.append(_schema_failures(typed, rows, config, source, unparsed))
     cells = pd.concat(cells, ignore_index=True)
     # A cell that did not parse also shows up as null: keep the parse reason only. Other
     # reasons for one cell all stay (-inf is both not finite and out of range).
@@ -121,33 +119,34 @@ def check_rows(
     return CheckedRows(typed, keep, quarantine.astype({"source_line": "int64"}))
 
 
-# pandera's verdicts on single values, (features, targets, column, value) -> the checks it
+# pandera's verdicts on single values, (schema, column, value) -> the checks it
 # failed: a column's checks look at one value at a time, so a verdict holds wherever the value
 # comes back, and pandera (about 0.1 s a call) is asked about new values only.
 _VERDICTS: dict[tuple, tuple[str, ...]] = {}
 _VERDICTS_KEPT = 100_000
 
 
-def _schema_failures(typed, rows, features, targets, source, unparsed) -> pd.DataFrame:
+def _schema_failures(typed, rows, config, source, unparsed) -> pd.DataFrame:
     """pandera's column checks -> one record (pos, column, reason, detail) per failing cell.
     pandera validates each column's distinct values among the cells the screen could not clear
     (see _VERDICTS; all columns in one call, each padded with nulls whose findings are
     dropped), and its verdict on a value holds for every cell with that value."""
-    schema = sales_schema(features, targets)
-    columns = {ID_COLUMN: typed[ID_COLUMN]}
-    columns |= {name: typed[name].to_numpy() for name in (*features, *targets)}
+    schema = sales_schema(config.features, config.targets, config.id_column)
+    which = (config.features, config.targets, config.id_column)
+    columns = {name: typed[name] for name in schema.columns if name not in config.values}
+    columns |= {name: typed[name].to_numpy() for name in config.values}
     suspects, unknown = {}, {}
     for name, cleared in cell_screen(schema, columns, unparsed).items():
         cells = np.flatnonzero(~cleared)
         if len(cells):
             codes, distinct = pd.factorize(typed[name].iloc[cells], use_na_sentinel=False)
-            keys = [(features, targets, name, _value_key(v)) for v in distinct]
+            keys = [(which, name, _value_key(v)) for v in distinct]
             suspects[name] = (cells, codes, keys)
             unknown[name] = [
                 v for v, key in zip(distinct, keys, strict=True) if key not in _VERDICTS
             ]
     if any(unknown.values()):
-        _ask_pandera(schema, typed, unknown, features, targets, source)
+        _ask_pandera(schema, typed, unknown, which, source)
     hits = []
     for name, (cells, codes, keys) in suspects.items():
         pairs = [(u, check) for u, key in enumerate(keys) for check in _VERDICTS[key]]
@@ -177,7 +176,7 @@ def _value_key(value) -> object:
     return "<null>" if value is None or value != value else value
 
 
-def _ask_pandera(schema, typed, unknown, features, targets, source) -> None:
+def _ask_pandera(schema, typed, unknown, which, source) -> None:
     """pandera on the values it has not judged yet (see _VERDICTS)."""
     size = max(len(values) for values in unknown.values())
     frame = pd.DataFrame(
@@ -199,14 +198,12 @@ def _ask_pandera(schema, typed, unknown, features, targets, source) -> None:
         for name, index, check in cases[["column", "index", "check"]].itertuples(index=False):
             if int(index) < len(unknown.get(name, [])):
                 value = unknown[name][int(index)]
-                found.setdefault((features, targets, name, _value_key(value)), []).append(
-                    str(check)
-                )
+                found.setdefault((which, name, _value_key(value)), []).append(str(check))
     if len(_VERDICTS) > _VERDICTS_KEPT:
         _VERDICTS.clear()
     for name, values in unknown.items():
         for value in values:
-            key = (features, targets, name, _value_key(value))
+            key = (which, name, _value_key(value))
             _VERDICTS[key] = tuple(found.get(key, ()))
 
 
@@ -237,12 +234,14 @@ def as_csv_lines(frame: pd.DataFrame) -> list[str]:
     return pc.if_else(blank, "", lines).to_pylist()
 
 
-def duplicate_detail(value: str) -> str:
+def duplicate_detail(id_column: str, value: str) -> str:
     """The detail of a duplicate-key record."""
-    return f"{ID_COLUMN} {value.strip()!r} already appears earlier in this file"
+    return f"{id_column} {value.strip()!r} already appears earlier in this file"
 
 
-def check_columns(features: tuple[str, ...], targets: tuple[str, ...]) -> None:
+def check_columns(
+    features: tuple[str, ...], targets: tuple[str, ...], id_column: str | None = ID_COLUMN
+) -> None:
     """Raise PipelineError naming the parameter when column lists repeat or overlap."""
     for name, columns in (("features", features), ("targets", targets)):
         repeated = sorted({c for c in columns if columns.count(c) > 1})
@@ -251,8 +250,11 @@ def check_columns(features: tuple[str, ...], targets: tuple[str, ...]) -> None:
     both = sorted(set(features) & set(targets))
     if both:
         raise PipelineError(f"parameters features and targets: {both} cannot be both")
-    if ID_COLUMN in (*features, *targets):
-        raise PipelineError(f"parameters features and targets: '{ID_COLUMN}' is the row key")
+    if id_column is not None and id_column in (*features, *targets):
+        raise PipelineError(
+            f"parameters features, targets and id_column: '{id_column}' is the row key; pass "
+            "another --id-column (or none)"
+        )
 
 
 def check_quality(files: list[FileReport], max_bad_fraction: float) -> None:

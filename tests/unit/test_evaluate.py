@@ -153,3 +153,26 @@ def test_weights_table_has_a_row_per_target_and_term():
     assert w[("s", "x")] == pytest.approx(1.0, abs=1e-6)
     assert w[("d", "y")] == pytest.approx(-1.0, abs=1e-6)
     assert weights["scaler_mean"].isna().tolist() == [False, False, True] * 2
+
+
+def test_without_an_id_column_a_row_keeps_its_split_when_the_file_is_edited_elsewhere(tmp_path):
+    from tests.conftest import sales_rows
+    from tests.pipeline import config, kept_rows, scan_paths
+
+    header = "avg_income_k,price_k,tax_k,units_sold_k"
+    rows = [line.split(",", 1)[1] for line in sales_rows(300, seed=4)]
+    first = tmp_path / "first.csv"
+    first.write_text("\n".join([header, *rows]) + "\n")
+    edited = [*reversed(rows[10:]), "55.5,1.1,0.2,12.0", *rows[:5]]  # reordered, cut, added
+    second = tmp_path / "second.csv"
+    second.write_text("\n".join([header, *edited]) + "\n")
+    run = config("tiny blocks", id_column=None)
+    by_values = []
+    for i, path in enumerate((first, second)):
+        kept = kept_rows(scan_paths([path], run, tmp_path / f"s{i}"))
+        assert "country" not in kept.columns
+        by_values.append(kept.set_index(list(run.values))["holdout"])
+    common = by_values[0].index.intersection(by_values[1].index)
+    assert len(common) == 295
+    assert (by_values[0][common] == by_values[1][common]).all()
+    assert 0.1 < by_values[0].mean() < 0.3  # a real split, not every row on one side

@@ -116,8 +116,7 @@ def test_prediction_intervals_agree_with_statsmodels_for_new_rows():
     weights, _ = fitted(X, y, ("a", "b", "c"), ("y1", "y2"), 0.9)
     model = model_from_weights(weights)
     new = heteroskedastic(9, 8)[0]
-    predicted = new @ model.W.T + model.b
-    low, high = interval_of(new, predicted, model.uncertainty)
+    low, high = interval_of(new, model.uncertainty, 2)
     for j in range(2):
         ols = sm.OLS(y[:, j], sm.add_constant(X, prepend=False)).fit()
         frame = ols.get_prediction(sm.add_constant(new, prepend=False)).summary_frame(0.1)
@@ -130,7 +129,7 @@ def test_a_model_without_covariance_scores_without_intervals():
     weights, _ = fitted(X, y, ("a", "b", "c"), ("y1", "y2"))
     old = model_from_weights(weights[["target", "feature", "weight"]])  # schema 1 weights
     assert old.uncertainty is None
-    low, high = interval_of(X, X @ old.W.T + old.b, old.uncertainty)
+    low, high = interval_of(X, old.uncertainty, 2)
     assert np.isnan(low).all()
     assert np.isnan(high).all()
 

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from schemas.params import RunConfig
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
 from tasks.landing import check_landed, is_complete
 from tasks.ledger import ledger_rows, mark_trained, open_ledger, untrained_files
@@ -38,9 +39,8 @@ def land(landing, name, text, age=60.0):
 
 def check(dirs, settle=5.0, max_bad=0.1, on_file=None):
     landing, ledger = dirs
-    return check_landed(
-        landing, ledger, settle, DEFAULT_FEATURES, DEFAULT_TARGETS, max_bad, on_file
-    )
+    config = RunConfig(DEFAULT_FEATURES, DEFAULT_TARGETS, max_bad_fraction=max_bad)
+    return check_landed(landing, ledger, settle, config, on_file)
 
 
 def test_new_file_is_accepted_stored_and_counted(dirs):
