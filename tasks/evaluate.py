@@ -181,3 +181,21 @@ def fit_warnings(train_rows: int, n_features: int) -> list[str]:
         f"{MIN_ROWS_PER_PARAMETER} per parameter): the model can fit noise and its holdout "
         "metrics are unreliable; train on more rows"
     ]
+
+
+# Gradient descent's weight this many standard errors or more from the least-squares estimate
+# the intervals are centred on: the run says so (the interval would mislead about `weight`).
+MAX_SE_FROM_OPTIMUM = 0.1
+
+
+def estimate_warnings(weights: pd.DataFrame) -> list[str]:
+    """Warnings about terms whose gradient-descent weight is far, in standard errors, from the
+    least-squares estimate the inference describes."""
+    distance = (weights["weight"] - weights["ls_weight"]).abs() / weights["std_error"]
+    far = weights[distance >= MAX_SE_FROM_OPTIMUM]
+    return [
+        f"{row.target} {row.feature}: gradient descent stopped "
+        f"{abs(row.weight - row.ls_weight) / row.std_error:.2g} standard errors from the "
+        "least-squares estimate its interval describes; lower --tol or use --dtype float64"
+        for row in far.itertuples()
+    ]

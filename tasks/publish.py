@@ -32,7 +32,7 @@ from schemas.outputs import (
 from schemas.params import RunConfig
 from tasks.dataset import Scan
 from tasks.errors import DataQualityError
-from tasks.evaluate import fit_warnings, metrics_from_sums, weights_frame
+from tasks.evaluate import estimate_warnings, fit_warnings, metrics_from_sums, weights_frame
 from tasks.inference import Inference, infer
 from tasks.predict import Emitted
 from tasks.profile import compare_profiles
@@ -146,7 +146,8 @@ def publish_training(
             "coefficients": records_of(tables["weights"][COEFFICIENT_COLUMNS]),
             "promotion": promotion,
             "drift": drift_against(root, champion_id, tables["profile"], config.drift_threshold),
-            "warnings": fit_warnings(scan.train.n, len(config.features)),
+            "warnings": fit_warnings(scan.train.n, len(config.features))
+            + estimate_warnings(tables["weights"]),
         }
         manifest = build_manifest(run, scan.files, "completed", outputs, results=results)
         write_report(root, manifest, plots)

@@ -44,9 +44,9 @@ def workspace(tmp_path_factory):
     return base, first, second, scored
 
 
-def test_readme_has_the_four_queries_in_sql_and_pandas():
+def test_readme_has_the_five_queries_in_sql_and_the_first_four_in_pandas():
     kinds = [kind for kind, _ in readme_snippets()]
-    assert kinds == ["sql", "sql", "sql", "sql", "python"]
+    assert kinds == ["sql", "sql", "sql", "sql", "sql", "python"]
 
 
 def test_readme_sql_snippets_run_verbatim(workspace, monkeypatch):
@@ -70,7 +70,16 @@ def test_readme_sql_snippets_run_verbatim(workspace, monkeypatch):
     assert history["run_id"].tolist() == sorted([first["run_id"], second["run_id"]])
     assert history["promoted"].tolist()[0]  # the first run was promoted: no champion before
 
-    quarantine = duckdb.sql(sql[3]).df()
+    significant = duckdb.sql(sql[3]).df()
+    weights = pd.concat(
+        [pd.read_parquet(base / "output" / m["outputs"]["weights"]) for m in (first, second)]
+    )
+    excludes_zero = (weights["ci_low"] > 0) | (weights["ci_high"] < 0)
+    assert 0 < len(significant) == int(excludes_zero.sum())
+    assert (np.sign(significant["ci_low"]) == np.sign(significant["ci_high"])).all()
+    assert set(significant["run_id"]) == {first["run_id"], second["run_id"]}
+
+    quarantine = duckdb.sql(sql[4]).df()
     assert set(quarantine["run_id"]) == {second["run_id"]}
     assert quarantine["raw"].tolist() == ["BAD,x,1,1,1"]
 
@@ -99,7 +108,8 @@ def test_every_training_run_has_a_report_with_plots(workspace):
         text = report.read_text()
         assert f"run `{manifest['run_id']}`" in text
         assert "**Promotion**" in text
-        for png in ("loss.png", "holdout.png", "residuals.png", "history.png"):
+        assert "**Coefficients** (least squares on the train split; 95% intervals" in text
+        for png in ("coefficients.png", "loss.png", "holdout.png", "residuals.png", "history.png"):
             assert f"]({png})" in text
             with Image.open(report.parent / png) as image:
                 image.verify()

@@ -23,6 +23,8 @@ COPY = [
     "scripts",
     "data/__init__.py",
     "data/generate_sales.py",
+    "data/generate_advertising.py",
+    "data/advertising.csv",
     "data/sales.csv",
     "data/notebook.csv",
     "data/score_sample.csv",

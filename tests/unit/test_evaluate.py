@@ -8,7 +8,14 @@ import pyarrow as pa
 import pytest
 import torch
 
-from tasks.evaluate import INTERCEPT, fit_warnings, metrics_from_sums, weights_frame, zero_sums
+from tasks.evaluate import (
+    INTERCEPT,
+    estimate_warnings,
+    fit_warnings,
+    metrics_from_sums,
+    weights_frame,
+    zero_sums,
+)
 from tasks.inference import Inference, infer, meat_of_rows
 from tasks.split import hash_text, split_holdout
 from tasks.stats import least_squares_of_moments, moments_of
@@ -176,3 +183,18 @@ def test_without_an_id_column_a_row_keeps_its_split_when_the_file_is_edited_else
     assert len(common) == 295
     assert (by_values[0][common] == by_values[1][common]).all()
     assert 0.1 < by_values[0].mean() < 0.3  # a real split, not every row on one side
+
+
+def test_a_weight_far_from_the_least_squares_estimate_in_standard_errors_is_named():
+    weights = pd.DataFrame(
+        {
+            "target": ["y", "y"],
+            "feature": ["x", INTERCEPT],
+            "weight": [1.0, 2.0],
+            "ls_weight": [1.0 + 0.05, 2.0 + 0.2],
+            "std_error": [1.0, 1.0],
+        }
+    )
+    (warning,) = estimate_warnings(weights)
+    assert warning.startswith("y (intercept): gradient descent stopped 0.2 standard errors")
+    assert estimate_warnings(weights.assign(std_error=np.nan)) == []  # no inference: no check
