@@ -56,7 +56,10 @@ format: $(STAMP) ## apply ruff fixes and formatting
 test: $(STAMP) lint ## lint, then the whole test suite
 	$(BIN)/python -m pytest
 
+clean-cache: ## remove the pass-1 cache under $(OUTPUT)/ (the next run parses every file again)
+	rm -rf $(OUTPUT)/.cache
+
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf $(OUTPUT) .pytest_cache .ruff_cache data/ledger
 
-.PHONY: help install run land dataset serve stop bench lint format test clean
+.PHONY: help install run land dataset serve stop bench lint format test clean-cache clean

@@ -12,9 +12,11 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from schemas.params import RunConfig
+from tasks.cache import Pass1Cache, lookup_task, store_task
 from tasks.csvfile import ByteRange, CsvFile
 from tasks.dataset import Scan, finish_input_task, hash_input_task, open_input_task, sum_scans
 from tasks.predict import Emitted, combine_emitted
+from tasks.runlog import run_logger
 from tasks.scan import scan_range_task
 
 # Byte ranges per task on a cluster when the run does not say (split_mb).
@@ -54,26 +56,60 @@ def open_inputs(paths: list[Path], config: RunConfig) -> list[tuple[CsvFile, lis
 
 
 def scan_inputs(
-    plans: list[tuple[CsvFile, list[ByteRange]]], config: RunConfig, staging: Path
+    plans: list[tuple[CsvFile, list[ByteRange]]],
+    config: RunConfig,
+    staging: Path,
+    cache: Pass1Cache | None = None,
 ) -> Scan:
-    """Pass 1 over every input file (see tasks/scan.py), summed: one Scan."""
+    """Pass 1 over every input file (see tasks/scan.py), summed: one Scan. With a `cache`,
+    a file whose pass-1 result is cached is not parsed, and every file parsed is cached."""
+    lookups = []
+    if cache is not None:
+        for index, (file, _) in enumerate(plans):
+            lookups.append(lookup_task.submit(cache, file.path, index, config, staging))
+    wait(lookups)
+    found = [lookup.result() for lookup in lookups] or [None] * len(plans)
     cluster = on_cluster()
     submitted = []
-    for index, (file, spans) in enumerate(plans):
+    for index, ((file, spans), lookup) in enumerate(zip(plans, found, strict=True)):
+        if lookup is not None and lookup.scan is not None:
+            continue
         ranges = [
             scan_range_task.submit(file, span, config, staging, f"{index:05d}-{span.index:04d}")
             for span in spans
         ]
-        sha256 = hash_input_task.submit(file.path) if len(spans) > 1 else None
+        sha256 = None
+        if len(spans) > 1:
+            sha256 = lookup.sha256 if lookup is not None else hash_input_task.submit(file.path)
         if not cluster:
             wait(ranges)  # one file at a time: each already uses every core
         submitted.append((index, file, ranges, sha256))
-    finished = []
+    scans = {i: lookup.scan for i, lookup in enumerate(found) if lookup and lookup.scan}
+    finished = {}
     for index, file, ranges, sha256 in submitted:
         scanned = [future.result() for future in ranges]  # a file's own error, in file order
-        finished.append(finish_input_task.submit(file, index, scanned, sha256, config, staging))
-    wait(finished)
-    return sum_scans([future.result() for future in finished])
+        finished[index] = finish_input_task.submit(file, index, scanned, sha256, config, staging)
+    wait(list(finished.values()))
+    scans |= {index: future.result() for index, future in finished.items()}
+    if cache is not None:
+        wait([store_task.submit(cache, found[i], scans[i]) for i in finished])
+    log_parsed(scans)
+    return sum_scans([scans[i] for i in range(len(plans))])
+
+
+def log_parsed(scans: dict[int, Scan]) -> None:
+    """One log line: how much of the data pass 1 parsed and how much came from the cache."""
+    reports = [scan.files[0] for scan in scans.values()]
+    parsed = [r for r in reports if r.pass1 == "parsed"]
+    cached = [r for r in reports if r.pass1 == "cached"]
+    run_logger().info(
+        "pass 1 parsed %d file(s), %s bytes, %s rows; %d file(s), %s bytes, read from the cache",
+        len(parsed),
+        f"{sum(r.size_bytes for r in parsed):,}",
+        f"{sum(r.rows for r in parsed):,}",
+        len(cached),
+        f"{sum(r.size_bytes for r in cached):,}",
+    )
 
 
 def emit(task, scan: Scan, *args) -> Emitted:

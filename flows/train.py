@@ -52,6 +52,7 @@ from schemas.params import (
     id_column_of,
 )
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
+from tasks.cache import Pass1Cache
 from tasks.csvfile import ByteRange, CsvFile
 from tasks.ledger import training_inputs
 from tasks.paths import check_all, confine, data_roots, output_roots
@@ -90,9 +91,11 @@ def train_sales_model(
     split_mb: SplitMB = DEFAULT_SPLIT_MB,
     confidence: Confidence = DEFAULT_CONFIDENCE,
     id_column: IdColumn = DEFAULT_ID_COLUMN,
+    use_cache: bool = True,
 ) -> dict[str, Any]:
     """Train the sales model on the CSV(s) at `data` and publish it under `output`. `data`
     "dataset" (the default) is the base file plus every accepted landed file of `ledger`.
+    `use_cache` reads and fills the pass-1 cache under `output` (tasks/cache.py).
 
     Returns the run manifest (also written to `<output>/manifests/<run_id>.json`).
     """
@@ -112,6 +115,7 @@ def train_sales_model(
         promotion_tolerance=promotion_tolerance,
         drift_threshold=drift_threshold,
         confidence=confidence,
+        use_cache=use_cache,
         split_bytes=int(split_mb * 2**20),
     )
     config = for_runner(config)
@@ -127,7 +131,8 @@ def _train(
     run = new_run(root, dict(flow_run.parameters))
     name_flow_run(f"train-{run.run_id}")
     with staging_area(root, run.run_id) as staging:
-        scan = scan_inputs(plans, config, staging)
+        cache = Pass1Cache.under(root) if config.use_cache else None
+        scan = scan_inputs(plans, config, staging, cache)
         check_data_quality(run, scan, config.max_bad_fraction, "train")
         fit = train_model(scan, config)
         plots = draw_model_plots.submit(scan, fit, config)  # drawn while pass 2 writes
@@ -205,6 +210,13 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
         "--split-mb",
         help="cut each input into byte ranges of about this many MB, a task each (for a "
         f"cluster; default {DEFAULT_SPLIT_MB:g}: one task per file, its blocks on every core)",
+    )
+    parser.add_argument(
+        "--no-cache",
+        dest="use_cache",
+        action="store_const",
+        const="false",
+        help="parse every file, neither reading nor filling the pass-1 cache",
     )
     parser.add_argument(
         "--task-runner",

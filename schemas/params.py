@@ -142,8 +142,9 @@ BLOCK_BYTES = 4 << 20
 @dataclass(frozen=True)
 class RunConfig:
     """The settings of one run, built once from the flow's parameters and passed as one value.
-    The columns and the split decide what pass 1 keeps; the rest is training, the gate and how
-    the work is cut (block size, threads, byte ranges)."""
+    The columns and the split decide what pass 1 keeps (and so the pass-1 cache's key); the rest
+    is training, the gate, whether the cache is used and how the work is cut (block size,
+    threads, byte ranges)."""
 
     features: tuple[str, ...]
     targets: tuple[str, ...]
@@ -159,6 +160,7 @@ class RunConfig:
     promotion_tolerance: float = DEFAULT_PROMOTION_TOLERANCE
     drift_threshold: float = DEFAULT_DRIFT_THRESHOLD
     confidence: float = DEFAULT_CONFIDENCE
+    use_cache: bool = True
     block_bytes: int = BLOCK_BYTES
     split_bytes: int = 0
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)

@@ -41,13 +41,16 @@ FIRST_DATA_LINE = 2  # line 1 is the header
 
 @dataclass(frozen=True)
 class FilePart:
-    """Where one file's accepted rows and records are: its byte ranges with the absolute line
-    of each range's first line, the lines of accepted rows that repeat an earlier id (left out
-    of everything downstream) and the staged records of those repeats."""
+    """Where one file's accepted rows and records are, per byte range: its spill chunks (Arrow
+    IPC) and staged quarantine records, with the absolute line of each range's first line; the
+    lines of accepted rows that repeat an earlier id (left out of everything downstream) and
+    the staged records of those repeats. Only paths and numbers: a part read back from the
+    pass-1 cache (tasks/cache.py) is the same as one just scanned."""
 
     source: str
     index: int
-    ranges: tuple[RangeScan, ...]
+    spills: tuple[tuple[Path, ...], ...]
+    quarantines: tuple[Path | None, ...]
     offsets: tuple[int, ...]
     excluded: np.ndarray
     duplicates: Path | None
@@ -55,11 +58,11 @@ class FilePart:
     def batches(self, chunk: tuple[int, int]) -> Iterator[pa.RecordBatch]:
         """The accepted rows of one spill chunk (range, chunk number), lines absolute."""
         r, c = chunk
-        for batch in read_chunk(self.ranges[r].spill[c]):
+        for batch in read_chunk(self.spills[r][c]):
             yield self._absolute(batch, self.offsets[r])
 
     def chunks(self) -> list[tuple[int, int]]:
-        return [(r, c) for r, part in enumerate(self.ranges) for c in range(len(part.spill))]
+        return [(r, c) for r, spill in enumerate(self.spills) for c in range(len(spill))]
 
     def _absolute(self, batch: pa.RecordBatch, offset: int) -> pa.RecordBatch:
         lines = batch.column("line").to_numpy() + offset
@@ -69,15 +72,20 @@ class FilePart:
         return batch
 
     def quarantine(self) -> Iterator[pd.DataFrame]:
-        """The file's quarantine records in line order, a row group at a time."""
+        """The file's quarantine records in line order, a row group at a time, naming the
+        file as this run was given it (a cached part may have been built under another
+        name)."""
         late = pd.read_parquet(self.duplicates) if self.duplicates is not None else None
-        for part, offset in zip(self.ranges, self.offsets, strict=True):
-            if part.quarantine is None:
+        if late is not None:
+            late["source_file"] = self.source
+        for path, offset in zip(self.quarantines, self.offsets, strict=True):
+            if path is None:
                 continue
-            source = pq.ParquetFile(part.quarantine)
-            for group in range(source.num_row_groups):
-                frame = source.read_row_group(group).to_pandas()
+            records = pq.ParquetFile(path)
+            for group in range(records.num_row_groups):
+                frame = records.read_row_group(group).to_pandas()
                 frame["source_line"] += offset
+                frame["source_file"] = self.source
                 if late is not None and len(late):
                     take = late["source_line"] <= frame["source_line"].max()
                     frame = pd.concat([frame, late[take]], ignore_index=True)
@@ -174,7 +182,15 @@ def finish_file(
             duplicates = staging / f"duplicates-{index:05d}.parquet"
             with working_files(staging):
                 pq.write_table(duplicate_records(source, repeats, lines), duplicates)
-    part = FilePart(source, index, tuple(ranges), tuple(map(int, offsets)), excluded, duplicates)
+    part = FilePart(
+        source,
+        index,
+        tuple(r.spill for r in ranges),
+        tuple(r.quarantine for r in ranges),
+        tuple(map(int, offsets)),
+        excluded,
+        duplicates,
+    )
     stats = BatchStats.zero(config)
     if len(excluded):  # the statistics again, without the repeats
         for chunk in part.chunks():

@@ -4,7 +4,6 @@ nothing."""
 
 from __future__ import annotations
 
-import logging
 import math
 import shutil
 from collections.abc import Iterator
@@ -16,9 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NONE
-from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
 
 from schemas.outputs import (
@@ -45,6 +43,7 @@ from tasks.promote import (
     write_champion,
 )
 from tasks.report import report_dir, write_report
+from tasks.runlog import run_logger
 from tasks.storage import (
     RunInfo,
     data_fingerprint,
@@ -242,10 +241,7 @@ def publish_lock(root: Path) -> AbstractContextManager[None]:
 
 
 def _warn(message: str) -> None:
-    try:
-        get_run_logger().warning(message)
-    except MissingContextError:
-        logging.getLogger(__name__).warning(message)
+    run_logger().warning(message)
 
 
 @contextmanager

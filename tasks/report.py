@@ -32,10 +32,11 @@ def summary_markdown(manifest: dict[str, Any], output_root: Path) -> str:
         f"**Rows**: {rows['in']} in, {rows['accepted']} accepted, "
         f"{rows['quarantined']} quarantined.",
         "",
-        "| file | rows | accepted | quarantined |",
-        "|---|---:|---:|---:|",
+        "| file | rows | accepted | quarantined | pass 1 |",
+        "|---|---:|---:|---:|---|",
         *(
-            f"| {f['path']} | {f['rows']} | {f['accepted']} | {f['quarantined']} |"
+            f"| {f['path']} | {f['rows']} | {f['accepted']} | {f['quarantined']} | "
+            f"{f.get('pass1', 'parsed')} |"
             for f in manifest["inputs"]
         ),
     ]

@@ -39,7 +39,8 @@ _REASONS = {
 
 @dataclass(frozen=True)
 class FileReport:
-    """Row accounting for one input file: rows = accepted + quarantined."""
+    """Row accounting for one input file: rows = accepted + quarantined; `pass1` says whether
+    this run parsed the file or read its pass-1 result from the cache (tasks/cache.py)."""
 
     path: str
     sha256: str
@@ -47,6 +48,7 @@ class FileReport:
     rows: int
     accepted: int
     quarantined: int
+    pass1: str = "parsed"
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,7 @@ def test_a_file_streamed_in_tiny_blocks_and_ranges_gives_the_same_inference(tmp_
     frame.to_csv(path, index=False, float_format="%.17g")
     run = config("tiny ranges", features=("a", "b", "c"), targets=("y1", "y2"))
     scan = scan_paths([path], run, tmp_path / "stage")
-    assert len(scan.parts[0].ranges) > 10  # really streamed in pieces
+    assert len(scan.parts[0].spills) > 10  # really streamed in pieces
     fit = fit_from_moments(scan.train, max_epochs=20_000, tol=1e-12, seed=0)
     emitted = predict_parts(scan.parts, Scoring.of(fit, scan), run, tmp_path / "p", {})
     weights = weights_frame(fit, fit_inference(scan, emitted, run), run.features, run.targets)
