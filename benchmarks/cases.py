@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -239,8 +240,10 @@ def incremental(csv: Path, out: Path) -> dict:
         started = time.perf_counter()
         manifest = train_sales_model(data=[str(csv), str(landed)], output=root, **options)
         parsed = [f for f in manifest["inputs"] if f["pass1"] == "parsed"]
+        slot = datetime.fromisoformat(manifest["started_at"]).timestamp()  # once it had the slot
         result[name] = {
             "seconds": time.perf_counter() - started,
+            "in_slot": time.time() - slot,
             "parsed_rows": sum(f["rows"] for f in parsed),
             "parsed_bytes": sum(f["size_bytes"] for f in parsed),
             "rows": manifest["rows"]["in"],

@@ -219,16 +219,25 @@ def incremental_lines(results: dict[int, dict[str, dict]]) -> list[str]:
         "",
         "Pass-1 cache, 10M rows + a landed file of 100k rows (one process, in this order):",
         "",
-        "| run | seconds | of --no-cache | rows parsed | bytes parsed |",
-        "|---|---:|---:|---:|---:|",
+        "| run | seconds | of --no-cache | in the training slot (s) | of --no-cache | rows"
+        " parsed | bytes parsed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     targets = {"retrain": 0.5, "unchanged": None, "no_cache": None}
+    slot_base = runs["no_cache"]["in_slot"]
     for name, run in runs.items():
         share = _against(run["seconds"] / base, targets[name], "", lower=True)
+        in_slot = _against(run["in_slot"] / slot_base, targets[name], "", lower=True)
         lines.append(
-            f"| {name} | {run['seconds']:.2f} | {share} | {run['parsed_rows']:,} | "
-            f"{run['parsed_bytes']:,} |"
+            f"| {name} | {run['seconds']:.2f} | {share} | {run['in_slot']:.2f} | {in_slot} | "
+            f"{run['parsed_rows']:,} | {run['parsed_bytes']:,} |"
         )
+    lines += [
+        "",
+        "Seconds are the flow call's; \"in the training slot\" counts from the run's start "
+        "(`started_at`, taken once the run holds the training slot: Prefect made a run right "
+        "after another wait up to 1.8 s for it) to its return.",
+    ]
     return lines
 
 
