@@ -198,7 +198,11 @@ def lookup_task(
     sha256 = file_digest(path)
     key = pass1_key(sha256, config)
     hashed = time.perf_counter()
-    scan = cache.load(key, str(path), index, staging)
+    try:
+        scan = cache.load(key, str(path), index, staging)
+    except OSError as exc:  # an unreadable cache folder: the file is parsed, the run goes on
+        run_logger().warning("%s: the pass-1 cache could not be read (%s)", path, exc)
+        scan = None
     run_logger().info(
         "%s: %s (hashed in %.2f s, entry read and checked in %.2f s)",
         path,
@@ -211,10 +215,14 @@ def lookup_task(
 
 @task(cache_policy=NONE, task_run_name="keep-{scan.parts[0].index}")
 def store_task(cache: Pass1Cache, lookup: Lookup, scan: Scan) -> None:
-    """Keep a file's fresh pass-1 result, if the file was not changed since it was hashed."""
-    if scan.files[0].sha256 == lookup.sha256:
+    """Keep a file's fresh pass-1 result, if the file was not changed since it was hashed. The
+    cache only saves work: a store that fails (disk full, permissions) is logged and the run
+    goes on."""
+    path = scan.files[0].path
+    if scan.files[0].sha256 != lookup.sha256:
+        run_logger().warning("%s changed while it was read: its pass-1 result is not cached", path)
+        return
+    try:
         cache.store(lookup.key, scan)
-    else:
-        run_logger().warning(
-            "%s changed while it was read: its pass-1 result is not cached", scan.files[0].path
-        )
+    except OSError as exc:
+        run_logger().warning("%s: its pass-1 result could not be cached (%s)", path, exc)

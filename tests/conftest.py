@@ -8,8 +8,12 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Every Prefect process the tests start stays offline (set before Prefect reads its settings).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -69,6 +73,15 @@ def copy_checkout(names: list[str], target: Path) -> Path:
             shutil.copy2(source, target / name)
     (target / "data" / "landing").mkdir(parents=True)
     return target
+
+
+def read_table(output: Path, table: str) -> pd.DataFrame:
+    """Every run's rows of one output table, read back with DuckDB (`run_id` from the path)."""
+    import duckdb
+
+    return duckdb.sql(
+        f"select * from read_parquet('{output}/{table}/*/*.parquet', hive_partitioning=true)"
+    ).df()
 
 
 TOKENS = ["abc", "", "NA", "inf", "-inf", "-1", "1e400", " 5 ", "nan", "+3", "5.", "\x01x", "  "]

@@ -40,13 +40,15 @@ def trained(write_csv, tmp_path):
 
 
 def snapshot(root, working_files=True):
-    """Every file under an output root (the lock aside), with size and time; without the
-    runs' working files (.staging/) when `working_files` is false."""
+    """Every file under an output root (the lock and the pass-1 cache aside: a failed run may
+    leave sound entries of the files it parsed), with size and time; without the runs' working
+    files (.staging/) when `working_files` is false."""
     return {
         str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
         for p in root.rglob("*")
         if p.is_file()
         and p.name != ".publish.lock"
+        and ".cache" not in p.relative_to(root).parts
         and (working_files or ".staging" not in p.relative_to(root).parts)
     }
 

@@ -4,7 +4,6 @@ the scores, and degenerate data named in the tables, the report and the summary.
 
 from __future__ import annotations
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,15 +13,9 @@ from data.generate_advertising import COLUMNS, generate
 from flows.score import score_sales
 from flows.train import train_sales_model
 from tasks.report import summary_text
-from tests.conftest import REPO
+from tests.conftest import REPO, read_table
 
 ADS_FEATURES = ("TV", "radio", "newspaper")
-
-
-def read(output, table):
-    return duckdb.sql(
-        f"select * from read_parquet('{output}/{table}/*/*.parquet', hive_partitioning=true)"
-    ).df()
 
 
 @pytest.fixture
@@ -47,7 +40,7 @@ def test_a_csv_without_an_id_column_trains_and_scores_with_intervals(advertising
         id_column="none",
     )
     assert manifest["rows"] == {"in": 121, "accepted": 121, "quarantined": 0}
-    predictions = read(output, "predictions")
+    predictions = read_table(output, "predictions")
     assert "country" not in predictions.columns
     # The repeated row keeps its values' split, wherever it is in the file.
     twins = predictions[predictions["source_line"].isin([9, 123])]
@@ -57,12 +50,12 @@ def test_a_csv_without_an_id_column_trains_and_scores_with_intervals(advertising
     design = sm.add_constant(train[list(ADS_FEATURES)].to_numpy(), prepend=False)
     ols = sm.OLS(train["sales"].to_numpy(), design).fit()
     robust = sm.OLS(train["sales"].to_numpy(), design).fit(cov_type="HC1")
-    weights = read(output, "weights")
+    weights = read_table(output, "weights")
     np.testing.assert_allclose(weights["ls_weight"], ols.params, rtol=1e-6)
     np.testing.assert_allclose(weights["std_error"], ols.bse, rtol=1e-6)
     np.testing.assert_allclose(weights["p_value"], ols.pvalues, rtol=1e-6)
     np.testing.assert_allclose(weights["robust_std_error"], robust.bse, rtol=1e-6)
-    metrics = read(output, "metrics").set_index("split")
+    metrics = read_table(output, "metrics").set_index("split")
     assert metrics.loc["train", "f_stat"] == pytest.approx(ols.fvalue, rel=1e-6)
     assert metrics.loc["train", "adj_r2"] == pytest.approx(ols.rsquared_adj, rel=1e-6)
 
@@ -88,10 +81,10 @@ def test_another_id_column_is_the_key_of_the_duplicate_check_and_the_outputs(tmp
         data=str(path), output=str(output), features=ADS_FEATURES, targets=("sales",),
         id_column="store",
     )  # fmt: skip
-    (record,) = read(output, "quarantine").itertuples()
+    (record,) = read_table(output, "quarantine").itertuples()
     assert (record.source_line, record.column, record.reason) == (62, "store", "duplicate key")
     assert record.detail == "store 'S3' already appears earlier in this file"
-    assert read(output, "predictions")["store"].nunique() == 60
+    assert read_table(output, "predictions")["store"].nunique() == 60
 
 
 def test_a_constant_feature_is_named_and_training_goes_on(tmp_path):
@@ -106,7 +99,7 @@ def test_a_constant_feature_is_named_and_training_goes_on(tmp_path):
         id_column="none",
     )  # fmt: skip
     assert manifest["status"] == "completed"
-    weights = read(output, "weights")
+    weights = read_table(output, "weights")
     assert np.isfinite(weights["weight"]).all()
     note = "constant on the training rows: newspaper (no variation to estimate from)"
     assert (weights["note"] == note).all()

@@ -14,7 +14,7 @@ import pytest
 
 from flows.train import train_sales_model
 from tasks.errors import DataQualityError, InputFileError, TrainingError
-from tests.conftest import HEADER, REPO, sales_rows
+from tests.conftest import HEADER, REPO, read_table, sales_rows
 from tests.reference import least_squares
 
 FEATURES = ["avg_income_k", "price_k", "tax_k"]
@@ -25,12 +25,6 @@ BAD_LINES = [
     "X004,50,0.5",  # wrong field count
     "",  # blank line
 ]
-
-
-def read(output, table):
-    return duckdb.sql(
-        f"select * from read_parquet('{output}/{table}/*/*.parquet', hive_partitioning=true)"
-    ).df()
 
 
 @pytest.fixture
@@ -46,10 +40,10 @@ def test_flow_publishes_tables_that_agree_with_each_other(sales_csv, tmp_path):
     manifest = train_sales_model(data=str(sales_csv), output=str(output), seed=3)
     run_id = manifest["run_id"]
 
-    predictions = read(output, "predictions")
-    quarantine = read(output, "quarantine")
-    weights = read(output, "weights")
-    metrics = read(output, "metrics")
+    predictions = read_table(output, "predictions")
+    quarantine = read_table(output, "quarantine")
+    weights = read_table(output, "weights")
+    metrics = read_table(output, "metrics")
     assert set(predictions["run_id"]) == {run_id}
 
     # Accounting: every data row is accepted or quarantined, never both, never neither.
@@ -115,8 +109,8 @@ def test_runs_accumulate_and_one_query_reads_them_all(sales_csv, tmp_path):
 def test_both_solvers_publish_the_same_model(sales_csv, tmp_path):
     direct = train_sales_model(data=str(sales_csv), output=str(tmp_path / "a"), dtype="float64")
     stats = train_sales_model(data=str(sales_csv), output=str(tmp_path / "b"), solver="moments")
-    w_direct = read(tmp_path / "a", "weights").set_index("feature")["weight"]
-    w_stats = read(tmp_path / "b", "weights").set_index("feature")["weight"]
+    w_direct = read_table(tmp_path / "a", "weights").set_index("feature")["weight"]
+    w_stats = read_table(tmp_path / "b", "weights").set_index("feature")["weight"]
     np.testing.assert_allclose(w_stats, w_direct, rtol=1e-6)
     assert direct["metrics"][0]["mse"] == pytest.approx(stats["metrics"][0]["mse"], rel=1e-9)
 
@@ -130,7 +124,7 @@ def test_too_many_bad_rows_fail_the_run_but_keep_the_quarantine(write_csv, tmp_p
     manifest = json.loads(manifest_file.read_text())
     assert manifest["status"] == "failed"
     assert "max_bad_fraction" in manifest["error"]
-    assert len(read(output, "quarantine")) == 2
+    assert len(read_table(output, "quarantine")) == 2
     assert not (output / "predictions").exists()
     assert not (output / "weights").exists()
 
@@ -173,7 +167,7 @@ def test_cli_trains_and_prints_where_the_outputs_are(sales_csv, tmp_path, prefec
     assert result.returncode == 0, result.stderr
     assert "80 accepted, 5 quarantined" in result.stdout
     assert f"outputs: {output}" in result.stdout
-    assert len(read(output, "predictions")) == 80
+    assert len(read_table(output, "predictions")) == 80
 
 
 @pytest.mark.parametrize(
