@@ -39,13 +39,13 @@ from schemas.sales import sales_schema
 from tasks.cache_entry import (
     CACHE_FORMAT,
     BadEntry,
-    file_digest,
     link_all,
     read_meta,
     scan_of,
     verify,
     write_entry,
 )
+from tasks.csvfile import sha256_file
 from tasks.dataset import Scan
 from tasks.runlog import run_logger
 
@@ -195,7 +195,7 @@ def lookup_task(
 ) -> Lookup:
     """Hash a file and look its pass-1 result up in the cache."""
     started = time.perf_counter()
-    sha256 = file_digest(path)
+    sha256 = sha256_file(path)
     key = pass1_key(sha256, config)
     hashed = time.perf_counter()
     try:

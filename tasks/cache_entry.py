@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.csvfile import sha256_file
 from tasks.dataset import FilePart, Scan
 from tasks.profile import PROFILE_SAMPLE_ROWS, BottomK, ProfileSketch
 from tasks.stats import Moments
@@ -35,15 +36,6 @@ MOMENTS = ("sum_x", "sum_y", "xtx", "xty", "yty")
 
 class BadEntry(Exception):  # noqa: N818 (an outcome: the entry is not used)
     """A cache entry that must not be trusted (the message says why)."""
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file, read in 8 MB pieces."""
-    digest = hashlib.sha256()
-    with path.open("rb", buffering=0) as fh:
-        while chunk := fh.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_entry(tmp: Path, key: str, scan: Scan) -> dict[str, Any]:
@@ -78,7 +70,7 @@ def write_entry(tmp: Path, key: str, scan: Scan) -> dict[str, Any]:
     names = {name: link(path, tmp / name) for name, path in files.items()}
     names["arrays.npz"] = tmp / "arrays.npz"
     with ThreadPoolExecutor(2) as pool:
-        sums = dict(zip(names, pool.map(file_digest, names.values()), strict=True))
+        sums = dict(zip(names, pool.map(sha256_file, names.values()), strict=True))
     meta = {
         "key": key,
         "format": CACHE_FORMAT,
@@ -142,7 +134,7 @@ def verify(folder: Path, files: dict[str, list]) -> None:
         if (folder / name).stat().st_size != size:
             raise BadEntry(f"{name} is {(folder / name).stat().st_size} bytes, not {size}")
     with ThreadPoolExecutor(2) as pool:
-        found = list(pool.map(file_digest, [folder / name for name in files]))
+        found = list(pool.map(sha256_file, [folder / name for name in files]))
     for (name, (_, expected)), got in zip(files.items(), found, strict=True):
         if got != expected:
             raise BadEntry(f"{name} does not match its checksum")

@@ -164,11 +164,7 @@ def weights_frame(
                     "note": inference.notes[j],
                 }
             )
-    frame = pd.DataFrame.from_records(records)
-    defined = frame["note"].isna()
-    for name in ("std_error", "t_stat", "p_value", "ci_low", "ci_high", "robust_std_error"):
-        frame[name] = frame[name].where(defined)
-    return frame
+    return pd.DataFrame.from_records(records)
 
 
 def fit_warnings(train_rows: int, n_features: int) -> list[str]:
@@ -192,10 +188,10 @@ def estimate_warnings(weights: pd.DataFrame) -> list[str]:
     """Warnings about terms whose gradient-descent weight is far, in standard errors, from the
     least-squares estimate the inference describes."""
     distance = (weights["weight"] - weights["ls_weight"]).abs() / weights["std_error"]
-    far = weights[distance >= MAX_SE_FROM_OPTIMUM]
+    far = weights.assign(distance=distance)[distance >= MAX_SE_FROM_OPTIMUM]
     return [
-        f"{row.target} {row.feature}: gradient descent stopped "
-        f"{abs(row.weight - row.ls_weight) / row.std_error:.2g} standard errors from the "
-        "least-squares estimate its interval describes; lower --tol or use --dtype float64"
+        f"{row.target} {row.feature}: gradient descent stopped {row.distance:.2g} standard "
+        "errors from the least-squares estimate its interval describes; lower --tol or use "
+        "--dtype float64"
         for row in far.itertuples()
     ]

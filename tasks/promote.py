@@ -59,10 +59,17 @@ def model_from_weights(weights: pd.DataFrame) -> LinearModel:
     LinearModel, in the table's row order."""
     targets = tuple(dict.fromkeys(weights["target"]))
     features = tuple(f for f in dict.fromkeys(weights["feature"]) if f != INTERCEPT)
-    table = weights.pivot(index="target", columns="feature", values="weight")
-    W = table.loc[list(targets), list(features)].to_numpy(dtype=np.float64)
-    b = table.loc[list(targets), INTERCEPT].to_numpy(dtype=np.float64)
+    W, b = _coefficients(weights, "weight", targets, features)
     return LinearModel(features, targets, W, b, _uncertainty(weights, targets, features))
+
+
+def _coefficients(
+    weights: pd.DataFrame, column: str, targets: tuple[str, ...], features: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(W [k, d], b [k]) from one column of a weights table."""
+    table = weights.pivot(index="target", columns="feature", values=column)
+    W = table.loc[list(targets), list(features)].to_numpy(dtype=np.float64)
+    return W, table.loc[list(targets), INTERCEPT].to_numpy(dtype=np.float64)
 
 
 def _uncertainty(
@@ -78,9 +85,7 @@ def _uncertainty(
         variance[j] = rows["residual_variance"].iloc[0]
         if rows["covariance"].notna().all():
             covariance[j] = np.stack([np.asarray(row, np.float64) for row in rows["covariance"]])
-    table = weights.pivot(index="target", columns="feature", values="ls_weight")
-    W = table.loc[list(targets), list(features)].to_numpy(dtype=np.float64)
-    b = table.loc[list(targets), INTERCEPT].to_numpy(dtype=np.float64)
+    W, b = _coefficients(weights, "ls_weight", targets, features)
     first = weights.iloc[0]
     dof, confidence = int(first["dof"]), float(first["confidence"])
     return Uncertainty(W, b, covariance, variance, dof, confidence)

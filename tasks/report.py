@@ -35,8 +35,7 @@ def summary_markdown(manifest: dict[str, Any], output_root: Path) -> str:
         "| file | rows | accepted | quarantined | pass 1 |",
         "|---|---:|---:|---:|---|",
         *(
-            f"| {f['path']} | {f['rows']} | {f['accepted']} | {f['quarantined']} | "
-            f"{f.get('pass1', 'parsed')} |"
+            f"| {f['path']} | {f['rows']} | {f['accepted']} | {f['quarantined']} | {f['pass1']} |"
             for f in manifest["inputs"]
         ),
     ]

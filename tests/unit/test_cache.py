@@ -4,6 +4,7 @@ limit evicts the least recently used entry; concurrent stores do not corrupt it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -15,7 +16,7 @@ import pytest
 
 import tasks.cache_entry
 from tasks.cache import Pass1Cache, pass1_key
-from tasks.cache_entry import file_digest
+from tasks.csvfile import sha256_file
 from tests.conftest import messy_csv
 from tests.pipeline import config, kept_rows, quarantine, scan_paths
 
@@ -26,7 +27,7 @@ def built(tmp_path, seed=0, name="in.csv", rows=300):
     """A messy file, its scan in a staging folder of its own, and its entry key."""
     path = messy_csv(tmp_path / name, seed, rows=rows)
     scan = scan_paths([path], RUN, tmp_path / f"stage-{name}")
-    return path, scan, pass1_key(file_digest(path), RUN)
+    return path, scan, pass1_key(sha256_file(path), RUN)
 
 
 def assert_same_scan(got, want):
@@ -56,7 +57,7 @@ def test_an_entry_gives_back_the_scan_it_was_built_from_under_any_name(tmp_path)
 
 def test_the_key_changes_with_everything_that_changes_pass_one(tmp_path):
     path = messy_csv(tmp_path / "in.csv", 1)
-    sha = file_digest(path)
+    sha = sha256_file(path)
     base = pass1_key(sha, RUN)
     changed = [
         RUN.with_changes(seed=1),
@@ -68,8 +69,8 @@ def test_the_key_changes_with_everything_that_changes_pass_one(tmp_path):
     assert len({base, *(pass1_key(sha, c) for c in changed)}) == 1 + len(changed)
     assert pass1_key("0" * 64, RUN) != base
     # how the work is cut and what training does afterwards do not change pass 1
-    for same in (RUN.with_changes(threads=1, block_bytes=1 << 20, split_bytes=0, lr=0.1),):
-        assert pass1_key(sha, same) == base
+    same = RUN.with_changes(threads=1, block_bytes=1 << 20, split_bytes=0, lr=0.1)
+    assert pass1_key(sha, same) == base
 
 
 def corrupt_truncate(entry):
@@ -97,7 +98,7 @@ def make_stale(entry):
     body = json.loads((entry / "meta.json").read_text())
     body["meta"]["format"] = 0  # written by an older release, checksum consistent
     text = json.dumps(body["meta"], sort_keys=True)
-    body["sha256"] = __import__("hashlib").sha256(text.encode()).hexdigest()
+    body["sha256"] = hashlib.sha256(text.encode()).hexdigest()
     (entry / "meta.json").write_text(json.dumps(body, sort_keys=True))
 
 
@@ -187,7 +188,7 @@ def _store_many(folder, keys_and_stages):
 
 def test_two_processes_filling_the_cache_at_once_leave_only_sound_entries(tmp_path):
     files = [messy_csv(tmp_path / f"c{i}.csv", i, rows=200) for i in range(4)]
-    keys = [pass1_key(file_digest(path), RUN) for path in files]
+    keys = [pass1_key(sha256_file(path), RUN) for path in files]
     folder = tmp_path / "cache"
     context = multiprocessing.get_context("spawn")  # (fork would copy pass 1's thread pools)
     jobs = [(key, path, i) for i, (key, path) in enumerate(zip(keys, files, strict=True))]
