@@ -14,21 +14,24 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import inspect
 import json
 import logging
 import os
 import sys
+import types
+import typing
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import Flow
 from prefect.exceptions import ParameterTypeError
 from prefect.logging.handlers import PrefectConsoleHandler
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from schemas.params import DEFAULT_ID_COLUMN, NO_ID
+from schemas.params import Option
 from tasks.errors import PipelineError
 
 # Prefect must never phone home from these machines; a user's own setting wins.
@@ -84,19 +87,91 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-def add_common_options(parser: argparse.ArgumentParser) -> None:
+def flow_parser(flow: Flow, prog: str, skip: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The command line of a flow, generated from its typed signature: one option per
+    parameter (`--holdout-fraction` for `holdout_fraction`, or the spelling its `Option` gives),
+    its help the parameter's description and default, plus `-v/--verbose`. Parameters in
+    `skip` are set by deployments only."""
+    module = sys.modules[flow.fn.__module__].__doc__ or ""
+    parser = argparse.ArgumentParser(prog=prog, description=module.split("\n")[0])
+    hints = typing.get_type_hints(flow.fn, include_extras=True)
+    for name, parameter in inspect.signature(flow.fn).parameters.items():
+        if name not in skip:
+            _add_option(parser, name, hints[name], parameter.default)
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="show Prefect's logs in the terminal too"
     )
+    return parser
 
 
-def add_id_column_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--id-column",
-        help=f"id column of the rows, unique within a file (default {DEFAULT_ID_COLUMN}); "
-        f"{NO_ID}: files without one (no duplicate-key check, the split keyed on the row's "
-        "values)",
+def _add_option(parser: argparse.ArgumentParser, name: str, hint: Any, default: Any) -> None:
+    kind, metadata = _unwrap(hint)
+    # Annotated metadata reads inner first: the outermost description and spelling win.
+    description = next(
+        (m.description for m in reversed(metadata) if getattr(m, "description", None)), ""
     )
+    spelling = next((m for m in reversed(metadata) if isinstance(m, Option)), Option())
+    flags = spelling.flags or ("--" + name.replace("_", "-"),)
+    if kind is bool:
+        # Text, like every other value: the signature parses it.
+        const = "false" if default else "true"
+        shown = spelling.help or description
+        parser.add_argument(*flags, dest=name, action="store_const", const=const, help=shown)
+        return
+    options: dict[str, Any] = {"dest": name, "help": _help(description, default)}
+    if _many(kind):
+        options["nargs"] = "+"
+        if _one_allowed(kind):
+            options["action"] = _OneOrMany
+    if typing.get_origin(kind) is Literal:
+        # Shown, not enforced here: the signature refuses a bad value in the one error line.
+        options["metavar"] = "{" + ",".join(map(str, typing.get_args(kind))) + "}"
+    elif spelling.metavar:
+        options["metavar"] = spelling.metavar
+    parser.add_argument(*flags, **options)
+
+
+def _unwrap(hint: Any) -> tuple[Any, list[Any]]:
+    """(the type, its Annotated metadata, outermost last); nested Annotated types are
+    flattened by Python itself."""
+    if typing.get_origin(hint) is typing.Annotated:
+        return hint.__origin__, list(hint.__metadata__)
+    return hint, []
+
+
+def _many(kind: Any) -> bool:
+    """Whether a parameter takes several values (a tuple or list, alone or in a union)."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_many(_unwrap(arg)[0]) for arg in typing.get_args(kind))
+    return origin in (tuple, list)
+
+
+def _one_allowed(kind: Any) -> bool:
+    """Whether a single text value is a value of the parameter too (`str | list[str]`)."""
+    if typing.get_origin(kind) not in (typing.Union, types.UnionType):
+        return False
+    return any(_unwrap(arg)[0] is str for arg in typing.get_args(kind))
+
+
+class _OneOrMany(argparse.Action):
+    """Several values as a list, one value as itself (a parameter of type `str | list[str]`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values[0] if len(values) == 1 else values)
+
+
+def _help(description: str, default: Any) -> str:
+    if default is None or default is inspect.Parameter.empty:
+        return description
+    shown = " ".join(map(str, default)) if isinstance(default, tuple | list) else default
+    return f"{description} (default {shown})"
+
+
+def parse_flow_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[str, Any]:
+    """Command-line options -> flow parameters (only those given: the flow has the defaults).
+    Values stay text: the flow's typed signature parses and bounds them, one rule for all."""
+    return {k: v for k, v in vars(parser.parse_args(argv)).items() if v not in (None, False)}
 
 
 def running_stack_api(info_file: Path = STACK_INFO) -> str | None:

@@ -5,14 +5,13 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.cli import add_common_options, add_id_column_option, exit_now, run_flow
+from flows.cli import exit_now, flow_parser, parse_flow_args, run_flow
 from flows.steps import emit, for_runner, name_flow_run, open_inputs, scan_inputs
 from schemas.params import (
     DEFAULT_ID_COLUMN,
@@ -22,6 +21,7 @@ from schemas.params import (
     BadFraction,
     DataPaths,
     IdColumn,
+    OutputRoot,
     RunConfig,
     RunId,
     id_column_of,
@@ -40,7 +40,7 @@ SCORE_TIMEOUT_SECONDS = 2 * 3600
 @flow(name="score-sales", timeout_seconds=SCORE_TIMEOUT_SECONDS)
 def score_sales(
     data: DataPaths = DEFAULT_SCORE_DATA,
-    output: str = DEFAULT_OUTPUT,
+    output: OutputRoot = DEFAULT_OUTPUT,
     run_id: RunId = None,
     max_bad_fraction: BadFraction = DEFAULT_MAX_BAD_FRACTION,
     id_column: IdColumn = DEFAULT_ID_COLUMN,
@@ -94,19 +94,10 @@ def summarize(manifest: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m flows.score", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--data", help=f"CSV of features (default {DEFAULT_SCORE_DATA})")
-    parser.add_argument("--output", help=f"output root with the models (default {DEFAULT_OUTPUT})")
-    parser.add_argument("--run-id", help="score with this training run (default: the champion)")
-    parser.add_argument("--max-bad-fraction", help=f"default {DEFAULT_MAX_BAD_FRACTION}")
-    add_id_column_option(parser)
-    add_common_options(parser)
-    args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v not in (None, False)}
+    parser = flow_parser(score_sales, "python -m flows.score")
     return run_flow(
         score_sales,
-        args,
+        parse_flow_args(parser, argv),
         summarize,
         lambda checked: check_score_inputs(checked["data"], checked["output"], checked["run_id"]),
     )

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import Any
@@ -13,11 +12,9 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.cli import add_common_options, add_id_column_option, exit_now, run_flow
+from flows.cli import exit_now, flow_parser, parse_flow_args, run_flow
 from flows.steps import emit, for_runner, name_flow_run, open_inputs, scan_inputs
 from schemas.params import (
-    AUTO_DIRECT_MAX_ROWS,
-    DATASET_BASE,
     DEFAULT_CONFIDENCE,
     DEFAULT_DATA,
     DEFAULT_DRIFT_THRESHOLD,
@@ -34,21 +31,25 @@ from schemas.params import (
     DEFAULT_SPLIT_MB,
     DEFAULT_TOL,
     BadFraction,
-    ColumnList,
     Confidence,
-    DataPaths,
     DriftThreshold,
     Dtype,
+    Features,
     HoldoutFraction,
     IdColumn,
     LearningRate,
+    LedgerDir,
     MaxEpochs,
+    OutputRoot,
     PromotionTolerance,
     RunConfig,
     Seed,
     Solver,
     SplitMB,
+    Targets,
     Tolerance,
+    TrainingData,
+    UseCache,
     id_column_of,
 )
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
@@ -73,11 +74,11 @@ TRAIN_TIMEOUT_SECONDS = float(os.environ.get("SALES_MODEL_TRAIN_TIMEOUT_SECONDS"
 
 @flow(name="train-sales-model", timeout_seconds=TRAIN_TIMEOUT_SECONDS)
 def train_sales_model(
-    data: DataPaths = DEFAULT_DATA,
-    output: str = DEFAULT_OUTPUT,
-    ledger: str = DEFAULT_LEDGER,
-    features: ColumnList = DEFAULT_FEATURES,
-    targets: ColumnList = DEFAULT_TARGETS,
+    data: TrainingData = DEFAULT_DATA,
+    output: OutputRoot = DEFAULT_OUTPUT,
+    ledger: LedgerDir = DEFAULT_LEDGER,
+    features: Features = DEFAULT_FEATURES,
+    targets: Targets = DEFAULT_TARGETS,
     holdout_fraction: HoldoutFraction = DEFAULT_HOLDOUT_FRACTION,
     seed: Seed = DEFAULT_SEED,
     max_epochs: MaxEpochs = DEFAULT_MAX_EPOCHS,
@@ -91,7 +92,7 @@ def train_sales_model(
     split_mb: SplitMB = DEFAULT_SPLIT_MB,
     confidence: Confidence = DEFAULT_CONFIDENCE,
     id_column: IdColumn = DEFAULT_ID_COLUMN,
-    use_cache: bool = True,
+    use_cache: UseCache = True,
 ) -> dict[str, Any]:
     """Train the sales model on the CSV(s) at `data` and publish it under `output`. `data`
     "dataset" (the default) is the base file plus every accepted landed file of `ledger`.
@@ -99,26 +100,8 @@ def train_sales_model(
 
     Returns the run manifest (also written to `<output>/manifests/<run_id>.json`).
     """
+    config = for_runner(RunConfig.of(locals()))  # first: locals() are the parameters
     paths, root = check_train_inputs(data, ledger, output, features, targets, id_column)
-    config = RunConfig(
-        features=tuple(features),
-        targets=tuple(targets),
-        id_column=id_column_of(id_column),
-        holdout_fraction=holdout_fraction,
-        seed=seed,
-        max_bad_fraction=max_bad_fraction,
-        max_epochs=max_epochs,
-        lr=lr,
-        tol=tol,
-        dtype=dtype,
-        solver=solver,
-        promotion_tolerance=promotion_tolerance,
-        drift_threshold=drift_threshold,
-        confidence=confidence,
-        use_cache=use_cache,
-        split_bytes=int(split_mb * 2**20),
-    )
-    config = for_runner(config)
     plans = open_inputs(paths, config)
     with training_slot():  # one training at a time on this server (tasks/slots.py)
         return _train(plans, root, config)
@@ -164,60 +147,9 @@ def check_train_inputs(
 
 
 def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
-    """Command-line options -> flow parameters (only those given; the flow has the defaults)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m flows.train", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "--data",
-        help=f"CSV file, folder of CSVs or glob; default {DEFAULT_DATA}: {DATASET_BASE} plus "
-        "every accepted landed file in the ledger",
-    )
-    parser.add_argument("--ledger", help=f"ledger of landed files (default {DEFAULT_LEDGER})")
-    parser.add_argument("--output", help=f"output root (default {DEFAULT_OUTPUT})")
-    parser.add_argument(
-        "--features", nargs="+", help=f"feature columns (default {DEFAULT_FEATURES})"
-    )
-    parser.add_argument("--targets", nargs="+", help=f"target columns (default {DEFAULT_TARGETS})")
-    add_id_column_option(parser)
-    parser.add_argument("--holdout-fraction", help=f"default {DEFAULT_HOLDOUT_FRACTION}")
-    parser.add_argument("--seed", help=f"default {DEFAULT_SEED}")
-    parser.add_argument("--max-epochs", help=f"default {DEFAULT_MAX_EPOCHS}")
-    parser.add_argument("--lr", help="step size on standardized features (default: 1/L)")
-    parser.add_argument("--tol", help=f"default {DEFAULT_TOL}")
-    parser.add_argument("--max-bad-fraction", help=f"default {DEFAULT_MAX_BAD_FRACTION}")
-    parser.add_argument("--dtype", help=f"float32 or float64 (default {DEFAULT_DTYPE})")
-    parser.add_argument(
-        "--promotion-tolerance",
-        help="relative holdout-MSE slack against the champion "
-        f"(default {DEFAULT_PROMOTION_TOLERANCE})",
-    )
-    parser.add_argument(
-        "--solver",
-        help="auto, direct (row-wise autograd) or moments (sufficient statistics); "
-        f"default {DEFAULT_SOLVER}: direct up to {AUTO_DIRECT_MAX_ROWS:,} training rows",
-    )
-    parser.add_argument(
-        "--drift-threshold",
-        help=f"standardized mean shift flagged as drift (default {DEFAULT_DRIFT_THRESHOLD})",
-    )
-    parser.add_argument(
-        "--confidence",
-        help="level of the coefficient intervals (and of the prediction intervals scoring "
-        f"writes with this model); default {DEFAULT_CONFIDENCE}",
-    )
-    parser.add_argument(
-        "--split-mb",
-        help="cut each input into byte ranges of about this many MB, a task each (for a "
-        f"cluster; default {DEFAULT_SPLIT_MB:g}: one task per file, its blocks on every core)",
-    )
-    parser.add_argument(
-        "--no-cache",
-        dest="use_cache",
-        action="store_const",
-        const="false",
-        help="parse every file, neither reading nor filling the pass-1 cache",
-    )
+    """Command-line options -> flow parameters (only those given; the flow has the defaults),
+    plus where the tasks run (`task_runner`, `dask_address`)."""
+    parser = flow_parser(train_sales_model, "python -m flows.train")
     parser.add_argument(
         "--task-runner",
         choices=["threads", "dask"],
@@ -226,10 +158,7 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--dask-address", help="scheduler of an existing Dask cluster (default: a local one)"
     )
-    add_common_options(parser)
-    args = vars(parser.parse_args(argv))
-    # Values stay text: the flow's typed signature parses and bounds them, one rule for all.
-    return {name: value for name, value in args.items() if value not in (None, False)}
+    return parse_flow_args(parser, argv)
 
 
 def dask_task_runner(address: str | None = None) -> Any:

@@ -8,7 +8,6 @@ dropped into data/landing/ leads to a training run without anyone pressing a but
 
 from __future__ import annotations
 
-import argparse
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from flows.cli import add_common_options, add_id_column_option, exit_now, run_flow
+from flows.cli import exit_now, flow_parser, parse_flow_args, run_flow
 from flows.train import TRAIN_TIMEOUT_SECONDS, train_sales_model
 from schemas.params import (
     DATASET,
@@ -29,6 +28,9 @@ from schemas.params import (
     DEFAULT_SETTLE_SECONDS,
     BadFraction,
     IdColumn,
+    LandingDir,
+    LedgerDir,
+    OutputRoot,
     RunConfig,
     SettleSeconds,
     id_column_of,
@@ -56,9 +58,9 @@ def check_run_name() -> str:
 
 @flow(name="watch-landing", flow_run_name=check_run_name, timeout_seconds=WATCH_TIMEOUT_SECONDS)
 def watch_landing(
-    landing: str = DEFAULT_LANDING,
-    ledger: str = DEFAULT_LEDGER,
-    output: str = DEFAULT_OUTPUT,
+    landing: LandingDir = DEFAULT_LANDING,
+    ledger: LedgerDir = DEFAULT_LEDGER,
+    output: OutputRoot = DEFAULT_OUTPUT,
     settle_seconds: SettleSeconds = DEFAULT_SETTLE_SECONDS,
     max_bad_fraction: BadFraction = DEFAULT_MAX_BAD_FRACTION,
     landed_at: datetime | None = None,
@@ -157,20 +159,11 @@ def summarize(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m flows.watch", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--landing", help=f"landing folder (default {DEFAULT_LANDING})")
-    parser.add_argument("--ledger", help=f"ledger folder (default {DEFAULT_LEDGER})")
-    parser.add_argument("--output", help=f"output root (default {DEFAULT_OUTPUT})")
-    parser.add_argument("--settle-seconds", help=f"default {DEFAULT_SETTLE_SECONDS}")
-    parser.add_argument("--max-bad-fraction", help=f"default {DEFAULT_MAX_BAD_FRACTION}")
-    add_id_column_option(parser)
-    add_common_options(parser)
-    args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v not in (None, False)}
+    # landed_at is the landed event's time: set by the deployment's trigger only.
+    parser = flow_parser(watch_landing, "python -m flows.watch", skip=("landed_at",))
     return run_flow(
         watch_landing,
-        args,
+        parse_flow_args(parser, argv),
         summarize,
         lambda checked: check_watch_inputs(
             checked["landing"], checked["ledger"], checked["output"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
@@ -47,14 +47,57 @@ DEFAULT_CONFIDENCE = 0.95
 # champion's data.
 DEFAULT_DRIFT_THRESHOLD = 0.5
 
+
+@dataclass(frozen=True)
+class Option:
+    """A parameter's command-line spelling where it is not `--<name-with-dashes>` (flows/cli.py
+    generates the options from the flows' signatures)."""
+
+    flags: tuple[str, ...] = ()
+    metavar: str | None = None
+    help: str | None = None  # for a flag that says the opposite of the description
+
+
 DataPaths = Annotated[
     str | list[Annotated[str, Field(min_length=1)]],
     Field(description="A CSV file, a folder of CSVs, a glob, or a list of those."),
+    Option(metavar="PATH"),
+]
+TrainingData = Annotated[
+    DataPaths,
+    Field(
+        description=f"A CSV file, a folder of CSVs, a glob, or a list of those; '{DATASET}': "
+        f"{DATASET_BASE} plus every accepted landed file in the ledger."
+    ),
+]
+OutputRoot = Annotated[
+    str,
+    Field(min_length=1, description="The output root (created if missing)."),
+    Option(metavar="DIR"),
+]
+LedgerDir = Annotated[
+    str, Field(min_length=1, description="The ledger of landed files."), Option(metavar="DIR")
+]
+LandingDir = Annotated[
+    str,
+    Field(min_length=1, description="The landing folder new files arrive in."),
+    Option(metavar="DIR"),
+]
+UseCache = Annotated[
+    bool,
+    Field(description="Read and fill the pass-1 cache under the output root."),
+    Option(
+        flags=("--no-cache",),
+        help="Parse every file, neither reading nor filling the pass-1 cache.",
+    ),
 ]
 ColumnList = Annotated[
     tuple[Annotated[str, Field(min_length=1)], ...],
     Field(min_length=1, description="CSV column names."),
+    Option(metavar="COLUMN"),
 ]
+Features = Annotated[ColumnList, Field(description="Feature columns.")]
+Targets = Annotated[ColumnList, Field(description="Target columns (several allowed: W is [k, d]).")]
 HoldoutFraction = Annotated[
     float, Field(ge=0.0, lt=1.0, description="Share of rows held out for evaluation, [0, 1).")
 ]
@@ -63,6 +106,7 @@ MaxEpochs = Annotated[int, Field(ge=1, description="Upper bound on gradient-desc
 LearningRate = Annotated[
     float | None,
     Field(gt=0.0, description="Step size on standardized features; default 1/L (auto)."),
+    Option(flags=("--lr",)),
 ]
 Tolerance = Annotated[
     float,
@@ -79,8 +123,9 @@ IdColumn = Annotated[
     str,
     Field(
         min_length=1,
-        description=f"Id column of the rows (unique within a file), or '{NO_ID}' for files "
-        "without one.",
+        description=f"Id column of the rows (unique within a file; the split is keyed on it), "
+        f"or '{NO_ID}' for files without one (no duplicate-key check, the split keyed on the "
+        "row's values).",
     ),
 ]
 
@@ -123,10 +168,21 @@ RunId = Annotated[
 # auto: `direct` while the training rows are few (AUTO_DIRECT_MAX_ROWS), `moments` above.
 # direct: autograd over the rows every epoch, as in the notebook. moments: the same loss and
 # gradients from float64 sufficient statistics, O(d^2) per epoch whatever the row count.
-Solver = Literal["auto", "direct", "moments"]
 DEFAULT_SOLVER = "auto"
 AUTO_DIRECT_MAX_ROWS = 50_000
-Dtype = Literal["float32", "float64"]
+Solver = Annotated[
+    Literal["auto", "direct", "moments"],
+    Field(
+        description="direct: autograd over the training rows each epoch, as in the notebook; "
+        "moments: the same loss and gradients from float64 sufficient statistics, O(d^2) per "
+        f"epoch whatever the row count; auto: direct up to {AUTO_DIRECT_MAX_ROWS:,} training "
+        "rows, moments above."
+    ),
+]
+Dtype = Annotated[
+    Literal["float32", "float64"],
+    Field(description="Tensor dtype of training (the moments solver is always float64)."),
+]
 # Split each input file into byte ranges of about this many MB, one task each (for a Dask
 # cluster); 0 reads each file as one range, its blocks parsed in parallel threads.
 SplitMB = Annotated[
@@ -164,6 +220,21 @@ class RunConfig:
     block_bytes: int = BLOCK_BYTES
     split_bytes: int = 0
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    @staticmethod
+    def of(parameters: dict[str, Any], **changes: Any) -> RunConfig:
+        """The settings of a run from its flow's parameters, taken by name (`id_column` as
+        id_column_of reads it, `split_mb` in bytes), then `changes`."""
+        names = {f.name for f in fields(RunConfig)}
+        given = {name: value for name, value in parameters.items() if name in names}
+        if "id_column" in given:
+            given["id_column"] = id_column_of(given["id_column"])
+        if "split_mb" in parameters:
+            given["split_bytes"] = int(parameters["split_mb"] * 2**20)
+        for name in ("features", "targets"):
+            if name in given:
+                given[name] = tuple(given[name])
+        return RunConfig(**(given | changes))
 
     @property
     def values(self) -> tuple[str, ...]:
