@@ -1,7 +1,7 @@
 """Seeded generator of data/advertising.csv: a CSV shaped like the textbook advertising data
 (TV, radio and newspaper budgets in thousands of dollars -> sales in thousands of units; no id
-column, CRLF line ends), drawn from that data's published least-squares fit, for the README's
-worked example of `--id-column none`.
+column, CRLF line ends), drawn from that data's published least-squares fit, for the
+worked example of `--id-column none` in docs/training.md.
 
     python data/generate_advertising.py --rows 200 --seed 3 --out data/advertising.csv
 """

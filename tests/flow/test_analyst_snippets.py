@@ -1,4 +1,5 @@
-"""The analysts' view: the README's queries run verbatim, reports with plots, drift, scoring."""
+"""The analysts' view: docs/analysts.md's queries run verbatim, reports with plots, drift,
+scoring."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from tasks.plots import DPI, FIGSIZE
 from tests.conftest import HEADER, REPO, sales_rows
 
 SNIPPET = re.compile(r"<!-- snippet: (\w+) -->\n```\w+\n(.*?)```", re.DOTALL)
+PAGE = REPO / "docs" / "analysts.md"
 
 
-def readme_snippets() -> list[tuple[str, str]]:
-    return SNIPPET.findall((REPO / "README.md").read_text())
+def page_snippets() -> list[tuple[str, str]]:
+    return SNIPPET.findall(PAGE.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +46,17 @@ def workspace(tmp_path_factory):
     return base, first, second, scored
 
 
-def test_readme_has_the_five_queries_in_sql_and_the_first_four_in_pandas():
-    kinds = [kind for kind, _ in readme_snippets()]
+def test_the_analysts_page_has_the_five_queries_in_sql_and_the_first_four_in_pandas():
+    kinds = [kind for kind, _ in page_snippets()]
     assert kinds == ["sql", "sql", "sql", "sql", "sql", "python"]
 
 
-def test_readme_sql_snippets_run_verbatim(workspace, monkeypatch):
+def test_the_analysts_page_sql_snippets_run_verbatim(workspace, monkeypatch):
     base, first, second, _ = workspace
     monkeypatch.chdir(base)
     champion = json.loads((base / "output" / "champion.json").read_text())["run_id"]
     champion_rows = {first["run_id"]: first, second["run_id"]: second}[champion]
-    sql = [code for kind, code in readme_snippets() if kind == "sql"]
+    sql = [code for kind, code in page_snippets() if kind == "sql"]
 
     predictions = duckdb.sql(sql[0]).df()
     assert set(predictions["run_id"]) == {champion}
@@ -84,12 +86,12 @@ def test_readme_sql_snippets_run_verbatim(workspace, monkeypatch):
     assert quarantine["raw"].tolist() == ["BAD,x,1,1,1"]
 
 
-def test_readme_pandas_snippet_runs_verbatim(workspace, monkeypatch):
+def test_the_analysts_page_pandas_snippet_runs_verbatim(workspace, monkeypatch):
     base, first, second, _ = workspace
     monkeypatch.chdir(base)
-    (code,) = [code for kind, code in readme_snippets() if kind == "python"]
+    (code,) = [code for kind, code in page_snippets() if kind == "python"]
     names: dict = {}
-    exec(compile(code, "README.md", "exec"), names)
+    exec(compile(code, str(PAGE), "exec"), names)
     assert len(names["champion_predictions"]) in {
         first["rows"]["accepted"],
         second["rows"]["accepted"],
@@ -169,10 +171,9 @@ def test_scoring_before_any_champion_fails_clearly(tmp_path):
         score_sales(data=str(features), output=str(tmp_path / "empty"))
 
 
-def test_champion_json_holds_the_fields_the_readme_lists(workspace):
+def test_champion_json_holds_the_fields_the_analysts_page_lists(workspace):
     base, *_ = workspace
-    readme = (REPO / "README.md").read_text()
-    table = readme.split("`champion.json` names the champion", 1)[1].split("\n\n")[1]
+    table = PAGE.read_text().split("`champion.json` names the champion", 1)[1].split("\n\n")[1]
     documented = re.findall(r"^\| `(\w+)` \|", table, flags=re.MULTILINE)
     champion = json.loads((base / "output" / "champion.json").read_text())
     assert documented == list(champion)

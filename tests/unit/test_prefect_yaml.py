@@ -1,5 +1,6 @@
 """prefect.yaml: every deployment names an importable flow with valid default parameters, its
-schedule and concurrency are what the README promises, and runs start in an absolute folder."""
+schedule and concurrency are what docs/deployments.md promises, and runs start in an absolute
+folder."""
 
 from __future__ import annotations
 
@@ -91,9 +92,9 @@ def test_deploying_without_an_absolute_checkout_path_fails_with_a_message(home, 
         assert "SALES_MODEL_HOME must be the absolute path of this checkout" in result.stderr
 
 
-def test_readme_deployment_table_matches_prefect_yaml():
-    readme = (REPO / "README.md").read_text()
-    rows = dict(re.findall(r"^\| `[\w-]+/([\w-]+)` \| (.+?) \|", readme, flags=re.MULTILINE))
+def test_the_deployments_page_table_matches_prefect_yaml():
+    page = (REPO / "docs" / "deployments.md").read_text()
+    rows = dict(re.findall(r"^\| `[\w-]+/([\w-]+)` \| (.+?) \|", page, flags=re.MULTILINE))
     assert set(rows) == set(DEPLOYMENTS)
     assert f"cron `{DEPLOYMENTS['nightly']['schedules'][0]['cron']}` (UTC)" in rows["nightly"]
     interval = DEPLOYMENTS["retrain-on-new-data"]["schedules"][0]["interval"]
