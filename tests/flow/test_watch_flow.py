@@ -12,6 +12,7 @@ import pandas as pd
 from flows.train import train_sales_model
 from flows.watch import watch_landing
 from tasks.ledger import ledger_rows
+from tasks.promote import load_model
 from tests.conftest import HEADER, sales_rows
 
 
@@ -67,8 +68,17 @@ def test_watch_trains_once_per_new_content_on_all_accepted_data(tmp_path, monkey
     assert rows["b.csv"]["run_id"] == third["trained"]["run_id"]
     assert rows["broken.csv"]["status"] == "failed"
     assert len(list((output / "manifests").glob("*.json"))) == 2
+    # The gate: the third run replaces the first as champion only if its holdout MSE is not
+    # worse than the first model's on the third run's holdout rows.
+    holdout = predictions[predictions["split"] == "holdout"]
+    candidate_mse = (holdout["residual_units_sold_k"] ** 2).mean()
+    first_model = load_model(output, first["trained"]["run_id"])
+    features = holdout[list(first_model.features)].to_numpy()
+    first_predicted = features @ first_model.W[0] + first_model.b[0]
+    champion_mse = ((holdout["units_sold_k"] - first_predicted) ** 2).mean()
+    assert candidate_mse < champion_mse  # more data, a better model on these rows
     champion = json.loads((output / "champion.json").read_text())
-    assert champion["run_id"] in {first["trained"]["run_id"], third["trained"]["run_id"]}
+    assert champion["run_id"] == third["trained"]["run_id"]
 
 
 def test_nightly_and_the_landing_retrain_read_the_same_dataset(tmp_path, monkeypatch):

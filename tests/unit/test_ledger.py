@@ -6,6 +6,7 @@ import hashlib
 import os
 import stat
 import time
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +164,24 @@ def test_only_files_the_ledger_has_not_seen_are_reported_as_settling(dirs):
     land(landing, "jan.csv", csv_text(5), age=-3600)  # touched again, same bytes
     land(landing, "feb.csv", csv_text(6, seed=1), age=-3600)  # new, still being written
     assert check(dirs) == {**NOTHING, "waiting": ["feb.csv"]}
+
+
+def test_a_file_changed_between_its_hash_and_its_copy_is_not_accepted_under_the_old_hash(dirs):
+    landing, ledger = dirs
+    land(landing, "a.csv", csv_text(5, seed=1))
+    land(landing, "b.csv", csv_text(5, seed=2))
+    rewritten = csv_text(7, seed=3)
+
+    def rewrite_b(done, total, name, status):
+        # Every file is hashed before the first is checked: b.csv changes after its hash.
+        if name == "a.csv":
+            land(landing, "b.csv", rewritten)
+
+    outcome = check(dirs, on_file=rewrite_b)
+    assert outcome["accepted"] == ["a.csv"]
+    assert check(dirs)["accepted"] == ["b.csv"]
+    for row in ledger_rows(ledger):
+        stored = Path(row["stored_path"]).read_bytes()
+        assert hashlib.sha256(stored).hexdigest() == row["sha256"]
+    (b,) = [r for r in ledger_rows(ledger) if r["name"] == "b.csv"]
+    assert b["sha256"] == hashlib.sha256(rewritten.encode()).hexdigest()
