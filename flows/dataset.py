@@ -1,6 +1,7 @@
-"""Show the dataset every training run reads by default: the base file plus every accepted
-landed file in the ledger, oldest first, with the fingerprint the run's manifest will carry
-(`data_fingerprint`: two runs with the same fingerprint trained on the same bytes).
+"""Show the dataset every training run reads by default: the base file plus the latest accepted
+version of each file landed in the ledger (a re-sent name replaces its earlier version), oldest
+first, with the fingerprint the run's manifest will carry (`data_fingerprint`: two runs with the
+same fingerprint trained on the same bytes).
 
     .venv/bin/python -m flows.dataset [--ledger DIR]        (make dataset)
 """

@@ -1,5 +1,7 @@
-"""Land files: move each into the landing folder in one step (never seen half-written), then
-announce it with the landed event (tasks/events.py), so the landing check starts at once.
+"""Land files: move each into the landing folder in one step (never seen half-written), with
+its sha256 beside it (`<name>.sha256`: the landing check takes a file whose content matches at
+once, without waiting out the settle time), then announce it with the landed event
+(tasks/events.py), so the landing check starts at once.
 
     .venv/bin/python -m flows.land FILE [FILE ...] [--landing DIR]     (make land FILE=...)
 
@@ -16,15 +18,17 @@ from pathlib import Path
 
 from flows.cli import prefect_server
 from schemas.params import DEFAULT_LANDING
+from tasks.csvfile import sha256_file
 from tasks.errors import PipelineError
 from tasks.events import emit_landed
-from tasks.landing import is_candidate
+from tasks.landing import announce, is_candidate
 from tasks.paths import data_roots, existing_folder
 
 
 def land(source: Path, landing: Path) -> Path:
     """Move `source` into `landing` under its own name, atomically: it is written next to the
-    target under a name the landing check ignores, then renamed. Returns the landed path."""
+    target under a name the landing check ignores, its sha256 announced, then renamed. Returns
+    the landed path."""
     if not source.is_file():
         raise PipelineError(f"{source}: file not found")
     target = landing / source.name
@@ -32,6 +36,9 @@ def land(source: Path, landing: Path) -> Path:
         raise PipelineError(f"{source}: only visible *.csv files can be landed")
     partial = landing / f".{source.name}.part"
     shutil.move(source, partial)  # a rename on the same file system, else copy and delete
+    # Announced before the rename: the file never shows without its announcement (an earlier
+    # one for another content only means the settle time applies).
+    announce(target, sha256_file(partial))
     partial.replace(target)
     return target
 

@@ -37,7 +37,7 @@ from schemas.params import (
 )
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
 from tasks.events import DEBOUNCE_SECONDS
-from tasks.landing import check_landed_files
+from tasks.landing import check_landed_files, time_to_settle
 from tasks.ledger import files_to_train, record_training, training_inputs
 from tasks.paths import (
     check_all,
@@ -82,9 +82,9 @@ def watch_landing(
     )
     found = check_landed_files(landing_dir, ledger_dir, settle_seconds, config)
     if landed_at is not None and found["waiting"]:
-        # Announced files still being written: once more after they had time to settle,
+        # Announced files still within their settle time: once more when they have had it,
         # rather than leaving them to the next poll.
-        time.sleep(settle_seconds)
+        time.sleep(time_to_settle(landing_dir, found["waiting"], settle_seconds))
         again = check_landed_files(landing_dir, ledger_dir, settle_seconds, config)
         found = merge_found(found, again)
     untrained = files_to_train(ledger)
@@ -108,6 +108,7 @@ def merge_found(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]
         "accepted": first["accepted"] + second["accepted"],
         "failed": {**first["failed"], **second["failed"]},
         "duplicate": {**first["duplicate"], **second["duplicate"]},
+        "in_progress": list(dict.fromkeys(first["in_progress"] + second["in_progress"])),
         "waiting": second["waiting"],
     }
 
@@ -143,6 +144,10 @@ def summarize(result: dict[str, Any]) -> str:
             f"  {name}: {reason.removeprefix(f'{name}: ')}"
             for name, reason in found[status].items()
         ]
+    if found["in_progress"]:
+        lines.append(
+            f"being checked by another check (it records them): {', '.join(found['in_progress'])}"
+        )
     if found["waiting"]:
         lines.append(
             f"waiting to settle (modified less than settle_seconds ago; run again later): "

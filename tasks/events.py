@@ -9,7 +9,8 @@ landing check at once, and the events of the next DEBOUNCE_SECONDS are absorbed 
 which waits out the window before it reads the folder. Raise it with `make land FILE=...`
 (flows/land.py: moves the file in, then emits), with `prefect event emit` from anywhere that
 reaches the server, or let the local stack's watcher (scripts/landing_watcher.py) see the file
-arrive.
+arrive. The event says when to look, not that a file is complete: the check decides that
+(tasks/landing.py: the announced sha256 beside the file, or the settle time).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import pandas as pd
 from flows.train import train_sales_model
 from flows.watch import watch_landing
 from tasks.ledger import ledger_rows
+from tasks.promote import load_model
 from tests.conftest import HEADER, sales_rows
 
 
@@ -33,7 +34,13 @@ def test_watch_trains_once_per_new_content_on_all_accepted_data(tmp_path, monkey
 
     nothing = watch_landing(**kwargs)
     assert nothing["trained"] is None  # nothing landed yet
-    assert nothing["found"] == {"accepted": [], "failed": {}, "duplicate": {}, "waiting": []}
+    assert nothing["found"] == {
+        "accepted": [],
+        "failed": {},
+        "duplicate": {},
+        "in_progress": [],
+        "waiting": [],
+    }
 
     land(landing, "a.csv", sales_rows(30, seed=2, start=100))
     land(landing, "broken.csv", ["not,enough"])
@@ -67,8 +74,17 @@ def test_watch_trains_once_per_new_content_on_all_accepted_data(tmp_path, monkey
     assert rows["b.csv"]["run_id"] == third["trained"]["run_id"]
     assert rows["broken.csv"]["status"] == "failed"
     assert len(list((output / "manifests").glob("*.json"))) == 2
+    # The gate: the third run replaces the first as champion only if its holdout MSE is not
+    # worse than the first model's on the third run's holdout rows.
+    holdout = predictions[predictions["split"] == "holdout"]
+    candidate_mse = (holdout["residual_units_sold_k"] ** 2).mean()
+    first_model = load_model(output, first["trained"]["run_id"])
+    features = holdout[list(first_model.features)].to_numpy()
+    first_predicted = features @ first_model.W[0] + first_model.b[0]
+    champion_mse = ((holdout["units_sold_k"] - first_predicted) ** 2).mean()
+    assert candidate_mse < champion_mse  # more data, a better model on these rows
     champion = json.loads((output / "champion.json").read_text())
-    assert champion["run_id"] in {first["trained"]["run_id"], third["trained"]["run_id"]}
+    assert champion["run_id"] == third["trained"]["run_id"]
 
 
 def test_nightly_and_the_landing_retrain_read_the_same_dataset(tmp_path, monkeypatch):
@@ -128,3 +144,24 @@ def test_a_missing_landing_folder_is_an_error_and_creates_nothing(tmp_path, caps
         == f"error: parameter landing: folder '{tmp_path}/incoming' not found\n"
     )
     assert not (tmp_path / "ledger").exists()
+
+
+def test_a_resent_file_replaces_its_earlier_version_in_the_next_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    landing, ledger, output = tmp_path / "landing", tmp_path / "ledger", tmp_path / "out"
+    landing.mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "sales.csv").write_text("\n".join([HEADER, *sales_rows(40)]) + "\n")
+    kwargs = {"landing": str(landing), "ledger": str(ledger), "output": str(output)}
+    land(landing, "jan.csv", sales_rows(10, seed=2, start=100))
+    assert watch_landing(**kwargs)["trained"]["rows"]["in"] == 50
+    # A corrected re-send: the same ten rows and two more, under the same name.
+    land(landing, "jan.csv", sales_rows(10, seed=2, start=100) + sales_rows(2, seed=3, start=110))
+    resent = watch_landing(**kwargs)
+    assert resent["found"]["accepted"] == ["jan.csv"]
+    assert resent["trained"]["rows"]["in"] == 52
+    predictions = pd.read_parquet(output / resent["trained"]["outputs"]["predictions"])
+    assert predictions["source_file"].str.endswith("_jan.csv").sum() == 12
+    versions = [(r["rows"], r["in_dataset"], r["run_id"]) for r in ledger_rows(ledger)]
+    assert versions[1] == (12, True, resent["trained"]["run_id"])
+    assert versions[0][:2] == (10, False)

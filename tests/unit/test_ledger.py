@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import stat
 import time
+import traceback
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 
-from schemas.params import RunConfig
+from flows.dataset import describe
+from flows.land import land as land_file
+from schemas.params import DATASET, DEFAULT_SETTLE_SECONDS, RunConfig
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
-from tasks.landing import check_landed, is_complete
-from tasks.ledger import ledger_rows, mark_trained, open_ledger, untrained_files
-from tests.conftest import HEADER, sales_rows
+from tasks.csvfile import sha256_file
+from tasks.landing import CHECK_TIMEOUT_SECONDS, check_landed, is_complete, time_to_settle
+from tasks.ledger import (
+    LandedFile,
+    claim_check,
+    landed_files,
+    ledger_rows,
+    mark_trained,
+    open_ledger,
+    training_inputs,
+    untrained_files,
+)
+from tests.conftest import HEADER, REPO, sales_rows
 
-NOTHING = {"accepted": [], "failed": {}, "duplicate": {}, "waiting": []}
+NOTHING = {"accepted": [], "failed": {}, "duplicate": {}, "in_progress": [], "waiting": []}
 
 
 def csv_text(n=10, seed=0, extra=()):
@@ -163,3 +180,194 @@ def test_only_files_the_ledger_has_not_seen_are_reported_as_settling(dirs):
     land(landing, "jan.csv", csv_text(5), age=-3600)  # touched again, same bytes
     land(landing, "feb.csv", csv_text(6, seed=1), age=-3600)  # new, still being written
     assert check(dirs) == {**NOTHING, "waiting": ["feb.csv"]}
+
+
+def dataset_rows(ledger, base):
+    """The data rows a training run on the dataset reads, by file name (stored copies are named
+    `<sha256 prefix>_<name>`)."""
+    rows = {}
+    for path in training_inputs(DATASET, str(ledger), [base.parent.parent.resolve()]):
+        name = path.name.split("_", 1)[-1]
+        rows.setdefault(name, []).extend(path.read_text().splitlines()[1:])
+    return rows
+
+
+@pytest.fixture
+def base(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the dataset's base file is data/sales.csv
+    path = tmp_path / "data" / "sales.csv"
+    path.parent.mkdir()
+    path.write_text(csv_text(5, seed=9))
+    return path
+
+
+def test_a_resent_name_replaces_its_earlier_version_in_the_dataset(dirs, base):
+    landing, ledger = dirs
+    first = sales_rows(10, seed=1)
+    land(landing, "jan.csv", csv_text(10, seed=1))
+    assert check(dirs)["accepted"] == ["jan.csv"]
+    # The corrected re-send: the same ten rows and two more.
+    land(landing, "jan.csv", csv_text(10, seed=1, extra=sales_rows(2, seed=2, start=10)))
+    assert check(dirs)["accepted"] == ["jan.csv"]
+    rows = dataset_rows(ledger, base)
+    assert len(rows["jan.csv"]) == 12
+    assert rows["jan.csv"][:10] == first
+    # The ledger keeps both versions; only the newer one is in the dataset.
+    jan = [(r["status"], r["rows"], r["in_dataset"]) for r in ledger_rows(ledger)]
+    assert jan == [("accepted", 10, False), ("accepted", 12, True)]
+    with open_ledger(ledger) as conn:
+        (pending,) = untrained_files(conn)
+    assert pending.endswith("_jan.csv")
+    assert len(Path(pending).read_text().splitlines()) == 13
+    # Both stored copies stay (an earlier run may have read the first).
+    assert len(list((ledger / "files").glob("*_jan.csv"))) == 2
+    listing = describe(str(ledger))  # make dataset
+    assert listing.count("_jan.csv") == 1
+    assert "2 file(s)" in listing
+
+
+def test_a_rejected_resend_leaves_the_earlier_version_in_the_dataset(dirs, base):
+    landing, ledger = dirs
+    land(landing, "jan.csv", csv_text(10, seed=1))
+    check(dirs)
+    land(landing, "jan.csv", "country;price_k\nA;1\n")
+    (reason,) = check(dirs)["failed"].values()
+    assert reason.startswith("jan.csv: header does not match")
+    earlier = ledger_rows(ledger)[0]["sha256"]
+    assert reason.endswith(f"the dataset keeps the earlier jan.csv (sha256 {earlier[:12]})")
+    assert len(dataset_rows(ledger, base)["jan.csv"]) == 10
+    assert [(r["status"], r["in_dataset"]) for r in ledger_rows(ledger)] == [
+        ("accepted", True),
+        ("failed", False),
+    ]
+    # Re-sent as a copy of another file: a duplicate, and the earlier jan.csv stays too.
+    land(landing, "feb.csv", csv_text(6, seed=2))
+    land(landing, "jan.csv", csv_text(6, seed=2), age=30)
+    assert check(dirs)["duplicate"] == {
+        "jan.csv": f"same content as feb.csv; the dataset keeps the earlier jan.csv "
+        f"(sha256 {earlier[:12]})"
+    }
+    assert sorted(dataset_rows(ledger, base)) == ["feb.csv", "jan.csv", "sales.csv"]
+
+
+def test_the_landed_event_check_leaves_a_file_still_being_written(dirs):
+    # What the trigger passes to the check it starts (prefect.yaml), else the flow's default.
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    (deployment,) = [d for d in config["deployments"] if d["name"] == "retrain-on-new-data"]
+    (trigger,) = deployment["triggers"]
+    settle = trigger["parameters"].get("settle_seconds", DEFAULT_SETTLE_SECONDS)
+    landing, ledger = dirs
+    # A slow copy that paused for two seconds, announced by the watcher or `prefect event emit`.
+    land(landing, "jan.csv", csv_text(4), age=2.0)  # 4 of its 10 rows so far
+    assert check(dirs, settle=settle) == {**NOTHING, "waiting": ["jan.csv"]}
+    assert not (ledger / "files").exists()
+
+
+def test_a_file_whose_content_matches_its_announced_sha256_is_taken_at_once(dirs, tmp_path):
+    landing, ledger = dirs
+    whole = csv_text(10)
+    digest = hashlib.sha256(whole.encode()).hexdigest()
+    # A producer announces the content (`sha256sum jan.csv > jan.csv.sha256`) while the copy
+    # is still going: what is there so far does not match, so it waits.
+    (landing / "jan.csv.sha256").write_text(f"{digest}  jan.csv\n")
+    land(landing, "jan.csv", csv_text(4), age=0)  # 4 of its 10 rows so far
+    assert check(dirs, settle=10.0) == {**NOTHING, "waiting": ["jan.csv"]}
+    # Complete: taken at once, without waiting out the settle time.
+    land(landing, "jan.csv", whole, age=0)
+    assert check(dirs, settle=10.0) == {**NOTHING, "accepted": ["jan.csv"]}
+    # `make land` announces what it moves in the same way.
+    source = tmp_path / "feb.csv"
+    source.write_text(csv_text(8, seed=3))
+    land_file(source, landing)
+    assert check(dirs, settle=10.0) == {**NOTHING, "accepted": ["feb.csv"]}
+    assert [r["name"] for r in ledger_rows(ledger)] == ["jan.csv", "feb.csv"]
+
+
+def test_a_file_changed_between_its_hash_and_its_copy_is_not_accepted_under_the_old_hash(dirs):
+    landing, ledger = dirs
+    land(landing, "a.csv", csv_text(5, seed=1))
+    land(landing, "b.csv", csv_text(5, seed=2))
+    rewritten = csv_text(7, seed=3)
+
+    def rewrite_b(done, total, name, status):
+        # Every file is hashed before the first is checked: b.csv changes after its hash.
+        if name == "a.csv":
+            land(landing, "b.csv", rewritten)
+
+    outcome = check(dirs, on_file=rewrite_b)
+    assert outcome["accepted"] == ["a.csv"]
+    assert check(dirs)["accepted"] == ["b.csv"]
+    for row in ledger_rows(ledger):
+        stored = Path(row["stored_path"]).read_bytes()
+        assert hashlib.sha256(stored).hexdigest() == row["sha256"]
+    (b,) = [r for r in ledger_rows(ledger) if r["name"] == "b.csv"]
+    assert b["sha256"] == hashlib.sha256(rewritten.encode()).hexdigest()
+
+
+def _check_rounds(barrier, rounds, results):
+    config = RunConfig(DEFAULT_FEATURES, DEFAULT_TARGETS)
+    for landing, ledger in rounds:
+        barrier.wait(timeout=120)
+        try:
+            results.put(("ok", check_landed(landing, ledger, 5.0, config)))
+        except Exception:
+            results.put(("error", traceback.format_exc()))
+
+
+def test_two_checks_at_once_record_each_file_once(tmp_path):
+    rounds = []
+    for r in range(3):
+        landing, ledger = tmp_path / f"landing-{r}", tmp_path / f"ledger-{r}"
+        landing.mkdir()
+        for i in range(6):
+            land(landing, f"f{i}.csv", csv_text(8, seed=10 * r + i))
+        rounds.append((landing, ledger))
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    checkers = [
+        context.Process(target=_check_rounds, args=(barrier, rounds, results)) for _ in range(2)
+    ]
+    for checker in checkers:
+        checker.start()
+    outcomes = [results.get(timeout=180) for _ in range(2 * len(rounds))]
+    for checker in checkers:
+        checker.join(60)
+        assert checker.exitcode == 0
+    assert [text for kind, text in outcomes if kind == "error"] == []
+    names = [f"f{i}.csv" for i in range(6)]
+    accepted = sorted(name for _, outcome in outcomes for name in outcome["accepted"])
+    assert accepted == sorted(names * len(rounds))  # each file accepted by one of the two
+    for _, ledger in rounds:
+        assert sorted(r["name"] for r in ledger_rows(ledger)) == names
+        assert {r["status"] for r in ledger_rows(ledger)} == {"accepted"}
+        assert sorted(p.name.split("_", 1)[1] for p in landed_files(ledger)) == names
+
+
+def test_a_claim_left_by_a_crashed_check_holds_its_file_only_until_it_expires(dirs):
+    landing, ledger = dirs
+    landed = []
+    for name in ("feb.csv", "jan.csv"):
+        path = land(landing, name, csv_text(5, seed=len(landed)))
+        landed.append(LandedFile(path, sha256_file(path), path.stat().st_size))
+    expired = datetime.now(UTC) - timedelta(seconds=CHECK_TIMEOUT_SECONDS + 1)
+    with open_ledger(ledger) as conn:
+        # Two checks that claimed a file each and died: one just now, one a timeout ago.
+        assert claim_check(conn, landed[0], "died-long-ago", CHECK_TIMEOUT_SECONDS, expired) == (
+            "claimed",
+            None,
+        )
+        assert claim_check(conn, landed[1], "just-died", CHECK_TIMEOUT_SECONDS) == ("claimed", None)
+    assert check(dirs) == {**NOTHING, "accepted": ["feb.csv"], "in_progress": ["jan.csv"]}
+    assert [r["name"] for r in ledger_rows(ledger)] == ["feb.csv"]
+
+
+def test_an_announced_check_looks_again_once_its_waiting_files_have_settled(dirs):
+    landing, _ = dirs
+    young = land(landing, "a.csv", csv_text(), age=3)
+    land(landing, "b.csv", csv_text(), age=8)
+    now = young.stat().st_mtime + 3
+    names = ["a.csv", "b.csv", "gone.csv"]
+    assert time_to_settle(landing, names, 10.0, now) == pytest.approx(7.0)
+    assert time_to_settle(landing, names, 10.0, now + 7) == 0.0
+    land(landing, "a.csv", csv_text(), age=-3600)  # its clock ahead: at most the settle time
+    assert time_to_settle(landing, names, 10.0) == 10.0

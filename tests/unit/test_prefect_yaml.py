@@ -59,12 +59,12 @@ def test_landing_check_starts_on_the_landed_event_with_a_slow_poll_behind_it():
     assert trigger["match"] == {"prefect.resource.id": f"{RESOURCE_PREFIX}*"}
     assert (trigger["posture"], trigger["threshold"]) == ("Reactive", 1)
     assert trigger["within"] == DEBOUNCE_SECONDS  # the run waits out the window it absorbs
+    # No shorter settle time for an announced file: an event does not make a file complete.
     assert trigger["parameters"] == {
         "landed_at": {"__prefect_kind": "jinja", "template": "{{ event.occurred }}"},
-        "settle_seconds": 1,
     }
     flow = load_entrypoint(check["entrypoint"])
-    flow.validate_parameters({"landed_at": "2026-12-01T02:00:00+00:00", "settle_seconds": 1})
+    flow.validate_parameters({"landed_at": "2026-12-01T02:00:00+00:00"})
 
 
 @pytest.mark.parametrize("deployment", DEPLOYMENTS.values(), ids=list(DEPLOYMENTS))
