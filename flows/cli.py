@@ -32,7 +32,7 @@ from prefect.logging.handlers import PrefectConsoleHandler
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from schemas.params import Option
-from tasks.errors import PipelineError
+from tasks.errors import ParameterError, PipelineError
 
 # Prefect must never phone home from these machines; a user's own setting wins.
 OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
@@ -238,7 +238,8 @@ def run_flow(
     """Validate `parameters` against the flow's signature and run `preflight` on them (path
     checks: nothing has started yet), then run the flow and print the summary.
 
-    Returns the exit code: 0 on success, 2 for a bad parameter, 1 for a PipelineError.
+    Returns the exit code: 0 on success, 2 for a bad parameter (its type, bounds, or a path
+    outside the allowed folders), 1 for any other PipelineError.
     Anything else is a bug and keeps its traceback.
     """
     for key, value in OFFLINE_ENV.items():
@@ -262,6 +263,6 @@ def run_flow(
             result = flow(**parameters)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, ParameterError) else 1
     print(summarize(result))
     return 0

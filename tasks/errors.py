@@ -5,6 +5,11 @@ class PipelineError(Exception):
     """Bad input or parameters: reported as one line, never as a traceback."""
 
 
+class ParameterError(PipelineError):
+    """A parameter's value is refused (a path outside the allowed folders, a folder that does not
+    exist, columns that overlap): the command line exits 2, as for a value of the wrong type."""
+
+
 class InputFileError(PipelineError):
     """A file (or the data path) is rejected as a whole."""
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import InputFileError, PipelineError
+from tasks.errors import InputFileError, ParameterError, PipelineError
 
 GLOB_CHARS = frozenset("*?[")
 
@@ -41,14 +41,14 @@ def output_roots() -> list[Path]:
 
 
 def confine(path: str | Path, roots: list[Path], parameter: str) -> Path:
-    """Return `path` unchanged if it resolves under one of `roots`; else raise PipelineError
+    """Return `path` unchanged if it resolves under one of `roots`; else raise ParameterError
     naming the parameter. Nothing at the path is opened."""
     resolved = Path(path).resolve()
     if any(resolved.is_relative_to(root) for root in roots):
         return Path(path)
     env = OUTPUT_ROOTS_ENV if parameter == "output" else DATA_ROOTS_ENV
     allowed = ", ".join(str(root) for root in roots)
-    raise PipelineError(
+    raise ParameterError(
         f"parameter {parameter}: '{path}' is outside the allowed folders ({allowed}); "
         f"set {env} to allow another"
     )
@@ -97,7 +97,8 @@ def check_all(checks: dict[str, Callable[[], Any]]) -> dict[str, Any]:
     if len(problems) == 1:
         raise problems[0]
     if problems:
-        raise PipelineError("; ".join(str(p) for p in problems))
+        every = all(isinstance(p, ParameterError) for p in problems)
+        raise (ParameterError if every else PipelineError)("; ".join(map(str, problems)))
     return results
 
 
@@ -105,5 +106,5 @@ def existing_folder(path: str, roots: list[Path], parameter: str) -> Path:
     """`path` confined to `roots` (see confine), which must be an existing folder."""
     folder = confine(path, roots, parameter)
     if not folder.is_dir():
-        raise PipelineError(f"parameter {parameter}: folder '{path}' not found")
+        raise ParameterError(f"parameter {parameter}: folder '{path}' not found")
     return folder

@@ -50,6 +50,7 @@ from tasks.storage import (
     manifest_path,
     move_parts,
     remove_written,
+    run_folder,
     sweep_temp_files,
     table_path,
     write_json,
@@ -127,10 +128,7 @@ def publish_training(
     report_folder = report_dir(root, run.run_id)
     with publish_lock(root), all_or_nothing(report_folder) as outputs:
         sweep_temp_files(root)
-        for name, frame in tables.items():
-            outputs[name] = write_table(frame, root, name, run, fingerprint)
-        outputs["predictions"] = move_parts(list(emitted.parts), root, "predictions", run.run_id)
-        outputs["quarantine"] = write_quarantine(scan, root, "quarantine", run, fingerprint)
+        write_run_tables(outputs, run, tables, emitted.parts, scan, fingerprint)
         pointer = read_champion(root)
         champion_id = None if pointer is None else pointer["run_id"]
         champion = None if champion_id is None else load_model(root, champion_id)
@@ -155,6 +153,27 @@ def publish_training(
         if promotion["promoted"]:
             write_champion(root, run.run_id, promotion)
     return manifest
+
+
+def write_run_tables(
+    outputs: dict[str, Path],
+    run: RunInfo,
+    tables: dict[str, pd.DataFrame],
+    parts: tuple[Path, ...],
+    scan: Scan,
+    fingerprint: str,
+) -> None:
+    """Write the small tables, move the staged predictions in and write the quarantine. Each
+    goes into `outputs` before it is written, so that a failure part-way through any of them
+    is undone with the rest (all_or_nothing)."""
+    root, run_id = run.output_root, run.run_id
+    for name, frame in tables.items():
+        outputs[name] = table_path(root, name, run_id)
+        write_table(frame, root, name, run, fingerprint)
+    outputs["predictions"] = run_folder(root, "predictions", run_id)
+    move_parts(list(parts), root, "predictions", run_id)
+    outputs["quarantine"] = table_path(root, "quarantine", run_id)
+    write_quarantine(scan, root, "quarantine", run, fingerprint)
 
 
 def fit_inference(scan: Scan, emitted: Emitted, config: RunConfig) -> Inference:
@@ -246,8 +265,9 @@ def _warn(message: str) -> None:
 
 @contextmanager
 def all_or_nothing(*folders: Path) -> Iterator[dict[str, Path]]:
-    """Collects the paths a publish writes; if it fails, removes them again, with `folders`
-    (the champion pointer is replaced last, in one rename, so it never needs undoing)."""
+    """Collects the paths a publish writes, each listed before it is written; if the publish
+    fails, removes them again, with `folders` (the champion pointer is replaced last, in one
+    rename, so it never needs undoing)."""
     written: dict[str, Path] = {}
     try:
         yield written
@@ -265,7 +285,8 @@ def publish_rejection(run: RunInfo, scan: Scan, error: str, kind: str) -> dict[s
     fingerprint = data_fingerprint([f.sha256 for f in scan.files])
     with publish_lock(root), all_or_nothing() as outputs:
         sweep_temp_files(root)
-        outputs[table] = write_quarantine(scan, root, table, run, fingerprint)
+        outputs[table] = table_path(root, table, run.run_id)  # undone too if the write fails
+        write_quarantine(scan, root, table, run, fingerprint)
         manifest = build_manifest(run, scan.files, "failed", outputs, kind=kind, error=error)
         outputs["manifest"] = manifest_path(root, run.run_id)
         write_json(outputs["manifest"], manifest)

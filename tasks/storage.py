@@ -2,7 +2,9 @@
 
 Layout: `<root>/<table>/run_id=<id>/part-0.parquet` per table, `<root>/manifests/<id>.json`.
 Every file is written to a hidden temp name in its final folder and renamed into place, so a reader
-never sees a half-written file; the manifest is written last, and a run counts only once it has one.
+never sees a half-written file; a table written in parts (predictions, scores) moves in as one run
+folder, so a reader sees all its parts or none; the manifest is written last, and a run counts only
+once it has one.
 """
 
 from __future__ import annotations
@@ -133,11 +135,15 @@ def working_files(folder: Path) -> Iterator[None]:
 
 
 def remove_written(paths: list[Path]) -> None:
-    """Remove files a failed publish had written, and their run folders if left empty."""
+    """Remove the files and run folders a failed publish had written (or was about to write),
+    and the run folders they leave empty. Best effort: the error that failed the publish is the
+    one reported, not a later one of the clean-up."""
     for path in paths:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             path.parent.rmdir()
 
@@ -177,9 +183,14 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def run_folder(root: Path, table: str, run_id: str) -> Path:
+    """A run's folder (its partition) in a table."""
+    return root / table / f"run_id={run_id}"
+
+
 def table_path(root: Path, table: str, run_id: str) -> Path:
     """Where a run's part of a table lives."""
-    return root / table / f"run_id={run_id}" / "part-0.parquet"
+    return run_folder(root, table, run_id) / "part-0.parquet"
 
 
 def table_metadata(run: RunInfo, table: str, fingerprint: str) -> dict[bytes, bytes]:
@@ -228,13 +239,23 @@ def write_table_chunks(
 
 
 def move_parts(parts: list[Path], root: Path, table: str, run_id: str) -> Path:
-    """Rename staged Parquet files (already carrying the run's metadata) into the table's run
-    folder, keeping their names; returns the folder."""
-    folder = table_path(root, table, run_id).parent
-    folder.mkdir(parents=True, exist_ok=True)
+    """Move staged Parquet files (already carrying the run's metadata, on the output root's
+    file system) into the table's run folder, keeping their names; returns the folder.
+
+    The parts are gathered out of sight, in a new folder beside the first, which then becomes
+    the run folder in one rename: readers see every part or none, and a failure leaves the
+    table as it was (the gathered parts stay in the run's working files)."""
+    folder = run_folder(root, table, run_id)
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if not parts:
+            folder.mkdir()
+            return folder
+        whole = parts[0].parent / f".{table}-{run_id}"
+        whole.mkdir()
         for part in parts:
-            part.replace(folder / part.name)
+            part.replace(whole / part.name)
+        whole.rename(folder)
     except OSError as exc:
         raise PublishError(
             f"{folder}: could not move the staged files in ({_describe(exc)})"

@@ -4,14 +4,18 @@ is visible only once its manifest exists."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -22,7 +26,7 @@ import pytest
 from flows.train import train_sales_model
 from flows.watch import watch_landing
 from schemas.outputs import TABLES as OUTPUT_TABLES
-from tasks.errors import InputFileError, TrainingError
+from tasks.errors import InputFileError, PipelineError, TrainingError
 from tasks.ledger import ledger_rows
 from tasks.promote import output_lock
 from tests.conftest import HEADER, REPO, sales_rows
@@ -193,6 +197,102 @@ def test_disk_full_while_writing_is_a_clear_error_and_changes_nothing(
     assert f"{output}/{failing}/" in error
     assert snapshot(output) == before  # whatever the run had written is gone again
     assert not list(output.rglob(".*.tmp"))
+
+
+class RenameFaults:
+    """os.replace and os.rename (Path.replace, Path.rename and shutil.move go through them),
+    counting the calls that move something into sight under an output root (not into its
+    working files or the pass-1 cache) and failing the `fail_at`-th with ENOSPC."""
+
+    def __init__(self, monkeypatch, root, fail_at=None):
+        self.root, self.fail_at, self.calls = root.resolve(), fail_at, 0
+        for name in ("replace", "rename"):
+            monkeypatch.setattr(os, name, self._wrap(getattr(os, name)))
+
+    def _wrap(self, real):
+        def move(src, dst, *args, **kwargs):
+            if self._in_sight(dst):
+                self.calls += 1
+                if self.calls == self.fail_at:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+            return real(src, dst, *args, **kwargs)
+
+        return move
+
+    def _in_sight(self, path):
+        path = Path(path).resolve()
+        if not path.is_relative_to(self.root):
+            return False
+        return not {".staging", ".cache"} & set(path.relative_to(self.root).parts)
+
+
+def digests(root, run_id):
+    """sha256 of every file of one run (its tables' parts, manifest and report) and of the
+    champion pointer."""
+    files = [
+        *root.glob(f"*/run_id={run_id}/*"),
+        root / "manifests" / f"{run_id}.json",
+        *(root / "reports" / run_id).iterdir(),
+        root / "champion.json",
+    ]
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def parts_read(root, table, run_id):
+    """How many Parquet files of a run DuckDB reads in a table."""
+    ((count,),) = duckdb.sql(
+        f"select count(distinct filename) from read_parquet('{root}/{table}/*/*.parquet', "
+        f"hive_partitioning=true, filename=true) where run_id = '{run_id}'"
+    ).fetchall()
+    return count
+
+
+def what_readers_see(root):
+    """Per table, the run ids the analysts' readers see; the manifests; the report folders;
+    the champion pointer."""
+    return {
+        "tables": {t: run_ids_seen(root, t) for t in TABLES if (root / t).exists()},
+        "manifests": sorted(p.name for p in (root / "manifests").iterdir()),
+        "reports": sorted(p.name for p in (root / "reports").iterdir()),
+        "champion": (root / "champion.json").read_text(),
+    }
+
+
+def test_a_publish_failing_at_any_step_leaves_no_trace_of_the_run(
+    trained, write_csv, tmp_path, monkeypatch
+):
+    _, output, first = trained
+    # Three input files: at least three predictions parts, so a failure can fall between two.
+    files = [
+        str(
+            write_csv(
+                "\n".join([HEADER, *sales_rows(60, seed=20 + i, start=100 * i)]) + "\n",
+                f"part{i}.csv",
+            )
+        )
+        for i in range(3)
+    ]
+    run = {"data": files, "promotion_tolerance": 1e6}  # promoted: the champion moves too
+    probe = tmp_path / "probe"
+    shutil.copytree(output, probe)
+    with monkeypatch.context() as patch:
+        clean = RenameFaults(patch, probe)
+        manifest = train_sales_model(output=str(probe), **run)
+    assert manifest["promotion"]["promoted"]
+    assert parts_read(probe, "predictions", manifest["run_id"]) >= 3
+    assert clean.calls, "the publish moves nothing into place: inject its faults another way"
+
+    before, earlier = what_readers_see(output), digests(output, first["run_id"])
+    for fail_at in range(1, clean.calls + 1):
+        with monkeypatch.context() as patch:
+            RenameFaults(patch, output, fail_at)
+            with pytest.raises(PipelineError) as failed:
+                train_sales_model(output=str(output), **run)
+        message = str(failed.value)
+        assert "No space left on device" in message, fail_at
+        assert "\n" not in message
+        assert what_readers_see(output) == before, f"failure at move {fail_at}"
+        assert digests(output, first["run_id"]) == earlier, f"failure at move {fail_at}"
 
 
 def test_kill_during_training_publishes_nothing_and_the_next_run_succeeds(trained, prefect_api_url):

@@ -181,7 +181,7 @@ def test_cli_trains_and_prints_where_the_outputs_are(sales_csv, tmp_path, prefec
         (["--holdout-fraction", "1.5"], 2, "error: parameter holdout_fraction:"),
         (["--dtype", "float16"], 2, "error: parameter dtype:"),
         (["--data", "data/no-such-file.csv"], 1, "error: data/no-such-file.csv: file not found"),
-        (["--data", "/etc/passwd"], 1, "error: parameter data: '/etc/passwd' is outside"),
+        (["--data", "/etc/passwd"], 2, "error: parameter data: '/etc/passwd' is outside"),
         (
             ["--features", "price_k", "--targets", "price_k"],
             1,

@@ -138,7 +138,7 @@ def test_a_missing_landing_folder_is_an_error_and_creates_nothing(tmp_path, caps
     from flows.watch import main
 
     code = main(["--landing", str(tmp_path / "incoming"), "--ledger", str(tmp_path / "ledger")])
-    assert code == 1
+    assert code == 2  # a parameter refused
     assert (
         capsys.readouterr().err
         == f"error: parameter landing: folder '{tmp_path}/incoming' not found\n"

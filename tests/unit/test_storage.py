@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow
 import pyarrow.parquet as pq
 import pytest
 
@@ -22,8 +23,12 @@ from tasks.storage import (
     _RunClock,
     atomic_write,
     format_run_id,
+    move_parts,
     new_run,
+    remove_written,
+    run_folder,
     sweep_temp_files,
+    table_path,
     write_table,
 )
 
@@ -59,6 +64,31 @@ def test_tables_carry_run_metadata_and_are_hive_partitioned(tmp_path):
     assert meta[b"schema_version"].decode() == SCHEMA_VERSION
     assert json.loads(meta[b"parameters"]) == {"features": ["x"], "seed": 1}
     assert pd.read_parquet(path)["a"].tolist() == [1.0, 2.0]
+
+
+def test_staged_parts_move_in_as_one_run_folder(tmp_path):
+    staged = [tmp_path / ".staging" / folder / "predictions" for folder in ("a.1", "b.2")]
+    parts = []
+    for i, folder in enumerate(staged):
+        folder.mkdir(parents=True)
+        parts.append(folder / f"part-{i}.parquet")
+        pq.write_table(pyarrow.table({"x": [float(i)]}), parts[-1])
+    folder = move_parts(parts, tmp_path, "predictions", "r1")
+    assert folder == run_folder(tmp_path, "predictions", "r1")
+    assert sorted(p.name for p in folder.iterdir()) == ["part-0.parquet", "part-1.parquet"]
+    assert sorted(pd.read_parquet(tmp_path / "predictions")["x"]) == [0.0, 1.0]
+    with pytest.raises(PublishError, match=r"run_id=r1: could not move the staged files in"):
+        move_parts([], tmp_path, "predictions", "r1")  # the run's folder is there already
+
+
+def test_a_failed_publish_removes_what_it_listed_written_or_not(tmp_path):
+    moved = run_folder(tmp_path, "predictions", "r1")
+    moved.mkdir(parents=True)
+    (moved / "part-0.parquet").write_bytes(b"x")
+    unwritten = table_path(tmp_path, "weights", "r1")
+    unwritten.parent.mkdir(parents=True)  # as a write that failed leaves it
+    remove_written([moved, unwritten])
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() or p.name.startswith("run_id=")]
 
 
 def test_sweep_removes_temp_files_of_dead_writers_only(tmp_path):
