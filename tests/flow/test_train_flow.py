@@ -211,7 +211,7 @@ def test_every_path_problem_is_reported_at_once_before_prefect_starts(tmp_path):
         text=True,
         timeout=300,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2  # parameters refused
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: parameter data: '/etc/passwd' is outside the allowed folders")
     assert "; parameter output: '/etc/out' is outside the allowed folders" in line
