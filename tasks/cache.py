@@ -167,7 +167,11 @@ class Pass1Cache:
                 total -= size
         now = time.time()
         for tmp in self.folder.glob("tmp-*"):
-            if now - tmp.stat().st_mtime > STALE_TMP_SECONDS:
+            try:
+                stale = now - tmp.stat().st_mtime > STALE_TMP_SECONDS
+            except FileNotFoundError:  # a store that ended meanwhile (its own, unlocked, end)
+                continue
+            if stale:
                 shutil.rmtree(tmp, ignore_errors=True)
 
 

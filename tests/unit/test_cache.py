@@ -260,7 +260,7 @@ def test_a_stores_sweep_removes_the_folders_of_stores_killed_long_ago(tmp_path):
 
 
 def test_loads_racing_stores_and_evictions_get_a_whole_scan_or_none(tmp_path):
-    entries = [built(tmp_path, seed=s, name=f"f{s}.csv", rows=120) for s in range(3)]
+    entries = [built(tmp_path, seed=s, name=f"f{s}.csv", rows=40) for s in range(3)]
     sizer = Pass1Cache(tmp_path / "sizes", 1 << 30)
     for _, scan, key in entries:
         sizer.store(key, scan)
@@ -270,7 +270,7 @@ def test_loads_racing_stores_and_evictions_get_a_whole_scan_or_none(tmp_path):
 
     def work(worker):
         got = []
-        for i in range(12):
+        for i in range(20):
             _, scan, key = entries[(worker + i) % 3]
             cache.store(key, scan)
             path, _, other = entries[(worker + i + 1) % 3]
