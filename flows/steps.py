@@ -65,8 +65,8 @@ def scan_inputs(
     a file whose pass-1 result is cached is not parsed, and every file parsed is cached."""
     lookups = []
     if cache is not None:
-        for index, (file, _) in enumerate(plans):
-            lookups.append(lookup_task.submit(cache, file.path, index, config, staging))
+        for index, (file, spans) in enumerate(plans):
+            lookups.append(lookup_task.submit(cache, file, spans, index, config, staging))
     wait(lookups)
     found = [lookup.result() for lookup in lookups] or [None] * len(plans)
     cluster = on_cluster()
@@ -78,17 +78,17 @@ def scan_inputs(
             scan_range_task.submit(file, span, config, staging, f"{index:05d}-{span.index:04d}")
             for span in spans
         ]
-        sha256 = None
-        if len(spans) > 1:
-            sha256 = lookup.sha256 if lookup is not None else hash_input_task.submit(file.path)
+        hashed = lookup.hashed if lookup is not None else None
+        if hashed is None and len(spans) > 1:  # what the ranges read is checked against it
+            hashed = hash_input_task.submit(file, spans)
         if not cluster:
             wait(ranges)  # one file at a time: each already uses every core
-        submitted.append((index, file, ranges, sha256))
+        submitted.append((index, file, ranges, hashed))
     scans = {i: lookup.scan for i, lookup in enumerate(found) if lookup and lookup.scan}
     finished = {}
-    for index, file, ranges, sha256 in submitted:
+    for index, file, ranges, hashed in submitted:
         scanned = [future.result() for future in ranges]  # a file's own error, in file order
-        finished[index] = finish_input_task.submit(file, index, scanned, sha256, config, staging)
+        finished[index] = finish_input_task.submit(file, index, scanned, hashed, config, staging)
     wait(list(finished.values()))
     scans |= {index: future.result() for index, future in finished.items()}
     if cache is not None:

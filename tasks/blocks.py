@@ -1,5 +1,6 @@
 """The blocks of a byte range read in order (the range's sha256 and line count from the same
-read), one block parsed as text, and lines read back by number.
+read), one block parsed as text, and lines read back by number (refused if their block's bytes
+changed since it was parsed).
 
 Every column is read as text, so that one odd value cannot change a whole column's type; numbers
 are parsed under our control (tasks/numbers.py). A value may not run over a line end (such a
@@ -13,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from tasks.csvfile import ByteRange, CsvFile
+from tasks.csvfile import ByteRange, CsvFile, changed_message
 from tasks.errors import InputFileError
 
 
@@ -61,7 +63,8 @@ def read_blocks(
             buf = bytearray(len(carry) + min(block_bytes, left))
             buf[: len(carry)] = carry
             got = fh.readinto(memoryview(buf)[len(carry) :]) if left > 0 else 0
-            left -= got
+            # a file cut short since the plan ends the range where it ends (the digest tells)
+            left = left - got if got else 0
             size = len(carry) + got
             digest.update(memoryview(buf)[len(carry) : size])
             cut = buf.rfind(b"\n", 0, size) + 1 if left > 0 else size
@@ -199,12 +202,17 @@ def _explain(file: CsvFile, block: Block, exc: pa.ArrowInvalid) -> Exception:
     return InputFileError(f"{file.path}: could not parse as CSV: {first}")
 
 
-def read_lines(path: Path, offset: int, data_bytes: int, wanted: list[int]) -> dict[int, str]:
-    """Lines of a block read back from the file (the block at `offset`, `data_bytes` long; its
-    first line numbered 0): {line index: text without its line end}."""
+def read_lines(
+    path: Path, offset: int, data_bytes: int, crc: int, wanted: list[int]
+) -> dict[int, str]:
+    """Lines of a block read back from the file (the block at `offset`, `data_bytes` long, the
+    crc32 of its bytes when it was parsed; its first line numbered 0): {line index: text
+    without its line end}. Raises InputFileError if the block's bytes are no longer those."""
     with path.open("rb") as fh:
         fh.seek(offset)
         data = fh.read(data_bytes)
+    if zlib.crc32(data) != crc:
+        raise InputFileError(changed_message(path, f"bytes {offset}-{offset + data_bytes}"))
     found = data.split(b"\n")
     return {i: found[i].removesuffix(b"\r").decode("utf-8") for i in wanted}
 
@@ -215,15 +223,15 @@ class LineReader:
     def __init__(
         self, file: CsvFile, ranges: list[np.ndarray], offsets: list[int], id_column: str
     ) -> None:
-        """`ranges`: per byte range, its blocks as (file offset, local first line, bytes);
-        `id_column` the column `ids` reads."""
+        """`ranges`: per byte range, its blocks as (file offset, local first line, bytes,
+        crc32 of the bytes); `id_column` the column `ids` reads."""
         self.file = file
         blocks = [
-            np.column_stack([r[:, 0], r[:, 1] + off, r[:, 2]])
+            np.column_stack([r[:, 0], r[:, 1] + off, r[:, 2], r[:, 3]])
             for r, off in zip(ranges, offsets, strict=True)
             if len(r)
         ]
-        self.blocks = np.concatenate(blocks) if blocks else np.zeros((0, 3), np.int64)
+        self.blocks = np.concatenate(blocks) if blocks else np.zeros((0, 4), np.int64)
         self.id_column = id_column
         self.id_field = file.header.index(id_column)
 
@@ -231,9 +239,9 @@ class LineReader:
         found: dict[int, str] = {}
         which = np.searchsorted(self.blocks[:, 1], lines, side="right") - 1
         for b in np.unique(which):
-            offset, first, size = self.blocks[b]
+            offset, first, size, crc = map(int, self.blocks[b])
             wanted = lines[which == b]
-            got = read_lines(self.file.path, int(offset), int(size), list(wanted - first))
+            got = read_lines(self.file.path, offset, size, crc, list(wanted - first))
             found |= {int(first + i): text for i, text in got.items()}
         return found
 

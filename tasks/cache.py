@@ -45,7 +45,7 @@ from tasks.cache_entry import (
     verify,
     write_entry,
 )
-from tasks.csvfile import sha256_file
+from tasks.csvfile import ByteRange, CsvFile, FileHash, hash_file
 from tasks.dataset import Scan
 from tasks.runlog import run_logger
 
@@ -167,7 +167,11 @@ class Pass1Cache:
                 total -= size
         now = time.time()
         for tmp in self.folder.glob("tmp-*"):
-            if now - tmp.stat().st_mtime > STALE_TMP_SECONDS:
+            try:
+                stale = now - tmp.stat().st_mtime > STALE_TMP_SECONDS
+            except FileNotFoundError:  # a store that ended meanwhile (its own, unlocked, end)
+                continue
+            if stale:
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -182,22 +186,29 @@ def _remove(entry: Path, folder: Path) -> None:
 
 @dataclass(frozen=True)
 class Lookup:
-    """A file's cache lookup: its sha256, its entry key, and its Scan if the entry was good."""
+    """A file's cache lookup: its hash pass (sha256 and the ranges', see FileHash), its entry
+    key, and its Scan if the entry was good."""
 
-    sha256: str
+    hashed: FileHash
     key: str
     scan: Scan | None
 
 
-@task(cache_policy=NONE, task_run_name="cache-{path.name}")
+@task(cache_policy=NONE, task_run_name="cache-{file.path.name}")
 def lookup_task(
-    cache: Pass1Cache, path: Path, index: int, config: RunConfig, staging: Path
+    cache: Pass1Cache,
+    file: CsvFile,
+    spans: list[ByteRange],
+    index: int,
+    config: RunConfig,
+    staging: Path,
 ) -> Lookup:
-    """Hash a file and look its pass-1 result up in the cache."""
+    """Hash a file (with its byte ranges `spans`) and look its pass-1 result up in the cache."""
+    path = file.path
     started = time.perf_counter()
-    sha256 = sha256_file(path)
-    key = pass1_key(sha256, config)
-    hashed = time.perf_counter()
+    hashed = hash_file(path, spans)
+    key = pass1_key(hashed.sha256, config)
+    hashed_at = time.perf_counter()
     try:
         scan = cache.load(key, str(path), index, staging)
     except OSError as exc:  # an unreadable cache folder: the file is parsed, the run goes on
@@ -207,10 +218,10 @@ def lookup_task(
         "%s: %s (hashed in %.2f s, entry read and checked in %.2f s)",
         path,
         "read from the pass-1 cache" if scan is not None else "not in the pass-1 cache",
-        hashed - started,
-        time.perf_counter() - hashed,
+        hashed_at - started,
+        time.perf_counter() - hashed_at,
     )
-    return Lookup(sha256, key, scan)
+    return Lookup(hashed, key, scan)
 
 
 @task(cache_policy=NONE, task_run_name="keep-{scan.parts[0].index}")
@@ -219,7 +230,7 @@ def store_task(cache: Pass1Cache, lookup: Lookup, scan: Scan) -> None:
     cache only saves work: a store that fails (disk full, permissions) is logged and the run
     goes on."""
     path = scan.files[0].path
-    if scan.files[0].sha256 != lookup.sha256:
+    if scan.files[0].sha256 != lookup.hashed.sha256:  # (see tasks/dataset.py sha256_read)
         run_logger().warning("%s changed while it was read: its pass-1 result is not cached", path)
         return
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +38,20 @@ def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
+        while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+_CHUNK = 1 << 20
+
+
+def changed_message(path: Path, where: str) -> str:
+    """The error of a file that changed while pass 1 read it."""
+    return (
+        f"{path}: changed while it was read ({where}); nothing of it was used: run again once "
+        "the file is complete"
+    )
 
 
 def open_csv(path: Path, required: list[str], allowed: set[str]) -> CsvFile:
@@ -61,9 +73,14 @@ def open_csv(path: Path, required: list[str], allowed: set[str]) -> CsvFile:
         raise InputFileError(f"{path}: line 1 (header) is not valid UTF-8") from None
     if not text.strip():
         raise InputFileError(f"{path}: line 1 is blank; expected a header row")
-    header = tuple(next(csv.reader([text.rstrip("\r\n")])))
+    header = header_fields(text)
     check_header(path, header, required, allowed)
     return CsvFile(path, path.stat().st_size, header, len(first))
+
+
+def header_fields(text: str) -> tuple[str, ...]:
+    """The column names of a header line (its BOM and line end removed)."""
+    return tuple(next(csv.reader([text.rstrip("\r\n")])))
 
 
 def check_header(
@@ -125,3 +142,34 @@ def split_ranges(file: CsvFile, range_bytes: int) -> list[ByteRange]:
                 cuts.append(fh.tell())
     cuts.append(file.size)
     return [ByteRange(a, b, i) for i, (a, b) in enumerate(itertools.pairwise(cuts))]
+
+
+@dataclass(frozen=True)
+class FileHash:
+    """A file's sha256 and, from the same read, the sha256 of each byte range of its plan: the
+    first with the header, the last up to the end of the file (so bytes added later count).
+    A range that no longer ends with a line end where the plan cut it has "" (the file changed
+    after it was cut): no read of the range can match it."""
+
+    sha256: str
+    ranges: tuple[str, ...]
+
+
+def hash_file(path: Path, spans: list[ByteRange]) -> FileHash:
+    """The file's FileHash, in one read; the range sha256s are taken on a second thread."""
+    if len(spans) == 1:  # the whole file is the one range
+        sha256 = sha256_file(path)
+        return FileHash(sha256, (sha256,))
+    whole, digests = hashlib.sha256(), []
+    with path.open("rb") as fh, ThreadPoolExecutor(1) as pool:
+        for span in spans:
+            last = span.index == len(spans) - 1
+            part, tail = hashlib.sha256(), b""
+            while chunk := fh.read(_CHUNK if last else min(_CHUNK, span.end - fh.tell())):
+                done = pool.submit(part.update, chunk)
+                whole.update(chunk)
+                done.result()
+                tail = chunk[-1:]
+            fits = last or (fh.tell() == span.end and tail == b"\n")
+            digests.append(part.hexdigest() if fits else "")
+    return FileHash(whole.hexdigest(), tuple(digests))

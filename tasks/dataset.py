@@ -1,10 +1,11 @@
 """A run's data after pass 1: per file and summed over files, one type (Scan).
 
 finish_file turns the byte ranges of one file (tasks/scan.py) into the file's part of a Scan:
-line numbers made absolute, the refusal (if any) raised with its line, repeated ids found over
-the whole file (tasks/dedup.py) and quarantined with their text, and the file's statistics
-summed again without them. Scans of several files add up (`+`): what training, the gate, the
-metrics and pass 2 read.
+the bytes each range parsed checked against the file's hash pass (a file that changed while it
+was read is refused, see sha256_read), line numbers made absolute, the refusal (if any) raised
+with its line, repeated ids found over the whole file (tasks/dedup.py) and quarantined with
+their text, and the file's statistics summed again without them. Scans of several files add
+up (`+`): what training, the gate, the metrics and pass 2 read.
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ from schemas.params import RunConfig
 from schemas.sales import allowed_columns, required_columns
 from tasks.batchstats import BatchStats, batch_stats
 from tasks.blocks import LineReader
-from tasks.csvfile import ByteRange, CsvFile, open_csv, sha256_file, split_ranges
+from tasks.csvfile import (
+    ByteRange,
+    CsvFile,
+    FileHash,
+    changed_message,
+    hash_file,
+    open_csv,
+    split_ranges,
+)
 from tasks.dedup import duplicate_records, repeated_ids
 from tasks.errors import InputFileError
 from tasks.profile import ProfileSketch, profile_table
@@ -154,13 +163,15 @@ def finish_file(
     file: CsvFile,
     index: int,
     ranges: list[RangeScan],
-    sha256: str | None,
+    hashed: FileHash | None,
     config: RunConfig,
     staging: Path,
 ) -> Scan:
-    """One file's ranges -> the file's Scan (see the module docstring). `sha256` is the file's
-    hash when it was split into several ranges (one range hashes the whole file itself)."""
+    """One file's ranges -> the file's Scan (see the module docstring). `hashed` is the hash
+    pass over the file (see sha256_read); None for a file read as one range and not looked
+    up in the cache (that range hashes the whole file itself)."""
     source = str(file.path)
+    sha256 = sha256_read(file, ranges, hashed)
     offsets = list(np.cumsum([FIRST_DATA_LINE] + [r.lines for r in ranges[:-1]]))
     refused = [
         (off + r.rejection[0], r.rejection[1])
@@ -205,13 +216,32 @@ def finish_file(
     accepted = sum(r.accepted for r in ranges) - len(excluded)
     report = FileReport(
         source,
-        ranges[0].sha256 if len(ranges) == 1 else sha256,
+        sha256,
         file.size,
         rows,
         accepted,
         rows - accepted,
     )
     return Scan((report,), (part,), stats.train, stats.holdout, stats.profile)
+
+
+def sha256_read(file: CsvFile, ranges: list[RangeScan], hashed: FileHash | None) -> str:
+    """The sha256 of the file pass 1 read. Each range's scan hashed the bytes it parsed; the
+    hash pass read them too: if the two differ, the file changed in between. A file of several
+    ranges may then have been read as a mix of two versions and is refused; a file of one
+    range was read whole and gets the sha256 of what was read (so the cache keeps nothing of
+    it: tasks/cache.py store_task). A range refused at a line stopped reading there: it is
+    not compared, its refusal is what the file gets."""
+    if hashed is None:
+        return ranges[0].sha256
+    pairs = zip(ranges, hashed.ranges, strict=True)
+    changed = [r.span for r, h in pairs if r.rejection is None and r.sha256 != h]
+    if not changed:
+        return hashed.sha256
+    if len(ranges) == 1:
+        return ranges[0].sha256
+    where = f"bytes {changed[0].start}-{changed[0].end}"
+    raise InputFileError(changed_message(file.path, where))
 
 
 def open_input(path: Path, config: RunConfig) -> CsvFile:
@@ -228,8 +258,8 @@ def scan_file(path: Path, index: int, config: RunConfig, staging: Path) -> Scan:
         scan_range(file, span, config, staging, f"{index:05d}-{span.index:04d}")
         for span in split_ranges(file, config.split_bytes)
     ]
-    sha256 = sha256_file(path) if len(ranges) > 1 else None
-    return finish_file(file, index, ranges, sha256, config, staging)
+    hashed = hash_file(path, [r.span for r in ranges]) if len(ranges) > 1 else None
+    return finish_file(file, index, ranges, hashed, config, staging)
 
 
 @task(**FILE_READ_TASK, task_run_name="open-{path.name}")
@@ -239,10 +269,11 @@ def open_input_task(path: Path, config: RunConfig) -> tuple[CsvFile, list[ByteRa
     return file, split_ranges(file, config.split_bytes)
 
 
-@task(**FILE_READ_TASK, task_run_name="hash-{path.name}")
-def hash_input_task(path: Path) -> str:
-    """The sha256 of a file split into several ranges (one range hashes itself as it reads)."""
-    return sha256_file(path)
+@task(**FILE_READ_TASK, task_run_name="hash-{file.path.name}")
+def hash_input_task(file: CsvFile, spans: list[ByteRange]) -> FileHash:
+    """The hash pass over a file split into several ranges (one range hashes itself as it
+    reads)."""
+    return hash_file(file.path, spans)
 
 
 @task(cache_policy=NONE, task_run_name="check-{file.path.name}")
@@ -250,12 +281,12 @@ def finish_input_task(
     file: CsvFile,
     index: int,
     ranges: list[RangeScan],
-    sha256: str | None,
+    hashed: FileHash | None,
     config: RunConfig,
     staging: Path,
 ) -> Scan:
     """finish_file as a task, logging the file's row counts."""
-    scan = finish_file(file, index, ranges, sha256, config, staging)
+    scan = finish_file(file, index, ranges, hashed, config, staging)
     report = scan.files[0]
     get_run_logger().info(
         "%s: %d data rows, %d accepted, %d quarantined",

@@ -17,7 +17,9 @@ in block order, so that records, spills and sums do not depend on timing:
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,8 +35,9 @@ from schemas.outputs import QUARANTINE_ARROW
 from schemas.params import RunConfig
 from tasks.batchstats import BatchStats, batch_stats, take_rows
 from tasks.blocks import Block, ByteRange, LineRejection, parse_block, read_blocks
-from tasks.csvfile import CsvFile
+from tasks.csvfile import UTF8_BOM, CsvFile, changed_message, header_fields
 from tasks.dedup import KeyWriter, partitions_for
+from tasks.errors import InputFileError
 from tasks.retry import FILE_READ_TASK
 from tasks.screen import screen_block
 from tasks.spill import SpillWriter, spill_batch
@@ -48,8 +51,9 @@ from tasks.validate import quarantine_table
 class RangeScan:
     """Pass 1's result for one byte range. Lines are local (the range's first line is 0).
     `spill` holds the chunk files of accepted rows; `keys` the duplicate-key partitions;
-    `blocks` (file offset, first line, bytes) per block, to read lines back; `rejection` is
-    (local line, message with `{line}`) when the file is refused there."""
+    `blocks` (file offset, first line, bytes, crc32) per block, to read lines back;
+    `rejection` is (local line, message with `{line}`) when the file is refused there; `sha256`
+    is that of the bytes the range parsed (the first range's with the header)."""
 
     path: Path
     span: ByteRange
@@ -73,9 +77,19 @@ def scan_range(
     digest = hashlib.sha256()
     if span.start == file.data_start:
         with file.path.open("rb") as fh:
-            digest.update(fh.read(file.data_start))
+            head = fh.readline()
+        if len(head) != file.data_start or _fields(head) != file.header:
+            raise InputFileError(changed_message(file.path, "line 1, the header"))
+        digest.update(head)
     with working_files(staging):
         return _scan(file, span, config, staging / name, digest)
+
+
+def _fields(head: bytes) -> tuple[str, ...] | None:
+    try:
+        return header_fields(head.removeprefix(UTF8_BOM).decode("utf-8"))
+    except (UnicodeDecodeError, csv.Error):
+        return None
 
 
 def _scan(
@@ -111,7 +125,7 @@ def _scan(
                     future.cancel()
     finally:
         quarantine, spill, keys = state.close()
-    blocks = np.array(state.blocks, dtype=np.int64).reshape(-1, 3)
+    blocks = np.array(state.blocks, dtype=np.int64).reshape(-1, 4)
     return RangeScan(
         file.path, span, state.lines, state.rows, state.accepted, state.stats,
         quarantine, spill, keys, blocks, digest.hexdigest(), rejection,
@@ -120,10 +134,11 @@ def _scan(
 
 @dataclass(frozen=True)
 class _Screened:
-    """A block after the screen: its rows the screen cleared (as a spill batch, with their
-    hashes and statistics) and the suspects to gather."""
+    """A block after the screen: the crc32 of its bytes, its rows the screen cleared (as a
+    spill batch, with their hashes and statistics) and the suspects to gather."""
 
     block: Block
+    crc: int
     rows: int
     clean: pa.RecordBatch
     clean_hashes: np.ndarray
@@ -151,7 +166,8 @@ def _screen(file: CsvFile, block: Block, config: RunConfig, below: np.uint64) ->
         text.parse_errors,
     )
     rows = text.rows.num_rows + len(text.parse_errors)
-    return _Screened(block, rows, batch, hashes, stats, suspects)
+    crc = zlib.crc32(block.data)  # lines read back later are checked against it
+    return _Screened(block, crc, rows, batch, hashes, stats, suspects)
 
 
 class _RangeState:
@@ -161,7 +177,7 @@ class _RangeState:
         folder.mkdir(parents=True, exist_ok=True)
         self.lines = self.rows = self.accepted = 0
         self.stats = BatchStats.zero(config)
-        self.blocks: list[tuple[int, int, int]] = []
+        self.blocks: list[tuple[int, int, int, int]] = []
         self.spill = SpillWriter(folder, config)
         self.keys = KeyWriter(folder, partitions_for(file.size))
         self.quarantine_path = folder / "quarantine.parquet"
@@ -179,7 +195,7 @@ class _RangeState:
             self._accept(done.accepted, done.hashes, done.stats)
             return None
         block = done.block
-        self.blocks.append((block.offset, block.first_line, len(block.data)))
+        self.blocks.append((block.offset, block.first_line, len(block.data), done.crc))
         self.lines += block.lines
         self.rows += done.rows
         self._accept(done.clean, done.clean_hashes, done.stats)

@@ -10,6 +10,8 @@ path hashes a 1M-row batch in milliseconds.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -77,12 +79,15 @@ def hash_values(values: np.ndarray, seed: int) -> np.ndarray:
 
 
 _CHUNK_BYTES = 1 << 20
+# One pair of tables (one seed per run), shared by the threads of the process.
 _TABLES: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+_TABLES_LOCK = threading.Lock()
 
 
 def _power_tables(r: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """r^i and r^-i modulo 2^64 for i < size (r odd), cached per r."""
-    cached = _TABLES.get(r)
+    with _TABLES_LOCK:
+        cached = _TABLES.get(r)
     if cached is not None and len(cached[0]) >= size:
         return cached
     size = max(size, _CHUNK_BYTES + 1)
@@ -95,9 +100,11 @@ def _power_tables(r: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         table[0] = 1
         with np.errstate(over="ignore"):
             tables.append(np.cumprod(table, dtype=np.uint64))
-    _TABLES.clear()  # one seed per run: keep one pair of tables
-    _TABLES[r] = (tables[0], tables[1])
-    return _TABLES[r]
+    built = (tables[0], tables[1])
+    with _TABLES_LOCK:
+        _TABLES.clear()
+        _TABLES[r] = built
+    return built
 
 
 def unit_interval(hashes: np.ndarray) -> np.ndarray:

@@ -9,6 +9,8 @@ file by tasks/dedup.py. Also here: the run-level checks (columns, the bad-row fr
 
 from __future__ import annotations
 
+import itertools
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,11 +123,34 @@ def check_rows(
     return CheckedRows(typed, keep, quarantine.astype({"source_line": "int64"}))
 
 
-# pandera's verdicts on single values, (schema, column, value) -> the checks it
-# failed: a column's checks look at one value at a time, so a verdict holds wherever the value
-# comes back, and pandera (about 0.1 s a call) is asked about new values only.
-_VERDICTS: dict[tuple, tuple[str, ...]] = {}
+# pandera's verdicts on single values, (schema, column, value) -> the checks it failed: a
+# column's checks look at one value at a time, so a verdict holds wherever the value comes back,
+# and pandera (about 0.1 s a call) is asked about new values only. At most _VERDICTS_KEPT are
+# kept, the oldest dropped first.
 _VERDICTS_KEPT = 100_000
+
+
+class _VerdictCache:
+    """Verdicts shared by every check of the process (threads included): a check copies out
+    what it needs and adds what it learnt, each under the lock, so that whatever other checks
+    drop meanwhile, it works on its own copy."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[tuple, tuple[str, ...]] = {}
+
+    def known(self, keys: list[tuple]) -> dict[tuple, tuple[str, ...]]:
+        with self._lock:
+            return {key: self._kept[key] for key in keys if key in self._kept}
+
+    def add(self, verdicts: dict[tuple, tuple[str, ...]], limit: int) -> None:
+        with self._lock:
+            self._kept |= verdicts
+            for key in list(itertools.islice(self._kept, max(0, len(self._kept) - limit))):
+                del self._kept[key]
+
+
+_VERDICTS = _VerdictCache()
 
 
 def _schema_failures(typed, rows, config, source, unparsed) -> pd.DataFrame:
@@ -137,21 +162,16 @@ def _schema_failures(typed, rows, config, source, unparsed) -> pd.DataFrame:
     which = (config.features, config.targets, config.id_column)
     columns = {name: typed[name] for name in schema.columns if name not in config.values}
     columns |= {name: typed[name].to_numpy() for name in config.values}
-    suspects, unknown = {}, {}
+    suspects = {}
     for name, cleared in cell_screen(schema, columns, unparsed).items():
         cells = np.flatnonzero(~cleared)
         if len(cells):
             codes, distinct = pd.factorize(typed[name].iloc[cells], use_na_sentinel=False)
-            keys = [(which, name, _value_key(v)) for v in distinct]
-            suspects[name] = (cells, codes, keys)
-            unknown[name] = [
-                v for v, key in zip(distinct, keys, strict=True) if key not in _VERDICTS
-            ]
-    if any(unknown.values()):
-        _ask_pandera(schema, typed, unknown, which, source)
+            suspects[name] = (cells, codes, distinct)
+    verdicts = _judge(schema, typed, {n: s[2] for n, s in suspects.items()}, which, source)
     hits = []
-    for name, (cells, codes, keys) in suspects.items():
-        pairs = [(u, check) for u, key in enumerate(keys) for check in _VERDICTS[key]]
+    for name, (cells, codes, _) in suspects.items():
+        pairs = [(u, check) for u, checks in enumerate(verdicts[name]) for check in checks]
         if pairs:
             failed = pd.DataFrame(pairs, columns=["index", "check"])
             cell_codes = pd.DataFrame({"pos": cells, "index": codes})
@@ -174,12 +194,30 @@ def _schema_failures(typed, rows, config, source, unparsed) -> pd.DataFrame:
     )
 
 
+def _judge(schema, typed, distinct, which, source) -> dict[str, list[tuple[str, ...]]]:
+    """The verdict (the checks failed) on each of each column's distinct values: those kept in
+    _VERDICTS, pandera asked about the others."""
+    keys = {
+        name: [(which, name, _value_key(v)) for v in values] for name, values in distinct.items()
+    }
+    verdicts = _VERDICTS.known([key for column in keys.values() for key in column])
+    unknown = {
+        name: [v for v, key in zip(values, keys[name], strict=True) if key not in verdicts]
+        for name, values in distinct.items()
+    }
+    if any(unknown.values()):
+        learnt = _ask_pandera(schema, typed, unknown, which, source)
+        _VERDICTS.add(learnt, _VERDICTS_KEPT)
+        verdicts |= learnt
+    return {name: [verdicts[key] for key in column] for name, column in keys.items()}
+
+
 def _value_key(value) -> object:
     return "<null>" if value is None or value != value else value
 
 
-def _ask_pandera(schema, typed, unknown, which, source) -> None:
-    """pandera on the values it has not judged yet (see _VERDICTS)."""
+def _ask_pandera(schema, typed, unknown, which, source) -> dict[tuple, tuple[str, ...]]:
+    """pandera's verdicts on the values it has not judged yet (see _VERDICTS)."""
     size = max(len(values) for values in unknown.values())
     frame = pd.DataFrame(
         {
@@ -201,12 +239,10 @@ def _ask_pandera(schema, typed, unknown, which, source) -> None:
             if int(index) < len(unknown.get(name, [])):
                 value = unknown[name][int(index)]
                 found.setdefault((which, name, _value_key(value)), []).append(str(check))
-    if len(_VERDICTS) > _VERDICTS_KEPT:
-        _VERDICTS.clear()
-    for name, values in unknown.items():
-        for value in values:
-            key = (which, name, _value_key(value))
-            _VERDICTS[key] = tuple(found.get(key, ()))
+    keys = [
+        (which, name, _value_key(value)) for name, values in unknown.items() for value in values
+    ]
+    return {key: tuple(found.get(key, ())) for key in keys}
 
 
 def _reason(check: str) -> str:

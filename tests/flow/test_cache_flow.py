@@ -9,8 +9,12 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 
+import tasks.dataset
+import tasks.scan
 from flows.train import train_sales_model
+from tasks.errors import InputFileError
 from tests.conftest import messy_csv
 
 TEXT = ["country", "split", "source_file"]
@@ -64,3 +68,81 @@ def test_cached_runs_publish_what_runs_from_scratch_publish_as_files_come_and_go
     last = both(set())
     quarantine = pd.read_parquet(cached_root / last["outputs"]["quarantine"])
     assert quarantine["source_file"].str.endswith("f9.csv").any()  # named as this run read it
+
+
+# Ranges of about 4 kB: the 400-row files here are read as 3 to 4 byte ranges each.
+SPLIT_MB = 0.004
+
+
+def test_files_cut_into_byte_ranges_publish_from_the_cache_what_they_publish_from_scratch(
+    tmp_path,
+):
+    data = tmp_path / "data"
+    data.mkdir()
+    for seed in range(2):
+        messy_csv(data / f"f{seed}.csv", seed, rows=400)
+    options = {"data": str(data), "max_bad_fraction": 0.5, "split_mb": SPLIT_MB}
+    fresh = train_sales_model(**options, output=str(tmp_path / "fresh"), use_cache=False)
+    for expected in ("parsed", "cached"):  # kept by the first run, read back by the second
+        cached = train_sales_model(**options, output=str(tmp_path / "cached"))
+        assert {f["pass1"] for f in cached["inputs"]} == {expected}
+        assert_same_run(tables(tmp_path / "cached", cached), tables(tmp_path / "fresh", fresh))
+
+
+def same_size_other_rows(text: bytes) -> bytes:
+    """Other figures in the same bytes: every digit 1 made a 2."""
+    return text.replace(b"1", b"2")
+
+
+def more_rows(text: bytes) -> bytes:
+    """One row more, before the others."""
+    header, rows = text.split(b"\n", 1)
+    return header + b"\nX1,50,1,0.1,40\n" + rows
+
+
+def fewer_rows(text: bytes) -> bytes:
+    """The first half of the file."""
+    return text[: len(text) // 2 + text[len(text) // 2 :].index(b"\n") + 1]
+
+
+def rewrite_when(monkeypatch, module, name, path, rewrite):
+    """Make the function `name` of `module` rewrite `path` (once) before it runs: another
+    program writes to the file meanwhile."""
+    real, original = getattr(module, name), path.read_bytes()
+
+    def rewritten_first(*args, **kwargs):
+        if path.read_bytes() == original:
+            path.write_bytes(rewrite(original))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, rewritten_first)
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "rewrite"),
+    [
+        # after the cache lookup hashed the file, before its byte ranges are read
+        (tasks.scan, "scan_range", same_size_other_rows),
+        (tasks.scan, "scan_range", more_rows),
+        (tasks.scan, "scan_range", fewer_rows),
+        # once they are read, before the lines of its repeated ids are read back
+        (tasks.dataset, "finish_file", same_size_other_rows),
+    ],
+)
+def test_a_file_cut_into_ranges_and_rewritten_while_read_is_refused_and_never_cached(
+    tmp_path, monkeypatch, module, name, rewrite
+):
+    data = tmp_path / "data"
+    data.mkdir()
+    path = messy_csv(data / "f.csv", 1, rows=400)
+    original = path.read_bytes()
+    options = {"data": str(data), "max_bad_fraction": 0.5, "split_mb": SPLIT_MB}
+    rewrite_when(monkeypatch, module, name, path, rewrite)
+    with pytest.raises(InputFileError, match=r"f\.csv: changed while it was read"):
+        train_sales_model(**options, output=str(tmp_path / "cached"))
+    monkeypatch.undo()
+    path.write_bytes(original)
+    cached = train_sales_model(**options, output=str(tmp_path / "cached"))
+    assert [f["pass1"] for f in cached["inputs"]] == ["parsed"]  # nothing kept under its hash
+    fresh = train_sales_model(**options, output=str(tmp_path / "fresh"), use_cache=False)
+    assert_same_run(tables(tmp_path / "cached", cached), tables(tmp_path / "fresh", fresh))

@@ -9,13 +9,17 @@ import json
 import multiprocessing
 import os
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pandera
 import pytest
 
+import tasks.cache
 import tasks.cache_entry
-from tasks.cache import Pass1Cache, pass1_key
+from tasks.cache import STALE_TMP_SECONDS, Pass1Cache, pass1_key
 from tasks.csvfile import sha256_file
 from tests.conftest import messy_csv
 from tests.pipeline import config, kept_rows, quarantine, scan_paths
@@ -73,6 +77,27 @@ def test_the_key_changes_with_everything_that_changes_pass_one(tmp_path):
     assert pass1_key(sha, same) == base
 
 
+def test_the_key_changes_with_the_row_contract(monkeypatch):
+    # a release that changes what a valid row is (a bound, a nullable column, ids no longer
+    # unique) must not reuse what an older release kept
+    base, real = pass1_key("0" * 64, RUN), tasks.cache.sales_schema
+
+    def key_with(change):
+        monkeypatch.setattr(tasks.cache, "sales_schema", lambda *args: change(real(*args)))
+        return pass1_key("0" * 64, RUN)
+
+    def not_unique(schema):
+        schema.unique = None
+        return schema
+
+    keys = [
+        key_with(lambda s: s.update_column("price_k", checks=[pandera.Check.le(5.0)])),
+        key_with(lambda s: s.update_column("tax_k", nullable=True)),
+        key_with(not_unique),
+    ]
+    assert len({base, *keys}) == 1 + len(keys)
+
+
 def corrupt_truncate(entry):
     spill = next(entry.glob("spill-*.arrow"))
     spill.write_bytes(spill.read_bytes()[:-100])
@@ -94,6 +119,14 @@ def corrupt_missing(entry):
     next(entry.glob("quarantine-*.parquet")).unlink()
 
 
+def corrupt_arrays(entry):
+    """The statistics and profile sketch training reads, one bit changed."""
+    arrays = entry / "arrays.npz"
+    data = bytearray(arrays.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    arrays.write_bytes(bytes(data))
+
+
 def make_stale(entry):
     body = json.loads((entry / "meta.json").read_text())
     body["meta"]["format"] = 0  # written by an older release, checksum consistent
@@ -107,6 +140,7 @@ def make_stale(entry):
     [
         (corrupt_truncate, "bytes, not"),
         (corrupt_flip, "does not match its checksum"),
+        (corrupt_arrays, "arrays.npz does not match its checksum"),
         (corrupt_meta, "meta.json does not match its checksum"),
         (corrupt_missing, "is missing"),
         (make_stale, "stale format 0"),
@@ -209,3 +243,44 @@ def test_two_processes_filling_the_cache_at_once_leave_only_sound_entries(tmp_pa
     for i, (key, path) in enumerate(zip(keys, files, strict=True)):
         got = cache.load(key, str(path), 0, tmp_path / f"check-{i}")
         assert_same_scan(got, scan_paths([path], RUN, tmp_path / f"fresh-{i}"))
+
+
+def test_a_stores_sweep_removes_the_folders_of_stores_killed_long_ago(tmp_path):
+    _, scan, key = built(tmp_path)
+    cache = Pass1Cache(tmp_path / "cache", 1 << 30)
+    killed, running = cache.folder / "tmp-killed", cache.folder / "tmp-running"
+    for folder in (killed, running):
+        (folder / "spill-0-0.arrow").parent.mkdir(parents=True)
+        (folder / "spill-0-0.arrow").write_bytes(b"x" * 100)
+    past = time.time() - STALE_TMP_SECONDS - 60
+    os.utime(killed, (past, past))
+    cache.store(key, scan)
+    assert not killed.exists()
+    assert running.exists()  # (another run's store, still writing)
+
+
+def test_loads_racing_stores_and_evictions_get_a_whole_scan_or_none(tmp_path):
+    entries = [built(tmp_path, seed=s, name=f"f{s}.csv", rows=40) for s in range(3)]
+    sizer = Pass1Cache(tmp_path / "sizes", 1 << 30)
+    for _, scan, key in entries:
+        sizer.store(key, scan)
+    one = max(json.loads((sizer.entry(k) / "meta.json").read_text())["meta"]["bytes"]
+              for _, _, k in entries)  # fmt: skip
+    cache = Pass1Cache(tmp_path / "cache", one)  # room for one entry: each store evicts
+
+    def work(worker):
+        got = []
+        for i in range(20):
+            _, scan, key = entries[(worker + i) % 3]
+            cache.store(key, scan)
+            path, _, other = entries[(worker + i + 1) % 3]
+            got.append((other, cache.load(other, str(path), 0, tmp_path / f"w{worker}-{i}")))
+        return got
+
+    with ThreadPoolExecutor(4) as pool:
+        loads = [load for got in pool.map(work, range(4)) for load in got]
+    want = {key: scan for _, scan, key in entries}
+    assert any(scan is not None for _, scan in loads)
+    for key, scan in loads:
+        if scan is not None:
+            assert_same_scan(scan, want[key])

@@ -11,9 +11,11 @@ import pytest
 
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS, allowed_columns, required_columns
 from tasks.blocks import LineRejection, parse_block, read_blocks
-from tasks.csvfile import open_csv, split_ranges
+from tasks.csvfile import hash_file, open_csv, split_ranges
+from tasks.dataset import open_input
 from tasks.errors import InputFileError
 from tasks.paths import resolve_inputs
+from tasks.scan import scan_range
 from tests.conftest import HEADER
 from tests.pipeline import config, kept_rows, quarantine, scan_paths
 
@@ -108,3 +110,40 @@ def test_unused_contract_column_is_allowed(write_csv, tmp_path):
     path = write_csv(f"{HEADER}\n{GOOD}")
     scan = scan_paths([path], config(features=("avg_income_k",)), tmp_path / "s")
     assert scan.accepted == 2
+
+
+def test_the_hash_pass_hashes_the_file_and_each_planned_range_in_one_read(write_csv):
+    path = write_csv("\n".join([HEADER, *[f"C{i},1,1,1,{i}" for i in range(100)]]) + "\n")
+    spans = split_ranges(open_csv(path, REQUIRED, ALLOWED), 300)
+    data = path.read_bytes()
+    hashed = hash_file(path, spans)
+    assert hashed.sha256 == hashlib.sha256(data).hexdigest()
+    starts = [0] + [span.start for span in spans[1:]]  # the first range with the header
+    assert list(hashed.ranges) == [
+        hashlib.sha256(data[a : s.end]).hexdigest() for a, s in zip(starts, spans, strict=True)
+    ]
+    # rewritten with one more row first: no planned cut is at a line end any more, and the
+    # last range runs to the (new) end of the file
+    path.write_bytes(data.replace(b"\n", b"\nX,1,1,1,1\n", 1))
+    again = hash_file(path, spans)
+    assert again.ranges[:-1] == ("",) * (len(spans) - 1)
+    assert again.ranges[-1] == hashlib.sha256(path.read_bytes()[spans[-1].start :]).hexdigest()
+
+
+def test_a_range_of_a_file_cut_short_since_it_was_planned_ends_where_the_file_ends(write_csv):
+    path = write_csv("\n".join([HEADER, *[f"C{i},1,1,1,{i}" for i in range(100)]]) + "\n")
+    file = open_csv(path, REQUIRED, ALLOWED)
+    span = split_ranges(file, 0)[0]
+    path.write_bytes(path.read_bytes()[: file.size // 2])
+    found = list(read_blocks(path, span, 64, hashlib.sha256()))
+    assert b"".join(bytes(b.data) for b in found) == path.read_bytes()[file.data_start :]
+
+
+def test_a_header_changed_since_the_file_was_opened_refuses_the_file(write_csv, tmp_path):
+    path = write_csv(f"{HEADER}\n{GOOD}")
+    run = config()
+    file = open_input(path, run)
+    # the same length, two columns swapped: read with the old names, prices would be incomes
+    path.write_text(HEADER.replace("avg_income_k,price_k", "price_k,avg_income_k") + "\n" + GOOD)
+    with pytest.raises(InputFileError, match=r"sales\.csv: changed while it was read \(line 1"):
+        scan_range(file, split_ranges(file, 0)[0], run, tmp_path / "staging", "r")

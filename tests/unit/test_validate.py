@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pandas as pd
 import pytest
 
+import tasks.validate
 from schemas.outputs import QuarantineTable
 from tasks.errors import PipelineError
 from tasks.numbers import parse_numbers
@@ -115,3 +118,52 @@ def test_custom_columns_use_the_generic_numeric_rule(write_csv):
 def test_bad_column_parameters_are_refused(features, targets, message):
     with pytest.raises(PipelineError, match=message):
         check_columns(features, targets)
+
+
+def bad_prices_and_blank_taxes(write_csv, name, first, rows=300):
+    """Every price negative and distinct (from -`first`), every third tax blank."""
+    lines = [f"C{i},50,{-(first + i) / 1000},{'' if i % 3 == 0 else 0.05},7" for i in range(rows)]
+    return write_csv("\n".join([HEADER, *lines]) + "\n", name)
+
+
+def assert_all_quarantined(scan, rows):
+    """Every row quarantined: each price 'out of range', each blank tax a 'missing value'."""
+    records = quarantine(scan)
+    assert [(f.rows, f.accepted, f.quarantined) for f in scan.files] == [(rows, 0, rows)]
+    price, tax = (records[records["column"] == name] for name in ("price_k", "tax_k"))
+    assert len(price) == rows
+    assert set(price["reason"]) == {"out of range"}
+    assert len(tax) == len(range(0, rows, 3))
+    assert set(tax["reason"]) == {"missing value"}
+    assert set(tax["detail"]) == {"tax_k is empty"}
+    return records
+
+
+# pandera's verdicts on values are kept between checks; a limit this small makes the cache drop
+# what one check found while another still needs it (the blank tax every file has).
+TINY_VERDICT_CACHE = 5
+
+
+def test_many_distinct_bad_values_are_quarantined_whatever_the_verdict_cache_held(
+    write_csv, monkeypatch
+):
+    monkeypatch.setattr(tasks.validate, "_VERDICTS_KEPT", TINY_VERDICT_CACHE)
+    paths = [bad_prices_and_blank_taxes(write_csv, f"f{i}.csv", 1000 * i + 1) for i in range(3)]
+    for i, path in enumerate(paths):  # one after another, as one run reads its files
+        assert_all_quarantined(scan_paths([path], config(), path.parent / f"stage-{i}"), 300)
+
+
+def test_files_checked_on_several_threads_at_once_get_what_one_thread_gets(write_csv, monkeypatch):
+    monkeypatch.setattr(tasks.validate, "_VERDICTS_KEPT", TINY_VERDICT_CACHE)
+    paths = [bad_prices_and_blank_taxes(write_csv, f"f{i}.csv", 100 * i + 1) for i in range(8)]
+
+    def records(job):
+        i, path = job
+        scan = scan_paths([path], config(), path.parent / f"stage-{i}-{threading.get_ident()}")
+        return assert_all_quarantined(scan, 300)
+
+    alone = [records(job) for job in enumerate(paths)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(records, enumerate(paths)))
+    for got, want in zip(together, alone, strict=True):
+        pd.testing.assert_frame_equal(got, want)
