@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from schemas.outputs import QUARANTINE_ARROW
 from schemas.params import RunConfig
 from schemas.sales import ID_COLUMN, sales_schema
-from tasks.errors import DataQualityError, InputFileError, PipelineError
+from tasks.errors import DataQualityError, InputFileError, ParameterError
 from tasks.numbers import parse_numbers
 from tasks.screen import cell_screen
 
@@ -280,16 +280,16 @@ def duplicate_detail(id_column: str, value: str) -> str:
 def check_columns(
     features: tuple[str, ...], targets: tuple[str, ...], id_column: str | None = ID_COLUMN
 ) -> None:
-    """Raise PipelineError naming the parameter when column lists repeat or overlap."""
+    """Raise ParameterError naming the parameter when column lists repeat or overlap."""
     for name, columns in (("features", features), ("targets", targets)):
         repeated = sorted({c for c in columns if columns.count(c) > 1})
         if repeated:
-            raise PipelineError(f"parameter {name}: column(s) {repeated} listed more than once")
+            raise ParameterError(f"parameter {name}: column(s) {repeated} listed more than once")
     both = sorted(set(features) & set(targets))
     if both:
-        raise PipelineError(f"parameters features and targets: {both} cannot be both")
+        raise ParameterError(f"parameters features and targets: {both} cannot be both")
     if id_column is not None and id_column in (*features, *targets):
-        raise PipelineError(
+        raise ParameterError(
             f"parameters features, targets and id_column: '{id_column}' is the row key; pass "
             "another --id-column (or none)"
         )

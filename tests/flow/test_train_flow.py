@@ -184,7 +184,7 @@ def test_cli_trains_and_prints_where_the_outputs_are(sales_csv, tmp_path, prefec
         (["--data", "/etc/passwd"], 2, "error: parameter data: '/etc/passwd' is outside"),
         (
             ["--features", "price_k", "--targets", "price_k"],
-            1,
+            2,
             "error: parameters features and targets: ['price_k'] cannot be both",
         ),
     ],
