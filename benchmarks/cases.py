@@ -127,13 +127,13 @@ def steps(csv: Path, out: Path) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     from schemas.params import RunConfig
-    from tasks.dataset import scan_file
-    from tasks.plots import model_plots, report_sample
-    from tasks.predict import Scoring, predict_parts
-    from tasks.publish import publish_training
-    from tasks.storage import new_run, staging_area, table_metadata
-    from tasks.train import fit_scan, solver_for
-    from tasks.validate import check_quality
+    from tasks.common.storage import new_run, staging_area, table_metadata
+    from tasks.ingest.scan import scan_file
+    from tasks.ingest.validate import check_quality
+    from tasks.model.train import fit_scan, solver_for
+    from tasks.outputs.plots import model_plots, report_sample
+    from tasks.outputs.predict import Scoring, predict_parts
+    from tasks.outputs.publish import publish_training
 
     started = time.perf_counter()
     config = RunConfig(FEATURES, TARGETS)
@@ -164,12 +164,12 @@ def score(csv: Path, out: Path) -> dict:
     """score-sales' steps called directly on the file (its target column ignored), with a
     champion model in place: pass 1 of the features, pass 2 writing the scores, publish."""
     from schemas.params import RunConfig
-    from tasks.dataset import scan_file
-    from tasks.predict import score_parts
-    from tasks.promote import write_champion
-    from tasks.score import choose_model, publish_scores
-    from tasks.storage import new_run, staging_area, table_metadata, write_table
-    from tasks.validate import check_quality
+    from tasks.common.storage import new_run, staging_area, table_metadata, write_table
+    from tasks.ingest.scan import scan_file
+    from tasks.ingest.validate import check_quality
+    from tasks.outputs.predict import score_parts
+    from tasks.outputs.promote import write_champion
+    from tasks.outputs.score import choose_model, publish_scores
 
     root = out / "score"
     champion = new_run(root, {})

@@ -32,7 +32,7 @@ from prefect.logging.handlers import PrefectConsoleHandler
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from schemas.params import Option
-from tasks.errors import ParameterError, PipelineError
+from tasks.common.errors import ParameterError, PipelineError
 
 # Prefect must never phone home from these machines; a user's own setting wins.
 OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}

@@ -12,11 +12,11 @@ import argparse
 import sys
 
 from schemas.params import DATASET, DEFAULT_LEDGER
-from tasks.csvfile import sha256_file
-from tasks.errors import PipelineError
-from tasks.ledger import training_inputs
-from tasks.paths import data_roots
-from tasks.storage import data_fingerprint
+from tasks.common.errors import PipelineError
+from tasks.common.paths import data_roots
+from tasks.common.storage import data_fingerprint
+from tasks.ingest.csvfile import sha256_file
+from tasks.landing.ledger import training_inputs
 
 
 def describe(ledger: str) -> str:

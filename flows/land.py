@@ -1,7 +1,7 @@
 """Land files: move each into the landing folder in one step (never seen half-written), with
 its sha256 beside it (`<name>.sha256`: the landing check takes a file whose content matches at
 once, without waiting out the settle time), then announce it with the landed event
-(tasks/events.py), so the landing check starts at once.
+(tasks/landing/events.py), so the landing check starts at once.
 
     .venv/bin/python -m flows.land FILE [FILE ...] [--landing DIR]     (make land FILE=...)
 
@@ -18,11 +18,11 @@ from pathlib import Path
 
 from flows.cli import prefect_server
 from schemas.params import DEFAULT_LANDING
-from tasks.csvfile import sha256_file
-from tasks.errors import PipelineError
-from tasks.events import emit_landed
-from tasks.landing import announce, is_candidate
-from tasks.paths import data_roots, existing_folder
+from tasks.common.errors import PipelineError
+from tasks.common.paths import data_roots, existing_folder
+from tasks.ingest.csvfile import sha256_file
+from tasks.landing.check import announce, is_candidate
+from tasks.landing.events import emit_landed
 
 
 def land(source: Path, landing: Path) -> Path:

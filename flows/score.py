@@ -26,12 +26,12 @@ from schemas.params import (
     RunId,
     id_column_of,
 )
-from tasks.paths import check_all, confine, data_roots, output_roots, resolve_inputs
-from tasks.predict import score_task
-from tasks.promote import LinearModel
-from tasks.publish import check_data_quality
-from tasks.score import choose_model, publish_score_run
-from tasks.storage import new_run, staging_area, table_metadata
+from tasks.common.paths import check_all, confine, data_roots, output_roots, resolve_inputs
+from tasks.common.storage import new_run, staging_area, table_metadata
+from tasks.outputs.predict import score_task
+from tasks.outputs.promote import LinearModel
+from tasks.outputs.publish import check_data_quality
+from tasks.outputs.score import choose_model, publish_score_run
 
 # Scoring reads and writes once per row, like training's pass 2: well under training's timeout.
 SCORE_TIMEOUT_SECONDS = 2 * 3600

@@ -12,12 +12,12 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from schemas.params import RunConfig
-from tasks.cache import Pass1Cache, lookup_task, store_task
-from tasks.csvfile import ByteRange, CsvFile
-from tasks.dataset import Scan, finish_input_task, hash_input_task, open_input_task, sum_scans
-from tasks.predict import Emitted, combine_emitted
-from tasks.runlog import run_logger
-from tasks.scan import scan_range_task
+from tasks.common.runlog import run_logger
+from tasks.ingest.cache import Pass1Cache, lookup_task, store_task
+from tasks.ingest.csvfile import ByteRange, CsvFile
+from tasks.ingest.range_scan import scan_range_task
+from tasks.ingest.scan import Scan, finish_input_task, hash_input_task, open_input_task, sum_scans
+from tasks.outputs.predict import Emitted, combine_emitted
 
 # Byte ranges per task on a cluster when the run does not say (split_mb).
 CLUSTER_SPLIT_BYTES = 64 << 20
@@ -61,8 +61,9 @@ def scan_inputs(
     staging: Path,
     cache: Pass1Cache | None = None,
 ) -> Scan:
-    """Pass 1 over every input file (see tasks/scan.py), summed: one Scan. With a `cache`,
-    a file whose pass-1 result is cached is not parsed, and every file parsed is cached."""
+    """Pass 1 over every input file (see tasks/ingest/range_scan.py), summed: one Scan. With a
+    `cache`, a file whose pass-1 result is cached is not parsed, and every file parsed is
+    cached."""
     lookups = []
     if cache is not None:
         for index, (file, spans) in enumerate(plans):

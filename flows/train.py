@@ -53,18 +53,18 @@ from schemas.params import (
     id_column_of,
 )
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
-from tasks.cache import Pass1Cache
-from tasks.csvfile import ByteRange, CsvFile
-from tasks.ledger import training_inputs
-from tasks.paths import check_all, confine, data_roots, output_roots
-from tasks.plots import draw_model_plots
-from tasks.predict import Scoring, predict_task
-from tasks.publish import check_data_quality, publish_run
-from tasks.report import report_run, summary_text
-from tasks.slots import training_slot
-from tasks.storage import new_run, staging_area, table_metadata
-from tasks.train import train_model
-from tasks.validate import check_columns
+from tasks.common.paths import check_all, confine, data_roots, output_roots
+from tasks.common.storage import new_run, staging_area, table_metadata
+from tasks.ingest.cache import Pass1Cache
+from tasks.ingest.csvfile import ByteRange, CsvFile
+from tasks.ingest.validate import check_columns
+from tasks.landing.ledger import training_inputs
+from tasks.landing.slots import training_slot
+from tasks.model.train import train_model
+from tasks.outputs.plots import draw_model_plots
+from tasks.outputs.predict import Scoring, predict_task
+from tasks.outputs.publish import check_data_quality, publish_run
+from tasks.outputs.report import report_run, summary_text
 
 # Longer than any training here takes (100M rows: a few minutes); a hung run ends, freeing the
 # training slot, instead of blocking every retrain after it. An operator with bigger data sets
@@ -96,14 +96,14 @@ def train_sales_model(
 ) -> dict[str, Any]:
     """Train the sales model on the CSV(s) at `data` and publish it under `output`. `data`
     "dataset" (the default) is the base file plus every accepted landed file of `ledger`.
-    `use_cache` reads and fills the pass-1 cache under `output` (tasks/cache.py).
+    `use_cache` reads and fills the pass-1 cache under `output` (tasks/ingest/cache.py).
 
     Returns the run manifest (also written to `<output>/manifests/<run_id>.json`).
     """
     config = for_runner(RunConfig.of(locals()))  # first: locals() are the parameters
     paths, root = check_train_inputs(data, ledger, output, features, targets, id_column)
     plans = open_inputs(paths, config)
-    with training_slot():  # one training at a time on this server (tasks/slots.py)
+    with training_slot():  # one training at a time on this server (tasks/landing/slots.py)
         return _train(plans, root, config)
 
 

@@ -36,16 +36,16 @@ from schemas.params import (
     id_column_of,
 )
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
-from tasks.events import DEBOUNCE_SECONDS
-from tasks.landing import check_landed_files, time_to_settle
-from tasks.ledger import files_to_train, record_training, training_inputs
-from tasks.paths import (
+from tasks.common.paths import (
     check_all,
     confine,
     data_roots,
     existing_folder,
     output_roots,
 )
+from tasks.landing.check import check_landed_files, time_to_settle
+from tasks.landing.events import DEBOUNCE_SECONDS
+from tasks.landing.ledger import files_to_train, record_training, training_inputs
 
 # The check, and the training it starts (which has its own timeout, TRAIN_TIMEOUT_SECONDS).
 WATCH_TIMEOUT_SECONDS = TRAIN_TIMEOUT_SECONDS + 15 * 60

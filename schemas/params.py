@@ -145,7 +145,7 @@ SettleSeconds = Annotated[
 DriftThreshold = Annotated[
     float, Field(gt=0.0, description="Standardized mean shift above which drift is flagged.")
 ]
-# Run ids as tasks/storage.py makes them (`20261201T081530.123Z-1a2b3c4d`); ids of releases
+# Run ids as tasks/common/storage.py makes them (`20261201T081530.123Z-1a2b3c4d`); ids of releases
 # before milliseconds were added (`20261127T142135Z-d0088408`) are still accepted.
 RUN_ID_PATTERN = r"^[0-9]{8}T[0-9]{6}(\.[0-9]{3})?Z-[0-9a-f]{8}$"
 RUN_ID_EXAMPLE = "20261201T081530.123Z-1a2b3c4d"

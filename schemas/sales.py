@@ -20,7 +20,8 @@ DEFAULT_TARGETS = ("units_sold_k",)
 MAX_MONEY_K = 10_000.0
 MAX_UNITS_K = 10_000_000.0
 
-# Text ids: no control characters. Padding is stripped before validation (see tasks/validate.py).
+# Text ids: no control characters. Padding is stripped before validation (see
+# tasks/ingest/validate.py).
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 

@@ -1,8 +1,8 @@
-"""The local stack's watcher, next to the worker: it emits the landed event (tasks/events.py)
-for every file renamed or written into the landing folder once the file has stopped changing,
-so a producer that only copies a file in needs no announcement; and every RECOVER_SECONDS it
-marks Crashed the runs whose process is gone (scripts/local_prefect.recover), which the
-heartbeat automation cannot see (a run still PENDING sends no heartbeats).
+"""The local stack's watcher, next to the worker: it emits the landed event
+(tasks/landing/events.py) for every file renamed or written into the landing folder once the file
+has stopped changing, so a producer that only copies a file in needs no announcement; and every
+RECOVER_SECONDS it marks Crashed the runs whose process is gone (scripts/local_prefect.recover),
+which the heartbeat automation cannot see (a run still PENDING sends no heartbeats).
 
     python -m scripts.landing_watcher --landing data/landing --api-url URL
 
@@ -20,8 +20,8 @@ from pathlib import Path
 from watchfiles import Change, watch
 
 from scripts.server_setup import recover
-from tasks.events import emit_landed
-from tasks.landing import is_candidate
+from tasks.landing.check import is_candidate
+from tasks.landing.events import emit_landed
 
 # A file is announced once it has not changed for this long (a copy still in progress would
 # be checked half-written; the landing check's own settle time covers slower writers).

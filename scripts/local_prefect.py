@@ -30,7 +30,7 @@ from pathlib import Path
 from flows.cli import OFFLINE_ENV, STACK_INFO
 from schemas.params import DEFAULT_LANDING as LANDING
 from scripts.server_setup import recover
-from tasks.storage import pid_alive
+from tasks.common.storage import pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "sales-pool"

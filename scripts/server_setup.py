@@ -1,6 +1,6 @@
 """What the local stack keeps right on its Prefect server. Before deploying (idempotent):
 
-- the `sales-model-training` global concurrency limit, one slot (tasks/slots.py; a training
+- the `sales-model-training` global concurrency limit, one slot (tasks/landing/slots.py; a training
   run also creates it on first use, so any server has it);
 - the zombie-run automation from Prefect's documentation for self-hosted servers ("Detect
   zombie flows"): a flow run that has sent a heartbeat and then goes HEARTBEAT_WINDOW seconds
@@ -25,8 +25,8 @@ from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
 
-from tasks.slots import ensure_training_limit
-from tasks.storage import pid_alive
+from tasks.common.storage import pid_alive
+from tasks.landing.slots import ensure_training_limit
 
 ZOMBIE_AUTOMATION = "sales-model: crash zombie flow runs"
 # Three missed heartbeats (the worker's flow runs send one every 30 s).

@@ -10,7 +10,7 @@ import pyarrow as pa
 from schemas.outputs import QUARANTINE_ARROW
 from schemas.params import RunConfig
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
-from tasks.dataset import Scan, scan_file, sum_scans
+from tasks.ingest.scan import Scan, scan_file, sum_scans
 
 F, T = DEFAULT_FEATURES, DEFAULT_TARGETS
 # How the files of a test are cut: as the flow does, in blocks of a line or two, and in byte

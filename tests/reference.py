@@ -21,13 +21,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from schemas.sales import ID_COLUMN, allowed_columns, required_columns, sales_schema
-from tasks.csvfile import open_csv, sha256_file
-from tasks.errors import InputFileError, PipelineError
-from tasks.evaluate import SPLITS, metrics_frame
-from tasks.numbers import parse_numbers
-from tasks.profile import PROFILE_SAMPLE_ROWS, QUANTILES
-from tasks.split import split_holdout
-from tasks.stats import moments_of
+from tasks.common.errors import InputFileError, PipelineError
+from tasks.ingest.csvfile import open_csv, sha256_file
+from tasks.ingest.numbers import parse_numbers
+from tasks.ingest.profile import PROFILE_SAMPLE_ROWS, QUANTILES
+from tasks.ingest.split import split_holdout
+from tasks.ingest.stats import moments_of
+from tasks.model.evaluate import SPLITS, metrics_frame
 
 QUARANTINE_COLUMNS = ["source_file", "source_line", "column", "reason", "detail", "raw"]
 READ_BLOCK_BYTES = 16 << 20

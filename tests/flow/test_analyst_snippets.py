@@ -14,8 +14,8 @@ from PIL import Image
 
 from flows.score import score_sales
 from flows.train import train_sales_model
-from tasks.errors import PipelineError
-from tasks.plots import DPI, FIGSIZE
+from tasks.common.errors import PipelineError
+from tasks.outputs.plots import DPI, FIGSIZE
 from tests.conftest import HEADER, REPO, sales_rows
 
 SNIPPET = re.compile(r"<!-- snippet: (\w+) -->\n```\w+\n(.*?)```", re.DOTALL)

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import tasks.dataset
-import tasks.scan
+import tasks.ingest.range_scan
+import tasks.ingest.scan
 from flows.train import train_sales_model
-from tasks.errors import InputFileError
+from tasks.common.errors import InputFileError
 from tests.conftest import messy_csv
 
 TEXT = ["country", "split", "source_file"]
@@ -122,11 +122,11 @@ def rewrite_when(monkeypatch, module, name, path, rewrite):
     ("module", "name", "rewrite"),
     [
         # after the cache lookup hashed the file, before its byte ranges are read
-        (tasks.scan, "scan_range", same_size_other_rows),
-        (tasks.scan, "scan_range", more_rows),
-        (tasks.scan, "scan_range", fewer_rows),
+        (tasks.ingest.range_scan, "scan_range", same_size_other_rows),
+        (tasks.ingest.range_scan, "scan_range", more_rows),
+        (tasks.ingest.range_scan, "scan_range", fewer_rows),
         # once they are read, before the lines of its repeated ids are read back
-        (tasks.dataset, "finish_file", same_size_other_rows),
+        (tasks.ingest.scan, "finish_file", same_size_other_rows),
     ],
 )
 def test_a_file_cut_into_ranges_and_rewritten_while_read_is_refused_and_never_cached(

@@ -26,9 +26,9 @@ import pytest
 from flows.train import train_sales_model
 from flows.watch import watch_landing
 from schemas.outputs import TABLES as OUTPUT_TABLES
-from tasks.errors import InputFileError, PipelineError, TrainingError
-from tasks.ledger import ledger_rows
-from tasks.promote import output_lock
+from tasks.common.errors import InputFileError, PipelineError, TrainingError
+from tasks.landing.ledger import ledger_rows
+from tasks.outputs.promote import output_lock
 from tests.conftest import HEADER, REPO, sales_rows
 
 TABLES = OUTPUT_TABLES

@@ -12,7 +12,7 @@ import statsmodels.api as sm
 from data.generate_advertising import COLUMNS, generate
 from flows.score import score_sales
 from flows.train import train_sales_model
-from tasks.report import summary_text
+from tasks.outputs.report import summary_text
 from tests.conftest import REPO, read_table
 
 ADS_FEATURES = ("TV", "radio", "newspaper")
@@ -111,7 +111,7 @@ def test_a_constant_feature_is_named_and_training_goes_on(tmp_path):
 
 
 def test_the_id_column_and_the_columns_cannot_overlap(tmp_path):
-    from tasks.errors import PipelineError
+    from tasks.common.errors import PipelineError
 
     with pytest.raises(PipelineError, match=r"'TV' is the row key; pass another --id-column"):
         train_sales_model(

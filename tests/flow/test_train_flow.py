@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from flows.train import train_sales_model
-from tasks.errors import DataQualityError, InputFileError, TrainingError
+from tasks.common.errors import DataQualityError, InputFileError, TrainingError
 from tests.conftest import HEADER, REPO, read_table, sales_rows
 from tests.reference import least_squares
 

@@ -11,8 +11,8 @@ import pandas as pd
 
 from flows.train import train_sales_model
 from flows.watch import watch_landing
-from tasks.ledger import ledger_rows
-from tasks.promote import load_model
+from tasks.landing.ledger import ledger_rows
+from tasks.outputs.promote import load_model
 from tests.conftest import HEADER, sales_rows
 
 

@@ -35,7 +35,7 @@ from scripts.local_prefect import (
     start_worker,
     stop,
 )
-from tasks.ledger import LEDGER_DB, ledger_rows, open_ledger
+from tasks.landing.ledger import LEDGER_DB, ledger_rows, open_ledger
 from tests.conftest import HEADER, copy_checkout, sales_rows
 
 COPY = ["flows", "tasks", "schemas", "scripts", "prefect.yaml", "data/sales.csv"]

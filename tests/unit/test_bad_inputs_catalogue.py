@@ -25,9 +25,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.errors import DataQualityError, PipelineError
-from tasks.paths import resolve_inputs
-from tasks.validate import check_quality
+from tasks.common.errors import DataQualityError, PipelineError
+from tasks.common.paths import resolve_inputs
+from tasks.ingest.validate import check_quality
 from tests.conftest import HEADER, REPO
 from tests.pipeline import LAYOUTS, F, T, config, quarantine, scan_paths
 from tests.reference import normalised, whole_file

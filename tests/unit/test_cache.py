@@ -17,10 +17,10 @@ import pandas as pd
 import pandera.pandas as pandera
 import pytest
 
-import tasks.cache
-import tasks.cache_entry
-from tasks.cache import STALE_TMP_SECONDS, Pass1Cache, pass1_key
-from tasks.csvfile import sha256_file
+import tasks.ingest.cache
+import tasks.ingest.cache_entry
+from tasks.ingest.cache import STALE_TMP_SECONDS, Pass1Cache, pass1_key
+from tasks.ingest.csvfile import sha256_file
 from tests.conftest import messy_csv
 from tests.pipeline import config, kept_rows, quarantine, scan_paths
 
@@ -80,10 +80,10 @@ def test_the_key_changes_with_everything_that_changes_pass_one(tmp_path):
 def test_the_key_changes_with_the_row_contract(monkeypatch):
     # a release that changes what a valid row is (a bound, a nullable column, ids no longer
     # unique) must not reuse what an older release kept
-    base, real = pass1_key("0" * 64, RUN), tasks.cache.sales_schema
+    base, real = pass1_key("0" * 64, RUN), tasks.ingest.cache.sales_schema
 
     def key_with(change):
-        monkeypatch.setattr(tasks.cache, "sales_schema", lambda *args: change(real(*args)))
+        monkeypatch.setattr(tasks.ingest.cache, "sales_schema", lambda *args: change(real(*args)))
         return pass1_key("0" * 64, RUN)
 
     def not_unique(schema):
@@ -174,7 +174,7 @@ def test_an_entry_under_another_files_key_is_foreign(tmp_path, caplog):
 def test_a_store_that_fails_midway_leaves_no_entry(tmp_path, monkeypatch):
     _, scan, key = built(tmp_path)
     cache = Pass1Cache(tmp_path / "cache", 1 << 30)
-    real, calls = tasks.cache_entry.link, []
+    real, calls = tasks.ingest.cache_entry.link, []
 
     def failing(source, target):
         calls.append(target)
@@ -182,7 +182,7 @@ def test_a_store_that_fails_midway_leaves_no_entry(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real(source, target)
 
-    monkeypatch.setattr(tasks.cache_entry, "link", failing)
+    monkeypatch.setattr(tasks.ingest.cache_entry, "link", failing)
     with pytest.raises(OSError, match="No space left"):
         cache.store(key, scan)
     assert not cache.entry(key).exists()
@@ -213,7 +213,7 @@ def test_the_size_limit_evicts_the_least_recently_used_entry(tmp_path):
 
 
 def _store_many(folder, keys_and_stages):
-    from tasks.dataset import scan_file
+    from tasks.ingest.scan import scan_file
 
     cache = Pass1Cache(folder, 1 << 30)
     for key, path, stage in keys_and_stages:

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS, allowed_columns, required_columns
-from tasks.blocks import LineRejection, parse_block, read_blocks
-from tasks.csvfile import hash_file, open_csv, split_ranges
-from tasks.dataset import open_input
-from tasks.errors import InputFileError
-from tasks.paths import resolve_inputs
-from tasks.scan import scan_range
+from tasks.common.errors import InputFileError
+from tasks.common.paths import resolve_inputs
+from tasks.ingest.blocks import LineRejection, parse_block, read_blocks
+from tasks.ingest.csvfile import hash_file, open_csv, split_ranges
+from tasks.ingest.range_scan import scan_range
+from tasks.ingest.scan import open_input
 from tests.conftest import HEADER
 from tests.pipeline import config, kept_rows, quarantine, scan_paths
 

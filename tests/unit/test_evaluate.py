@@ -8,7 +8,9 @@ import pyarrow as pa
 import pytest
 import torch
 
-from tasks.evaluate import (
+from tasks.ingest.split import hash_text, split_holdout
+from tasks.ingest.stats import least_squares_of_moments, moments_of
+from tasks.model.evaluate import (
     INTERCEPT,
     estimate_warnings,
     fit_warnings,
@@ -16,10 +18,8 @@ from tasks.evaluate import (
     weights_frame,
     zero_sums,
 )
-from tasks.inference import Inference, infer, meat_of_rows
-from tasks.split import hash_text, split_holdout
-from tasks.stats import least_squares_of_moments, moments_of
-from tasks.train import fit_linear_regression
+from tasks.model.inference import Inference, infer, meat_of_rows
+from tasks.model.train import fit_linear_regression
 from tests.reference import least_squares
 
 

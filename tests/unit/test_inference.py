@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import statsmodels.api as sm
 
-from tasks.evaluate import INTERCEPT, metrics_frame, weights_frame, with_fit_statistics
-from tasks.inference import infer, meat_of_rows
-from tasks.predict import Scoring, interval_of, predict_parts
-from tasks.promote import model_from_weights
-from tasks.publish import fit_inference
-from tasks.stats import least_squares_of_moments, moments_of
-from tasks.train import fit_from_moments
+from tasks.ingest.stats import least_squares_of_moments, moments_of
+from tasks.model.evaluate import INTERCEPT, metrics_frame, weights_frame, with_fit_statistics
+from tasks.model.inference import infer, meat_of_rows
+from tasks.model.train import fit_from_moments
+from tasks.outputs.predict import Scoring, interval_of, predict_parts
+from tasks.outputs.promote import model_from_weights
+from tasks.outputs.publish import fit_inference
 from tests.pipeline import config, kept_rows, scan_paths
 
 RTOL = 1e-6

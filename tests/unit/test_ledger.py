@@ -18,9 +18,9 @@ from flows.dataset import describe
 from flows.land import land as land_file
 from schemas.params import DATASET, DEFAULT_SETTLE_SECONDS, RunConfig
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
-from tasks.csvfile import sha256_file
-from tasks.landing import CHECK_TIMEOUT_SECONDS, check_landed, is_complete, time_to_settle
-from tasks.ledger import (
+from tasks.ingest.csvfile import sha256_file
+from tasks.landing.check import CHECK_TIMEOUT_SECONDS, check_landed, is_complete, time_to_settle
+from tasks.landing.ledger import (
     LandedFile,
     claim_check,
     landed_files,

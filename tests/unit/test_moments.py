@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.stats import moments_of
-from tasks.train import (
+from tasks.ingest.stats import moments_of
+from tasks.model.train import (
     descend,
     direct_objective,
     fit_from_moments,

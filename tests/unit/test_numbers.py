@@ -10,7 +10,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.numbers import fast_floats, parse_numbers
+from tasks.ingest.numbers import fast_floats, parse_numbers
 
 # Characters numbers are made of, and the ones that most often sit next to them by mistake.
 ALPHABET = "0123456789+-.eE ,_x$abfinINFaAn/#\t"

@@ -10,16 +10,16 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-import tasks.dedup
-import tasks.scan
+import tasks.ingest.dedup
+import tasks.ingest.range_scan
 from schemas.sales import ID_COLUMN
-from tasks.evaluate import metrics_from_sums
-from tasks.plots import report_sample
-from tasks.predict import Scoring, predict_parts
-from tasks.profile import BottomK, sample_keys
-from tasks.publish import fit_inference
-from tasks.split import hash_text
-from tasks.train import fit_from_moments
+from tasks.ingest.profile import BottomK, sample_keys
+from tasks.ingest.split import hash_text
+from tasks.model.evaluate import metrics_from_sums
+from tasks.model.train import fit_from_moments
+from tasks.outputs.plots import report_sample
+from tasks.outputs.predict import Scoring, predict_parts
+from tasks.outputs.publish import fit_inference
 from tests.conftest import messy_csv
 from tests.pipeline import LAYOUTS, F, T, config, kept_rows, quarantine, scan_paths
 from tests.reference import (
@@ -39,13 +39,14 @@ def test_pass_one_matches_the_whole_file(tmp_path, monkeypatch, seed, layout):
         run = config("tiny blocks", seed=seed, threads=1)
     elif layout == "many key partitions":
         run = config("tiny ranges", seed=seed)
-        monkeypatch.setattr(tasks.dedup, "PARTITION_BYTES", 100)
+        monkeypatch.setattr(tasks.ingest.dedup, "PARTITION_BYTES", 100)
     else:
         run = config(layout, seed=seed)
-    monkeypatch.setattr(tasks.scan, "SUSPECT_ROWS", 7)  # many checks, each of a few rows
+    # many checks, each of a few rows
+    monkeypatch.setattr(tasks.ingest.range_scan, "SUSPECT_ROWS", 7)
     path = messy_csv(tmp_path / "in.csv", seed)
     if layout == "many key partitions":
-        assert tasks.dedup.partitions_for(path.stat().st_size) > 8
+        assert tasks.ingest.dedup.partitions_for(path.stat().st_size) > 8
     whole = whole_file(path, F, T, 0.2, seed)
     scan = scan_paths([path], run, tmp_path / "stage")
 

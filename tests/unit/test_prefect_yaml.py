@@ -15,7 +15,7 @@ import yaml
 from cronsim import CronSim
 from prefect import Flow
 
-from tasks.events import DEBOUNCE_SECONDS, LANDED_EVENT, RESOURCE_PREFIX
+from tasks.landing.events import DEBOUNCE_SECONDS, LANDED_EVENT, RESOURCE_PREFIX
 from tests.conftest import REPO
 
 CONFIG = yaml.safe_load((REPO / "prefect.yaml").read_text())

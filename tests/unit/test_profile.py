@@ -8,8 +8,8 @@ import pytest
 
 from data.generate_sales import COLUMNS, generate
 from schemas.outputs import ProfileTable
-from tasks.profile import ProfileSketch, compare_profiles, profile_table, sample_keys
-from tasks.stats import moments_of
+from tasks.ingest.profile import ProfileSketch, compare_profiles, profile_table, sample_keys
+from tasks.ingest.stats import moments_of
 
 NUMERIC = COLUMNS[1:]
 

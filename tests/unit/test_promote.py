@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.errors import PipelineError
-from tasks.evaluate import INTERCEPT
-from tasks.promote import (
+from tasks.common.errors import PipelineError
+from tasks.common.storage import new_run, write_table
+from tasks.ingest.stats import Moments, moments_mse, moments_of
+from tasks.model.evaluate import INTERCEPT
+from tasks.outputs.promote import (
     LinearModel,
     decide_promotion,
     holdout_mse,
@@ -22,8 +24,6 @@ from tasks.promote import (
     read_champion,
     write_champion,
 )
-from tasks.stats import Moments, moments_mse, moments_of
-from tasks.storage import new_run, write_table
 
 F, T = ("a", "b"), ("y",)
 

@@ -6,7 +6,7 @@ import warnings
 
 import pandas as pd
 
-from tasks.plots import plot_history, plot_predicted_vs_actual, plot_residuals
+from tasks.outputs.plots import plot_history, plot_predicted_vs_actual, plot_residuals
 
 
 def test_plots_of_a_run_without_holdout_rows_raise_no_warnings():

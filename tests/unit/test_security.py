@@ -6,8 +6,8 @@ import ast
 
 import pytest
 
-from tasks.errors import PipelineError
-from tasks.paths import DATA_ROOTS_ENV, confine, data_roots, output_roots, resolve_inputs
+from tasks.common.errors import PipelineError
+from tasks.common.paths import DATA_ROOTS_ENV, confine, data_roots, output_roots, resolve_inputs
 from tests.conftest import REPO
 
 

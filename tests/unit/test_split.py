@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 
-from tasks.split import hash_text
+from tasks.ingest.split import hash_text
 
 
 def test_hashes_taken_on_several_threads_with_other_seeds_are_those_of_one_thread():

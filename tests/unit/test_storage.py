@@ -18,8 +18,8 @@ import pytest
 
 from schemas.outputs import SCHEMA_VERSION, WeightsTable
 from schemas.params import RUN_ID_PATTERN, _check_run_id
-from tasks.errors import PublishError
-from tasks.storage import (
+from tasks.common.errors import PublishError
+from tasks.common.storage import (
     _RunClock,
     atomic_write,
     format_run_id,

@@ -6,9 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.errors import TrainingError
-from tasks.tensors import to_tensors
-from tasks.train import curvature, fit_linear_regression, fit_scaler, mse_loss, predict, standardize
+from tasks.common.errors import TrainingError
+from tasks.model.tensors import to_tensors
+from tasks.model.train import (
+    curvature,
+    fit_linear_regression,
+    fit_scaler,
+    mse_loss,
+    predict,
+    standardize,
+)
 from tests.reference import least_squares
 
 NOTEBOOK_X = [

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import pandas as pd
 import pytest
 
-import tasks.validate
+import tasks.ingest.validate
 from schemas.outputs import QuarantineTable
-from tasks.errors import PipelineError
-from tasks.numbers import parse_numbers
-from tasks.validate import check_columns
+from tasks.common.errors import PipelineError
+from tasks.ingest.numbers import parse_numbers
+from tasks.ingest.validate import check_columns
 from tests.conftest import HEADER
 from tests.pipeline import F, T, config, kept_rows, quarantine, scan_paths
 
@@ -147,14 +147,14 @@ TINY_VERDICT_CACHE = 5
 def test_many_distinct_bad_values_are_quarantined_whatever_the_verdict_cache_held(
     write_csv, monkeypatch
 ):
-    monkeypatch.setattr(tasks.validate, "_VERDICTS_KEPT", TINY_VERDICT_CACHE)
+    monkeypatch.setattr(tasks.ingest.validate, "_VERDICTS_KEPT", TINY_VERDICT_CACHE)
     paths = [bad_prices_and_blank_taxes(write_csv, f"f{i}.csv", 1000 * i + 1) for i in range(3)]
     for i, path in enumerate(paths):  # one after another, as one run reads its files
         assert_all_quarantined(scan_paths([path], config(), path.parent / f"stage-{i}"), 300)
 
 
 def test_files_checked_on_several_threads_at_once_get_what_one_thread_gets(write_csv, monkeypatch):
-    monkeypatch.setattr(tasks.validate, "_VERDICTS_KEPT", TINY_VERDICT_CACHE)
+    monkeypatch.setattr(tasks.ingest.validate, "_VERDICTS_KEPT", TINY_VERDICT_CACHE)
     paths = [bad_prices_and_blank_taxes(write_csv, f"f{i}.csv", 100 * i + 1) for i in range(8)]
 
     def records(job):

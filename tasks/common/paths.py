@@ -1,0 +1,110 @@
+"""Path confinement: every path that arrives as a parameter is resolved (symlinks followed) and
+must lie under a configured root, so `--param data=/etc/passwd` or a symlink out of data/ is
+refused before anything is read.
+
+Roots come from SALES_MODEL_DATA_ROOTS and SALES_MODEL_OUTPUT_ROOTS (os.pathsep-separated);
+by default `data/` and `output/` under the working directory.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tasks.common.errors import InputFileError, ParameterError, PipelineError
+
+GLOB_CHARS = frozenset("*?[")
+
+DATA_ROOTS_ENV = "SALES_MODEL_DATA_ROOTS"
+OUTPUT_ROOTS_ENV = "SALES_MODEL_OUTPUT_ROOTS"
+DEFAULT_DATA_ROOTS = ("data",)
+DEFAULT_OUTPUT_ROOTS = ("output",)
+
+
+def configured_roots(env: str, defaults: tuple[str, ...]) -> list[Path]:
+    """The roots named by an environment variable, or the defaults, resolved."""
+    value = os.environ.get(env, "")
+    items = [item for item in value.split(os.pathsep) if item] or list(defaults)
+    return [Path(item).resolve() for item in items]
+
+
+def data_roots() -> list[Path]:
+    return configured_roots(DATA_ROOTS_ENV, DEFAULT_DATA_ROOTS)
+
+
+def output_roots() -> list[Path]:
+    return configured_roots(OUTPUT_ROOTS_ENV, DEFAULT_OUTPUT_ROOTS)
+
+
+def confine(path: str | Path, roots: list[Path], parameter: str) -> Path:
+    """Return `path` unchanged if it resolves under one of `roots`; else raise ParameterError
+    naming the parameter. Nothing at the path is opened."""
+    resolved = Path(path).resolve()
+    if any(resolved.is_relative_to(root) for root in roots):
+        return Path(path)
+    env = OUTPUT_ROOTS_ENV if parameter == "output" else DATA_ROOTS_ENV
+    allowed = ", ".join(str(root) for root in roots)
+    raise ParameterError(
+        f"parameter {parameter}: '{path}' is outside the allowed folders ({allowed}); "
+        f"set {env} to allow another"
+    )
+
+
+def resolve_inputs(data: str | Path | list[str], roots: list[Path]) -> list[Path]:
+    """A file, a folder (its *.csv files), a glob, or a list of those -> the CSV files to read,
+    in order, each once. Every path must lie under one of `roots` (symlinks followed)."""
+    if isinstance(data, list):
+        if not data:
+            raise InputFileError("parameter data: no input paths given")
+        files = [path for item in data for path in resolve_inputs(item, roots)]
+        return list(dict.fromkeys(files))
+    text = str(data)
+    if any(ch in text for ch in GLOB_CHARS):
+        static = re.split(r"[*?\[]", text, maxsplit=1)[0]  # the folder part before any wildcard
+        confine(static if static.endswith(os.sep) else Path(static).parent, roots, "data")
+        paths = sorted(Path(p) for p in glob.glob(text, recursive=True))
+        files = [confine(p, roots, "data") for p in paths if p.is_file()]
+        if not files:
+            raise InputFileError(f"no input files match '{text}'")
+        return files
+    path = confine(text, roots, "data")
+    if path.is_dir():
+        found = sorted(p for p in path.glob("*.csv") if p.is_file() and not p.name.startswith("."))
+        if not found:
+            raise InputFileError(f"no input files: folder '{text}' holds no *.csv file")
+        return [confine(p, roots, "data") for p in found]
+    if not path.exists():
+        raise InputFileError(f"{text}: file not found")
+    if not path.is_file():
+        raise InputFileError(f"{text}: not a regular file")
+    return [path]
+
+
+def check_all(checks: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Run every check (name -> callable) and return their results; if any raise
+    PipelineError, raise one PipelineError listing every problem, so that a user with two
+    wrong paths hears of both at once."""
+    results, problems = {}, []
+    for name, check in checks.items():
+        try:
+            results[name] = check()
+        except PipelineError as exc:
+            problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        every = all(isinstance(p, ParameterError) for p in problems)
+        raise (ParameterError if every else PipelineError)("; ".join(map(str, problems)))
+    return results
+
+
+def existing_folder(path: str, roots: list[Path], parameter: str) -> Path:
+    """`path` confined to `roots` (see confine), which must be an existing folder."""
+    folder = confine(path, roots, parameter)
+    if not folder.is_dir():
+        raise ParameterError(f"parameter {parameter}: folder '{path}' not found")
+    return folder

@@ -1,0 +1,221 @@
+"""Report: a run summary for people. Markdown (also the Prefect artifact), PNG plots next to the
+outputs, and a few plain lines for the terminal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
+
+from tasks.common.storage import MANIFESTS, atomic_write, manifest_path
+from tasks.outputs.plots import PLOTS, plot_coefficients, plot_history, png
+
+REPORTS = "reports"
+HISTORY_RUNS = 20
+
+
+def report_dir(root: Path, run_id: str) -> Path:
+    return root / REPORTS / run_id
+
+
+def summary_markdown(manifest: dict[str, Any], output_root: Path) -> str:
+    """Markdown: row accounting per file, metrics, training, promotion, drift, outputs."""
+    rows = manifest["rows"]
+    lines = [
+        f"# Sales model run `{manifest['run_id']}`: {manifest['status']}",
+        "",
+        f"**Rows**: {rows['in']} in, {rows['accepted']} accepted, "
+        f"{rows['quarantined']} quarantined.",
+        "",
+        "| file | rows | accepted | quarantined | pass 1 |",
+        "|---|---:|---:|---:|---|",
+        *(
+            f"| {f['path']} | {f['rows']} | {f['accepted']} | {f['quarantined']} | {f['pass1']} |"
+            for f in manifest["inputs"]
+        ),
+    ]
+    if manifest["metrics"]:
+        training = manifest["training"]
+        lines += [
+            "",
+            f"**Training**: {training['epochs']} epochs, step size {training['step_size']:.4g}, "
+            f"{'converged' if training['converged'] else 'NOT converged'} "
+            f"({training['stop_reason']}).",
+            "",
+            "| target | split | rows | MSE | baseline MSE | R² | gap to optimum |",
+            "|---|---|---:|---:|---:|---:|---:|",
+            *(
+                f"| {m['target']} | {m['split']} | {m['rows']} | {m['mse']:.6g} | "
+                f"{m['baseline_mse']:.6g} | {_fixed(m['r2'], '.4f')} | {m['relative_gap']:.2e} |"
+                for m in manifest["metrics"]
+            ),
+        ]
+    if manifest.get("coefficients"):
+        lines += ["", *coefficient_markdown(manifest["coefficients"])]
+    lines += [f"\n**Warning**: {warning}." for warning in manifest.get("warnings", [])]
+    promotion = manifest.get("promotion")
+    if promotion:
+        verdict = "promoted to champion" if promotion["promoted"] else "not promoted (candidate)"
+        lines += ["", f"**Promotion**: {verdict}: {promotion['reason']}."]
+    drift = manifest.get("drift")
+    if drift:
+        flagged = [d["column"] for d in drift["columns"] if d["drifted"]]
+        lines += [
+            "",
+            f"**Drift** against the champion's data (run `{drift['reference_run']}`, "
+            f"standardized mean shift, threshold {drift['threshold']:g}): "
+            + (f"**drift in {', '.join(flagged)}**." if flagged else "none flagged."),
+            "",
+            "| column | mean (new) | mean (champion) | shift (std) | drift |",
+            "|---|---:|---:|---:|---|",
+            *(
+                f"| {d['column']} | {d['mean_new']:.4g} | {d['mean_reference']:.4g} | "
+                f"{d['mean_shift']:.3f} | {'yes' if d['drifted'] else ''} |"
+                for d in drift["columns"]
+            ),
+        ]
+    if manifest["error"]:
+        lines += ["", f"**Error**: {manifest['error']}"]
+    lines += ["", f"**Outputs** under `{output_root.resolve()}`:", ""]
+    lines += [f"- {name}: `{path}`" for name, path in manifest["outputs"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def coefficient_markdown(coefficients: list[dict[str, Any]]) -> list[str]:
+    """The coefficient table: least-squares estimate, standard errors, interval, p-value."""
+    level = coefficients[0]["confidence"]
+    lines = [
+        f"**Coefficients** (least squares on the train split; {level:.0%} intervals; robust SE "
+        "is HC1):",
+        "",
+        "| target | term | estimate | std error | CI low | CI high | p-value | robust SE |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    notes = {}
+    for c in coefficients:
+        cells = [_number(c[name]) for name in ("ls_weight", "std_error", "ci_low", "ci_high")]
+        cells += [_p(c["p_value"]), _number(c["robust_std_error"])]
+        lines.append(f"| {c['target']} | {c['feature']} | " + " | ".join(cells) + " |")
+        if c["note"]:
+            notes[c["target"]] = c["note"]
+    lines += [f"\n**No inference for {target}**: {note}." for target, note in notes.items()]
+    return lines
+
+
+def coefficient_lines(coefficients: list[dict[str, Any]]) -> list[str]:
+    """One terminal line per coefficient: estimate, interval, p-value (or why there is none)."""
+    out = []
+    for c in coefficients:
+        if c["ci_low"] is None:
+            interval = f"no interval ({c['note']})"
+        else:
+            interval = (
+                f"{c['confidence']:.0%} CI [{_number(c['ci_low'])}, {_number(c['ci_high'])}] "
+                f"p={_p(c['p_value'])}"
+            )
+        out.append(f"  {c['target']} {c['feature']:<14} {_number(c['ls_weight']):>11} {interval}")
+    return out
+
+
+def _number(value: float | None) -> str:
+    return _fixed(value, ".6g")
+
+
+def _fixed(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return ""
+    return "<1e-16" if value < 1e-16 else f"{value:.3g}"
+
+
+def summary_text(manifest: dict[str, Any], output_root: Path) -> str:
+    """A few plain lines for the terminal."""
+    rows = manifest["rows"]
+    out = [
+        f"run {manifest['run_id']} {manifest['status']}: {rows['in']} rows in, "
+        f"{rows['accepted']} accepted, {rows['quarantined']} quarantined",
+    ]
+    for m in manifest["metrics"] or []:
+        out.append(
+            f"  {m['target']} {m['split']:<7} rows={m['rows']:<6} mse={m['mse']:.6g} "
+            f"r2={_fixed(m['r2'], '.4f')} gap_to_optimum={m['relative_gap']:.1e}"
+        )
+    if manifest.get("coefficients"):
+        out.append("coefficients (least squares, train split):")
+        out += coefficient_lines(manifest["coefficients"])
+    out += [f"warning: {warning}" for warning in manifest.get("warnings", [])]
+    promotion = manifest.get("promotion")
+    if promotion:
+        verdict = "promoted to champion" if promotion["promoted"] else "not promoted"
+        out.append(f"{verdict}: {promotion['reason']}")
+    drift = manifest.get("drift")
+    if drift and any(d["drifted"] for d in drift["columns"]):
+        out.append("drift: " + ", ".join(d["column"] for d in drift["columns"] if d["drifted"]))
+    root = output_root.resolve()
+    if "report" in manifest["outputs"]:
+        out.append(f"report: {root / manifest['outputs']['report']}")
+    out.append(f"outputs: {root}")
+    out.append(f"manifest: {manifest_path(root, manifest['run_id'])}")
+    return "\n".join(out)
+
+
+def holdout_history(root: Path, current: dict[str, Any]) -> pd.DataFrame:
+    """Holdout MSE per target of the last completed training runs (the current one included)."""
+    manifests = [json.loads(p.read_text()) for p in sorted((root / MANIFESTS).glob("*.json"))]
+    runs = [m for m in manifests if m.get("kind") == "train" and m["status"] == "completed"]
+    runs = [*[m for m in runs if m["run_id"] != current["run_id"]], current][-HISTORY_RUNS:]
+    records = [
+        {"run_id": m["run_id"], "target": r["target"], "mse": r["mse"]}
+        for m in runs
+        for r in m["metrics"] or []
+        if r["split"] == "holdout"
+    ]
+    return pd.DataFrame.from_records(records, columns=["run_id", "target", "mse"])
+
+
+def write_report(root: Path, manifest: dict[str, Any], plots: dict[str, bytes]) -> Path:
+    """Write `<root>/reports/<run_id>/`: report.md, the model's plots (drawn already, see
+    tasks.outputs.plots.model_plots) and the holdout MSE history. Returns report.md."""
+    folder = report_dir(root, manifest["run_id"])
+    coefficients = pd.DataFrame.from_records(manifest["coefficients"])
+    plots = {
+        **plots,
+        "coefficients.png": png(plot_coefficients(coefficients)),
+        "history.png": png(plot_history(holdout_history(root, manifest))),
+    }
+    for name, data in plots.items():
+        atomic_write(folder / name, lambda tmp, data=data: tmp.write_bytes(data))
+    body = summary_markdown(manifest, root)
+    body += "\n## Plots\n\n" + "\n".join(
+        f"### {title}\n\n![{title}]({name})\n" for name, title in PLOTS.items()
+    )
+    return atomic_write(folder / "report.md", lambda tmp: tmp.write_text(body))
+
+
+@task(cache_policy=NONE, task_run_name="report-{manifest[run_id]}")
+def report_run(manifest: dict[str, Any], root: Path) -> str:
+    """Publish the run summary (markdown, linking the report and the manifest) and the weights
+    as artifacts: the flow run's page in the UI shows both."""
+    markdown = summary_markdown(manifest, root)
+    links = {"Run manifest": manifest_path(root, manifest["run_id"])}
+    if "report" in manifest["outputs"]:
+        links["Full report with plots"] = root / manifest["outputs"]["report"]
+    for label, path in links.items():
+        markdown += f"\n{label}: [{path.resolve()}](file://{path.resolve()})\n"
+    create_markdown_artifact(
+        markdown=markdown, key="sales-model-run", description="Training run summary"
+    )
+    create_table_artifact(
+        table=manifest["coefficients"],
+        key="sales-model-weights",
+        description=f"Weights of run {manifest['run_id']} (raw scale)",
+    )
+    return markdown
