@@ -12,26 +12,28 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.cli import exit_now, flow_parser, parse_flow_args, run_flow
-from flows.steps import emit, for_runner, name_flow_run, open_inputs, scan_inputs
+from flows.steps import for_runner, name_flow_run, open_inputs, run_pass2, scan_inputs
 from schemas.params import (
     DEFAULT_ID_COLUMN,
+    DEFAULT_KEEP_RUNS,
     DEFAULT_MAX_BAD_FRACTION,
     DEFAULT_OUTPUT,
     DEFAULT_SCORE_DATA,
     BadFraction,
     DataPaths,
     IdColumn,
+    KeepRuns,
     OutputRoot,
     RunConfig,
     RunId,
     id_column_of,
 )
 from tasks.common.paths import check_all, confine, data_roots, output_roots, resolve_inputs
-from tasks.common.storage import new_run, staging_area, table_metadata
+from tasks.common.storage import new_run, staging_area
 from tasks.outputs.predict import score_task
 from tasks.outputs.promote import LinearModel
 from tasks.outputs.publish import check_data_quality
-from tasks.outputs.score import choose_model, publish_score_run
+from tasks.outputs.score import choose_model, commit_scores_task
 
 # Scoring reads and writes once per row, like training's pass 2: well under training's timeout.
 SCORE_TIMEOUT_SECONDS = 2 * 3600
@@ -44,6 +46,7 @@ def score_sales(
     run_id: RunId = None,
     max_bad_fraction: BadFraction = DEFAULT_MAX_BAD_FRACTION,
     id_column: IdColumn = DEFAULT_ID_COLUMN,
+    keep_runs: KeepRuns = DEFAULT_KEEP_RUNS,
 ) -> dict[str, Any]:
     """Score the feature rows at `data` with the champion (or `run_id`) from `output`; writes
     the `scores` and `score_quarantine` tables and returns the scoring manifest."""
@@ -62,9 +65,8 @@ def score_sales(
     with staging_area(root, run.run_id) as staging:
         scan = scan_inputs(plans, config, staging)
         check_data_quality(run, scan, max_bad_fraction, "score")
-        metadata = table_metadata(run, "scores", scan.fingerprint)
-        emitted = emit(score_task, scan, model, model_run_id, config, staging, metadata)
-        return publish_score_run(run, scan, emitted, model_run_id)
+        scored = run_pass2(score_task, scan, model, model_run_id, config, root, run.run_id)
+        return commit_scores_task(run, scan, scored, model_run_id, keep_runs)
 
 
 def check_score_inputs(

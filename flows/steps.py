@@ -113,7 +113,7 @@ def log_parsed(scans: dict[int, Scan]) -> None:
     )
 
 
-def emit(task, scan: Scan, *args) -> Emitted:
+def run_pass2(task, scan: Scan, *args) -> Emitted:
     """Pass 2 (`task`: predict_task or score_task) over every file's kept rows."""
     futures = [task.submit(part, *args) for part in scan.parts]
     wait(futures)

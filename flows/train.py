@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.cli import exit_now, flow_parser, parse_flow_args, run_flow
-from flows.steps import emit, for_runner, name_flow_run, open_inputs, scan_inputs
+from flows.steps import for_runner, name_flow_run, open_inputs, run_pass2, scan_inputs
 from schemas.params import (
     DEFAULT_CONFIDENCE,
     DEFAULT_DATA,
@@ -21,6 +20,7 @@ from schemas.params import (
     DEFAULT_DTYPE,
     DEFAULT_HOLDOUT_FRACTION,
     DEFAULT_ID_COLUMN,
+    DEFAULT_KEEP_RUNS,
     DEFAULT_LEDGER,
     DEFAULT_MAX_BAD_FRACTION,
     DEFAULT_MAX_EPOCHS,
@@ -30,6 +30,7 @@ from schemas.params import (
     DEFAULT_SOLVER,
     DEFAULT_SPLIT_MB,
     DEFAULT_TOL,
+    RUN_TIMEOUT_SECONDS,
     BadFraction,
     Confidence,
     DriftThreshold,
@@ -37,6 +38,7 @@ from schemas.params import (
     Features,
     HoldoutFraction,
     IdColumn,
+    KeepRuns,
     LearningRate,
     LedgerDir,
     MaxEpochs,
@@ -54,25 +56,22 @@ from schemas.params import (
 )
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
 from tasks.common.paths import check_all, confine, data_roots, output_roots
-from tasks.common.storage import new_run, staging_area, table_metadata
+from tasks.common.storage import new_run, staging_area
 from tasks.ingest.cache import Pass1Cache
 from tasks.ingest.csvfile import ByteRange, CsvFile
 from tasks.ingest.validate import check_columns
 from tasks.landing.ledger import training_inputs
 from tasks.landing.slots import training_slot
+from tasks.model.evaluate import describe_model_task
 from tasks.model.train import train_model
 from tasks.outputs.plots import draw_model_plots
 from tasks.outputs.predict import Scoring, predict_task
-from tasks.outputs.publish import check_data_quality, publish_run
+from tasks.outputs.promote import decide_promotion_task
+from tasks.outputs.publish import check_data_quality, commit_training_task
 from tasks.outputs.report import report_run, summary_text
 
-# Longer than any training here takes (100M rows: a few minutes); a hung run ends, freeing the
-# training slot, instead of blocking every retrain after it. An operator with bigger data sets
-# SALES_MODEL_TRAIN_TIMEOUT_SECONDS in the worker's environment (or a run's job variables).
-TRAIN_TIMEOUT_SECONDS = float(os.environ.get("SALES_MODEL_TRAIN_TIMEOUT_SECONDS", 3 * 3600))
 
-
-@flow(name="train-sales-model", timeout_seconds=TRAIN_TIMEOUT_SECONDS)
+@flow(name="train-sales-model", timeout_seconds=RUN_TIMEOUT_SECONDS)
 def train_sales_model(
     data: TrainingData = DEFAULT_DATA,
     output: OutputRoot = DEFAULT_OUTPUT,
@@ -92,6 +91,7 @@ def train_sales_model(
     split_mb: SplitMB = DEFAULT_SPLIT_MB,
     confidence: Confidence = DEFAULT_CONFIDENCE,
     id_column: IdColumn = DEFAULT_ID_COLUMN,
+    keep_runs: KeepRuns = DEFAULT_KEEP_RUNS,
     use_cache: UseCache = True,
 ) -> dict[str, Any]:
     """Train the sales model on the CSV(s) at `data` and publish it under `output`. `data`
@@ -110,7 +110,8 @@ def train_sales_model(
 def _train(
     plans: list[tuple[CsvFile, list[ByteRange]]], root: Path, config: RunConfig
 ) -> dict[str, Any]:
-    """Pass 1, training, pass 2 and the publish of one run, inside the training slot."""
+    """One run, inside the training slot: pass 1, training, pass 2, the model's tables, the
+    promotion decision and the commit."""
     run = new_run(root, dict(flow_run.parameters))
     name_flow_run(f"train-{run.run_id}")
     with staging_area(root, run.run_id) as staging:
@@ -119,9 +120,16 @@ def _train(
         check_data_quality(run, scan, config.max_bad_fraction, "train")
         fit = train_model(scan, config)
         plots = draw_model_plots.submit(scan, fit, config)  # drawn while pass 2 writes
-        metadata = table_metadata(run, "predictions", scan.fingerprint)
-        emitted = emit(predict_task, scan, Scoring.of(fit, scan), config, staging, metadata)
-        manifest = publish_run(run, scan, emitted, fit, config, plots.result())
+        scoring = Scoring.of(fit, scan)
+        predicted = run_pass2(predict_task, scan, scoring, config, root, run.run_id)
+        tables, results = describe_model_task(fit, scan.train, predicted.sums, config)
+        tables["profile"] = scan.profile_table()
+        promotion = decide_promotion_task(
+            root, tables["weights"], fit.converged, scan.holdout, tables["profile"], config
+        )
+        manifest = commit_training_task(
+            run, scan, predicted, tables, promotion, results, config, plots.result()
+        )
     report_run(manifest, root)
     return manifest
 

@@ -17,7 +17,7 @@ from prefect import flow
 from prefect.utilities.annotations import quote
 
 from flows.cli import exit_now, flow_parser, parse_flow_args, run_flow
-from flows.train import TRAIN_TIMEOUT_SECONDS, train_sales_model
+from flows.train import train_sales_model
 from schemas.params import (
     DATASET,
     DEFAULT_ID_COLUMN,
@@ -26,6 +26,7 @@ from schemas.params import (
     DEFAULT_MAX_BAD_FRACTION,
     DEFAULT_OUTPUT,
     DEFAULT_SETTLE_SECONDS,
+    RUN_TIMEOUT_SECONDS,
     BadFraction,
     IdColumn,
     LandingDir,
@@ -47,8 +48,8 @@ from tasks.landing.check import check_landed_files, time_to_settle
 from tasks.landing.events import DEBOUNCE_SECONDS
 from tasks.landing.ledger import files_to_train, record_training, training_inputs
 
-# The check, and the training it starts (which has its own timeout, TRAIN_TIMEOUT_SECONDS).
-WATCH_TIMEOUT_SECONDS = TRAIN_TIMEOUT_SECONDS + 15 * 60
+# The check, and the training it starts (which has its own timeout, RUN_TIMEOUT_SECONDS).
+WATCH_TIMEOUT_SECONDS = RUN_TIMEOUT_SECONDS + 15 * 60
 
 
 def check_run_name() -> str:

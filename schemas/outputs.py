@@ -13,8 +13,13 @@ import pyarrow
 
 from schemas.sales import ID_COLUMN, SALES_COLUMNS, id_column_spec
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
+# A training run's tables; a scoring run writes scores and score_quarantine; every run's commit
+# is its row of `runs`.
 TABLES = ("predictions", "weights", "metrics", "quarantine", "profile")
+RUNS = "runs"
+# The big tables retention prunes (the others are a few rows a run).
+PRUNED_TABLES = ("predictions", "quarantine", "scores", "score_quarantine")
 
 
 def _finite_weights(frame: pd.DataFrame) -> pd.Series:
@@ -257,3 +262,33 @@ def scores_schema(
     columns["source_file"] = pa.Column(str, description="Input file the row came from.")
     columns["source_line"] = pa.Column(int, pa.Check.ge(1), description="Line in that file.")
     return pa.DataFrameSchema(columns, strict=True, name="scores")
+
+
+def descriptions_of(schema: pa.DataFrameSchema) -> dict[str, str]:
+    """Column -> description of a pandera schema: the comments of the Delta table's columns."""
+    return {name: column.description or "" for name, column in schema.columns.items()}
+
+
+_TIME = pyarrow.timestamp("us", tz="UTC")
+# One row per run, appended last: the run's commit. Readers that join `runs` see committed runs
+# only. (run_id is the table's partition column, as everywhere.)
+RUNS_COLUMNS = {
+    "kind": (pyarrow.string(), "train or score."),
+    "status": (pyarrow.string(), "completed, or failed (a run refused for its data)."),
+    "error": (pyarrow.string(), "Why a failed run was refused."),
+    "started_at": (_TIME, "When the run started (UTC)."),
+    "finished_at": (_TIME, "When the run committed (UTC)."),
+    "flow_run_id": (pyarrow.string(), "The Prefect flow run."),
+    "schema_version": (pyarrow.string(), "Version of these tables' contracts the run wrote."),
+    "data_fingerprint": (pyarrow.string(), "sha256 over the sorted sha256s of the inputs."),
+    "rows_in": (pyarrow.int64(), "Data rows read."),
+    "rows_accepted": (pyarrow.int64(), "Rows accepted."),
+    "rows_quarantined": (pyarrow.int64(), "Rows quarantined."),
+    "promoted": (pyarrow.bool_(), "Whether the run became the champion (training runs)."),
+    "promotion_reason": (pyarrow.string(), "The gate's reason."),
+    "champion_before": (pyarrow.string(), "The champion the run was compared with."),
+    "model_run_id": (pyarrow.string(), "The training run whose model scored (scoring runs)."),
+    "warnings": (pyarrow.list_(pyarrow.string()), "Warnings of the run."),
+    "manifest": (pyarrow.string(), "The run's manifest as JSON text (inputs, parameters, ...)."),
+}
+RUNS_ARROW = pyarrow.schema([(name, kind) for name, (kind, _) in RUNS_COLUMNS.items()])

@@ -43,6 +43,14 @@ DEFAULT_ID_COLUMN = ID_COLUMN
 NO_ID = "none"
 # Coefficient and prediction intervals: the level analysts quote by default.
 DEFAULT_CONFIDENCE = 0.95
+# Output retention: the predictions, scores and quarantine of the last this many runs of each
+# kind (and the champion's) are kept; the small tables of every run are kept.
+DEFAULT_KEEP_RUNS = 20
+# Longer than any training here takes (100M rows: a few minutes); a hung run ends, freeing the
+# training slot, instead of blocking every retrain after it. An operator with bigger data sets
+# SALES_MODEL_TRAIN_TIMEOUT_SECONDS in the worker's environment (or a run's job variables). A run
+# that has not committed this long after it started is dead: a later run removes its rows.
+RUN_TIMEOUT_SECONDS = float(os.environ.get("SALES_MODEL_TRAIN_TIMEOUT_SECONDS", 3 * 3600))
 # Drift is flagged when a column's mean moved by more than half a standard deviation of the
 # champion's data.
 DEFAULT_DRIFT_THRESHOLD = 0.5
@@ -82,6 +90,14 @@ LandingDir = Annotated[
     str,
     Field(min_length=1, description="The landing folder new files arrive in."),
     Option(metavar="DIR"),
+]
+KeepRuns = Annotated[
+    int,
+    Field(
+        ge=1,
+        description="Keep the predictions, scores and quarantine of the last this many runs "
+        "(and the champion's); older runs keep their weights, metrics and profile.",
+    ),
 ]
 UseCache = Annotated[
     bool,
@@ -216,6 +232,7 @@ class RunConfig:
     promotion_tolerance: float = DEFAULT_PROMOTION_TOLERANCE
     drift_threshold: float = DEFAULT_DRIFT_THRESHOLD
     confidence: float = DEFAULT_CONFIDENCE
+    keep_runs: int = DEFAULT_KEEP_RUNS
     use_cache: bool = True
     block_bytes: int = BLOCK_BYTES
     split_bytes: int = 0

@@ -18,22 +18,18 @@ import re
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import pyarrow
-import pyarrow.parquet as pq
-
-from schemas.outputs import NULLABLE_ARROW, SCHEMA_VERSION
+from schemas.params import RUN_TIMEOUT_SECONDS
 from tasks.common.errors import PublishError
 
 MANIFESTS = "manifests"
 STAGING = ".staging"
-_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp$")
 
 
 @dataclass(frozen=True)
@@ -134,42 +130,6 @@ def working_files(folder: Path) -> Iterator[None]:
         ) from exc
 
 
-def remove_written(paths: list[Path]) -> None:
-    """Remove the files and run folders a failed publish had written (or was about to write),
-    and the run folders they leave empty. Best effort: the error that failed the publish is the
-    one reported, not a later one of the clean-up."""
-    for path in paths:
-        with contextlib.suppress(OSError):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            path.parent.rmdir()
-
-
-def sweep_temp_files(root: Path) -> list[Path]:
-    """Remove temp files and staging folders left by runs that are no longer running, and run
-    folders they leave empty; return what was removed. Call it holding the output lock."""
-    removed = []
-    if not root.exists():
-        return removed
-    for path in root.rglob(".*.tmp"):
-        match = _TEMP_NAME.match(path.name)
-        if match and not pid_alive(int(match.group(1))):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    for folder in root.glob(f"{STAGING}/*.*"):
-        pid = folder.name.rsplit(".", 1)[-1]
-        if folder.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    for folder in root.glob("*/run_id=*"):
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
-    return removed
-
-
 def pid_alive(pid: int) -> bool:
     """Whether a process runs with this PID (a zombie, exited but not reaped, does not)."""
     try:
@@ -183,91 +143,13 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def run_folder(root: Path, table: str, run_id: str) -> Path:
-    """A run's folder (its partition) in a table."""
-    return root / table / f"run_id={run_id}"
-
-
-def table_path(root: Path, table: str, run_id: str) -> Path:
-    """Where a run's part of a table lives."""
-    return run_folder(root, table, run_id) / "part-0.parquet"
-
-
-def table_metadata(run: RunInfo, table: str, fingerprint: str) -> dict[bytes, bytes]:
-    """The key-value metadata every Parquet file of a run carries."""
-    return {
-        b"run_id": run.run_id.encode(),
-        b"table": table.encode(),
-        b"data_fingerprint": fingerprint.encode(),
-        b"schema_version": SCHEMA_VERSION.encode(),
-        b"parameters": json.dumps(run.parameters, sort_keys=True).encode(),
-    }
-
-
-def write_table(
-    frame: pd.DataFrame, root: Path, table: str, run: RunInfo, fingerprint: str
-) -> Path:
-    """Write one table of one run as Parquet with the run's key-value metadata."""
-    arrow = pyarrow.Table.from_pandas(frame, preserve_index=False)
-    for name, kind in NULLABLE_ARROW.items():
-        if name in arrow.column_names:
-            index = arrow.schema.get_field_index(name)
-            arrow = arrow.set_column(index, name, arrow.column(name).cast(kind))
-    metadata = {**(arrow.schema.metadata or {}), **table_metadata(run, table, fingerprint)}
-    arrow = arrow.replace_schema_metadata(metadata)
-    return atomic_write(table_path(root, table, run.run_id), lambda tmp: pq.write_table(arrow, tmp))
-
-
-def write_table_chunks(
-    chunks: Iterator[pyarrow.Table],
-    schema: pyarrow.Schema,
-    root: Path,
-    table: str,
-    run: RunInfo,
-    fingerprint: str,
-) -> Path:
-    """Write one table of one run from chunks (bounded memory), atomically, with the run's
-    metadata."""
-    schema = schema.with_metadata(table_metadata(run, table, fingerprint))
-
-    def write(tmp: Path) -> None:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for chunk in chunks:
-                writer.write_table(chunk.cast(schema))
-
-    return atomic_write(table_path(root, table, run.run_id), write)
-
-
-def move_parts(parts: list[Path], root: Path, table: str, run_id: str) -> Path:
-    """Move staged Parquet files (already carrying the run's metadata, on the output root's
-    file system) into the table's run folder, keeping their names; returns the folder.
-
-    The parts are gathered out of sight, in a new folder beside the first, which then becomes
-    the run folder in one rename: readers see every part or none, and a failure leaves the
-    table as it was (the gathered parts stay in the run's working files)."""
-    folder = run_folder(root, table, run_id)
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        if not parts:
-            folder.mkdir()
-            return folder
-        whole = parts[0].parent / f".{table}-{run_id}"
-        whole.mkdir()
-        for part in parts:
-            part.replace(whole / part.name)
-        whole.rename(folder)
-    except OSError as exc:
-        raise PublishError(
-            f"{folder}: could not move the staged files in ({_describe(exc)})"
-        ) from exc
-    return folder
-
-
 @contextlib.contextmanager
 def staging_area(root: Path, run_id: str) -> Iterator[Path]:
-    """A private folder under `<root>/.staging/` for the files a run writes before it
-    publishes; removed when the run ends, or by a later sweep if its process died."""
-    folder = root / STAGING / f"{run_id}.{os.getpid()}"
+    """A private folder under `<root>/.staging/` for a run's working files (pass 1's kept rows);
+    removed when the run ends. Folders of runs that died are removed by a later run once they
+    are older than any run can live (no PID: a run on another host must keep its staging)."""
+    sweep_staging(root / STAGING)
+    folder = root / STAGING / run_id
     folder.mkdir(parents=True, exist_ok=True)
     try:
         yield folder
@@ -275,6 +157,17 @@ def staging_area(root: Path, run_id: str) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
         with contextlib.suppress(OSError):  # another run may be staging there
             folder.parent.rmdir()
+
+
+def sweep_staging(staging: Path) -> None:
+    """Remove staging folders untouched for longer than a run can live."""
+    if not staging.is_dir():
+        return
+    dead = time.time() - RUN_TIMEOUT_SECONDS - 3600
+    for folder in staging.iterdir():
+        with contextlib.suppress(OSError):
+            if folder.is_dir() and folder.stat().st_mtime < dead:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:

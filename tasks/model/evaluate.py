@@ -3,12 +3,17 @@ and warnings about the fit itself."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from prefect import task
+from prefect.cache_policies import NONE
 
-from tasks.model.inference import Inference
+from schemas.params import RunConfig
+from tasks.ingest.stats import Moments
+from tasks.model.inference import Inference, infer
 
 SPLITS = ("train", "holdout")
 INTERCEPT = "(intercept)"
@@ -195,3 +200,65 @@ def estimate_warnings(weights: pd.DataFrame) -> list[str]:
         "--dtype float64"
         for row in far.itertuples()
     ]
+
+
+# The weights columns the manifest (and so the summary and the report) carries.
+COEFFICIENT_COLUMNS = [
+    "target", "feature", "weight", "ls_weight", "std_error", "ci_low", "ci_high", "p_value",
+    "robust_std_error", "confidence", "note",
+]  # fmt: skip
+
+
+def describe_model(
+    fit: Any,
+    inference: Inference,
+    sums: dict[str, dict[str, Any]],
+    train_rows: int,
+    config: RunConfig,
+) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """The tables a trained model publishes (weights, metrics) and what its manifest says of it
+    (training, metrics, coefficients, warnings), from the fit, its inference and pass 2's sums."""
+    weights = weights_frame(fit, inference, config.features, config.targets)
+    metrics = metrics_from_sums(sums, fit, config.targets, inference)
+    results = {
+        "training": {
+            "epochs": fit.epochs,
+            "step_size": fit.lr,
+            "converged": fit.converged,
+            "stop_reason": fit.stop_reason,
+            "final_train_loss": fit.loss_history[-1],
+        },
+        "metrics": records_of(metrics),
+        "coefficients": records_of(weights[COEFFICIENT_COLUMNS]),
+        "warnings": fit_warnings(train_rows, len(config.features)) + estimate_warnings(weights),
+    }
+    return {"weights": weights, "metrics": metrics}, results
+
+
+def records_of(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """A small table as JSON-ready records (NaN and NA as null)."""
+    records = frame.to_dict("records")
+    return [{name: _plain(value) for name, value in row.items()} for row in records]
+
+
+def _plain(value: Any) -> Any:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@task(cache_policy=NONE, task_run_name="describe-model")
+def describe_model_task(
+    fit: Any, train: Moments, sums: dict[str, dict[str, Any]], config: RunConfig
+) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """The inference of the least-squares fit on the training rows (pass 1's statistics, pass
+    2's residual sums), then describe_model."""
+    inference = infer(
+        train,
+        sums["train"]["sse_optimum"],
+        sums["train"]["meat"],
+        config.features,
+        config.targets,
+        config.confidence,
+    )
+    return describe_model(fit, inference, sums, train.n, config)

@@ -1,9 +1,10 @@
-"""Pass 2: the kept rows of pass 1 -> a model's predictions, written as staged Parquet parts.
+"""Pass 2: the kept rows of pass 1 -> a model's predictions, written as Parquet parts of the run.
 
 Training runs write `predictions` (every accepted row with its prediction, residual and split)
 and sum the squared errors per split for the metrics; scoring runs write `scores`. Each spill
-chunk is one part, written on its own thread (Parquet encoding runs outside the GIL), and the
-parts are moved into place by the publish step. Nothing here reads the CSV again.
+chunk is one part, written on its own thread (Parquet encoding runs outside the GIL) straight
+into the Delta table's folder, where no reader sees it until the publish step commits the run's
+parts in one transaction. Nothing here reads the CSV again.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NONE
 
-from schemas.outputs import predictions_schema, scores_schema
+from schemas.outputs import descriptions_of, predictions_schema, scores_schema
 from schemas.params import RunConfig
 from tasks.common.storage import working_files
 from tasks.ingest.scan import FilePart, Scan
@@ -29,6 +30,7 @@ from tasks.ingest.spill import spilled_values
 from tasks.ingest.stats import least_squares_of_moments
 from tasks.model.evaluate import SPLITS, add_sums, zero_sums
 from tasks.model.inference import meat_of_rows, prediction_interval
+from tasks.outputs import tables
 from tasks.outputs.promote import Uncertainty
 
 _SPLIT_NAMES = pa.array(list(SPLITS), pa.string())  # index 0 train, 1 holdout
@@ -67,14 +69,18 @@ class _Output:
     contract: pandera.DataFrameSchema
     dictionary: list[str]
     sizes: tuple[int, int]
+    schema: pa.Schema
 
 
 @dataclass(frozen=True)
 class Emitted:
-    """Pass 2's result: the staged parts and per-split sums (training runs)."""
+    """Pass 2's result: the parts written into the table's run folder (not committed yet),
+    their Arrow schema and column descriptions, and per-split sums (training runs)."""
 
-    parts: tuple[Path, ...]
+    parts: tuple[str, ...]
     sums: dict[str, dict[str, Any]]
+    schema: pa.Schema
+    described: dict[str, str]
 
 
 def predictions_arrow(config: RunConfig) -> pa.Schema:
@@ -100,11 +106,11 @@ def predict_parts(
     parts: tuple[FilePart, ...],
     scoring: Scoring,
     config: RunConfig,
-    staging: Path,
-    metadata: dict[bytes, bytes],
+    root: Path,
+    run_id: str,
 ) -> Emitted:
     """Pass 2 of a training run over the kept rows of `parts` (see the module docstring)."""
-    schema = predictions_arrow(config).with_metadata(metadata)
+    schema = predictions_arrow(config)
 
     def table(batch: pa.RecordBatch, source: str, sums: dict) -> pa.Table:
         values = spilled_values(batch, config)
@@ -134,8 +140,8 @@ def predict_parts(
     dictionary = [*config.values, "split", "source_file"]
     contract = predictions_schema(config.features, config.targets, config.id_column)
     sizes = (len(config.targets), len(config.features))
-    output = _Output("predictions", table, contract, dictionary, sizes)
-    return _emit(parts, staging, output, config.threads)
+    output = _Output("predictions", table, contract, dictionary, sizes, schema)
+    return _emit(parts, root, run_id, output, config.threads)
 
 
 def score_parts(
@@ -143,12 +149,12 @@ def score_parts(
     model: Any,
     model_run_id: str,
     config: RunConfig,
-    staging: Path,
-    metadata: dict[bytes, bytes],
+    root: Path,
+    run_id: str,
 ) -> Emitted:
     """Pass 2 of a scoring run: every kept row with the model's predictions (`model`: W, b,
     features, targets)."""
-    schema = scores_arrow(model, config).with_metadata(metadata)
+    schema = scores_arrow(model, config)
     run_column = pa.array([model_run_id], pa.string())
 
     def table(batch: pa.RecordBatch, source: str, sums: dict) -> pa.Table:
@@ -164,8 +170,8 @@ def score_parts(
 
     dictionary = [*model.features, "model_run_id", "source_file"]
     contract = scores_schema(model.features, model.targets, config.id_column)
-    output = _Output("scores", table, contract, dictionary, (len(model.targets), 0))
-    return _emit(parts, staging, output, config.threads)
+    output = _Output("scores", table, contract, dictionary, (len(model.targets), 0), schema)
+    return _emit(parts, root, run_id, output, config.threads)
 
 
 def _id_fields(config: RunConfig) -> list[tuple[str, pa.DataType]]:
@@ -196,17 +202,19 @@ def _with_source(columns: list, batch: pa.RecordBatch, source: str, schema: pa.S
     return pa.Table.from_arrays([*columns, source_column, batch.column("line")], schema=schema)
 
 
-def _emit(parts: tuple[FilePart, ...], staging: Path, output: _Output, threads: int) -> Emitted:
-    """Write one staged part per spill chunk, on `threads` threads; sums are added up in chunk
-    order, so the result does not depend on timing. The Arrow schema is fixed; the first rows
-    of every part are validated against the table's pandera contract as well."""
-    folder = staging / output.name
-    folder.mkdir(parents=True, exist_ok=True)
+def _emit(
+    parts: tuple[FilePart, ...], root: Path, run_id: str, output: _Output, threads: int
+) -> Emitted:
+    """Write one part per spill chunk into the table's run folder (committed later, by the
+    publish), on `threads` threads; sums are added up in chunk order, so the result does not
+    depend on timing. The Arrow schema is fixed; the first rows of every part are validated
+    against the table's pandera contract as well."""
     units = [(part, chunk) for part in parts for chunk in part.chunks()]
+    folder = Path(tables.part_path(root, output.name, run_id)).parent
 
-    def write(unit: tuple[FilePart, tuple[int, int]]) -> tuple[Path | None, dict]:
+    def write(unit: tuple[FilePart, tuple[int, int]]) -> tuple[str | None, dict]:
         part, chunk = unit
-        path = folder / f"part-{part.index:05d}-{chunk[0]:04d}-{chunk[1]:04d}.parquet"
+        path = tables.part_path(root, output.name, run_id)
         sums = zero_sums(*output.sizes)
         writer = None
         for batch in part.batches(chunk):
@@ -227,7 +235,8 @@ def _emit(parts: tuple[FilePart, ...], staging: Path, output: _Output, threads: 
     sums = zero_sums(*output.sizes)
     for _, part_sums in results:
         sums = add_sums(sums, part_sums)
-    return Emitted(tuple(path for path, _ in results if path is not None), sums)
+    parts_written = tuple(path for path, _ in results if path is not None)
+    return Emitted(parts_written, sums, output.schema, descriptions_of(output.contract))
 
 
 @task(cache_policy=NONE, task_run_name="predict-{part.index}")
@@ -235,11 +244,11 @@ def predict_task(
     part: FilePart,
     scoring: Scoring,
     config: RunConfig,
-    staging: Path,
-    metadata: dict[bytes, bytes],
+    root: Path,
+    run_id: str,
 ) -> Emitted:
     """predict_parts as a task, for one file's rows."""
-    return predict_parts((part,), scoring, config, staging, metadata)
+    return predict_parts((part,), scoring, config, root, run_id)
 
 
 @task(cache_policy=NONE, task_run_name="score-{part.index}")
@@ -248,11 +257,11 @@ def score_task(
     model: Any,
     model_run_id: str,
     config: RunConfig,
-    staging: Path,
-    metadata: dict[bytes, bytes],
+    root: Path,
+    run_id: str,
 ) -> Emitted:
     """score_parts as a task, for one file's rows."""
-    return score_parts((part,), model, model_run_id, config, staging, metadata)
+    return score_parts((part,), model, model_run_id, config, root, run_id)
 
 
 def combine_emitted(parts: list[Emitted]) -> Emitted:
@@ -260,4 +269,5 @@ def combine_emitted(parts: list[Emitted]) -> Emitted:
     sums = parts[0].sums
     for part in parts[1:]:
         sums = add_sums(sums, part.sums)
-    return Emitted(tuple(path for part in parts for path in part.parts), sums)
+    paths = tuple(path for part in parts for path in part.parts)
+    return Emitted(paths, sums, parts[0].schema, parts[0].described)

@@ -1,30 +1,29 @@
 """Promotion: a new model becomes the champion only if it is at least as good as the current one
-on the same holdout rows, and it converged. The champion pointer is a small JSON file under the
-output root, replaced atomically; weights are read back from Parquet, never unpickled."""
+on the same holdout rows, and it converged. The champion is the newest row of the `champions`
+Delta table, moved by compare-and-swap (tasks/outputs/tables.py), so two runs deciding at once
+cannot both win or lose a promotion; `champion.json` is a readable copy written after it. Weights
+are read back from the weights table, never unpickled."""
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from prefect import task
+from prefect.cache_policies import NONE
 
-from tasks.common.errors import PipelineError
-from tasks.common.storage import table_path, write_json
+from schemas.params import RunConfig
+from tasks.common.errors import PipelineError, PublishError
+from tasks.common.storage import write_json
+from tasks.ingest.profile import compare_profiles
 from tasks.ingest.stats import Moments, moments_mse
 from tasks.model.evaluate import INTERCEPT
+from tasks.outputs import tables
 
 CHAMPION_FILE = "champion.json"
-LOCK_FILE = ".publish.lock"
 
 
 @dataclass(frozen=True)
@@ -92,19 +91,111 @@ def _uncertainty(
 
 
 def load_model(root: Path, run_id: str) -> LinearModel:
-    """The model of a published run, from its weights Parquet."""
-    path = table_path(root, "weights", run_id)
-    if not path.exists():
-        raise PipelineError(f"{path}: weights of run {run_id} not found")
-    return model_from_weights(pd.read_parquet(path))
+    """The model of a committed training run, from the weights table."""
+    weights = None
+    if tables.version_of(root, "weights") is not None:
+        weights = tables.read(root, "weights", filters=[("run_id", "=", run_id)])
+    if weights is None or not weights.num_rows:
+        raise PipelineError(f"{root}: no weights of run {run_id} (see the runs table)")
+    return model_from_weights(weights.drop_columns(["run_id"]).to_pandas())
 
 
 def read_champion(root: Path) -> dict[str, Any] | None:
-    """The champion pointer, or None before the first promotion."""
-    path = root / CHAMPION_FILE
-    if not path.exists():
+    """The current champion's row of the `champions` table, or None before the first one."""
+    return tables.current_champion(root)[1]
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """The gate's decision for a run, the `champions` version it was taken at (the expected
+    version of the compare-and-swap) and the drift of the run's data from the champion's."""
+
+    decision: dict[str, Any]
+    champion_version: int | None
+    drift: dict[str, Any] | None
+
+
+def judge(
+    root: Path,
+    candidate: LinearModel,
+    converged: bool,
+    holdout: Moments,
+    tolerance: float,
+) -> tuple[dict[str, Any], int | None]:
+    """decide_promotion against the champion as it is now; with the version read."""
+    version, champion_row = tables.current_champion(root)
+    champion_id = None if champion_row is None else champion_row["run_id"]
+    champion = None if champion_id is None else load_model(root, champion_id)
+    decision = decide_promotion(candidate, converged, champion, champion_id, holdout, tolerance)
+    return decision, version
+
+
+def drift_against(
+    root: Path, champion_id: str | None, profile: pd.DataFrame, threshold: float
+) -> dict[str, Any] | None:
+    """Compare this run's profile with the champion's (None before the first champion)."""
+    if champion_id is None:
         return None
-    return json.loads(path.read_text())
+    reference = tables.read(root, "profile", filters=[("run_id", "=", champion_id)])
+    if not reference.num_rows:
+        return None
+    shifts = compare_profiles(profile, reference.drop_columns(["run_id"]).to_pandas(), threshold)
+    return {
+        "reference_run": champion_id,
+        "measure": "standardized mean shift |mean_new - mean_champion| / std_champion",
+        "threshold": threshold,
+        "columns": shifts.to_dict(orient="records"),
+    }
+
+
+@task(cache_policy=NONE, task_run_name="decide-promotion")
+def decide_promotion_task(
+    root: Path,
+    weights: pd.DataFrame,
+    converged: bool,
+    holdout: Moments,
+    profile: pd.DataFrame,
+    config: RunConfig,
+) -> Promotion:
+    """The gate against the current champion, and the drift from the champion's data."""
+    decision, version = judge(
+        root, model_from_weights(weights), converged, holdout, config.promotion_tolerance
+    )
+    drift = drift_against(root, decision["champion_before"], profile, config.drift_threshold)
+    return Promotion(decision, version, drift)
+
+
+# Another run promoted between this run's decision and its swap this often: give up.
+SWAP_ATTEMPTS = 5
+
+
+def crown(
+    root: Path,
+    run_id: str,
+    candidate: LinearModel,
+    converged: bool,
+    holdout: Moments,
+    tolerance: float,
+    promotion: Promotion,
+) -> dict[str, Any]:
+    """Make `run_id` the champion if the decision promotes it, by compare-and-swap from the
+    version the decision was taken at; if another run was crowned meanwhile, decide again
+    against that one. Returns the decision that held."""
+    decision, version = promotion.decision, promotion.champion_version
+    for _ in range(SWAP_ATTEMPTS):
+        if not decision["promoted"]:
+            return decision
+        row = {
+            "run_id": run_id,
+            "reason": decision["reason"],
+            "holdout_mse": decision["candidate_holdout_mse"] or {},
+        }
+        if tables.swap_champion(root, version, row):
+            return decision
+        decision, version = judge(root, candidate, converged, holdout, tolerance)
+    raise PublishError(
+        f"{root}: the champion moved {SWAP_ATTEMPTS} times while run {run_id} was deciding"
+    )
 
 
 def decide_promotion(
@@ -176,57 +267,19 @@ def _by_target(targets: tuple[str, ...], values: np.ndarray) -> dict[str, float]
     return {t: float(v) for t, v in zip(targets, values, strict=True)}
 
 
-def write_champion(root: Path, run_id: str, decision: dict[str, Any]) -> Path:
-    """Atomically point the champion at `run_id`."""
+def write_champion_copy(root: Path) -> Path | None:
+    """`champion.json`: a readable copy of the current champion (its run, when, why, the holdout
+    MSE, its manifest), for readers of earlier releases and people; the table is the truth."""
+    row = read_champion(root)
+    if row is None:
+        return None
     return write_json(
         root / CHAMPION_FILE,
         {
-            "run_id": run_id,
-            "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "reason": decision["reason"],
-            "holdout_mse": decision["candidate_holdout_mse"],
-            "manifest": f"manifests/{run_id}.json",
+            "run_id": row["run_id"],
+            "promoted_at": row["promoted_at"].isoformat(timespec="seconds"),
+            "reason": row["reason"],
+            "holdout_mse": row["holdout_mse"],
+            "manifest": f"manifests/{row['run_id']}.json",
         },
     )
-
-
-@contextmanager
-def output_lock(
-    root: Path, timeout_seconds: float, on_wait: Callable[[str], None] | None = None
-) -> Iterator[None]:
-    """Exclusive lock on the output root for the publish step. The OS drops it when the holder
-    dies, so a killed run never blocks the next one. While another process holds it,
-    `on_wait` hears who (once per holder)."""
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / LOCK_FILE
-    with path.open("a+") as fh:
-        deadline = time.monotonic() + timeout_seconds
-        reported = None
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                holder = path.read_text().strip() or "unknown"
-                if on_wait is not None and holder != reported:
-                    on_wait(
-                        f"waiting for the publish lock on {root}: another run (pid {holder}) "
-                        f"is publishing there; giving up after {timeout_seconds:g} s"
-                    )
-                    reported = holder
-                if time.monotonic() >= deadline:
-                    raise PipelineError(
-                        f"another training run (pid {holder}) is publishing to {root}; gave up "
-                        f"after {timeout_seconds:g} s"
-                    ) from None
-                time.sleep(0.2)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fh.truncate(0)
-            fh.flush()
-            fcntl.flock(fh, fcntl.LOCK_UN)

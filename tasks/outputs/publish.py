@@ -1,68 +1,208 @@
-"""Publish: validate a run's tables, write them, decide promotion, write the report and the
-manifest last and then move the champion pointer, all under the output root's lock, all or
-nothing."""
+"""Publish: a run's commit. The run's rows go into the Delta tables (tasks/outputs/tables.py), one
+append transaction per table, and its row of the `runs` table, appended last, is the commit:
+readers that go through `runs` see a run whole or not at all. A training run moves the champion
+pointer (compare-and-swap, tasks/outputs/promote.py) just before that row. After the commit come
+the readable copies (`manifests/<id>.json`, `champion.json`) and retention.
+
+A publish that fails takes back what it had committed; the rows of a run that died between two
+commits are removed by a later run once the run cannot be alive any more (ORPHAN_AFTER_SECONDS).
+No lock and no rename: what runs share is the tables, which commit by conditional writes.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import os
 import shutil
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import pyarrow
+import pyarrow as pa
+import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 from schemas.outputs import (
+    NULLABLE_ARROW,
+    PRUNED_TABLES,
     QUARANTINE_ARROW,
+    RUNS,
+    RUNS_ARROW,
+    RUNS_COLUMNS,
     SCHEMA_VERSION,
     MetricsTable,
     ProfileTable,
     QuarantineTable,
     WeightsTable,
+    descriptions_of,
 )
-from schemas.params import RunConfig
-from tasks.common.errors import DataQualityError
+from schemas.params import RUN_TIMEOUT_SECONDS, RunConfig
+from tasks.common.errors import DataQualityError, PublishError
 from tasks.common.runlog import run_logger
-from tasks.common.storage import (
-    RunInfo,
-    data_fingerprint,
-    manifest_path,
-    move_parts,
-    remove_written,
-    run_folder,
-    sweep_temp_files,
-    table_path,
-    write_json,
-    write_table,
-    write_table_chunks,
-)
-from tasks.ingest.profile import compare_profiles
+from tasks.common.storage import RunInfo, data_fingerprint, manifest_path, write_json
 from tasks.ingest.scan import Scan
 from tasks.ingest.validate import FileReport, check_quality, quarantine_table
-from tasks.model.evaluate import estimate_warnings, fit_warnings, metrics_from_sums, weights_frame
-from tasks.model.inference import Inference, infer
+from tasks.outputs import tables
 from tasks.outputs.predict import Emitted
 from tasks.outputs.promote import (
-    decide_promotion,
-    load_model,
+    Promotion,
+    crown,
     model_from_weights,
-    output_lock,
-    read_champion,
-    write_champion,
+    write_champion_copy,
 )
 from tasks.outputs.report import report_dir, write_report
 
 # Where each kind of run keeps its rejected rows.
 QUARANTINE_TABLES = {"train": "quarantine", "score": "score_quarantine"}
-# How long a run waits for another run's publish step before it gives up.
-LOCK_TIMEOUT_SECONDS = 300.0
+# Tables small enough to be written from one DataFrame, with their contracts.
+SMALL_TABLES = {"weights": WeightsTable, "metrics": MetricsTable, "profile": ProfileTable}
+# A run not committed this long after it started is dead (its flow's timeout has passed).
+ORPHAN_AFTER_SECONDS = RUN_TIMEOUT_SECONDS + 3600
+# Files no version needs any more are deleted once they are this old: longer than any run (a
+# part written but not committed yet is protected by its age alone) and any read in flight.
+VACUUM_HOURS = float(os.environ.get("SALES_MODEL_VACUUM_HOURS", 24))
+
+
+@dataclass
+class Commit:
+    """The tables one run has committed to so far, so that a failure can take them back."""
+
+    run: RunInfo
+    committed: list[str] = field(default_factory=list)
+
+    def append(self, table: str, data: pa.Table, descriptions: dict[str, str]) -> None:
+        self.committed.append(table)
+        tables.append(self.run.output_root, table, data, self.run.run_id, descriptions=descriptions)
+
+    def parts(
+        self, table: str, parts: list[str], schema: pa.Schema, descriptions: dict[str, str]
+    ) -> None:
+        self.committed.append(table)
+        tables.commit_parts(
+            self.run.output_root,
+            table,
+            self.run.run_id,
+            parts,
+            schema,
+            descriptions=descriptions,
+        )
+
+    def finish(self, manifest: dict[str, Any]) -> None:
+        """The run's row of `runs`: its commit."""
+        descriptions = {name: text for name, (_, text) in RUNS_COLUMNS.items()}
+        tables.append(self.run.output_root, RUNS, runs_row(manifest), self.run.run_id,
+                      descriptions=descriptions)  # fmt: skip
+
+    def undo(self) -> None:
+        """Take this run's rows out of every table it committed to (best effort: what is left
+        is invisible to readers going through `runs`, and the orphan sweep removes it)."""
+        for table in dict.fromkeys(self.committed):
+            with contextlib.suppress(Exception):
+                tables.delete_runs(self.run.output_root, table, [self.run.run_id])
+
+
+@contextlib.contextmanager
+def committing(run: RunInfo, *folders: Path) -> Iterator[Commit]:
+    """A run's commit; on failure its committed rows are taken back and `folders` removed."""
+    commit = Commit(run)
+    try:
+        yield commit
+    except BaseException:
+        commit.undo()
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def commit_training(
+    run: RunInfo,
+    scan: Scan,
+    predicted: Emitted,
+    model_tables: dict[str, pd.DataFrame],
+    promotion: Promotion,
+    results: dict[str, Any],
+    config: RunConfig,
+    plots: dict[str, bytes],
+) -> dict[str, Any]:
+    """Commit a training run: weights, metrics, profile, quarantine and the predictions pass 2
+    wrote, the champion (if the gate promotes it), the report, then its row of `runs`. Returns
+    the manifest."""
+    for name, frame in model_tables.items():
+        SMALL_TABLES[name].validate(frame, lazy=True)
+    root, weights = run.output_root, model_tables["weights"]
+    report_folder = report_dir(root, run.run_id)
+    sweep_orphans(root)
+    with committing(run, report_folder) as commit:
+        for name, frame in model_tables.items():
+            commit.append(name, arrow_of(frame), descriptions_of(SMALL_TABLES[name]))
+        commit_quarantine(commit, scan, "quarantine")
+        commit.parts("predictions", list(predicted.parts), predicted.schema, predicted.described)
+        decision = crown(
+            root,
+            run.run_id,
+            model_from_weights(weights),
+            results["training"]["converged"],
+            scan.holdout,
+            config.promotion_tolerance,
+            promotion,
+        )
+        results = {**results, "promotion": decision, "drift": promotion.drift}
+        outputs = outputs_of(run, [*model_tables, "predictions", "quarantine"])
+        outputs["report"] = report_folder / "report.md"
+        manifest = build_manifest(run, scan.files, "completed", outputs, results=results)
+        write_report(root, manifest, plots)
+        commit.finish(manifest)
+    write_copies(root, manifest)
+    apply_retention(root, config.keep_runs)
+    return manifest
+
+
+def commit_rejection(run: RunInfo, scan: Scan, error: str, kind: str) -> dict[str, Any]:
+    """A run refused for its data: its quarantine and a failed row of `runs` saying why."""
+    table = QUARANTINE_TABLES[kind]
+    with committing(run) as commit:
+        commit_quarantine(commit, scan, table)
+        outputs = outputs_of(run, [table])
+        manifest = build_manifest(run, scan.files, "failed", outputs, kind=kind, error=error)
+        commit.finish(manifest)
+    write_copies(run.output_root, manifest)
+    return manifest
+
+
+def commit_quarantine(commit: Commit, scan: Scan, table: str) -> None:
+    """Every file's quarantine records, in file and line order, as one part of the run's rows of
+    `table`, validated chunk by chunk (bounded memory), committed."""
+    run = commit.run
+    path = tables.part_path(run.output_root, table, run.run_id)
+    with pq.ParquetWriter(path, QUARANTINE_ARROW) as writer:
+        for part in scan.parts:
+            for frame in part.quarantine():
+                QuarantineTable.validate(frame, lazy=True)
+                writer.write_table(quarantine_table(frame))
+    commit.parts(table, [path], QUARANTINE_ARROW, descriptions_of(QuarantineTable))
+
+
+def arrow_of(frame: pd.DataFrame) -> pa.Table:
+    """A small table's frame as Arrow, columns that can be null in a whole run typed
+    (NULLABLE_ARROW) so that every run's schema is the same."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    for name, kind in NULLABLE_ARROW.items():
+        if name in table.column_names:
+            index = table.schema.get_field_index(name)
+            table = table.set_column(index, name, table.column(name).cast(kind))
+    return table.replace_schema_metadata(None)
+
+
+def outputs_of(run: RunInfo, names: list[str]) -> dict[str, Path]:
+    """Where each table keeps the run's files (the run's partition folder)."""
+    return {name: run.output_root / name / f"run_id={run.run_id}" for name in names}
 
 
 def build_manifest(
@@ -103,215 +243,111 @@ def build_manifest(
     }
 
 
-def publish_training(
-    run: RunInfo,
-    scan: Scan,
-    emitted: Emitted,
-    fit: Any,
-    config: RunConfig,
-    plots: dict[str, bytes],
-) -> dict[str, Any]:
-    """Under the output lock, all or nothing: validate and write the small tables, move the
-    staged predictions in, merge the quarantine, decide promotion on the holdout statistics,
-    measure drift against the champion, write the report (with `plots`, drawn while pass 2
-    ran) and the manifest, then move the champion pointer if promoted."""
-    inference = fit_inference(scan, emitted, config)
-    tables = {
-        "weights": weights_frame(fit, inference, config.features, config.targets),
-        "metrics": metrics_from_sums(emitted.sums, fit, config.targets, inference),
-        "profile": scan.profile_table(),
+def runs_row(manifest: dict[str, Any]) -> pa.Table:
+    """A manifest as its row of `runs`."""
+    promotion = manifest.get("promotion") or {}
+    row = {
+        "kind": manifest["kind"],
+        "status": manifest["status"],
+        "error": manifest["error"],
+        "started_at": datetime.fromisoformat(manifest["started_at"]),
+        "finished_at": datetime.fromisoformat(manifest["finished_at"]),
+        "flow_run_id": None if manifest["flow_run_id"] is None else str(manifest["flow_run_id"]),
+        "schema_version": manifest["schema_version"],
+        "data_fingerprint": manifest["data_fingerprint"],
+        "rows_in": manifest["rows"]["in"],
+        "rows_accepted": manifest["rows"]["accepted"],
+        "rows_quarantined": manifest["rows"]["quarantined"],
+        "promoted": promotion.get("promoted"),
+        "promotion_reason": promotion.get("reason"),
+        "champion_before": promotion.get("champion_before"),
+        "model_run_id": manifest.get("model_run_id"),
+        "warnings": list(manifest["warnings"]),
+        "manifest": json.dumps(manifest, default=str),
     }
-    for name, frame in tables.items():
-        SMALL_TABLES[name].validate(frame, lazy=True)
-    root = run.output_root
-    fingerprint = data_fingerprint([f.sha256 for f in scan.files])
-    report_folder = report_dir(root, run.run_id)
-    with publish_lock(root), all_or_nothing(report_folder) as outputs:
-        sweep_temp_files(root)
-        write_run_tables(outputs, run, tables, emitted.parts, scan, fingerprint)
-        pointer = read_champion(root)
-        champion_id = None if pointer is None else pointer["run_id"]
-        champion = None if champion_id is None else load_model(root, champion_id)
-        model = model_from_weights(tables["weights"])
-        promotion = decide_promotion(
-            model, fit.converged, champion, champion_id, scan.holdout, config.promotion_tolerance
-        )
-        outputs["report"] = report_folder / "report.md"
-        results = {
-            "training": training_summary(fit),
-            "metrics": records_of(tables["metrics"]),
-            "coefficients": records_of(tables["weights"][COEFFICIENT_COLUMNS]),
-            "promotion": promotion,
-            "drift": drift_against(root, champion_id, tables["profile"], config.drift_threshold),
-            "warnings": fit_warnings(scan.train.n, len(config.features))
-            + estimate_warnings(tables["weights"]),
-        }
-        manifest = build_manifest(run, scan.files, "completed", outputs, results=results)
-        write_report(root, manifest, plots)
-        outputs["manifest"] = manifest_path(root, run.run_id)
-        write_json(outputs["manifest"], manifest)
-        if promotion["promoted"]:
-            write_champion(root, run.run_id, promotion)
-    return manifest
+    return pa.Table.from_pylist([row], schema=RUNS_ARROW)
 
 
-def write_run_tables(
-    outputs: dict[str, Path],
-    run: RunInfo,
-    tables: dict[str, pd.DataFrame],
-    parts: tuple[Path, ...],
-    scan: Scan,
-    fingerprint: str,
-) -> None:
-    """Write the small tables, move the staged predictions in and write the quarantine. Each
-    goes into `outputs` before it is written, so that a failure part-way through any of them
-    is undone with the rest (all_or_nothing)."""
-    root, run_id = run.output_root, run.run_id
-    for name, frame in tables.items():
-        outputs[name] = table_path(root, name, run_id)
-        write_table(frame, root, name, run, fingerprint)
-    outputs["predictions"] = run_folder(root, "predictions", run_id)
-    move_parts(list(parts), root, "predictions", run_id)
-    outputs["quarantine"] = table_path(root, "quarantine", run_id)
-    write_quarantine(scan, root, "quarantine", run, fingerprint)
+def write_copies(root: Path, manifest: dict[str, Any]) -> None:
+    """The readable copies of a committed run: its manifest and, for training, champion.json."""
+    write_json(manifest_path(root, manifest["run_id"]), manifest)
+    if manifest["kind"] == "train":
+        write_champion_copy(root)
 
 
-def fit_inference(scan: Scan, emitted: Emitted, config: RunConfig) -> Inference:
-    """The inference of the least-squares fit on the training rows (tasks/model/inference.py): the
-    statistics of pass 1 and the residual sums of pass 2."""
-    train = emitted.sums["train"]
-    return infer(
-        scan.train,
-        train["sse_optimum"],
-        train["meat"],
-        config.features,
-        config.targets,
-        config.confidence,
-    )
+def committed_runs(root: Path) -> pd.DataFrame:
+    """The `runs` table (run_id, kind, status, ... ; empty before the first commit)."""
+    if tables.version_of(root, RUNS) is None:
+        return pd.DataFrame(columns=["run_id", *RUNS_COLUMNS])
+    return tables.read(root, RUNS).to_pandas()
 
 
-# The weights columns the manifest (and so the summary and the report) carries.
-COEFFICIENT_COLUMNS = [
-    "target", "feature", "weight", "ls_weight", "std_error", "ci_low", "ci_high", "p_value",
-    "robust_std_error", "confidence", "note",
-]  # fmt: skip
+def started_at(run_id: str) -> datetime:
+    """When a run started, from its id (`20261201T081530.123Z-...`; older ids lack the ms)."""
+    stamp = run_id.split("Z-")[0]
+    form = "%Y%m%dT%H%M%S.%f" if "." in stamp else "%Y%m%dT%H%M%S"
+    return datetime.strptime(stamp, form).replace(tzinfo=UTC)
 
 
-def records_of(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """A small table as JSON-ready records (NaN and NA as null)."""
-    records = frame.to_dict("records")
-    return [{name: _plain(value) for name, value in row.items()} for row in records]
+def sweep_orphans(root: Path, now: datetime | None = None) -> list[str]:
+    """Remove the rows of runs that died between two commits: in a table, not in `runs`, and
+    started longer ago than any run can live. Returns their ids."""
+    now = now or datetime.now(UTC)
+    committed = set(committed_runs(root)["run_id"])
+    dead = now - timedelta(seconds=ORPHAN_AFTER_SECONDS)
+    orphans: set[str] = set()
+    for table in (*SMALL_TABLES, *PRUNED_TABLES):
+        found = {r for r in tables.run_ids(root, table) - committed if started_at(r) < dead}
+        if found:
+            tables.delete_runs(root, table, found)
+            orphans |= found
+    if orphans:
+        run_logger().warning("removed the rows of runs that died before their commit: %s",
+                             ", ".join(sorted(orphans)))  # fmt: skip
+    return sorted(orphans)
 
 
-def _plain(value: Any) -> Any:
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return value.item() if isinstance(value, np.generic) else value
-
-
-# Tables small enough to be written from one DataFrame.
-SMALL_TABLES = {"weights": WeightsTable, "metrics": MetricsTable, "profile": ProfileTable}
-
-
-def training_summary(fit: Any) -> dict[str, Any]:
-    return {
-        "epochs": fit.epochs,
-        "step_size": fit.lr,
-        "converged": fit.converged,
-        "stop_reason": fit.stop_reason,
-        "final_train_loss": fit.loss_history[-1],
-    }
-
-
-def write_quarantine(scan: Scan, root: Path, table: str, run: RunInfo, fingerprint: str) -> Path:
-    """Every file's quarantine records, in file and line order, into the run's table file,
-    validated chunk by chunk (bounded memory)."""
-
-    def chunks() -> Iterator[pyarrow.Table]:
-        yield QUARANTINE_ARROW.empty_table()
-        for part in scan.parts:
-            for frame in part.quarantine():
-                QuarantineTable.validate(frame, lazy=True)
-                yield quarantine_table(frame)
-
-    return write_table_chunks(chunks(), QUARANTINE_ARROW, root, table, run, fingerprint)
-
-
-def drift_against(
-    root: Path, champion_id: str | None, profile: pd.DataFrame, threshold: float
-) -> dict[str, Any] | None:
-    """Compare this run's profile with the champion's (None before the first champion)."""
-    reference = None if champion_id is None else table_path(root, "profile", champion_id)
-    if reference is None or not reference.exists():
-        return None
-    shifts = compare_profiles(profile, pd.read_parquet(reference), threshold)
-    return {
-        "reference_run": champion_id,
-        "measure": "standardized mean shift |mean_new - mean_champion| / std_champion",
-        "threshold": threshold,
-        "columns": shifts.to_dict(orient="records"),
-    }
-
-
-def publish_lock(root: Path) -> AbstractContextManager[None]:
-    """The output root's lock (see output_lock), waiting up to LOCK_TIMEOUT_SECONDS and saying
-    so in the run's log while another run holds it."""
-    return output_lock(root, LOCK_TIMEOUT_SECONDS, _warn)
-
-
-def _warn(message: str) -> None:
-    run_logger().warning(message)
-
-
-@contextmanager
-def all_or_nothing(*folders: Path) -> Iterator[dict[str, Path]]:
-    """Collects the paths a publish writes, each listed before it is written; if the publish
-    fails, removes them again, with `folders` (the champion pointer is replaced last, in one
-    rename, so it never needs undoing)."""
-    written: dict[str, Path] = {}
-    try:
-        yield written
-    except BaseException:
-        remove_written(list(written.values()))
-        for folder in folders:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
-
-
-def publish_rejection(run: RunInfo, scan: Scan, error: str, kind: str) -> dict[str, Any]:
-    """A run refused for its data: keep the quarantine and a failed manifest saying why."""
-    root = run.output_root
-    table = QUARANTINE_TABLES[kind]
-    fingerprint = data_fingerprint([f.sha256 for f in scan.files])
-    with publish_lock(root), all_or_nothing() as outputs:
-        sweep_temp_files(root)
-        outputs[table] = table_path(root, table, run.run_id)  # undone too if the write fails
-        write_quarantine(scan, root, table, run, fingerprint)
-        manifest = build_manifest(run, scan.files, "failed", outputs, kind=kind, error=error)
-        outputs["manifest"] = manifest_path(root, run.run_id)
-        write_json(outputs["manifest"], manifest)
-    return manifest
+def apply_retention(root: Path, keep_runs: int, vacuum_hours: float = VACUUM_HOURS) -> None:
+    """Keep the big tables' rows (predictions, quarantine, scores, score_quarantine) of the last
+    `keep_runs` runs of each kind and of the champion; then vacuum what no version of the last
+    `vacuum_hours` needs. Weights, metrics, profile and `runs` are kept whole."""
+    runs = committed_runs(root).sort_values("run_id")
+    champion = tables.current_champion(root)[1]
+    keep = {champion["run_id"]} if champion else set()
+    for kind in ("train", "score"):
+        keep |= set(runs[runs["kind"] == kind]["run_id"].iloc[-keep_runs:])
+    old = set(runs["run_id"]) - keep
+    for table in PRUNED_TABLES:
+        if old:
+            tables.delete_runs(root, table, old)
+        tables.vacuum(root, table, math.ceil(vacuum_hours))
 
 
 @task(cache_policy=NONE, task_run_name="quality-{run.run_id}")
 def check_data_quality(run: RunInfo, scan: Scan, max_bad_fraction: float, kind: str) -> None:
-    """Fail the run when too few rows are usable, publishing the quarantine and a failed
-    manifest first so that the rejected rows are kept with their reasons."""
+    """Fail the run when too few rows are usable, committing the quarantine and a failed row of
+    `runs` first so that the rejected rows are kept with their reasons."""
     try:
         check_quality(list(scan.files), max_bad_fraction)
     except DataQualityError as exc:
-        publish_rejection(run, scan, str(exc), kind)
+        commit_rejection(run, scan, str(exc), kind)
         raise
 
 
-@task(cache_policy=NONE, task_run_name="publish-{run.run_id}")
-def publish_run(
+@task(cache_policy=NONE, task_run_name="commit-{run.run_id}")
+def commit_training_task(
     run: RunInfo,
     scan: Scan,
-    emitted: Emitted,
-    fit: Any,
+    predicted: Emitted,
+    model_tables: dict[str, pd.DataFrame],
+    promotion: Promotion,
+    results: dict[str, Any],
     config: RunConfig,
     plots: dict[str, bytes],
 ) -> dict[str, Any]:
-    """publish_training as a task; returns the manifest."""
-    return publish_training(run, scan, emitted, fit, config, plots)
+    """commit_training as a task; returns the manifest."""
+    try:
+        return commit_training(run, scan, predicted, model_tables, promotion, results, config,
+                               plots)  # fmt: skip
+    except OSError as exc:
+        raise PublishError(f"{run.output_root}: could not commit run {run.run_id} ({exc})") from exc

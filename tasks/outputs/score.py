@@ -9,44 +9,52 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from tasks.common.errors import PipelineError
-from tasks.common.storage import RunInfo, manifest_path, move_parts, sweep_temp_files, write_json
+from tasks.common.storage import RunInfo
 from tasks.ingest.scan import Scan
 from tasks.outputs.predict import Emitted
 from tasks.outputs.promote import LinearModel, load_model, read_champion
-from tasks.outputs.publish import all_or_nothing, build_manifest, publish_lock, write_quarantine
+from tasks.outputs.publish import (
+    apply_retention,
+    build_manifest,
+    commit_quarantine,
+    committing,
+    outputs_of,
+    write_copies,
+)
 
 
 def choose_model(root: Path, run_id: str | None) -> tuple[str, LinearModel]:
-    """The given run's model, or the champion's; read from the weights Parquet."""
+    """The given run's model, or the champion's; read from the weights table."""
     if run_id is None:
-        pointer = read_champion(root)
-        if pointer is None:
+        champion = read_champion(root)
+        if champion is None:
             raise PipelineError(
                 f"no champion model in {root} yet: train one first (make run) or pass --run-id"
             )
-        run_id = pointer["run_id"]
+        run_id = champion["run_id"]
     return run_id, load_model(root, run_id)
 
 
-def publish_scores(run: RunInfo, scan: Scan, emitted: Emitted, model_run_id: str) -> dict[str, Any]:
-    """Move the staged scores in, write `score_quarantine`, then the scoring manifest."""
-    root = run.output_root
-    with publish_lock(root), all_or_nothing() as outputs:
-        sweep_temp_files(root)
-        outputs["scores"] = move_parts(list(emitted.parts), root, "scores", run.run_id)
-        outputs["score_quarantine"] = write_quarantine(
-            scan, root, "score_quarantine", run, scan.fingerprint
-        )
+def commit_scores(
+    run: RunInfo, scan: Scan, scored: Emitted, model_run_id: str, keep_runs: int
+) -> dict[str, Any]:
+    """Commit a scoring run: the scores pass 2 wrote, `score_quarantine`, then its row of
+    `runs` (with the model that scored). Returns the scoring manifest."""
+    with committing(run) as commit:
+        commit.parts("scores", list(scored.parts), scored.schema, scored.described)
+        commit_quarantine(commit, scan, "score_quarantine")
+        outputs = outputs_of(run, ["scores", "score_quarantine"])
         manifest = build_manifest(run, scan.files, "completed", outputs, kind="score")
         manifest["model_run_id"] = model_run_id
-        outputs["manifest"] = manifest_path(root, run.run_id)
-        write_json(outputs["manifest"], manifest)
+        commit.finish(manifest)
+    write_copies(run.output_root, manifest)
+    apply_retention(run.output_root, keep_runs)
     return manifest
 
 
-@task(cache_policy=NONE, task_run_name="publish-{run.run_id}")
-def publish_score_run(
-    run: RunInfo, scan: Scan, emitted: Emitted, model_run_id: str
+@task(cache_policy=NONE, task_run_name="commit-{run.run_id}")
+def commit_scores_task(
+    run: RunInfo, scan: Scan, scored: Emitted, model_run_id: str, keep_runs: int
 ) -> dict[str, Any]:
-    """publish_scores as a task; returns the scoring manifest."""
-    return publish_scores(run, scan, emitted, model_run_id)
+    """commit_scores as a task; returns the scoring manifest."""
+    return commit_scores(run, scan, scored, model_run_id, keep_runs)

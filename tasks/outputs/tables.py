@@ -208,6 +208,16 @@ def read(
         ) from exc
 
 
+def run_ids(root: str | Path, table: str, *, storage_options: StorageOptions = None) -> set[str]:
+    """The runs with rows in `table`'s latest version (from the log: no data file is read)."""
+    dt = _open(root, table, storage_options=storage_options)
+    if dt is None:
+        return set()
+    actions = pa.table(dt.get_add_actions(flatten=True))
+    column = f"partition.{PARTITION}"
+    return set(actions.column(column).to_pylist()) if column in actions.column_names else set()
+
+
 def delete_runs(
     root: str | Path,
     table: str,
