@@ -76,12 +76,11 @@ def copy_checkout(names: list[str], target: Path) -> Path:
 
 
 def read_table(output: Path, table: str) -> pd.DataFrame:
-    """Every run's rows of one output table, read back with DuckDB (`run_id` from the path)."""
-    import duckdb
+    """Every run's committed rows of one output table (its Delta table's latest version, `run_id`
+    included)."""
+    from tasks.outputs import tables
 
-    return duckdb.sql(
-        f"select * from read_parquet('{output}/{table}/*/*.parquet', hive_partitioning=true)"
-    ).df()
+    return tables.read(output, table).to_pandas()
 
 
 TOKENS = ["abc", "", "NA", "inf", "-inf", "-1", "1e400", " 5 ", "nan", "+3", "5.", "\x01x", "  "]

@@ -247,18 +247,23 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-@task(cache_policy=NONE, task_run_name="describe-model")
-def describe_model_task(
-    fit: Any, train: Moments, sums: dict[str, dict[str, Any]], config: RunConfig
-) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
-    """The inference of the least-squares fit on the training rows (pass 1's statistics, pass
-    2's residual sums), then describe_model."""
-    inference = infer(
+def fit_inference(train: Moments, sums: dict[str, dict[str, Any]], config: RunConfig) -> Inference:
+    """The inference of the least-squares fit on the training rows: pass 1's statistics and
+    pass 2's residual sums."""
+    residuals = sums["train"]
+    return infer(
         train,
-        sums["train"]["sse_optimum"],
-        sums["train"]["meat"],
+        residuals["sse_optimum"],
+        residuals["meat"],
         config.features,
         config.targets,
         config.confidence,
     )
-    return describe_model(fit, inference, sums, train.n, config)
+
+
+@task(cache_policy=NONE, task_run_name="describe-model")
+def describe_model_task(
+    fit: Any, train: Moments, sums: dict[str, dict[str, Any]], config: RunConfig
+) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """fit_inference, then describe_model."""
+    return describe_model(fit, fit_inference(train, sums, config), sums, train.n, config)

@@ -11,12 +11,17 @@ import pytest
 import statsmodels.api as sm
 
 from tasks.ingest.stats import least_squares_of_moments, moments_of
-from tasks.model.evaluate import INTERCEPT, metrics_frame, weights_frame, with_fit_statistics
+from tasks.model.evaluate import (
+    INTERCEPT,
+    fit_inference,
+    metrics_frame,
+    weights_frame,
+    with_fit_statistics,
+)
 from tasks.model.inference import infer, meat_of_rows
 from tasks.model.train import fit_from_moments
 from tasks.outputs.predict import Scoring, interval_of, predict_parts
 from tasks.outputs.promote import model_from_weights
-from tasks.outputs.publish import fit_inference
 from tests.pipeline import config, kept_rows, scan_paths
 
 RTOL = 1e-6
@@ -102,8 +107,10 @@ def test_a_file_streamed_in_tiny_blocks_and_ranges_gives_the_same_inference(tmp_
     scan = scan_paths([path], run, tmp_path / "stage")
     assert len(scan.parts[0].spills) > 10  # really streamed in pieces
     fit = fit_from_moments(scan.train, max_epochs=20_000, tol=1e-12, seed=0)
-    emitted = predict_parts(scan.parts, Scoring.of(fit, scan), run, tmp_path / "p", {})
-    weights = weights_frame(fit, fit_inference(scan, emitted, run), run.features, run.targets)
+    emitted = predict_parts(scan.parts, Scoring.of(fit, scan), run, tmp_path / "p", "r1")
+    weights = weights_frame(
+        fit, fit_inference(scan.train, emitted.sums, run), run.features, run.targets
+    )
 
     train = kept_rows(scan).query("not holdout")
     assert len(train) == scan.train.n

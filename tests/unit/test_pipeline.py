@@ -15,11 +15,10 @@ import tasks.ingest.range_scan
 from schemas.sales import ID_COLUMN
 from tasks.ingest.profile import BottomK, sample_keys
 from tasks.ingest.split import hash_text
-from tasks.model.evaluate import metrics_from_sums
+from tasks.model.evaluate import fit_inference, metrics_from_sums
 from tasks.model.train import fit_from_moments
 from tasks.outputs.plots import report_sample
 from tasks.outputs.predict import Scoring, predict_parts
-from tasks.outputs.publish import fit_inference
 from tests.conftest import messy_csv
 from tests.pipeline import LAYOUTS, F, T, config, kept_rows, quarantine, scan_paths
 from tests.reference import (
@@ -78,7 +77,7 @@ def test_pass_two_predictions_and_metrics_match_the_whole_file(tmp_path):
     run = config("tiny ranges")
     scan = scan_paths([path], run, tmp_path / "stage")
     fit = fit_from_moments(scan.train, max_epochs=5000, tol=1e-12, seed=0)
-    emitted = predict_parts(scan.parts, Scoring.of(fit, scan), run, tmp_path / "p", {b"k": b"v"})
+    emitted = predict_parts(scan.parts, Scoring.of(fit, scan), run, tmp_path / "p", "r1")
 
     written = pd.concat([pd.read_parquet(p) for p in emitted.parts], ignore_index=True)
     written = written.sort_values("source_line", ignore_index=True)
@@ -88,7 +87,7 @@ def test_pass_two_predictions_and_metrics_match_the_whole_file(tmp_path):
     accepted = whole.accepted
     X, y = accepted[list(F)].to_numpy(), accepted[list(T)].to_numpy()
     reference = evaluate_model(X, y, whole.is_holdout, fit, T)
-    metrics = metrics_from_sums(emitted.sums, fit, T, fit_inference(scan, emitted, run))
+    metrics = metrics_from_sums(emitted.sums, fit, T, fit_inference(scan.train, emitted.sums, run))
     metrics = metrics[reference.columns]  # the fit statistics: tests/unit/test_inference.py
     pd.testing.assert_frame_equal(
         metrics.drop(columns="relative_gap"), reference.drop(columns="relative_gap"), rtol=1e-9
