@@ -127,13 +127,15 @@ def steps(csv: Path, out: Path) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     from schemas.params import RunConfig
-    from tasks.common.storage import new_run, staging_area, table_metadata
+    from tasks.common.storage import new_run, staging_area
     from tasks.ingest.scan import scan_file
     from tasks.ingest.validate import check_quality
+    from tasks.model.evaluate import describe_model, fit_inference
     from tasks.model.train import fit_scan, solver_for
     from tasks.outputs.plots import model_plots, report_sample
     from tasks.outputs.predict import Scoring, predict_parts
-    from tasks.outputs.publish import publish_training
+    from tasks.outputs.promote import decide_promotion_task
+    from tasks.outputs.publish import commit_training
 
     started = time.perf_counter()
     config = RunConfig(FEATURES, TARGETS)
@@ -145,10 +147,18 @@ def steps(csv: Path, out: Path) -> dict:
         sample = report_sample(scan, fit.W, fit.b, FEATURES, TARGETS)
         with ThreadPoolExecutor(1) as side:  # as the flow: plots drawn while pass 2 writes
             plots = side.submit(model_plots, sample, fit.loss_history, TARGETS)
-            metadata = table_metadata(run, "predictions", scan.fingerprint)
             scoring = Scoring.of(fit, scan)
-            emitted = predict_parts(scan.parts, scoring, config, staging, metadata)
-            manifest = publish_training(run, scan, emitted, fit, config, plots.result())
+            root = run.output_root
+            predicted = predict_parts(scan.parts, scoring, config, root, run.run_id)
+            inference = fit_inference(scan.train, predicted.sums, config)
+            tables, results = describe_model(fit, inference, predicted.sums, scan.train.n, config)
+            tables["profile"] = scan.profile_table()
+            promotion = decide_promotion_task.fn(
+                root, tables["weights"], fit.converged, scan.holdout, tables["profile"], config
+            )
+            manifest = commit_training(
+                run, scan, predicted, tables, promotion, results, config, plots.result()
+            )
     train = next(m for m in manifest["metrics"] if m["split"] == "train")
     return {
         "seconds": time.perf_counter() - started,
@@ -163,13 +173,15 @@ def steps(csv: Path, out: Path) -> dict:
 def score(csv: Path, out: Path) -> dict:
     """score-sales' steps called directly on the file (its target column ignored), with a
     champion model in place: pass 1 of the features, pass 2 writing the scores, publish."""
+    import pyarrow as pa
+
     from schemas.params import RunConfig
-    from tasks.common.storage import new_run, staging_area, table_metadata, write_table
+    from tasks.common.storage import new_run, staging_area
     from tasks.ingest.scan import scan_file
     from tasks.ingest.validate import check_quality
+    from tasks.outputs import tables
     from tasks.outputs.predict import score_parts
-    from tasks.outputs.promote import write_champion
-    from tasks.outputs.score import choose_model, publish_scores
+    from tasks.outputs.score import choose_model, commit_scores
 
     root = out / "score"
     champion = new_run(root, {})
@@ -181,10 +193,9 @@ def score(csv: Path, out: Path) -> dict:
         "scaler_mean": [1.0] * 3 + [None],
         "scaler_std": [1.0] * 3 + [None],
     }
-    import pandas as pd
-
-    write_table(pd.DataFrame(weights), root, "weights", champion, "0" * 64)
-    write_champion(root, champion.run_id, {"reason": "benchmark", "candidate_holdout_mse": {}})
+    tables.append(root, "weights", pa.table(weights), champion.run_id)
+    row = {"run_id": champion.run_id, "reason": "benchmark", "holdout_mse": {}}
+    tables.swap_champion(root, None, row)
 
     started = time.perf_counter()
     model_run_id, model = choose_model(root, None)
@@ -193,9 +204,8 @@ def score(csv: Path, out: Path) -> dict:
     with staging_area(root, run.run_id) as staging:
         scan = scan_file(csv, 0, config, staging)
         check_quality(list(scan.files), config.max_bad_fraction)
-        metadata = table_metadata(run, "scores", scan.fingerprint)
-        emitted = score_parts(scan.parts, model, model_run_id, config, staging, metadata)
-        manifest = publish_scores(run, scan, emitted, model_run_id)
+        scored = score_parts(scan.parts, model, model_run_id, config, root, run.run_id)
+        manifest = commit_scores(run, scan, scored, model_run_id, config.keep_runs)
     return {"seconds": time.perf_counter() - started, "rows": manifest["rows"]["in"]}
 
 
