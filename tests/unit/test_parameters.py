@@ -13,6 +13,7 @@ from flows.score import score_sales
 from flows.train import parse_args, train_sales_model
 from flows.watch import watch_landing
 from schemas.params import RunConfig
+from tests.conftest import REPO
 
 # RunConfig's settings that are not flow parameters: how the work is cut.
 INTERNAL = {"block_bytes", "split_bytes", "threads"}
@@ -99,3 +100,10 @@ def test_every_parameter_has_a_description(flow):
     schema = flow.parameters.model_dump()["properties"]
     for name, prop in schema.items():
         assert prop.get("description") or prop.get("title"), name
+
+
+def test_the_command_line_page_lists_every_training_option():
+    page = (REPO / "docs" / "command-line.md").read_text()
+    options = options_of(train_sales_model, train_parser)
+    missing = [flag for flag in options.values() if f"`{flag}`" not in page and flag != "-h"]
+    assert missing == []
