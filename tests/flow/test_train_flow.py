@@ -73,7 +73,8 @@ def test_flow_publishes_tables_that_agree_with_each_other(sales_csv, tmp_path):
     assert abs(train_metrics["relative_gap"]) < 1e-6
     assert bool(train_metrics["converged"])
 
-    # The manifest is on disk, lists the outputs, and the outputs carry the run's metadata.
+    # The run's row of `runs` is its commit; the manifest on disk is its copy and lists the
+    # outputs.
     on_disk = json.loads((output / "manifests" / f"{run_id}.json").read_text())
     assert on_disk["status"] == "completed"
     assert set(on_disk["outputs"]) == {
@@ -84,12 +85,10 @@ def test_flow_publishes_tables_that_agree_with_each_other(sales_csv, tmp_path):
         "profile",
         "report",
     }
-    meta = duckdb.sql(
-        f"select key, value from parquet_kv_metadata('{output}/weights/*/*.parquet')"
-    ).fetchall()
-    meta = {k.decode(): v.decode() for k, v in meta}
-    assert meta["run_id"] == run_id
-    assert meta["data_fingerprint"] == on_disk["data_fingerprint"]
+    (row,) = read_table(output, "runs").to_dict("records")
+    assert (row["run_id"], row["status"], row["kind"]) == (run_id, "completed", "train")
+    assert row["data_fingerprint"] == on_disk["data_fingerprint"]
+    assert json.loads(row["manifest"]) == on_disk
     assert not list(output.rglob(".*.tmp"))
 
 
