@@ -19,7 +19,7 @@ from prefect.cache_policies import NONE
 from schemas.params import AUTO_DIRECT_MAX_ROWS, RunConfig
 from tasks.dataset import Scan, training_rows
 from tasks.errors import DataQualityError, TrainingError
-from tasks.stats import Moments, Scaler, centred_moments, scaler_of_moments
+from tasks.stats import Moments, Scaler, moments_of, scaler_of_moments
 from tasks.tensors import DTYPES, check_shapes
 
 # Epochs without any decrease of the loss before training stops: gradient descent with step 1/L
@@ -44,11 +44,10 @@ def mse_loss(preds: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def fit_scaler(X: torch.Tensor) -> Scaler:
-    """Column mean and std (ddof=0) in float64; a constant column keeps std 1."""
-    X64 = X.to(torch.float64)
-    mean = X64.mean(dim=0).numpy()
-    std = X64.std(dim=0, correction=0).numpy()
-    return Scaler(mean, np.where(std > 0, std, 1.0))
+    """Column mean and std (ddof=0) in float64, as the statistics compute them (a constant
+    column keeps std 1)."""
+    X64 = X.detach().to(torch.float64).numpy()
+    return scaler_of_moments(moments_of(X64, np.zeros((len(X64), 0))))
 
 
 def standardize(X: torch.Tensor, scaler: Scaler) -> torch.Tensor:
@@ -91,61 +90,68 @@ class FitResult:
     loss_history: list[float] = field(repr=False)
 
 
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 @dataclass(frozen=True)
 class Objective:
-    """The exact MSE of a linear model on standardized features, as a function of (W, b),
-    with what gradient descent needs: the parameter shape and dtype, the scaler, and the
-    Hessian's extreme eigenvalues L and mu."""
+    """The exact MSE of a linear model on standardized features and centred targets (the
+    intercept is trained relative to the targets' mean), as a function of (W, b) in the dtype
+    gradient descent runs in, with what gradient descent needs: the parameter shape and
+    dtype, the scaler, the targets' mean, and the Hessian's extreme eigenvalues L and mu."""
 
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    loss: Loss
     shape: tuple[int, int]
     dtype: torch.dtype
     scaler: Scaler
+    target_mean: np.ndarray
     L: float
     mu: float
 
 
-def direct_objective(X: torch.Tensor, y: torch.Tensor) -> Objective:
-    """The MSE computed row by row: X [N, d], y [N, k], O(N d k) per evaluation."""
+def direct_objective(
+    X: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None = None
+) -> Objective:
+    """The MSE computed row by row: X [N, d], y [N, k], O(N d k) per evaluation, in `dtype`
+    (default X's). The rows are standardized and centred in float64 before they are cast:
+    float32 then holds their spread, whatever their offset (targets around 1e6, timestamps)."""
     check_shapes(X, y)
-    scaler = fit_scaler(X)
-    Xs = standardize(X, scaler)
-    L, mu = curvature(Xs, y.shape[1])
+    dtype = X.dtype if dtype is None else dtype
+    X64, y64 = X.detach().to(torch.float64), y.detach().to(torch.float64)
+    scaler = fit_scaler(X64)
+    target_mean = y64.mean(dim=0).numpy()
+    Xs64, yc64 = standardize(X64, scaler), y64 - torch.from_numpy(target_mean)
+    L, mu = curvature(Xs64, y.shape[1])
+    Xs, yc = Xs64.to(dtype), yc64.to(dtype)
 
     def loss(W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return mse_loss(predict(Xs, W, b), y)
+        return mse_loss(predict(Xs, W, b), yc)
 
-    return Objective(loss, (y.shape[1], X.shape[1]), X.dtype, scaler, L, mu)
+    shape = (y.shape[1], X.shape[1])
+    return Objective(loss, shape, dtype, scaler, target_mean, L, mu)
 
 
 def moments_objective(m: Moments) -> Objective:
     """The same MSE from sufficient statistics, O(d^2 k) per evaluation whatever N; float64."""
     scaler = scaler_of_moments(m)
     inv = 1.0 / scaler.std
-    # Standardized statistics: G = Xs^T Xs, g = Xs^T 1 (zero up to rounding), H = Xs^T y.
-    _, _, sxx, sxy, _ = centred_moments(m)
-    G = torch.from_numpy(sxx * np.outer(inv, inv))
-    g = torch.from_numpy((m.sum_x - m.n * scaler.mean) * inv)
-    H = torch.from_numpy(sxy * inv[:, None])
-    s = torch.from_numpy(m.sum_y)
-    q = torch.from_numpy(m.yty)
-    n, k = m.n, len(m.sum_y)
-    gram = np.block([[G.numpy(), g.numpy()[:, None]], [g.numpy()[None, :], np.array([[n]])]])
-    L, mu = curvature_of_gram(gram / n, k)
+    # Standardized statistics: G = Xs^T Xs and H = Xs^T (y - mean y); Xs^T 1 is zero, since
+    # the features are centred on the same means.
+    G = torch.from_numpy(m.sxx * np.outer(inv, inv))
+    H = torch.from_numpy(m.sxy * inv[:, None])
+    q = torch.from_numpy(m.syy)
+    n, k, d = m.n, len(m.mean_y), len(m.mean_x)
+    gram = np.zeros((d + 1, d + 1))
+    gram[:d, :d], gram[d, d] = G.numpy() / n, 1.0
+    L, mu = curvature_of_gram(gram, k)
 
     def loss(W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        # sum_i (x_i w + b - y_i)^2 expanded in the statistics, per target
-        per_target = (
-            ((W @ G) * W).sum(1)
-            + 2 * b * (W @ g)
-            + n * b * b
-            - 2 * (W * H.T).sum(1)
-            - 2 * b * s
-            + q
-        )
+        # sum_i (xs_i w + b - (y_i - mean y))^2 per target, in centred statistics: the
+        # intercept's term stands apart, and nothing of the size of the offsets cancels
+        per_target = ((W @ G) * W).sum(1) - 2 * (W * H.T).sum(1) + q + n * b * b
         return per_target.sum() / (n * k)
 
-    return Objective(loss, (k, len(m.sum_x)), torch.float64, scaler, L, mu)
+    return Objective(loss, (k, d), torch.float64, scaler, m.mean_y, L, mu)
 
 
 def fit_linear_regression(
@@ -156,16 +162,18 @@ def fit_linear_regression(
     max_epochs: int,
     tol: float,
     seed: int,
+    dtype: torch.dtype | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> FitResult:
     """Gradient descent on the exact MSE, row by row. X [N, d], y [N, k] -> FitResult.
 
-    lr is the step on standardized features (default 1/L). Training stops when the certified
-    bound on the relative gap to the optimum, ||grad||^2 / (2 mu loss), is below tol, when the
-    loss stops decreasing (float precision reached), or after max_epochs. A non-finite loss or
-    gradient raises TrainingError.
+    lr is the step on standardized features (default 1/L); gradient descent runs in `dtype`
+    (default X's; pass float64 rows to keep their precision for the centring). Training stops
+    when the certified bound on the relative gap to the optimum, ||grad||^2 / (2 mu loss), is
+    below tol, when the loss stops decreasing (float precision reached), or after max_epochs.
+    A non-finite loss or gradient raises TrainingError.
     """
-    return descend(direct_objective(X, y), lr, max_epochs, tol, seed, on_epoch)
+    return descend(direct_objective(X, y, dtype), lr, max_epochs, tol, seed, on_epoch)
 
 
 def fit_from_moments(
@@ -234,12 +242,27 @@ def descend(
             W.grad.zero_()
             b.grad.zero_()
 
+    return _result(objective, W, b, step, epoch, converged, reason, history)
+
+
+def _result(
+    objective: Objective,
+    W: torch.Tensor,
+    b: torch.Tensor,
+    lr: float,
+    epochs: int,
+    converged: bool,
+    reason: str,
+    history: list[float],
+) -> FitResult:
+    """The trained (W, b), trained on standardized features and centred targets, mapped back
+    to the targets' scale (standardized) and to the raw features, in float64."""
     scaler = objective.scaler
-    W_std = W.detach().to(torch.float64).numpy()
-    b_std = b.detach().to(torch.float64).numpy()
+    W_std = W.detach().to(torch.float64).numpy().copy()
+    b_std = b.detach().to(torch.float64).numpy() + objective.target_mean
     W_raw = W_std / scaler.std
     b_raw = b_std - W_raw @ scaler.mean
-    return FitResult(W_raw, b_raw, W_std, b_std, scaler, step, epoch, converged, reason, history)
+    return FitResult(W_raw, b_raw, W_std, b_std, scaler, lr, epochs, converged, reason, history)
 
 
 def fit_scan(
@@ -255,9 +278,10 @@ def fit_scan(
     if solver_for(config, scan.train.n) == "moments":
         return fit_from_moments(scan.train, seed=config.seed, on_epoch=on_epoch, **options)
     X, y = training_rows(scan, config)
-    dtype = DTYPES[config.dtype]
-    X_t, y_t = torch.from_numpy(X).to(dtype), torch.from_numpy(y).to(dtype)
-    return fit_linear_regression(X_t, y_t, seed=config.seed, on_epoch=on_epoch, **options)
+    return fit_linear_regression(
+        torch.from_numpy(X), torch.from_numpy(y), dtype=DTYPES[config.dtype], seed=config.seed,
+        on_epoch=on_epoch, **options,
+    )  # fmt: skip
 
 
 def solver_for(config: RunConfig, train_rows: int) -> str:

@@ -41,7 +41,7 @@ def fitted(
     fit = fit_from_moments(m, max_epochs=epochs, tol=1e-12, seed=0)
     W, b = least_squares_of_moments(m)
     residuals = y - (X @ W.T + b)
-    meat = meat_of_rows(X, residuals, m.sum_x / m.n)
+    meat = meat_of_rows(X, residuals, X.mean(axis=0))
     sse = (residuals**2).sum(axis=0)
     inference = infer(m, sse, meat, features, targets, confidence)
     mse = sse / m.n
@@ -220,3 +220,13 @@ def test_nearly_collinear_features_keep_their_inference():
     np.testing.assert_allclose(weights["ls_weight"], ols.params, rtol=RTOL)
     np.testing.assert_allclose(weights["std_error"], ols.bse, rtol=RTOL)
     np.testing.assert_allclose(weights["p_value"], ols.pvalues, rtol=RTOL)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e9])
+def test_a_feature_is_constant_by_its_spread_against_its_size(offset):
+    X, y = heteroskedastic(60, 4)
+    X[:, 0] = offset + 1e-3 * X[:, 0]  # varies by 1e-12 of 1e9: still a spread
+    X[:, 1] = offset + 7.25  # the same value on every row
+    weights, _ = fitted(X, y, ("a", "b", "c"), ("y1", "y2"), epochs=1)
+    assert (weights["note"] == "constant on the training rows: b (no variation to estimate "
+            "from)").all()  # fmt: skip
