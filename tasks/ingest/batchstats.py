@@ -1,4 +1,4 @@
-"""What accepted rows add up to, per batch and summed in block order: float64 statistics of the
+"""What accepted rows add up to, per batch and merged in block order: float64 statistics of the
 train and holdout rows (tasks/ingest/stats.py) and the profile sketch (tasks/ingest/profile.py)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class BatchStats:
     profile: ProfileSketch
 
     def absorb(self, other: BatchStats) -> None:
-        """Add another batch's statistics to these, in place."""
+        """Merge another batch's statistics into these, in place."""
         self.train = self.train + other.train
         self.holdout = self.holdout + other.holdout
         self.profile.absorb(other.profile)

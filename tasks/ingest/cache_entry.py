@@ -30,8 +30,8 @@ from tasks.ingest.validate import FileReport
 
 # Bump when pass 1's code changes what it keeps (parsing, checks, records, spill layout):
 # entries of another format are stale and rebuilt.
-CACHE_FORMAT = 1
-MOMENTS = ("sum_x", "sum_y", "xtx", "xty", "yty")
+CACHE_FORMAT = 2
+MOMENTS = ("origin", "offset", "sxx", "sxy", "syy")
 
 
 class BadEntry(Exception):  # noqa: N818 (an outcome: the entry is not used)

@@ -163,14 +163,13 @@ def profile_table(sketch: ProfileSketch, moments: Moments) -> pd.DataFrame:
     """The profile table: count, mean, std (ddof=1), min, p05..p95, max per column, from the
     sketch and the statistics of the same rows (features in x, targets in y)."""
     n = moments.n
-    sums = np.concatenate([moments.sum_x, moments.sum_y])
-    squares = np.concatenate([np.diag(moments.xtx), moments.yty])
+    means = np.concatenate([moments.mean_x, moments.mean_y])
+    spreads = np.concatenate([np.diag(moments.sxx), moments.syy])
     records = []
     for i, column in enumerate(sketch.columns):
         if n:
-            mean = sums[i] / n
-            m2 = max(squares[i] - n * mean * mean, 0.0)
-            std = math.sqrt(m2 / (n - 1)) if n > 1 else np.nan
+            mean = means[i]
+            std = math.sqrt(spreads[i] / (n - 1)) if n > 1 else np.nan
             quantiles = np.quantile(sketch.sample.rows[:, i], QUANTILES)
             low, high = sketch.low[i], sketch.high[i]
         else:

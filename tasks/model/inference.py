@@ -17,14 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as distributions
 
-from tasks.ingest.stats import Moments, centred_moments, least_squares_of_moments
+from tasks.ingest.stats import COLLINEAR_EIGENVALUE, Moments, least_squares_of_moments
 
-# A feature whose centred sum of squares is below this share of its raw sum of squares is
-# constant as far as float64 sums can tell (their rounding is ~1e-16 of the raw sum).
-CONSTANT_SHARE = 1e-12
-# The smallest eigenvalue of the features' correlation matrix below which they are collinear
-# (a condition number above ~1e10: standard errors would be rounding noise).
-COLLINEAR_EIGENVALUE = 1e-10
+# A feature whose standard deviation is at most this share of its root mean square is
+# constant as far as float64 values can tell: their own rounding (~1e-16 of their size) would
+# be 1e-4 of its spread.
+CONSTANT_SPREAD = 1e-12
 # Residual sum of squares below this share of sum y^2: an exact fit (no residual variance).
 EXACT_FIT_SHARE = 1e-20
 
@@ -98,11 +96,13 @@ def infer(
     the same rows' means)."""
     n, p, k = m.n, len(features), len(targets)
     dof = n - p - 1
-    mean_x, _, sxx, _, syy = centred_moments(m)
+    mean_x, sxx, syy = m.mean_x, m.sxx, m.syy
     W, b = least_squares_of_moments(m)
     estimate = np.column_stack([W, b])
     problem = degeneracy(m, features)
-    exact = sse <= EXACT_FIT_SHARE * np.maximum(m.yty, np.finfo(np.float64).tiny)
+    # the residuals are computed on the raw targets, so their rounding scales with sum y^2
+    squares_y = syy + m.n * m.mean_y * m.mean_y
+    exact = sse <= EXACT_FIT_SHARE * np.maximum(squares_y, np.finfo(np.float64).tiny)
     notes = tuple(
         problem
         or (f"zero residual variance: the features fit {target} exactly" if exact[j] else None)
@@ -150,9 +150,10 @@ def degeneracy(m: Moments, features: tuple[str, ...]) -> str | None:
             f"only {m.n} training rows for {p + 1} parameters: standard errors need at least "
             f"{p + 2} (n - p - 1 >= 1 degrees of freedom)"
         )
-    _, _, sxx, _, _ = centred_moments(m)
+    sxx = m.sxx
     spread = np.diag(sxx)
-    floor = CONSTANT_SHARE * np.maximum(np.diag(m.xtx), np.finfo(np.float64).tiny)
+    squares = spread + m.n * m.mean_x * m.mean_x
+    floor = CONSTANT_SPREAD**2 * np.maximum(squares, np.finfo(np.float64).tiny)
     constant = [f for f, s, low in zip(features, spread, floor, strict=True) if s <= low]
     if constant:
         return (

@@ -54,8 +54,7 @@ class Scoring:
     @staticmethod
     def of(fit: Any, scan: Scan) -> Scoring:
         W_opt, b_opt = least_squares_of_moments(scan.train)
-        m = scan.train
-        return Scoring(fit.W, fit.b, W_opt, b_opt, m.sum_y / m.n, m.sum_x / m.n)
+        return Scoring(fit.W, fit.b, W_opt, b_opt, scan.train.mean_y, scan.train.mean_x)
 
 
 @dataclass(frozen=True)

@@ -118,3 +118,66 @@ def test_the_id_column_and_the_columns_cannot_overlap(tmp_path):
             data=str(REPO / "data" / "advertising.csv"), output=str(tmp_path / "o"),
             features=ADS_FEATURES, targets=("sales",), id_column="TV",
         )  # fmt: skip
+
+
+def test_epoch_milliseconds_as_a_feature_keep_their_inference(tmp_path):
+    # A timestamp in epoch milliseconds over one hour: its spread is 1e-6 of its size, which
+    # sums of raw squares cannot tell from a constant.
+    rng = np.random.default_rng(3)
+    n, t0 = 60_000, 1_700_000_000_000
+    t = t0 + np.sort(rng.integers(0, 3_600_000, n))
+    x = rng.normal(0, 1, n)
+    y = 5 + 2e-6 * (t - t0) + 0.5 * x + rng.normal(0, 0.3, n)
+    path = tmp_path / "clicks.csv"
+    pd.DataFrame({"t_ms": t, "x": x, "y": y}).to_csv(path, index=False, float_format="%.17g")
+    output = tmp_path / "out"
+    train_sales_model(
+        data=str(path), output=str(output), features=("t_ms", "x"), targets=("y",),
+        id_column="none",
+    )  # fmt: skip
+    weights = read_table(output, "weights")
+    assert weights["note"].isna().all(), weights["note"].tolist()
+    assert weights["std_error"].notna().all()
+
+    train = read_table(output, "predictions").query("split == 'train'")
+    # statsmodels on the time since t0 (an exact shift: integers below 2^53), its covariance
+    # mapped back to the raw intercept b = b_shifted - w_t * t0
+    shifted = np.column_stack([train["t_ms"] - t0, train["x"], np.ones(len(train))])
+    ols = sm.OLS(train["y"].to_numpy(), shifted).fit()
+    to_raw = np.eye(3)
+    to_raw[2, 0] = -t0
+    params = to_raw @ ols.params
+    bse = np.sqrt(np.diag(to_raw @ ols.cov_params() @ to_raw.T))
+    np.testing.assert_allclose(weights["ls_weight"], params, rtol=1e-6)
+    np.testing.assert_allclose(weights["std_error"], bse, rtol=1e-6)
+    np.testing.assert_allclose(weights["p_value"][:2], ols.pvalues[:2], rtol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["direct", "moments"])
+def test_targets_far_from_zero_keep_their_optimum_and_train_to_it(tmp_path, solver):
+    # Targets around 1e6 with a spread of 0.01: sums of raw squares cancel to nothing there.
+    rng = np.random.default_rng(4)
+    n = 600
+    x1, x2 = rng.normal(0, 1, n), rng.uniform(0, 10, n)
+    y = 1e6 + 0.003 * x1 - 0.002 * x2 + rng.normal(0, 0.01, n)
+    path = tmp_path / "big.csv"
+    pd.DataFrame({"x1": x1, "x2": x2, "y": y}).to_csv(path, index=False, float_format="%.17g")
+    output = tmp_path / "out"
+    manifest = train_sales_model(
+        data=str(path), output=str(output), features=("x1", "x2"), targets=("y",),
+        id_column="none", solver=solver,
+    )  # fmt: skip
+    train = read_table(output, "predictions").query("split == 'train'")
+    design = np.column_stack([train["x1"], train["x2"], np.ones(len(train))])
+    solution = np.linalg.lstsq(design, train["y"].to_numpy(), rcond=None)[0]
+    optimum = ((train["y"].to_numpy() - design @ solution) ** 2).mean()
+    assert optimum == pytest.approx(1e-4, rel=0.2)  # the noise, not the offset
+    metrics = read_table(output, "metrics").set_index("split")
+    assert metrics.loc["train", "optimum_mse"] == pytest.approx(optimum, rel=1e-6)
+    assert metrics.loc["train", "mse"] == pytest.approx(optimum, rel=1e-6)
+    assert manifest["training"]["converged"]
+    assert manifest["training"]["final_train_loss"] == pytest.approx(optimum, rel=1e-6)
+    ols = sm.OLS(train["y"].to_numpy(), design).fit()
+    assert metrics.loc["train", "f_stat"] == pytest.approx(ols.fvalue, rel=1e-6)
+    assert metrics.loc["train", "adj_r2"] == pytest.approx(ols.rsquared_adj, rel=1e-6)
+    assert read_table(output, "weights")["note"].isna().all()

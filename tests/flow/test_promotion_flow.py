@@ -93,3 +93,34 @@ def test_a_candidate_worse_on_one_target_is_not_promoted(tmp_path, solver, corru
     moved = json.loads((output / "champion.json").read_text())
     assert moved["run_id"] == tolerant["run_id"]
     assert moved["holdout_mse"] == tolerant["promotion"]["candidate_holdout_mse"]
+
+
+def test_a_stall_short_of_the_optimum_is_not_promoted(tmp_path):
+    # Two features correlated 0.9988: float32 gradient descent (the default) stops making
+    # measurable progress well before the optimum. With the default options it must not be
+    # called converged, and so not become the champion, unless it really is within tol.
+    rng = np.random.default_rng(0)
+    n, rho = 5000, 0.9988
+    z = rng.normal(size=(n, 2))
+    x1 = 60 + 12 * z[:, 0]
+    x2 = 1.5 + 0.3 * (rho * z[:, 0] + np.sqrt(1 - rho**2) * z[:, 1])
+    y = 9 + 0.1 * x1 - 3 * x2 + rng.normal(0, 0.5, n)
+    frame = pd.DataFrame({"x1": x1, "x2": x2, "y": y})
+    frame.to_csv(tmp_path / "collinear.csv", index=False, float_format="%.17g")
+    output = tmp_path / "out"
+    manifest = train_sales_model(
+        data=str(tmp_path / "collinear.csv"), output=str(output), features=("x1", "x2"),
+        targets=("y",), id_column="none",
+    )  # fmt: skip
+    training = manifest["training"]
+    predictions = pd.read_parquet(output / manifest["outputs"]["predictions"])
+    train_rows = predictions[predictions["split"] == "train"]
+    X, target = train_rows[["x1", "x2"]].to_numpy(), train_rows["y"].to_numpy()
+    design = np.column_stack([X, np.ones(len(X))])
+    optimum = np.linalg.lstsq(design, target, rcond=None)[1][0] / len(X)
+    gap = (train_rows["residual_y"].pow(2).mean() - optimum) / optimum
+    assert training["converged"] == (gap <= 1e-9), (training, gap)
+    assert not training["converged"], training
+    assert not manifest["promotion"]["promoted"]
+    assert manifest["promotion"]["reason"] == "training did not converge"
+    assert not (output / "champion.json").exists()

@@ -40,7 +40,7 @@ def assert_same_scan(got, want):
     ]
     pd.testing.assert_frame_equal(kept_rows(got), kept_rows(want))
     pd.testing.assert_frame_equal(quarantine(got), quarantine(want))
-    for name in ("n", "sum_x", "sum_y", "xtx", "xty", "yty"):
+    for name in ("n", "origin", "offset", "sxx", "sxy", "syy"):
         np.testing.assert_array_equal(getattr(got.train, name), getattr(want.train, name))
         np.testing.assert_array_equal(getattr(got.holdout, name), getattr(want.holdout, name))
     pd.testing.assert_frame_equal(got.profile_table(), want.profile_table())

@@ -66,7 +66,7 @@ def inference_of(X, y, features, targets) -> Inference:
     m = moments_of(X, y)
     W, b = least_squares_of_moments(m)
     residuals = y - (X @ W.T + b)
-    meat = meat_of_rows(X, residuals, m.sum_x / m.n)
+    meat = meat_of_rows(X, residuals, m.mean_x)
     return infer(m, (residuals**2).sum(axis=0), meat, features, targets, 0.95)
 
 

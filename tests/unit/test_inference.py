@@ -38,13 +38,15 @@ def heteroskedastic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def fitted(X: np.ndarray, y: np.ndarray, features, targets, confidence: float = 0.95):
+def fitted(
+    X: np.ndarray, y: np.ndarray, features, targets, confidence: float = 0.95, epochs=20_000
+):
     """(weights table, metrics table) from the rows, as a run computes them from its sums."""
     m = moments_of(X, y)
-    fit = fit_from_moments(m, max_epochs=20_000, tol=1e-12, seed=0)
+    fit = fit_from_moments(m, max_epochs=epochs, tol=1e-12, seed=0)
     W, b = least_squares_of_moments(m)
     residuals = y - (X @ W.T + b)
-    meat = meat_of_rows(X, residuals, m.sum_x / m.n)
+    meat = meat_of_rows(X, residuals, X.mean(axis=0))
     sse = (residuals**2).sum(axis=0)
     inference = infer(m, sse, meat, features, targets, confidence)
     mse = sse / m.n
@@ -179,3 +181,59 @@ def test_degenerate_data_is_named_and_its_inference_left_null(case, targets, not
     train = metrics[metrics["split"] == "train"].set_index("target")
     assert train.loc[list(targets), ["f_stat", "f_p_value"]].isna().all().all()
     assert train.loc[list(targets), "note"].str.startswith(note).all()
+
+
+# NIST StRD, Longley (https://www.itl.nist.gov/div898/strd/lls/data/Longley.shtml): certified
+# estimates and standard errors, the features in order, then the intercept.
+LONGLEY_ESTIMATE = [
+    15.0618722713733, -0.358191792925910e-01, -2.02022980381683, -1.03322686717359,
+    -0.511041056535807e-01, 1829.15146461355, -3482258.63459582,
+]  # fmt: skip
+LONGLEY_STD_ERROR = [
+    84.9149257747669, 0.334910077722432e-01, 0.488399681651699, 0.214274163161675,
+    0.226073200069370, 455.478499142212, 890420.383607373,
+]  # fmt: skip
+
+
+def test_longley_estimates_and_standard_errors_agree_with_the_certified_values():
+    # Longley's features are nearly collinear and far from zero (GNP ~ 4e5, YEAR ~ 1950):
+    # normal equations of the raw columns lose every digit here, centred ones keep about 8.
+    data = sm.datasets.longley.load_pandas()
+    features = tuple(data.exog.columns)
+    X, y = data.exog.to_numpy(np.float64), data.endog.to_numpy(np.float64)[:, None]
+    weights, metrics = fitted(X, y, features, ("TOTEMP",), epochs=1)
+    assert weights["feature"].tolist() == [*features, INTERCEPT]
+    assert weights["note"].isna().all()
+    np.testing.assert_allclose(weights["ls_weight"], LONGLEY_ESTIMATE, rtol=1e-7)
+    np.testing.assert_allclose(weights["std_error"], LONGLEY_STD_ERROR, rtol=1e-7)
+    ols = sm.OLS(y[:, 0], sm.add_constant(X, prepend=False)).fit()
+    np.testing.assert_allclose(weights["ls_weight"], ols.params, rtol=1e-7)
+    np.testing.assert_allclose(weights["std_error"], ols.bse, rtol=1e-7)
+    assert metrics["residual_std_error"].iloc[0] == pytest.approx(304.854073561965, rel=1e-7)
+
+
+def test_nearly_collinear_features_keep_their_inference():
+    # correlation 0.999: ill-conditioned (the standard errors are large) but not collinear
+    rng = np.random.default_rng(2)
+    n = 200
+    z = rng.normal(size=(n, 2))
+    X = np.column_stack([z[:, 0], 0.999 * z[:, 0] + np.sqrt(1 - 0.999**2) * z[:, 1]])
+    X = X * [3.0, 0.5] + [20.0, 4.0]
+    assert np.corrcoef(X.T)[0, 1] > 0.998
+    y = X @ [[0.5], [-2.0]] + 1.0 + rng.normal(0, 0.2, (n, 1))
+    weights, _ = fitted(X, y, ("a", "b"), ("y",), epochs=1)
+    assert weights["note"].isna().all(), weights["note"].tolist()
+    ols = sm.OLS(y[:, 0], sm.add_constant(X, prepend=False)).fit()
+    np.testing.assert_allclose(weights["ls_weight"], ols.params, rtol=RTOL)
+    np.testing.assert_allclose(weights["std_error"], ols.bse, rtol=RTOL)
+    np.testing.assert_allclose(weights["p_value"], ols.pvalues, rtol=RTOL)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e9])
+def test_a_feature_is_constant_by_its_spread_against_its_size(offset):
+    X, y = heteroskedastic(60, 4)
+    X[:, 0] = offset + 1e-3 * X[:, 0]  # varies by 1e-12 of 1e9: still a spread
+    X[:, 1] = offset + 7.25  # the same value on every row
+    weights, _ = fitted(X, y, ("a", "b", "c"), ("y1", "y2"), epochs=1)
+    assert (weights["note"] == "constant on the training rows: b (no variation to estimate "
+            "from)").all()  # fmt: skip

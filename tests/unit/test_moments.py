@@ -3,11 +3,13 @@ gradients, same trained weights; partial statistics add up."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
-from tasks.ingest.stats import moments_of
+from tasks.ingest.stats import least_squares_of_moments, moments_mse, moments_of, scaler_of_moments
 from tasks.model.train import (
     descend,
     direct_objective,
@@ -79,7 +81,7 @@ def test_partial_statistics_add_up_to_the_whole():
     parts = moments_of(X[:300], y[:300]) + moments_of(X[300:750], y[300:750])
     parts = parts + moments_of(X[750:], y[750:])
     assert parts.n == whole.n
-    for name in ("sum_x", "sum_y", "xtx", "xty", "yty"):
+    for name in ("mean_x", "mean_y", "sxx", "sxy", "syy"):
         np.testing.assert_allclose(getattr(parts, name), getattr(whole, name), rtol=1e-12)
 
 
@@ -87,7 +89,63 @@ def test_statistics_must_be_float64_to_be_right():
     # Float32 accumulation loses digits on large sums: the reason the statistics are float64.
     rng = np.random.default_rng(0)
     x = rng.normal(40, 10, 2_000_000).astype(np.float32)
-    exact = (x.astype(np.float64) ** 2).sum()
-    naive = np.cumsum(x * x, dtype=np.float32)[-1]
+    x64 = x.astype(np.float64)
+    exact = ((x64 - x64.mean()) ** 2).sum()
+    deviations = x - np.float32(x64.mean())
+    naive = np.cumsum(deviations * deviations, dtype=np.float32)[-1]
     assert abs(naive - exact) / exact > 1e-5
-    assert moments_of(x[:, None], x[:, None]).xtx[0, 0] == pytest.approx(exact, rel=1e-12)
+    assert moments_of(x[:, None], x[:, None]).sxx[0, 0] == pytest.approx(exact, rel=1e-12)
+
+
+def offset_rows(n: int = 3000, seed: int = 0):
+    """Columns whose offset dwarfs their spread: epoch milliseconds over one hour, a year, and
+    targets around 1e6 with a spread of 0.01."""
+    rng = np.random.default_rng(seed)
+    t = 1.7e12 + np.sort(rng.integers(0, 3_600_000, n)).astype(np.float64)
+    year = rng.integers(2000, 2025, n).astype(np.float64)
+    x = rng.normal(size=n)
+    y = 1e6 + 2e-9 * (t - 1.7e12) + 0.003 * x + rng.normal(0, 0.01, n)
+    return np.column_stack([t, year, x]), y[:, None]
+
+
+def cut(n: int, how: str, rng) -> list[slice]:
+    bounds = {
+        "whole": [0, n],
+        "rows one by one at the start": [0, 1, 2, 3, 17, n],
+        "random": [0, *np.sort(rng.choice(np.arange(1, n), 40, replace=False)), n],
+    }[how]
+    return [slice(a, b) for a, b in itertools.pairwise(bounds)]
+
+
+@pytest.mark.parametrize("how", ["whole", "rows one by one at the start", "random"])
+@pytest.mark.parametrize("order", ["forward", "backward", "shuffled"])
+def test_statistics_of_offset_columns_merge_the_same_however_the_rows_are_cut(how, order):
+    X, y = offset_rows()
+    rng = np.random.default_rng(1)
+    parts = [moments_of(X[s], y[s]) for s in cut(len(X), how, rng)]
+    if order == "backward":
+        parts = parts[::-1]
+    elif order == "shuffled":
+        parts = [parts[i] for i in rng.permutation(len(parts))]
+    merged = parts[0]
+    for part in parts[1:]:
+        merged = merged + part
+    # what the statistics are for, against numpy on the rows (centred first: raw, the design
+    # of a timestamp and an intercept is too ill-conditioned for any solver)
+    scaler = scaler_of_moments(merged)
+    np.testing.assert_allclose(scaler.mean, X.mean(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(scaler.std, X.std(axis=0), rtol=1e-12)
+    Xc, yc = X - X.mean(axis=0), y - y.mean(axis=0)
+    W_ref = np.linalg.lstsq(Xc, yc, rcond=None)[0].T
+    W, b = least_squares_of_moments(merged)
+    np.testing.assert_allclose(W, W_ref, rtol=1e-7)
+    mse = ((yc - Xc @ W_ref.T) ** 2).mean(axis=0)
+    assert 5e-5 < mse[0] < 2e-4  # the noise
+    b_ref = y.mean(axis=0) - W_ref @ X.mean(axis=0)
+    np.testing.assert_allclose(moments_mse(merged, W_ref, b_ref), mse, rtol=1e-7)
+    np.testing.assert_allclose(b, b_ref, rtol=1e-12)
+    whole = moments_of(X, y)
+    for name in ("mean_x", "mean_y", "sxx", "sxy", "syy"):
+        np.testing.assert_allclose(
+            getattr(merged, name), getattr(whole, name), rtol=1e-12, err_msg=name
+        )

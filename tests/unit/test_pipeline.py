@@ -64,7 +64,7 @@ def test_pass_one_matches_the_whole_file(tmp_path, monkeypatch, seed, layout):
     expected = train_moments(whole, F, T)
     assert scan.train.n == expected.n
     assert scan.holdout.n == int(whole.is_holdout.sum())
-    for name in ("sum_x", "sum_y", "xtx", "xty", "yty"):
+    for name in ("mean_x", "mean_y", "sxx", "sxy", "syy"):
         np.testing.assert_allclose(getattr(scan.train, name), getattr(expected, name), 1e-12)
     keys = sample_keys(hash_text(whole.accepted[ID_COLUMN], seed))
     profile = profile_frame(whole.accepted, [*F, *T], keys)
@@ -115,7 +115,7 @@ def test_results_do_not_depend_on_threads_or_where_the_rows_are_kept(tmp_path):
         assert scan.files == first.files
         pd.testing.assert_frame_equal(quarantine(scan), quarantine(first))
         pd.testing.assert_frame_equal(kept_rows(scan), kept_rows(first))
-        np.testing.assert_array_equal(scan.train.xtx, first.train.xtx)  # bit for bit
+        np.testing.assert_array_equal(scan.train.sxx, first.train.sxx)  # bit for bit
         pd.testing.assert_frame_equal(scan.profile_table(), first.profile_table())
 
 

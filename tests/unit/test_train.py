@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -164,3 +166,66 @@ def test_max_epochs_bounds_training_and_reports_not_converged():
     assert len(fit.loss_history) == 8
     assert not fit.converged
     assert fit.loss_history[-1] < fit.loss_history[0]
+
+
+def nearly_collinear(n: int = 5000, rho: float = 0.9988, seed: int = 0):
+    """Two features correlated `rho` on the sales scales and a noisy linear target."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 2))
+    income = 50 + 15 * z[:, 0]
+    price = 1 + 0.3 * (rho * z[:, 0] + np.sqrt(1 - rho**2) * z[:, 1])
+    X = np.column_stack([income, price])
+    y = 9 + 0.1 * income - 3 * price + rng.normal(0, 0.5, n)
+    return X, y[:, None]
+
+
+def true_relative_gap(X: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray) -> float:
+    """(MSE - optimum) / optimum in float64, the optimum from numpy's lstsq."""
+    W_opt, b_opt = least_squares(X, y)
+    optimum = mse_np(X, y, W_opt, b_opt)
+    return (mse_np(X, y, W, b) - optimum) / optimum
+
+
+def test_a_float32_stall_on_nearly_collinear_features_is_not_called_convergence():
+    X, y = (a.astype(np.float32) for a in nearly_collinear())
+    assert np.corrcoef(X.T)[0, 1] == pytest.approx(0.9988, abs=2e-4)
+    tol = 1e-9  # the defaults
+    fit = fit_linear_regression(
+        torch.from_numpy(X), torch.from_numpy(y), max_epochs=20_000, tol=tol, seed=0
+    )
+    gap = true_relative_gap(X, y, fit.W, fit.b)
+    if fit.converged:
+        assert gap <= tol, fit.stop_reason
+    else:
+        # the bound it reached is stated, and it is a true bound on the gap
+        bound = float(re.search(r"relative gap up to ([0-9.e+-]+)", fit.stop_reason).group(1))
+        assert bound > tol
+        assert gap <= bound * (1 + 1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_converged_means_the_certificate_holds_in_float64(dtype):
+    X, y = (a.astype(dtype) for a in correlated_data(300, 1, seed=2))
+    fit = fit_linear_regression(
+        torch.from_numpy(X), torch.from_numpy(y), max_epochs=50_000, tol=1e-9, seed=0
+    )
+    assert fit.converged, fit.stop_reason
+    assert 0 <= true_relative_gap(X, y, fit.W, fit.b) <= 1e-9
+
+
+@pytest.mark.parametrize("case", ["constant feature", "collinear features", "exact fit"])
+def test_degenerate_data_still_converge_in_float64(case):
+    # The certificate is taken on the directions the features span and against at least an
+    # exact fit's MSE: degenerate data must not stop the run's model from being promoted.
+    X, y = correlated_data(200, 1, seed=3)
+    if case == "constant feature":
+        X[:, 1] = 7.25
+    elif case == "collinear features":
+        X[:, 2] = 2.0 * X[:, 0] - 0.5 * X[:, 1] + 3.0
+    else:
+        y = X @ [[0.1], [3.0], [20.0]] + 4.0
+    fit = fit_linear_regression(
+        torch.from_numpy(X), torch.from_numpy(y), max_epochs=50_000, tol=1e-9, seed=0
+    )
+    assert fit.converged, fit.stop_reason
+    assert np.isfinite(fit.W).all()
