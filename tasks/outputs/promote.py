@@ -6,6 +6,7 @@ are read back from the weights table, never unpickled."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NONE
 
+from schemas.outputs import RUNS
 from schemas.params import RunConfig
 from tasks.common.errors import PipelineError, PublishError
 from tasks.common.storage import write_json
@@ -102,7 +104,28 @@ def load_model(root: Path, run_id: str) -> LinearModel:
 
 def read_champion(root: Path) -> dict[str, Any] | None:
     """The current champion's row of the `champions` table, or None before the first one."""
-    return tables.current_champion(root)[1]
+    return current_champion(root)[1]
+
+
+def current_champion(root: Path) -> tuple[int | None, dict[str, Any] | None]:
+    """(the `champions` table's version, the champion): the newest promotion of a committed
+    run. A run that swapped itself in and died before its row of `runs` was never committed,
+    so the champion before it still holds."""
+    version, row = tables.current_champion(root)
+    if row is None or row["run_id"] in (committed := _committed(root)):
+        return version, row
+    rows = [r for r in tables.read(root, tables.CHAMPIONS).to_pylist() if r["run_id"] in committed]
+    if not rows:
+        return version, None
+    best = max(rows, key=lambda r: r["version"])
+    mse = best["holdout_mse"]
+    return version, {**best, "holdout_mse": None if mse is None else json.loads(mse)}
+
+
+def _committed(root: Path) -> set[str]:
+    if tables.version_of(root, RUNS) is None:
+        return set()
+    return set(tables.read(root, RUNS, filters=None).column("run_id").to_pylist())
 
 
 @dataclass(frozen=True)
@@ -123,7 +146,7 @@ def judge(
     tolerance: float,
 ) -> tuple[dict[str, Any], int | None]:
     """decide_promotion against the champion as it is now; with the version read."""
-    version, champion_row = tables.current_champion(root)
+    version, champion_row = current_champion(root)
     champion_id = None if champion_row is None else champion_row["run_id"]
     champion = None if champion_id is None else load_model(root, champion_id)
     decision = decide_promotion(candidate, converged, champion, champion_id, holdout, tolerance)

@@ -55,6 +55,7 @@ from tasks.outputs.promote import (
     Promotion,
     crown,
     model_from_weights,
+    read_champion,
     write_champion_copy,
 )
 from tasks.outputs.report import report_dir, write_report
@@ -312,7 +313,7 @@ def apply_retention(root: Path, keep_runs: int, vacuum_hours: float = VACUUM_HOU
     `keep_runs` runs of each kind and of the champion; then vacuum what no version of the last
     `vacuum_hours` needs. Weights, metrics, profile and `runs` are kept whole."""
     runs = committed_runs(root).sort_values("run_id")
-    champion = tables.current_champion(root)[1]
+    champion = read_champion(root)
     keep = {champion["run_id"]} if champion else set()
     for kind in ("train", "score"):
         keep |= set(runs[runs["kind"] == kind]["run_id"].iloc[-keep_runs:])
