@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from deltalake.exceptions import DeltaError
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
@@ -44,7 +45,7 @@ from schemas.outputs import (
     descriptions_of,
 )
 from schemas.params import RUN_TIMEOUT_SECONDS, RunConfig
-from tasks.common.errors import DataQualityError, PublishError
+from tasks.common.errors import DataQualityError, PipelineError, PublishError
 from tasks.common.runlog import run_logger
 from tasks.common.storage import RunInfo, data_fingerprint, manifest_path, write_json
 from tasks.ingest.scan import Scan
@@ -160,8 +161,7 @@ def commit_training(
         manifest = build_manifest(run, scan.files, "completed", outputs, results=results)
         write_report(root, manifest, plots)
         commit.finish(manifest)
-    write_copies(root, manifest)
-    apply_retention(root, config.keep_runs)
+    after_commit(root, manifest, config.keep_runs)
     return manifest
 
 
@@ -173,7 +173,7 @@ def commit_rejection(run: RunInfo, scan: Scan, error: str, kind: str) -> dict[st
         outputs = outputs_of(run, [table])
         manifest = build_manifest(run, scan.files, "failed", outputs, kind=kind, error=error)
         commit.finish(manifest)
-    write_copies(run.output_root, manifest)
+    after_commit(run.output_root, manifest, keep_runs=None)
     return manifest
 
 
@@ -267,6 +267,17 @@ def runs_row(manifest: dict[str, Any]) -> pa.Table:
         "manifest": json.dumps(manifest, default=str),
     }
     return pa.Table.from_pylist([row], schema=RUNS_ARROW)
+
+
+def after_commit(root: Path, manifest: dict[str, Any], keep_runs: int | None) -> None:
+    """The readable copies and retention (`keep_runs`; None: none). The run is committed: a
+    failure here is a warning, the next run's retention and copies catch up."""
+    try:
+        write_copies(root, manifest)
+        if keep_runs is not None:
+            apply_retention(root, keep_runs)
+    except (OSError, PipelineError, DeltaError) as exc:
+        run_logger().warning("run %s is committed, but %s", manifest["run_id"], exc)
 
 
 def write_copies(root: Path, manifest: dict[str, Any]) -> None:

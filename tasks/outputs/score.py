@@ -14,12 +14,11 @@ from tasks.ingest.scan import Scan
 from tasks.outputs.predict import Emitted
 from tasks.outputs.promote import LinearModel, load_model, read_champion
 from tasks.outputs.publish import (
-    apply_retention,
+    after_commit,
     build_manifest,
     commit_quarantine,
     committing,
     outputs_of,
-    write_copies,
 )
 
 
@@ -47,8 +46,7 @@ def commit_scores(
         manifest = build_manifest(run, scan.files, "completed", outputs, kind="score")
         manifest["model_run_id"] = model_run_id
         commit.finish(manifest)
-    write_copies(run.output_root, manifest)
-    apply_retention(run.output_root, keep_runs)
+    after_commit(run.output_root, manifest, keep_runs)
     return manifest
 
 
