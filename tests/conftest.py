@@ -28,6 +28,8 @@ os.environ.setdefault(
     "SALES_MODEL_OUTPUT_ROOTS", os.pathsep.join([tempfile.gettempdir(), str(REPO / "output")])
 )
 HEADER = "country,avg_income_k,price_k,tax_k,units_sold_k"
+# The S3 API server and a bucket per test (tests/s3.py), for the tests of object storage.
+pytest_plugins = ["tests.s3"]
 
 
 @pytest.fixture
