@@ -36,8 +36,9 @@ def test_a_run_commits_on_the_bucket_and_every_reader_sees_it_whole(s3_server, s
     uri = tables.table_uri(root, "predictions")
     by_pandas = DeltaTable(uri, storage_options=options).to_pandas()
     by_polars = pl.read_delta(uri, storage_options=options)
-    dataset = DeltaTable(uri, storage_options=options).to_pyarrow_dataset()
-    by_duckdb = duckdb.sql("select run_id, y from dataset order by y").fetchall()
+    con = duckdb.connect()
+    con.register("predictions", DeltaTable(uri, storage_options=options).to_pyarrow_dataset())
+    by_duckdb = con.sql("select run_id, y from predictions order by y").fetchall()
     assert sorted(by_pandas["y"]) == sorted(by_polars["y"].to_list()) == [1.0, 2.0, 3.0]
     assert by_duckdb == [("r1", 1.0), ("r1", 2.0), ("r1", 3.0)]
     assert pending not in tables.committed_files(root, "predictions", storage_options=options)
