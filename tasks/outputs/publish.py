@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from deltalake.exceptions import DeltaError
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
@@ -46,7 +47,13 @@ from schemas.outputs import (
 from schemas.params import RUN_TIMEOUT_SECONDS, RunConfig
 from tasks.common.errors import DataQualityError, PublishError
 from tasks.common.runlog import run_logger
-from tasks.common.storage import RunInfo, data_fingerprint, manifest_path, write_json
+from tasks.common.storage import (
+    RunInfo,
+    data_fingerprint,
+    describe_error,
+    manifest_path,
+    write_json,
+)
 from tasks.ingest.scan import Scan
 from tasks.ingest.validate import FileReport, check_quality, quarantine_table
 from tasks.outputs import tables
@@ -93,6 +100,11 @@ class Commit:
             schema,
             descriptions=descriptions,
         )
+
+    def crowned(self) -> None:
+        """The run became the champion: a failure before its commit takes the promotion back
+        too (its row of `champions` goes, so the champion before it is current again)."""
+        self.committed.append(tables.CHAMPIONS)
 
     def finish(self, manifest: dict[str, Any]) -> None:
         """The run's row of `runs`: its commit."""
@@ -153,6 +165,8 @@ def commit_training(
             config.promotion_tolerance,
             promotion,
         )
+        if decision["promoted"]:
+            commit.crowned()
         results = {**results, "promotion": decision, "drift": promotion.drift}
         outputs = outputs_of(run, [*model_tables, "predictions", "quarantine"])
         outputs["report"] = report_folder / "report.md"
@@ -349,5 +363,7 @@ def commit_training_task(
     try:
         return commit_training(run, scan, predicted, model_tables, promotion, results, config,
                                plots)  # fmt: skip
-    except OSError as exc:
-        raise PublishError(f"{run.output_root}: could not commit run {run.run_id} ({exc})") from exc
+    except (OSError, DeltaError) as exc:  # a store that takes no more (disk full, a quota)
+        raise PublishError(
+            f"{run.output_root}: could not commit run {run.run_id} ({describe_error(exc)})"
+        ) from exc
