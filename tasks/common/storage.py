@@ -93,20 +93,23 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         tmp.replace(path)
     except OSError as exc:
         raise PublishError(
-            f"{path}: could not write ({_describe(exc)}); the previous contents are unchanged"
+            f"{path}: could not write ({describe_error(exc)}); the previous contents are unchanged"
         ) from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
-def _errno(exc: OSError) -> int | None:
-    match = re.search(r"\[errno (\d+)\]", str(exc), flags=re.IGNORECASE)
-    return exc.errno or (int(match.group(1)) if match else None)
+def _errno(exc: Exception) -> int | None:
+    # pyarrow says "[errno 28]", delta-rs "(os error 28)".
+    match = re.search(r"\[errno (\d+)\]|\(os error (\d+)\)", str(exc), flags=re.IGNORECASE)
+    number = getattr(exc, "errno", None)
+    return number or (int(match.group(1) or match.group(2)) if match else None)
 
 
-def _describe(exc: OSError) -> str:
-    """'No space left on device' rather than pyarrow's 'Error writing bytes ... [errno 28]'."""
+def describe_error(exc: Exception) -> str:
+    """'No space left on device' rather than pyarrow's 'Error writing bytes ... [errno 28]' or
+    delta-rs' 'Generic LocalFileSystem error: ... (os error 28)'."""
     number = _errno(exc)
     return os.strerror(number) if number else str(exc)
 
@@ -125,7 +128,7 @@ def working_files(folder: Path) -> Iterator[None]:
         if _errno(exc) not in _DISK_FULL:
             raise
         raise PublishError(
-            f"{folder}: could not write the run's working files ({_describe(exc)}); "
+            f"{folder}: could not write the run's working files ({describe_error(exc)}); "
             "nothing was published"
         ) from exc
 

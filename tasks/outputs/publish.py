@@ -47,7 +47,13 @@ from schemas.outputs import (
 from schemas.params import RUN_TIMEOUT_SECONDS, RunConfig
 from tasks.common.errors import DataQualityError, PipelineError, PublishError
 from tasks.common.runlog import run_logger
-from tasks.common.storage import RunInfo, data_fingerprint, manifest_path, write_json
+from tasks.common.storage import (
+    RunInfo,
+    data_fingerprint,
+    describe_error,
+    manifest_path,
+    write_json,
+)
 from tasks.ingest.scan import Scan
 from tasks.ingest.validate import FileReport, check_quality, quarantine_table
 from tasks.outputs import tables
@@ -95,6 +101,11 @@ class Commit:
             schema,
             descriptions=descriptions,
         )
+
+    def crowned(self) -> None:
+        """The run became the champion: a failure before its commit takes the promotion back
+        too (its row of `champions` goes, so the champion before it is current again)."""
+        self.committed.append(tables.CHAMPIONS)
 
     def finish(self, manifest: dict[str, Any]) -> None:
         """The run's row of `runs`: its commit."""
@@ -155,6 +166,8 @@ def commit_training(
             config.promotion_tolerance,
             promotion,
         )
+        if decision["promoted"]:
+            commit.crowned()
         results = {**results, "promotion": decision, "drift": promotion.drift}
         outputs = outputs_of(run, [*model_tables, "predictions", "quarantine"])
         outputs["report"] = report_folder / "report.md"
@@ -361,5 +374,7 @@ def commit_training_task(
     try:
         return commit_training(run, scan, predicted, model_tables, promotion, results, config,
                                plots)  # fmt: skip
-    except OSError as exc:
-        raise PublishError(f"{run.output_root}: could not commit run {run.run_id} ({exc})") from exc
+    except (OSError, DeltaError) as exc:  # a store that takes no more (disk full, a quota)
+        raise PublishError(
+            f"{run.output_root}: could not commit run {run.run_id} ({describe_error(exc)})"
+        ) from exc

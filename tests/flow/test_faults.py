@@ -1,149 +1,284 @@
-"""Faults, each in a real process: killed writers, a full disk, a killed training run, two runs
-at once, failed tasks, float32 overflow. Readers must never see a half-written file, and a run
-is visible only once its manifest exists."""
+"""Faults: a publish failing at each of its commits, a run killed between two commits or while it
+trains, a full disk, two runs committing at once, a damaged Delta log, failed tasks, float32
+overflow. Readers that go through `runs` see a run whole or not at all; earlier runs' rows and
+the champion are never touched; the next run succeeds."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 import numpy as np
-import pandas as pd
-import pyarrow.dataset as ds
 import pytest
 
 from flows.train import train_sales_model
 from flows.watch import watch_landing
-from schemas.outputs import TABLES as OUTPUT_TABLES
+from schemas.outputs import RUNS
+from schemas.outputs import TABLES as RUN_TABLES
 from tasks.common.errors import InputFileError, PipelineError, TrainingError
+from tasks.common.storage import format_run_id
 from tasks.landing.ledger import ledger_rows
-from tasks.outputs.promote import output_lock
-from tests.conftest import HEADER, REPO, sales_rows
+from tasks.outputs import tables
+from tasks.outputs.maintenance import ALL_TABLES
+from tasks.outputs.publish import ORPHAN_AFTER_SECONDS
+from tests.conftest import HEADER, REPO, read_table, sales_rows
+from tests.flow.hooked_train import HOOK
 
-TABLES = OUTPUT_TABLES
+RUN_ID = re.compile(r"\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}")
 
 
 @pytest.fixture
 def trained(write_csv, tmp_path):
-    """An output root holding one completed, promoted run."""
+    """An output root holding one committed, promoted run."""
     data = write_csv("\n".join([HEADER, *sales_rows(200, seed=4)]) + "\n")
     output = tmp_path / "out"
     manifest = train_sales_model(data=str(data), output=str(output))
     return data, output, manifest
 
 
-def snapshot(root, working_files=True):
-    """Every file under an output root (the lock and the pass-1 cache aside: a failed run may
-    leave sound entries of the files it parsed), with size and time; without the runs' working
-    files (.staging/) when `working_files` is false."""
-    return {
-        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in root.rglob("*")
-        if p.is_file()
-        and p.name != ".publish.lock"
-        and ".cache" not in p.relative_to(root).parts
-        and (working_files or ".staging" not in p.relative_to(root).parts)
-    }
-
-
-def run_ids_seen(root, table):
-    """The run ids each reader sees in a table: pandas, pyarrow and DuckDB."""
-    path = root / table
-    by_pandas = set(pd.read_parquet(path)["run_id"].astype(str))
-    by_arrow = set(
-        ds.dataset(path, format="parquet", partitioning="hive").to_table()["run_id"].to_pylist()
+@pytest.fixture(scope="module")
+def migrated_home(tmp_path_factory):
+    """A PREFECT_HOME whose database is created and migrated, to copy from."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    subprocess.run(
+        [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
+        env={**os.environ, "PREFECT_HOME": str(home)},
+        check=True,
+        capture_output=True,
     )
-    by_duckdb = {
-        r[0]
-        for r in duckdb.sql(
-            f"select distinct run_id from read_parquet('{path}/*/*.parquet', "
-            "hive_partitioning=true)"
+    return home
+
+
+@pytest.fixture
+def server_home(migrated_home, tmp_path):
+    """PREFECT_HOME of a temporary Prefect server for a process the test kills: its training
+    slot is not the session server's, which a killed run holds until its lease runs out (a
+    temporary server never takes it back, so each test gets a database of its own)."""
+    home = tmp_path / "prefect-home"
+    shutil.copytree(migrated_home, home)
+    return home
+
+
+def committed(root):
+    """The runs committed under `root`: those with a row of `runs`."""
+    return tables.run_ids(root, RUNS)
+
+
+def seen_through_runs(root, table):
+    """The runs an analyst sees in `table` when joining it with `runs` (DuckDB on the tables'
+    committed files, as docs/analysts.md reads them)."""
+    files = {name: tables.committed_files(root, name) for name in (table, RUNS)}
+    return {
+        run_id
+        for (run_id,) in duckdb.sql(
+            f"SELECT DISTINCT t.run_id FROM read_parquet({files[table]!r}, hive_partitioning = "
+            f"true, union_by_name = true, hive_types = {{'run_id': VARCHAR}}) t JOIN "
+            f"read_parquet({files[RUNS]!r}, hive_partitioning = true, "
+            "hive_types = {'run_id': VARCHAR}) r USING (run_id)"
         ).fetchall()
     }
-    return by_pandas, by_arrow, by_duckdb
 
 
-def cli(args, api_url, **kwargs):
-    """The command line against the server at `api_url` (None: a temporary server of its own)."""
+def seen(root):
+    """Per table of a training run, the runs seen through `runs`."""
+    return {table: seen_through_runs(root, table) for table in RUN_TABLES}
+
+
+def table_rows(root, runs=None):
+    """Every table's rows (of `runs` only, if given) as sorted text."""
+    found = {}
+    for table in ALL_TABLES:
+        if tables.version_of(root, table) is not None:
+            rows = tables.read(root, table).to_pylist()
+            found[table] = sorted(repr(r) for r in rows if runs is None or r["run_id"] in runs)
+    return found
+
+
+def contents(root):
+    """What readers see: every table's rows, the champion, and the readable copies."""
+    return {
+        **table_rows(root),
+        "champion": tables.current_champion(root)[1],
+        "champion.json": (root / "champion.json").read_text(),
+        "manifests": sorted(p.name for p in (root / "manifests").iterdir()),
+        "reports": sorted(p.name for p in (root / "reports").iterdir()),
+    }
+
+
+def in_tables(root, run_id):
+    """The tables holding rows of `run_id` (committed or not)."""
+    return {table: run_id in tables.run_ids(root, table) for table in ALL_TABLES}
+
+
+def cli(args, api_url, hook=None, server_home=None, **kwargs):
+    """The command line (tests/flow/hooked_train.py with a `hook`) against the server at
+    `api_url`, or, with None, a temporary server of its own under `server_home`. The process
+    leads a process group of its own (its temporary server is in it)."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     if api_url is not None:
         env["PREFECT_API_URL"] = api_url
+    if server_home is not None:
+        env["PREFECT_HOME"] = str(server_home)
+    module = "flows.train"
+    if hook is not None:
+        env[HOOK] = json.dumps(hook)
+        module = "tests.flow.hooked_train"
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.train", *args],
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
         **kwargs,
     )
 
 
-def big_csv(path, rows):
-    """A sales CSV big enough that writing its predictions takes a while."""
-    rng = np.random.default_rng(0)
-    income = rng.uniform(10, 90, rows)
-    price = 0.2 + 0.01 * income + rng.uniform(0, 0.3, rows)
-    tax = price * rng.uniform(0.05, 0.25, rows)
-    units = 9 + 0.1 * income - 3 * price - 8 * tax + rng.normal(0, 0.5, rows)
-    frame = pd.DataFrame(
-        {
-            "country": [f"K{i:07d}" for i in range(rows)],
-            "avg_income_k": income.round(3),
-            "price_k": price.round(4),
-            "tax_k": tax.round(4),
-            "units_sold_k": units.round(3),
-        }
-    )
-    frame.to_csv(path, index=False)
-    return path
+def finish(proc, timeout=300):
+    """Wait for a `cli` process, SIGKILL what is left of its group (a temporary Prefect server
+    holds the pipes open), and return its stderr."""
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.communicate()[1]
 
 
-def predictions_being_written(root):
-    """Staged predictions parts with bytes in them: pass 2 at work (they are moved into
-    predictions/ only by the publish step)."""
-    return [p for p in root.glob(".staging/*/predictions/*.parquet") if p.stat().st_size > 0]
+def one_error_line(stderr):
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]
 
 
-def test_sigkill_during_a_runs_parquet_write_leaves_readers_and_champion_intact(
-    trained, tmp_path, prefect_api_url
+class CommitFaults:
+    """tables.append, tables.commit_parts and tables.swap_champion, counted in the order the
+    publish calls them (`calls`: "append weights", ...); the `fail_at`-th fails with ENOSPC."""
+
+    STEPS = ("append", "commit_parts", "swap_champion")
+
+    def __init__(self, monkeypatch, fail_at=None):
+        self.fail_at, self.calls = fail_at, []
+        for name in self.STEPS:
+            monkeypatch.setattr(tables, name, self._wrap(name, getattr(tables, name)))
+
+    def _wrap(self, name, real):
+        def step(root, *args, **kwargs):
+            table = tables.CHAMPIONS if name == "swap_champion" else args[0]
+            self.calls.append(f"{name} {table}")
+            if len(self.calls) == self.fail_at:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(root, *args, **kwargs)
+
+        return step
+
+
+def test_a_publish_failing_at_any_commit_leaves_no_trace_of_the_run(
+    trained, write_csv, tmp_path, monkeypatch
 ):
     _, output, first = trained
-    champion = (output / "champion.json").read_text()
-    manifests_before = sorted(p.name for p in (output / "manifests").iterdir())
-    seen_before = {table: run_ids_seen(output, table) for table in TABLES}
-    assert seen_before["predictions"] == ({first["run_id"]},) * 3
-    data = big_csv(tmp_path / "big.csv", 400_000)
-    proc = cli(["--data", str(data), "--output", str(output)], prefect_api_url)
+    data = write_csv("\n".join([HEADER, *sales_rows(60, seed=20)]) + "\n", "more.csv")
+    run = {"data": str(data), "promotion_tolerance": 1e6}  # promoted: the champion moves too
+    probe = tmp_path / "probe"
+    shutil.copytree(output, probe)
+    with monkeypatch.context() as patch:
+        clean = CommitFaults(patch)
+        manifest = train_sales_model(output=str(probe), **run)
+    assert manifest["promotion"]["promoted"]
+    assert "swap_champion champions" in clean.calls
+    assert clean.calls[-1] == f"append {RUNS}"  # the run's commit comes last
+
+    before, seen_before = contents(output), seen(output)
+    for fail_at, step in enumerate(clean.calls, 1):
+        with monkeypatch.context() as patch:
+            CommitFaults(patch, fail_at)
+            with pytest.raises(PipelineError) as failed:
+                train_sales_model(output=str(output), **run)
+        message = str(failed.value)
+        assert "No space left on device" in message, step
+        assert "\n" not in message
+        (run_id,) = set(RUN_ID.findall(message))
+        assert committed(output) == {first["run_id"]}, step
+        assert seen(output) == seen_before, step
+        assert not any(in_tables(output, run_id).values()), step  # taken back
+        assert contents(output) == before, step
+
+
+def test_a_run_killed_between_two_commits_stays_invisible_and_is_swept_once_dead(
+    trained, tmp_path, prefect_api_url, server_home
+):
+    data, output, first = trained
+    before, seen_before = table_rows(output), seen(output)
+    # Killed right after its predictions are committed: before the champion and its runs row.
+    proc = cli(
+        ["--data", str(data), "--output", str(output)],
+        None,
+        hook={"kill_after": ["commit_parts", 2]},
+        server_home=server_home,
+    )
+    finish(proc)
+    assert proc.returncode == -signal.SIGKILL
+    (killed,) = tables.run_ids(output, "predictions") - {first["run_id"]}
+    assert all(in_tables(output, killed)[t] for t in RUN_TABLES)  # every table but runs has it
+    assert committed(output) == {first["run_id"]}
+    assert seen(output) == seen_before
+    assert table_rows(output, {first["run_id"]}) == before
+
+    # A run that died long ago left rows too: older than any run can live, it is swept. (Its
+    # id is made by hand: this process's run clock never goes back.)
+    long_ago = datetime.now(UTC) - timedelta(seconds=ORPHAN_AFTER_SECONDS + 600)
+    dead = format_run_id(long_ago, "0dead0ff")
+    for table in ("weights", "predictions"):
+        rows = tables.read(output, table, filters=[("run_id", "=", first["run_id"])])
+        tables.append(output, table, rows.drop_columns(["run_id"]), dead)
+
+    second = train_sales_model(data=str(data), output=str(output))
+    assert second["status"] == "completed"
+    assert committed(output) == {first["run_id"], second["run_id"]}
+    assert not any(in_tables(output, dead).values())
+    # The killed run may still be alive for all the next run knows: kept, and still invisible.
+    assert in_tables(output, killed)["predictions"]
+    assert seen_through_runs(output, "predictions") == {first["run_id"], second["run_id"]}
+    assert table_rows(output, {first["run_id"]}) == before
+
+
+def test_kill_during_training_commits_nothing_and_the_next_run_succeeds(trained, server_home):
+    data, output, first = trained
+    before = contents(output)
+    proc = cli(
+        [
+            *("--data", str(data), "--output", str(output)),
+            *("--lr", "1e-7", "--max-epochs", "100000000", "--tol", "1e-15", "--verbose"),
+        ],
+        None,
+        server_home=server_home,
+    )
     deadline = time.monotonic() + 180
-    while not (parts := predictions_being_written(output)) and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert parts, "the run was never caught writing its predictions"
-    staging = parts[0].parents[1]
-    assert staging.exists()  # killed mid-write: its working files are left behind
-
-    assert {table: run_ids_seen(output, table) for table in TABLES} == seen_before
-    assert sorted(p.name for p in (output / "manifests").iterdir()) == manifests_before
-    assert (output / "champion.json").read_text() == champion
-
-    second = train_sales_model(data=str(trained[0]), output=str(output))
-    assert not staging.exists()  # swept by the next run
-    assert not list(output.rglob(".*.tmp"))
-    assert run_ids_seen(output, "predictions")[2] == {first["run_id"], second["run_id"]}
+    seen = ""
+    while "epoch 0: train MSE" not in seen and time.monotonic() < deadline:
+        seen += proc.stderr.readline()
+    assert "epoch 0: train MSE" in seen
+    time.sleep(1)  # well into the epochs
+    os.killpg(proc.pid, signal.SIGKILL)
+    finish(proc)
+    assert contents(output) == before
+    assert all(tables.run_ids(output, t) == {first["run_id"]} for t in RUN_TABLES)
+    manifest = train_sales_model(data=str(data), output=str(output))
+    assert manifest["status"] == "completed"
+    assert committed(output) == {first["run_id"], manifest["run_id"]}
 
 
 def _file_limit(limit):
@@ -155,228 +290,120 @@ def _file_limit(limit):
     return apply
 
 
-def output_sizes(root, run_id):
-    """Sizes of a run's tables (Parquet) and of its report's files."""
-    tables = [p.stat().st_size for p in root.glob(f"*/run_id={run_id}/*.parquet")]
-    report = [p.stat().st_size for p in (root / "reports" / run_id).iterdir()]
-    return max(tables), max(report)
-
-
-@pytest.mark.parametrize("when", ["working files", "after the tables"])
-def test_disk_full_while_writing_is_a_clear_error_and_changes_nothing(
-    trained, write_csv, prefect_api_url, tmp_path, when
-):
-    _, output, _ = trained
-    before = snapshot(output)
-    big = write_csv("\n".join([HEADER, *sales_rows(3000, seed=8)]) + "\n", "big.csv")
-    small = write_csv("\n".join([HEADER, *sales_rows(60, seed=8)]) + "\n", "small.csv")
-    if when == "working files":
-        # pass 2's staged predictions outgrow the limit: the run stops before publishing
-        data, limit, failing = big, 48_000, ".staging"
-    else:
-        # The largest table fits, the report's plots do not: tables are written, then the
-        # publish fails and must take them back.
-        probe = train_sales_model(data=str(small), output=str(tmp_path / "probe"))
-        largest_table, largest_report = output_sizes(tmp_path / "probe", probe["run_id"])
-        data, limit, failing = small, largest_table + 1024, "reports"
-        assert largest_report > limit + 1024
-    proc = cli(
-        ["--data", str(data), "--output", str(output)],
-        prefect_api_url,
-        preexec_fn=_file_limit(limit),
-    )
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 1
-    assert "Traceback" not in stderr
-    assert stderr.splitlines()[0].startswith("error:"), stderr
-    (error,) = [line for line in stderr.splitlines() if line.startswith("error:")]
-    if when == "working files":
-        assert "could not write the run's working files (File too large)" in error
-    else:
-        assert "could not write (File too large); the previous contents are unchanged" in error
-    assert f"{output}/{failing}/" in error
-    assert snapshot(output) == before  # whatever the run had written is gone again
-    assert not list(output.rglob(".*.tmp"))
-
-
-class RenameFaults:
-    """os.replace and os.rename (Path.replace, Path.rename and shutil.move go through them),
-    counting the calls that move something into sight under an output root (not into its
-    working files or the pass-1 cache) and failing the `fail_at`-th with ENOSPC."""
-
-    def __init__(self, monkeypatch, root, fail_at=None):
-        self.root, self.fail_at, self.calls = root.resolve(), fail_at, 0
-        for name in ("replace", "rename"):
-            monkeypatch.setattr(os, name, self._wrap(getattr(os, name)))
-
-    def _wrap(self, real):
-        def move(src, dst, *args, **kwargs):
-            if self._in_sight(dst):
-                self.calls += 1
-                if self.calls == self.fail_at:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
-            return real(src, dst, *args, **kwargs)
-
-        return move
-
-    def _in_sight(self, path):
-        path = Path(path).resolve()
-        if not path.is_relative_to(self.root):
-            return False
-        return not {".staging", ".cache"} & set(path.relative_to(self.root).parts)
-
-
-def digests(root, run_id):
-    """sha256 of every file of one run (its tables' parts, manifest and report) and of the
-    champion pointer."""
-    files = [
-        *root.glob(f"*/run_id={run_id}/*"),
-        root / "manifests" / f"{run_id}.json",
-        *(root / "reports" / run_id).iterdir(),
-        root / "champion.json",
-    ]
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-
-
-def parts_read(root, table, run_id):
-    """How many Parquet files of a run DuckDB reads in a table."""
-    ((count,),) = duckdb.sql(
-        f"select count(distinct filename) from read_parquet('{root}/{table}/*/*.parquet', "
-        f"hive_partitioning=true, filename=true) where run_id = '{run_id}'"
-    ).fetchall()
-    return count
-
-
-def what_readers_see(root):
-    """Per table, the run ids the analysts' readers see; the manifests; the report folders;
-    the champion pointer."""
+def sizes(root, run_id):
+    """Sizes of the files a run writes before its first commit (its predictions parts and the
+    pass-1 cache), of its weights (the first table committed), of every table's files but
+    runs' (all committed before the report) and of its report's files."""
+    of = lambda paths: [p.stat().st_size for p in paths]  # noqa: E731
+    tables_before_report = [
+        p for p in root.glob(f"*/run_id={run_id}/*.parquet") if p.parts[-3] != RUNS
+    ] + list((root / tables.CHAMPIONS).glob("*.parquet"))
     return {
-        "tables": {t: run_ids_seen(root, t) for t in TABLES if (root / t).exists()},
-        "manifests": sorted(p.name for p in (root / "manifests").iterdir()),
-        "reports": sorted(p.name for p in (root / "reports").iterdir()),
-        "champion": (root / "champion.json").read_text(),
+        "before the commit": max(
+            of([*root.glob(f"predictions/run_id={run_id}/*"), *root.glob(".cache/**/*.*")])
+        ),
+        "weights": max(of(root.glob(f"weights/run_id={run_id}/*.parquet"))),
+        "tables": max(of(tables_before_report)),
+        "report": max(of((root / "reports" / run_id).iterdir())),
     }
 
 
-def test_a_publish_failing_at_any_step_leaves_no_trace_of_the_run(
-    trained, write_csv, tmp_path, monkeypatch
+@pytest.mark.parametrize("when", ["in a table commit", "after the tables"])
+def test_disk_full_while_committing_is_one_error_line_and_changes_nothing(
+    trained, write_csv, prefect_api_url, tmp_path, when
 ):
     _, output, first = trained
-    # Three input files: at least three predictions parts, so a failure can fall between two.
-    files = [
-        str(
-            write_csv(
-                "\n".join([HEADER, *sales_rows(60, seed=20 + i, start=100 * i)]) + "\n",
-                f"part{i}.csv",
-            )
+    small = write_csv("\n".join([HEADER, *sales_rows(60, seed=8)]) + "\n", "small.csv")
+    args = ["--data", str(small), "--promotion-tolerance", "1e6"]
+    probe = train_sales_model(data=str(small), output=str(tmp_path / "probe"))
+    size = sizes(tmp_path / "probe", probe["run_id"])
+    if when == "in a table commit":
+        # Pass 2's parts and the cache fit; the weights, the first table committed, do not.
+        assert size["before the commit"] + 256 < size["weights"], size
+        limit, failing = size["weights"] - 128, "could not commit run"
+    else:
+        # Every table fits and the champion moves; the report's plots do not: the publish must
+        # take all of that back.
+        limit, failing = size["tables"] + 1024, f"{output}/reports/"
+        assert size["report"] > limit + 1024, size
+    before = contents(output)
+    proc = cli([*args, "--output", str(output)], prefect_api_url, preexec_fn=_file_limit(limit))
+    stderr = finish(proc)
+    assert proc.returncode == 1, stderr
+    error = one_error_line(stderr)
+    assert "File too large" in error
+    assert failing in error
+    assert contents(output) == before
+    assert committed(output) == {first["run_id"]}
+
+
+def test_two_runs_committing_at_once_both_land_and_make_one_champion_each(
+    trained, prefect_api_url, server_home, tmp_path
+):
+    data, output, first = trained
+    before = table_rows(output)
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    # One on the session's server, one on a server of its own: each holds its server's training
+    # slot, and both wait at their first commit until the other is there too. Both are judged
+    # against the first run; whichever crowns second must decide again.
+    args = ["--data", str(data), "--output", str(output), "--promotion-tolerance", "1e6"]
+    procs = [
+        cli(
+            [*args, "--seed", str(seed)],
+            api_url,
+            hook={"meet": [str(meeting), 2]},
+            server_home=home,
         )
-        for i in range(3)
+        for seed, api_url, home in ((11, prefect_api_url, None), (12, None, server_home))
     ]
-    run = {"data": files, "promotion_tolerance": 1e6}  # promoted: the champion moves too
-    probe = tmp_path / "probe"
-    shutil.copytree(output, probe)
-    with monkeypatch.context() as patch:
-        clean = RenameFaults(patch, probe)
-        manifest = train_sales_model(output=str(probe), **run)
-    assert manifest["promotion"]["promoted"]
-    assert parts_read(probe, "predictions", manifest["run_id"]) >= 3
-    assert clean.calls, "the publish moves nothing into place: inject its faults another way"
+    for proc in procs:
+        stderr = finish(proc, timeout=600)
+        assert proc.returncode == 0, stderr
 
-    before, earlier = what_readers_see(output), digests(output, first["run_id"])
-    for fail_at in range(1, clean.calls + 1):
-        with monkeypatch.context() as patch:
-            RenameFaults(patch, output, fail_at)
-            with pytest.raises(PipelineError) as failed:
-                train_sales_model(output=str(output), **run)
-        message = str(failed.value)
-        assert "No space left on device" in message, fail_at
-        assert "\n" not in message
-        assert what_readers_see(output) == before, f"failure at move {fail_at}"
-        assert digests(output, first["run_id"]) == earlier, f"failure at move {fail_at}"
+    new = committed(output) - {first["run_id"]}
+    assert len(new) == 2
+    for table in RUN_TABLES:
+        assert new <= tables.run_ids(output, table), table
+        if table != "quarantine":  # no rows: the data is clean
+            assert seen_through_runs(output, table) == {first["run_id"], *new}, table
+    runs = read_table(output, RUNS).set_index("run_id")
+    predictions = read_table(output, "predictions")["run_id"].value_counts()
+    for run_id in new:
+        assert predictions[run_id] == runs.loc[run_id, "rows_accepted"]
+    assert table_rows(output, {first["run_id"]}) == before
 
-
-def test_kill_during_training_publishes_nothing_and_the_next_run_succeeds(trained, prefect_api_url):
-    data, output, _ = trained
-    before = snapshot(output)
-    proc = cli(
-        [
-            "--data",
-            str(data),
-            "--output",
-            str(output),
-            "--lr",
-            "1e-7",
-            "--max-epochs",
-            "100000000",
-            "--tol",
-            "1e-15",
-            "--verbose",
-        ],
-        prefect_api_url,
-    )
-    deadline = time.monotonic() + 120
-    seen = ""
-    while "epoch 0: train MSE" not in seen and time.monotonic() < deadline:
-        seen += proc.stderr.readline()
-    assert "epoch 0: train MSE" in seen
-    time.sleep(1)  # well into the epochs
-    proc.kill()
-    proc.wait()
-    assert snapshot(output, working_files=False) == before  # nothing published
-    manifest = train_sales_model(data=str(data), output=str(output))
-    assert manifest["status"] == "completed"
-    assert not (output / ".staging").exists()  # the killed run's working files swept
-
-
-def _read_lines(stream, into):
-    for line in stream:
-        into.append(line)
-
-
-def test_two_runs_at_once_wait_for_the_publish_lock_and_both_publish(trained, prefect_api_url):
-    data, output, _ = trained
-    # On one server the training slot runs trainings one at a time; the publish lock is what
-    # keeps apart runs of different servers sharing an output folder: one on the session's
-    # server, one on a temporary server of its own. This test holds the lock, so both runs must
-    # reach the publish step and wait there.
-    with output_lock(output, timeout_seconds=5):
-        procs = [
-            cli(["--data", str(data), "--output", str(output), "--seed", str(seed)], api_url)
-            for seed, api_url in ((11, prefect_api_url), (12, None))
-        ]
-        stderr = [[], []]
-        readers = [
-            threading.Thread(target=_read_lines, args=(proc.stderr, lines), daemon=True)
-            for proc, lines in zip(procs, stderr, strict=True)
-        ]
-        for reader in readers:
-            reader.start()
-        waiting = f"waiting for the publish lock on {output}: another run (pid {os.getpid()})"
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not all(
-            any(waiting in line for line in lines) for lines in stderr
-        ):
-            assert all(proc.poll() is None for proc in procs), stderr
-            time.sleep(0.1)
-        assert all(any(waiting in line for line in lines) for lines in stderr), stderr
-        time.sleep(1)
-        assert len(list((output / "manifests").glob("*.json"))) == 1  # nothing published yet
-    for proc, reader in zip(procs, readers, strict=True):
-        assert proc.wait(timeout=300) == 0, stderr
-        reader.join(timeout=10)
-    manifests = {p.stem: json.loads(p.read_text()) for p in (output / "manifests").glob("*.json")}
-    assert len(manifests) == 3
-    assert all(m["status"] == "completed" for m in manifests.values())
+    # One promotion per decision: consecutive versions, each replacing the one before it.
+    history = read_table(output, tables.CHAMPIONS).sort_values("version")
+    assert history["version"].tolist() == [0, 1, 2]
+    assert history["run_id"].iloc[0] == first["run_id"]
+    assert set(history["run_id"].iloc[1:]) == new
+    assert history["previous"].tolist()[1:] == history["run_id"].tolist()[:-1]
+    for row in history.iloc[1:].itertuples():
+        assert runs.loc[row.run_id, "promoted"]
+        assert runs.loc[row.run_id, "champion_before"] == row.previous  # the champion it beat
     champion = json.loads((output / "champion.json").read_text())
-    assert champion["run_id"] in manifests
-    assert (output / "weights" / f"run_id={champion['run_id']}" / "part-0.parquet").exists()
-    counts = dict(
-        duckdb.sql(
-            f"select run_id, count(*) from read_parquet('{output}/predictions/*/*.parquet', "
-            "hive_partitioning=true) group by run_id"
-        ).fetchall()
-    )
-    assert counts == {run_id: m["rows"]["accepted"] for run_id, m in manifests.items()}
+    assert champion["run_id"] == history["run_id"].iloc[-1]
+
+
+def test_a_damaged_log_entry_is_one_error_line_naming_the_table_and_loses_nothing_else(
+    trained, prefect_api_url
+):
+    data, output, first = trained
+    before = contents(output)
+    log = output / "weights" / "_delta_log"
+    newest = max(log.glob("*.json"))
+    text = newest.read_bytes()
+    newest.write_bytes(text[: len(text) // 2])
+    proc = cli(["--data", str(data), "--output", str(output)], prefect_api_url)
+    stderr = finish(proc)
+    assert proc.returncode == 1, stderr
+    error = one_error_line(stderr)
+    assert f"{output}/weights: the Delta log is damaged (_delta_log/{newest.name} " in error
+    assert "the other tables are not affected" in error
+    newest.write_bytes(text)  # restored from a backup
+    assert contents(output) == before
+    assert committed(output) == {first["run_id"]}
 
 
 def test_failed_training_fails_the_watch_flow_and_is_recorded(tmp_path, monkeypatch):
@@ -423,7 +450,7 @@ def test_float32_overflow_never_publishes_nan_weights(write_csv, tmp_path):
     manifest = train_sales_model(
         data=str(path), output=str(output), features=["gdp"], targets=["units_sold_k"]
     )
-    weights = pd.read_parquet(output / "weights")
+    weights = read_table(output, "weights")
     assert np.isfinite(weights["weight"]).all()
     assert manifest["status"] == "completed"
 
@@ -434,4 +461,5 @@ def test_float32_overflow_never_publishes_nan_weights(write_csv, tmp_path):
         train_sales_model(
             data=str(path), output=str(output), features=["units_sold_k"], targets=["revenue"]
         )
-    assert set(pd.read_parquet(output / "weights")["run_id"].astype(str)) == {manifest["run_id"]}
+    assert set(read_table(output, "weights")["run_id"]) == {manifest["run_id"]}
+    assert committed(output) == {manifest["run_id"]}

@@ -1,28 +1,26 @@
-"""Promotion gate: better-or-equal on the same holdout rows and converged, or stays a candidate."""
+"""Promotion gate: better-or-equal on the same holdout rows and converged, or stays a candidate;
+the champion moves by compare-and-swap, deciding again when another run was crowned meanwhile."""
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import time
-
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from tasks.common.errors import PipelineError
-from tasks.common.storage import new_run, write_table
 from tasks.ingest.stats import Moments, moments_mse, moments_of
 from tasks.model.evaluate import INTERCEPT
+from tasks.outputs import tables
 from tasks.outputs.promote import (
     LinearModel,
+    Promotion,
+    crown,
     decide_promotion,
     holdout_mse,
+    judge,
     load_model,
-    model_from_weights,
-    output_lock,
     read_champion,
-    write_champion,
 )
 
 F, T = ("a", "b"), ("y",)
@@ -78,60 +76,96 @@ def test_unconverged_or_incomparable_models_are_not_promoted(holdout):
     assert (empty["promoted"], empty["reason"]) == (False, "no holdout rows to compare on")
 
 
-def test_champion_round_trips_through_parquet_and_pointer(tmp_path):
-    weights = pd.DataFrame(
-        {
-            "target": ["y", "y", "y"],
-            "feature": ["a", "b", INTERCEPT],
-            "weight": [2.0, -1.0, 0.5],
-            "standardized_weight": [1.0, 1.0, 1.0],
-            "scaler_mean": [0.0, 0.0, np.nan],
-            "scaler_std": [1.0, 1.0, np.nan],
-        }
-    )
-    run = new_run(tmp_path, {})
-    write_table(weights, tmp_path, "weights", run, "0" * 64)
-    loaded = load_model(tmp_path, run.run_id)
+def append_weights(root, run_id, candidate):
+    """A run's weights table (target, feature, weight), committed as the pipeline does."""
+    terms = [*candidate.features, INTERCEPT]
+    rows = [
+        (target, term, float(value))
+        for j, target in enumerate(candidate.targets)
+        for term, value in zip(terms, [*candidate.W[j], candidate.b[j]], strict=True)
+    ]
+    frame = pd.DataFrame(rows, columns=["target", "feature", "weight"])
+    tables.append(root, "weights", pa.Table.from_pandas(frame, preserve_index=False), run_id)
+
+
+def crown_row(run_id):
+    return {"run_id": run_id, "reason": "test", "holdout_mse": {"y": 1.0}}
+
+
+def test_a_committed_models_weights_load_back_from_the_weights_table(tmp_path):
+    with pytest.raises(PipelineError, match="no weights of run r1"):
+        load_model(tmp_path, "r1")  # no weights table yet
+    append_weights(tmp_path, "r1", model([2, -1], 0.5))
+    append_weights(tmp_path, "r2", model([1, 1], 0))
+    loaded = load_model(tmp_path, "r1")
     assert (loaded.features, loaded.targets) == (F, T)
     np.testing.assert_array_equal(loaded.W, [[2.0, -1.0]])
     np.testing.assert_array_equal(loaded.b, [0.5])
-    assert model_from_weights(weights).features == F
-    assert read_champion(tmp_path) is None
-    write_champion(tmp_path, run.run_id, {"reason": "first", "candidate_holdout_mse": {"y": 1}})
-    assert read_champion(tmp_path)["run_id"] == run.run_id
-    with pytest.raises(PipelineError, match="weights of run nope not found"):
+    with pytest.raises(PipelineError, match="no weights of run nope"):
         load_model(tmp_path, "nope")
 
 
-def _hold_and_tell(root, ready, queue):
-    with output_lock(root, timeout_seconds=5):
-        queue.put(os.getpid())
-        ready.set()
-        time.sleep(30)
+def test_the_champion_is_the_last_promotion_that_swapped_from_the_version_it_read(tmp_path):
+    assert read_champion(tmp_path) is None
+    assert tables.swap_champion(tmp_path, None, crown_row("r1"))
+    assert read_champion(tmp_path)["run_id"] == "r1"
+    assert tables.swap_champion(tmp_path, 0, crown_row("r2"))
+    assert not tables.swap_champion(tmp_path, 0, crown_row("r3"))  # read before r2's promotion
+    champion = read_champion(tmp_path)
+    assert (champion["run_id"], champion["previous"], champion["version"]) == ("r2", "r1", 1)
 
 
-def test_output_lock_excludes_other_processes_and_dies_with_its_holder(tmp_path):
-    ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    queue = ctx.Queue()
-    holder = ctx.Process(target=_hold_and_tell, args=(tmp_path, ready, queue))
-    holder.start()
-    assert ready.wait(60)
-    pid = queue.get(timeout=10)
-    heard = []
-    with (
-        pytest.raises(PipelineError, match=rf"another training run \(pid {pid}\) is publishing"),
-        output_lock(tmp_path, timeout_seconds=0.5, on_wait=heard.append),
-    ):
-        pass
-    assert heard == [
-        f"waiting for the publish lock on {tmp_path}: another run (pid {pid}) is publishing "
-        "there; giving up after 0.5 s"
+@pytest.fixture
+def champion_r1(tmp_path):
+    """An output root whose champion is run r1, the worst of the models below."""
+    append_weights(tmp_path, "r1", model([1, -1], 1))
+    assert tables.swap_champion(tmp_path, None, crown_row("r1"))
+    return tmp_path
+
+
+def crowned_meanwhile(root, holdout, candidate, rival):
+    """`candidate` (run c) judged against r1; then `rival` (run r2) crowned before c's crown;
+    then c's crown. Returns c's decision and the champions table's rows, oldest first."""
+    judged = judge(root, candidate, True, holdout, 0.0)
+    assert judged[0]["promoted"]
+    assert judged[0]["champion_before"] == "r1"
+    append_weights(root, "c", candidate)
+    append_weights(root, "r2", rival)
+    assert tables.swap_champion(root, judged[1], crown_row("r2"))
+    decision = crown(root, "c", candidate, True, holdout, 0.0, Promotion(*judged, None))
+    history = tables.read(root, tables.CHAMPIONS).select(["run_id", "previous", "version"])
+    return decision, sorted(history.to_pylist(), key=lambda row: row["version"])
+
+
+def test_crown_decides_again_against_a_champion_crowned_meanwhile_and_beats_it(
+    champion_r1, holdout
+):
+    best, better = model([2, -1], 1), model([1.5, -1], 1)
+    decision, history = crowned_meanwhile(champion_r1, holdout, best, better)
+    assert decision["promoted"]
+    assert decision["champion_before"] == "r2"  # decided again, against r2
+    assert history == [
+        {"run_id": "r1", "previous": None, "version": 0},
+        {"run_id": "r2", "previous": "r1", "version": 1},
+        {"run_id": "c", "previous": "r2", "version": 2},
     ]
-    holder.kill()
-    holder.join()
-    with output_lock(tmp_path, timeout_seconds=5):
-        pass
+
+
+def test_crown_decides_again_against_a_champion_crowned_meanwhile_and_loses(champion_r1, holdout):
+    better, best = model([1.5, -1], 1), model([2, -1], 1)
+    decision, history = crowned_meanwhile(champion_r1, holdout, better, best)
+    assert not decision["promoted"]
+    assert decision["reason"].startswith("holdout MSE worse than champion r2: y:")
+    assert [row["run_id"] for row in history] == ["r1", "r2"]
+    assert read_champion(champion_r1)["run_id"] == "r2"
+
+
+def test_crown_of_a_run_the_gate_refused_changes_no_champion(champion_r1, holdout):
+    worse = model([0, 0], 0)
+    judged = judge(champion_r1, worse, True, holdout, 0.0)
+    decision = crown(champion_r1, "c", worse, True, holdout, 0.0, Promotion(*judged, None))
+    assert not decision["promoted"]
+    assert tables.version_of(champion_r1, tables.CHAMPIONS) == 0
 
 
 def test_holdout_mse_from_statistics_equals_the_mse_over_the_rows():

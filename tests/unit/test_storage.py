@@ -1,35 +1,29 @@
-"""Publishing: atomic files, metadata, temp sweeping, output schemas refusing bad tables."""
+"""Storage plumbing: atomic files, run ids, the runs' staging folders swept by age, output schemas
+refusing bad tables."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
-import sys
+import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-import pyarrow
-import pyarrow.parquet as pq
 import pytest
 
-from schemas.outputs import SCHEMA_VERSION, WeightsTable
-from schemas.params import RUN_ID_PATTERN, _check_run_id
+from schemas.outputs import WeightsTable
+from schemas.params import RUN_ID_PATTERN, RUN_TIMEOUT_SECONDS, _check_run_id
 from tasks.common.errors import PublishError
 from tasks.common.storage import (
+    STAGING,
     _RunClock,
     atomic_write,
     format_run_id,
-    move_parts,
     new_run,
-    remove_written,
-    run_folder,
-    sweep_temp_files,
-    table_path,
-    write_table,
+    staging_area,
+    sweep_staging,
 )
 
 
@@ -53,62 +47,36 @@ def test_atomic_write_replaces_the_previous_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
-def test_tables_carry_run_metadata_and_are_hive_partitioned(tmp_path):
-    run = new_run(tmp_path, {"seed": 1, "features": ["x"]})
-    frame = pd.DataFrame({"a": [1.0, 2.0]})
-    path = write_table(frame, tmp_path, "weights", run, "f" * 64)
-    assert path == tmp_path / "weights" / f"run_id={run.run_id}" / "part-0.parquet"
-    meta = pq.read_schema(path).metadata
-    assert meta[b"run_id"].decode() == run.run_id
-    assert meta[b"data_fingerprint"] == b"f" * 64
-    assert meta[b"schema_version"].decode() == SCHEMA_VERSION
-    assert json.loads(meta[b"parameters"]) == {"features": ["x"], "seed": 1}
-    assert pd.read_parquet(path)["a"].tolist() == [1.0, 2.0]
+def age(path, seconds):
+    """Set a folder's last change `seconds` back."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
 
 
-def test_staged_parts_move_in_as_one_run_folder(tmp_path):
-    staged = [tmp_path / ".staging" / folder / "predictions" for folder in ("a.1", "b.2")]
-    parts = []
-    for i, folder in enumerate(staged):
-        folder.mkdir(parents=True)
-        parts.append(folder / f"part-{i}.parquet")
-        pq.write_table(pyarrow.table({"x": [float(i)]}), parts[-1])
-    folder = move_parts(parts, tmp_path, "predictions", "r1")
-    assert folder == run_folder(tmp_path, "predictions", "r1")
-    assert sorted(p.name for p in folder.iterdir()) == ["part-0.parquet", "part-1.parquet"]
-    assert sorted(pd.read_parquet(tmp_path / "predictions")["x"]) == [0.0, 1.0]
-    with pytest.raises(PublishError, match=r"run_id=r1: could not move the staged files in"):
-        move_parts([], tmp_path, "predictions", "r1")  # the run's folder is there already
+def test_staging_folders_are_swept_by_age_alone(tmp_path):
+    # No PID: a run on another host shares the store, not the process table.
+    staging = tmp_path / STAGING
+    old, young = staging / "20261201T000000.000Z-0dead0ff", staging / "20261201T010000.000Z-a1"
+    for folder in (old, young):
+        (folder / "spill").mkdir(parents=True)
+        (folder / "spill" / "0.arrow").write_bytes(b"x")
+    age(old, RUN_TIMEOUT_SECONDS + 3600 + 60)
+    age(young, RUN_TIMEOUT_SECONDS)  # as long as a run may take: it may still be running
+    sweep_staging(staging)
+    assert sorted(p.name for p in staging.iterdir()) == [young.name]
 
 
-def test_a_failed_publish_removes_what_it_listed_written_or_not(tmp_path):
-    moved = run_folder(tmp_path, "predictions", "r1")
-    moved.mkdir(parents=True)
-    (moved / "part-0.parquet").write_bytes(b"x")
-    unwritten = table_path(tmp_path, "weights", "r1")
-    unwritten.parent.mkdir(parents=True)  # as a write that failed leaves it
-    remove_written([moved, unwritten])
-    assert not [p for p in tmp_path.rglob("*") if p.is_file() or p.name.startswith("run_id=")]
-
-
-def test_sweep_removes_temp_files_of_dead_writers_only(tmp_path):
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    dead_pid = int(dead.stdout)
-    (tmp_path / "t").mkdir()
-    stale = tmp_path / "t" / f".part-0.parquet.{dead_pid}.tmp"
-    live = tmp_path / "t" / f".part-0.parquet.{os.getpid()}.tmp"
-    keep = tmp_path / "t" / "part-0.parquet"
-    for p in (stale, live, keep):
-        p.write_bytes(b"x")
-    assert sweep_temp_files(tmp_path) == [stale]
-    assert not stale.exists()
-    assert live.exists()
-    assert keep.exists()
+def test_a_runs_staging_area_is_removed_when_it_ends_and_sweeps_dead_ones(tmp_path):
+    dead = tmp_path / STAGING / "20261201T000000.000Z-0dead0ff"
+    dead.mkdir(parents=True)
+    age(dead, RUN_TIMEOUT_SECONDS + 3600 + 60)
+    with staging_area(tmp_path, "20261201T020000.000Z-b2") as folder:
+        assert not dead.exists()
+        (folder / "kept.arrow").write_bytes(b"x")
+    assert not (tmp_path / STAGING).exists()
+    with pytest.raises(RuntimeError), staging_area(tmp_path, "20261201T020000.000Z-b3") as folder:
+        raise RuntimeError("the run failed")
+    assert not folder.exists()
 
 
 def test_run_ids_sort_in_the_order_they_were_made_and_say_when(tmp_path):

@@ -1,0 +1,65 @@
+"""`python -m flows.train` with a fault hook, for the fault tests' processes: the JSON in
+SALES_MODEL_TEST_HOOK says what to do around the output tables' commits.
+
+    {"kill_after": ["commit_parts", 2]}   SIGKILL this process once the 2nd commit_parts returns
+    {"meet": [DIR, 2]}                    before the first append, wait until 2 processes are there
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from flows.cli import exit_now
+from flows.train import main
+from tasks.outputs import tables
+
+HOOK = "SALES_MODEL_TEST_HOOK"
+MEET_TIMEOUT_SECONDS = 600
+
+
+def kill_after(name: str, count: int) -> None:
+    """SIGKILL this process right after the `count`-th call of tables.<name> has committed."""
+    real, calls = getattr(tables, name), []
+
+    def step(*args, **kwargs):
+        version = real(*args, **kwargs)
+        calls.append(version)
+        if len(calls) == count:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return version
+
+    setattr(tables, name, step)
+
+
+def meet(folder: str, parties: int) -> None:
+    """Hold this process's first append until `parties` processes have reached theirs, so that
+    their commits overlap."""
+    real, met = tables.append, []
+
+    def step(*args, **kwargs):
+        if not met:
+            here = Path(folder)
+            (here / str(os.getpid())).touch()
+            deadline = time.monotonic() + MEET_TIMEOUT_SECONDS
+            while len(list(here.iterdir())) < parties:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the other runs never reached their commit ({folder})")
+                time.sleep(0.05)
+            met.append(True)
+        return real(*args, **kwargs)
+
+    tables.append = step
+
+
+if __name__ == "__main__":
+    hook = json.loads(os.environ[HOOK])
+    if "kill_after" in hook:
+        kill_after(*hook["kill_after"])
+    if "meet" in hook:
+        meet(*hook["meet"])
+    exit_now(main(sys.argv[1:]))
