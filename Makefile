@@ -56,10 +56,16 @@ format: $(STAMP) ## apply ruff fixes and formatting
 test: $(STAMP) lint ## lint, then the whole test suite
 	$(BIN)/python -m pytest
 
+vacuum: $(STAMP) ## remove the rows of runs that died mid-commit from $(OUTPUT)/, delete files no version of the last 24 h needs (HOURS=N)
+	$(BIN)/python -m flows.outputs vacuum --output $(OUTPUT) $(if $(HOURS),--hours $(HOURS))
+
+migrate: $(STAMP) ## convert $(OUTPUT)/ of an earlier release (Parquet folders + manifests) to Delta tables
+	$(BIN)/python -m flows.outputs migrate --output $(OUTPUT)
+
 clean-cache: ## remove the pass-1 cache under $(OUTPUT)/ (the next run parses every file again)
 	rm -rf $(OUTPUT)/.cache
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf $(OUTPUT) .pytest_cache .ruff_cache data/ledger
 
-.PHONY: help install run land dataset serve stop bench lint format test clean-cache clean
+.PHONY: help install run land dataset serve stop bench lint format test vacuum migrate clean-cache clean

@@ -1,0 +1,93 @@
+"""Upkeep of an output root between runs: vacuum its tables, or migrate an earlier release's.
+
+    .venv/bin/python -m flows.outputs vacuum --output DIR [--hours N]     (make vacuum)
+    .venv/bin/python -m flows.outputs migrate --output DIR               (make migrate)
+
+`vacuum` removes the rows of runs that died before their commit and deletes the files no version
+of the last N hours needs (SALES_MODEL_VACUUM_HOURS, default 24: runs vacuum that way after
+their commit too). `migrate` converts an output root of an earlier release (Parquet folders
+committed by manifests) into Delta tables in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from schemas.params import DEFAULT_OUTPUT
+from tasks.common.errors import ParameterError, PipelineError
+from tasks.common.paths import existing_folder, output_roots
+from tasks.outputs.maintenance import migrate_outputs, vacuum_outputs
+from tasks.outputs.publish import VACUUM_HOURS
+
+
+def vacuum(root: Path, hours: float) -> str:
+    """Vacuum `root`; what was removed, as lines for the terminal."""
+    if hours < 0:
+        raise ParameterError(f"parameter hours: must be 0 or more (got {hours:g})")
+    done = vacuum_outputs(root, hours)
+    files = sum(done.deleted.values())
+    tables = ", ".join(f"{table} {count}" for table, count in done.deleted.items() if count)
+    return (
+        f"vacuumed {root}: rows of {len(done.orphans)} run(s) that died before their commit "
+        f"removed; {files} file(s) no version of the last {hours:g} h needs deleted"
+        + (f" ({tables})" if tables else "")
+    )
+
+
+def migrate(root: Path, _: float) -> str:
+    """Migrate `root`; what was done, as lines for the terminal."""
+    done = migrate_outputs(root)
+    if not (done.converted or done.recorded):
+        return f"nothing to migrate in {root}: its tables are Delta tables already"
+    lines = [
+        f"converted to Delta tables: {', '.join(done.converted) or 'none'}",
+        f"runs recorded from their manifests: {len(done.recorded)}",
+    ]
+    if done.dropped:
+        dropped = ", ".join(done.dropped)
+        lines.append(f"removed the runs without a manifest (never committed): {dropped}")
+    if done.champion:
+        lines.append(f"champion: {done.champion}")
+    return "\n".join(lines)
+
+
+COMMANDS: dict[str, Callable[[Path, float], str]] = {"vacuum": vacuum, "migrate": migrate}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.outputs", description=__doc__.split("\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, function in COMMANDS.items():
+        command = commands.add_parser(name, help=function.__doc__.split(";")[0])
+        command.add_argument(
+            "--output", default=DEFAULT_OUTPUT, help=f"the output root (default {DEFAULT_OUTPUT})"
+        )
+    commands.choices["vacuum"].add_argument(
+        "--hours",
+        type=float,
+        default=VACUUM_HOURS,
+        help="keep the files versions of the last this many hours need (default "
+        f"{VACUUM_HOURS:g}, SALES_MODEL_VACUUM_HOURS); 0 also breaks reads and runs in flight",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit code: 0 done, 2 for a parameter refused, 1 for another user error."""
+    args = parse_args(argv)
+    try:
+        root = existing_folder(args.output, output_roots(), "output")
+        print(COMMANDS[args.command](root, getattr(args, "hours", VACUUM_HOURS)))
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ParameterError) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
