@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from flows.cli import exit_now
 from schemas.params import DEFAULT_OUTPUT
 from tasks.common.errors import ParameterError, PipelineError
 from tasks.common.paths import existing_folder, output_roots
@@ -37,7 +37,7 @@ def vacuum(root: Path, hours: float) -> str:
     )
 
 
-def migrate(root: Path, _: float) -> str:
+def migrate(root: Path) -> str:
     """Migrate `root`; what was done, as lines for the terminal."""
     done = migrate_outputs(root)
     if not (done.converted or done.recorded):
@@ -54,26 +54,24 @@ def migrate(root: Path, _: float) -> str:
     return "\n".join(lines)
 
 
-COMMANDS: dict[str, Callable[[Path, float], str]] = {"vacuum": vacuum, "migrate": migrate}
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m flows.outputs", description=__doc__.split("\n")[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, function in COMMANDS.items():
-        command = commands.add_parser(name, help=function.__doc__.split(";")[0])
-        command.add_argument(
-            "--output", default=DEFAULT_OUTPUT, help=f"the output root (default {DEFAULT_OUTPUT})"
-        )
-    commands.choices["vacuum"].add_argument(
+    vacuum_command = commands.add_parser("vacuum", help="vacuum the output root's tables")
+    vacuum_command.add_argument(
         "--hours",
         type=float,
         default=VACUUM_HOURS,
-        help="keep the files versions of the last this many hours need (default "
-        f"{VACUUM_HOURS:g}, SALES_MODEL_VACUUM_HOURS); 0 also breaks reads and runs in flight",
+        help="keep the files the versions of the last this many hours need (default "
+        f"{VACUUM_HOURS:g}: SALES_MODEL_VACUUM_HOURS); 0 breaks reads and runs in flight",
     )
+    migrate_command = commands.add_parser("migrate", help="convert an earlier release's outputs")
+    for command in (vacuum_command, migrate_command):
+        command.add_argument(
+            "--output", default=DEFAULT_OUTPUT, help=f"the output root (default {DEFAULT_OUTPUT})"
+        )
     return parser.parse_args(argv)
 
 
@@ -82,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         root = existing_folder(args.output, output_roots(), "output")
-        print(COMMANDS[args.command](root, getattr(args, "hours", VACUUM_HOURS)))
+        print(vacuum(root, args.hours) if args.command == "vacuum" else migrate(root))
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ParameterError) else 1
@@ -90,4 +88,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Without the interpreter's teardown: delta-rs' and Arrow's threads can abort it
+    # ("terminate called without an active exception") after the work is done.
+    exit_now(main())
