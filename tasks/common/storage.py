@@ -1,10 +1,6 @@
-"""Storage: Parquet tables and JSON documents under the output root, each written atomically.
-
-Layout: `<root>/<table>/run_id=<id>/part-0.parquet` per table, `<root>/manifests/<id>.json`.
-Every file is written to a hidden temp name in its final folder and renamed into place, so a reader
-never sees a half-written file; a table written in parts (predictions, scores) moves in as one run
-folder, so a reader sees all its parts or none; the manifest is written last, and a run counts only
-once it has one.
+"""Storage plumbing below every stage: run ids, atomic writes of files on a local disk (the
+readable copies of manifests, the ledger's store, reports), a run's working folder and what a full
+disk means for it. The output tables are Delta tables (tasks/outputs/tables.py).
 """
 
 from __future__ import annotations

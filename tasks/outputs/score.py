@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from deltalake.exceptions import DeltaError
 from prefect import task
 from prefect.cache_policies import NONE
 
-from tasks.common.errors import PipelineError
-from tasks.common.storage import RunInfo
+from tasks.common.errors import PipelineError, PublishError
+from tasks.common.storage import RunInfo, describe_error
 from tasks.ingest.scan import Scan
 from tasks.outputs.predict import Emitted
 from tasks.outputs.promote import LinearModel, load_model, read_champion
@@ -55,4 +56,9 @@ def commit_scores_task(
     run: RunInfo, scan: Scan, scored: Emitted, model_run_id: str, keep_runs: int
 ) -> dict[str, Any]:
     """commit_scores as a task; returns the scoring manifest."""
-    return commit_scores(run, scan, scored, model_run_id, keep_runs)
+    try:
+        return commit_scores(run, scan, scored, model_run_id, keep_runs)
+    except (OSError, DeltaError) as exc:  # a store that takes no more (disk full, a quota)
+        raise PublishError(
+            f"{run.output_root}: could not commit run {run.run_id} ({describe_error(exc)})"
+        ) from exc
