@@ -20,7 +20,7 @@ from schemas.params import DEFAULT_OUTPUT
 from tasks.common.errors import ParameterError, PipelineError
 from tasks.common.paths import existing_folder, output_roots
 from tasks.outputs.maintenance import migrate_outputs, vacuum_outputs
-from tasks.outputs.publish import VACUUM_HOURS
+from tasks.outputs.retention import VACUUM_HOURS
 
 
 def vacuum(root: Path, hours: float) -> str:

@@ -24,13 +24,8 @@ from tasks.common.errors import PipelineError
 from tasks.common.storage import MANIFESTS
 from tasks.outputs import tables
 from tasks.outputs.promote import CHAMPION_FILE
-from tasks.outputs.publish import (
-    SMALL_TABLES,
-    VACUUM_HOURS,
-    committed_runs,
-    runs_row,
-    sweep_orphans,
-)
+from tasks.outputs.publish import SMALL_TABLES, runs_row
+from tasks.outputs.retention import VACUUM_HOURS, committed_runs, sweep_orphans
 
 # The tables an earlier release wrote as Hive folders.
 LEGACY_TABLES = (*SMALL_TABLES, *PRUNED_TABLES)

@@ -5,7 +5,7 @@ pointer (compare-and-swap, tasks/outputs/promote.py) just before that row. After
 the readable copies (`manifests/<id>.json`, `champion.json`) and retention.
 
 A publish that fails takes back what it had committed; the rows of a run that died between two
-commits are removed by a later run once the run cannot be alive any more (ORPHAN_AFTER_SECONDS).
+commits are removed by a later run (tasks/outputs/retention.py).
 No lock and no rename: what runs share is the tables, which commit by conditional writes.
 """
 
@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,6 @@ from prefect.runtime import flow_run
 
 from schemas.outputs import (
     NULLABLE_ARROW,
-    PRUNED_TABLES,
     QUARANTINE_ARROW,
     RUNS,
     RUNS_ARROW,
@@ -44,7 +41,7 @@ from schemas.outputs import (
     WeightsTable,
     descriptions_of,
 )
-from schemas.params import RUN_TIMEOUT_SECONDS, RunConfig
+from schemas.params import RunConfig
 from tasks.common.errors import DataQualityError, PipelineError, PublishError
 from tasks.common.runlog import run_logger
 from tasks.common.storage import (
@@ -62,20 +59,15 @@ from tasks.outputs.promote import (
     Promotion,
     crown,
     model_from_weights,
-    read_champion,
     write_champion_copy,
 )
 from tasks.outputs.report import report_dir, write_report
+from tasks.outputs.retention import apply_retention, sweep_orphans
 
 # Where each kind of run keeps its rejected rows.
 QUARANTINE_TABLES = {"train": "quarantine", "score": "score_quarantine"}
 # Tables small enough to be written from one DataFrame, with their contracts.
 SMALL_TABLES = {"weights": WeightsTable, "metrics": MetricsTable, "profile": ProfileTable}
-# A run not committed this long after it started is dead (its flow's timeout has passed).
-ORPHAN_AFTER_SECONDS = RUN_TIMEOUT_SECONDS + 3600
-# Files no version needs any more are deleted once they are this old: longer than any run (a
-# part written but not committed yet is protected by its age alone) and any read in flight.
-VACUUM_HOURS = float(os.environ.get("SALES_MODEL_VACUUM_HOURS", 24))
 
 
 @dataclass
@@ -298,54 +290,6 @@ def write_copies(root: Path, manifest: dict[str, Any]) -> None:
     write_json(manifest_path(root, manifest["run_id"]), manifest)
     if manifest["kind"] == "train":
         write_champion_copy(root)
-
-
-def committed_runs(root: Path) -> pd.DataFrame:
-    """The `runs` table (run_id, kind, status, ... ; empty before the first commit)."""
-    if tables.version_of(root, RUNS) is None:
-        return pd.DataFrame(columns=["run_id", *RUNS_COLUMNS])
-    return tables.read(root, RUNS).to_pandas()
-
-
-def started_at(run_id: str) -> datetime:
-    """When a run started, from its id (`20261201T081530.123Z-...`; older ids lack the ms)."""
-    stamp = run_id.split("Z-")[0]
-    form = "%Y%m%dT%H%M%S.%f" if "." in stamp else "%Y%m%dT%H%M%S"
-    return datetime.strptime(stamp, form).replace(tzinfo=UTC)
-
-
-def sweep_orphans(root: Path, now: datetime | None = None) -> list[str]:
-    """Remove the rows of runs that died between two commits: in a table, not in `runs`, and
-    started longer ago than any run can live. Returns their ids."""
-    now = now or datetime.now(UTC)
-    committed = set(committed_runs(root)["run_id"])
-    dead = now - timedelta(seconds=ORPHAN_AFTER_SECONDS)
-    orphans: set[str] = set()
-    for table in (*SMALL_TABLES, *PRUNED_TABLES):
-        found = {r for r in tables.run_ids(root, table) - committed if started_at(r) < dead}
-        if found:
-            tables.delete_runs(root, table, found)
-            orphans |= found
-    if orphans:
-        run_logger().warning("removed the rows of runs that died before their commit: %s",
-                             ", ".join(sorted(orphans)))  # fmt: skip
-    return sorted(orphans)
-
-
-def apply_retention(root: Path, keep_runs: int, vacuum_hours: float = VACUUM_HOURS) -> None:
-    """Keep the big tables' rows (predictions, quarantine, scores, score_quarantine) of the last
-    `keep_runs` runs of each kind and of the champion; then vacuum what no version of the last
-    `vacuum_hours` needs. Weights, metrics, profile and `runs` are kept whole."""
-    runs = committed_runs(root).sort_values("run_id")
-    champion = read_champion(root)
-    keep = {champion["run_id"]} if champion else set()
-    for kind in ("train", "score"):
-        keep |= set(runs[runs["kind"] == kind]["run_id"].iloc[-keep_runs:])
-    old = set(runs["run_id"]) - keep
-    for table in PRUNED_TABLES:
-        if old:
-            tables.delete_runs(root, table, old)
-        tables.vacuum(root, table, math.ceil(vacuum_hours))
 
 
 @task(cache_policy=NONE, task_run_name="quality-{run.run_id}")

@@ -31,7 +31,7 @@ from tasks.common.storage import format_run_id
 from tasks.landing.ledger import ledger_rows
 from tasks.outputs import tables
 from tasks.outputs.maintenance import ALL_TABLES
-from tasks.outputs.publish import ORPHAN_AFTER_SECONDS
+from tasks.outputs.retention import ORPHAN_AFTER_SECONDS
 from tests.conftest import HEADER, REPO, read_table, sales_rows
 from tests.flow.hooked_train import HOOK
 

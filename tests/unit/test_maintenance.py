@@ -19,7 +19,7 @@ from tasks.common.errors import PipelineError
 from tasks.common.storage import format_run_id
 from tasks.outputs import tables
 from tasks.outputs.maintenance import migrate_outputs, vacuum_outputs
-from tasks.outputs.publish import ORPHAN_AFTER_SECONDS
+from tasks.outputs.retention import ORPHAN_AFTER_SECONDS
 from tests.conftest import REPO
 
 # Three runs of an earlier release; the last one died before its manifest.

@@ -8,6 +8,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from schemas.outputs import RUNS, RUNS_ARROW
 from tasks.common.errors import PipelineError
 from tasks.ingest.stats import Moments, moments_mse, moments_of
 from tasks.model.evaluate import INTERCEPT
@@ -88,6 +89,12 @@ def append_weights(root, run_id, candidate):
     tables.append(root, "weights", pa.Table.from_pandas(frame, preserve_index=False), run_id)
 
 
+def commit_run(root, run_id):
+    """A run's row of `runs` (its commit), as the pipeline appends it last."""
+    row = pa.Table.from_pylist([{"kind": "train", "status": "completed"}], schema=RUNS_ARROW)
+    tables.append(root, RUNS, row, run_id)
+
+
 def crown_row(run_id):
     return {"run_id": run_id, "reason": "test", "holdout_mse": {"y": 1.0}}
 
@@ -107,6 +114,8 @@ def test_a_committed_models_weights_load_back_from_the_weights_table(tmp_path):
 
 def test_the_champion_is_the_last_promotion_that_swapped_from_the_version_it_read(tmp_path):
     assert read_champion(tmp_path) is None
+    for run_id in ("r1", "r2", "r3"):
+        commit_run(tmp_path, run_id)
     assert tables.swap_champion(tmp_path, None, crown_row("r1"))
     assert read_champion(tmp_path)["run_id"] == "r1"
     assert tables.swap_champion(tmp_path, 0, crown_row("r2"))
@@ -119,6 +128,7 @@ def test_the_champion_is_the_last_promotion_that_swapped_from_the_version_it_rea
 def champion_r1(tmp_path):
     """An output root whose champion is run r1, the worst of the models below."""
     append_weights(tmp_path, "r1", model([1, -1], 1))
+    commit_run(tmp_path, "r1")
     assert tables.swap_champion(tmp_path, None, crown_row("r1"))
     return tmp_path
 
@@ -131,6 +141,7 @@ def crowned_meanwhile(root, holdout, candidate, rival):
     assert judged[0]["champion_before"] == "r1"
     append_weights(root, "c", candidate)
     append_weights(root, "r2", rival)
+    commit_run(root, "r2")
     assert tables.swap_champion(root, judged[1], crown_row("r2"))
     decision = crown(root, "c", candidate, True, holdout, 0.0, Promotion(*judged, None))
     history = tables.read(root, tables.CHAMPIONS).select(["run_id", "previous", "version"])
@@ -166,6 +177,13 @@ def test_crown_of_a_run_the_gate_refused_changes_no_champion(champion_r1, holdou
     decision = crown(champion_r1, "c", worse, True, holdout, 0.0, Promotion(*judged, None))
     assert not decision["promoted"]
     assert tables.version_of(champion_r1, tables.CHAMPIONS) == 0
+
+
+def test_a_promotion_whose_run_never_committed_is_not_the_champion(champion_r1):
+    # A run that swapped itself in and died before its row of `runs`.
+    assert tables.swap_champion(champion_r1, 0, crown_row("dead"))
+    assert tables.current_champion(champion_r1)[1]["run_id"] == "dead"
+    assert read_champion(champion_r1)["run_id"] == "r1"
 
 
 def test_holdout_mse_from_statistics_equals_the_mse_over_the_rows():
