@@ -145,8 +145,11 @@ def judge(
     holdout: Moments,
     tolerance: float,
 ) -> tuple[dict[str, Any], int | None]:
-    """decide_promotion against the champion as it is now; with the version read."""
-    version, champion_row = current_champion(root)
+    """decide_promotion against the champion as it is now, with the version read. A run crowned
+    but not committed yet counts (its weights are committed before its crown): a run deciding
+    beside it must beat it; if it dies instead, its promotion goes with its rows (the publish's
+    undo, or the orphan sweep)."""
+    version, champion_row = tables.current_champion(root)
     champion_id = None if champion_row is None else champion_row["run_id"]
     champion = None if champion_id is None else load_model(root, champion_id)
     decision = decide_promotion(candidate, converged, champion, champion_id, holdout, tolerance)

@@ -47,8 +47,8 @@ def sweep_orphans(root: Path, now: datetime | None = None) -> list[str]:
     committed = set(committed_runs(root)["run_id"])
     dead = now - timedelta(seconds=ORPHAN_AFTER_SECONDS)
     orphans: set[str] = set()
-    for table in dict.fromkeys((*TABLES, *PRUNED_TABLES)):
-        found = {r for r in tables.run_ids(root, table) - committed if started_at(r) < dead}
+    for table in dict.fromkeys((*TABLES, *PRUNED_TABLES, tables.CHAMPIONS)):
+        found = {r for r in _run_ids(root, table) - committed if started_at(r) < dead}
         if found:
             tables.delete_runs(root, table, found)
             orphans |= found
@@ -56,6 +56,15 @@ def sweep_orphans(root: Path, now: datetime | None = None) -> list[str]:
         run_logger().warning("removed the rows of runs that died before their commit: %s",
                              ", ".join(sorted(orphans)))  # fmt: skip
     return sorted(orphans)
+
+
+def _run_ids(root: Path, table: str) -> set[str]:
+    """The runs with rows in `table` (`champions` is not partitioned: its run_id column)."""
+    if table != tables.CHAMPIONS:
+        return tables.run_ids(root, table)
+    if tables.version_of(root, table) is None:
+        return set()
+    return set(tables.read(root, table, filters=None).column("run_id").to_pylist())
 
 
 def apply_retention(root: Path, keep_runs: int, vacuum_hours: float = VACUUM_HOURS) -> None:

@@ -36,6 +36,7 @@ from scripts.local_prefect import (
     stop,
 )
 from tasks.landing.ledger import LEDGER_DB, ledger_rows, open_ledger
+from tasks.outputs import tables
 from tests.conftest import HEADER, copy_checkout, sales_rows
 
 COPY = ["flows", "tasks", "schemas", "scripts", "prefect.yaml", "data/sales.csv"]
@@ -229,9 +230,9 @@ def test_nightly_deployment_run_completes_and_publishes(stack):
     content = manifest_of(local, run_id)
     assert content["status"] == "completed"
     assert content["rows"]["in"] == 300
-    for table in ("weights", "metrics", "quarantine"):
-        assert (local.repo / "output" / content["outputs"][table]).is_file()
-    assert list((local.repo / "output" / content["outputs"]["predictions"]).glob("part-*.parquet"))
+    for table in ("weights", "metrics", "quarantine", "predictions", "runs"):
+        rows = tables.read(local.repo / "output", table, filters=[("run_id", "=", run_id)])
+        assert rows.num_rows, table
 
 
 def ledger_row(local: Stack, name: str) -> dict | None:
