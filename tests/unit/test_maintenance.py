@@ -215,3 +215,23 @@ def test_make_migrate_then_make_vacuum(earlier_release):
     # The dropped run's files: never committed by that release, gone now.
     assert not list(earlier_release.glob(f"*/run_id={OLD[2]}/*.parquet"))
     assert tables.run_ids(earlier_release, "weights") == set(OLD[:2])
+
+
+def test_the_promotion_of_a_run_that_died_before_its_commit_is_swept_with_its_rows(tmp_path):
+    from schemas.outputs import RUNS_ARROW
+    from tasks.outputs.retention import sweep_orphans
+
+    now = datetime.now(UTC)
+    first = format_run_id(now - timedelta(days=1), "00f1257a")
+    dead = format_run_id(now - timedelta(seconds=ORPHAN_AFTER_SECONDS + 60), "0dead0ff")
+    row = pa.Table.from_pylist([{"kind": "train", "status": "completed"}], schema=RUNS_ARROW)
+    tables.append(tmp_path, RUNS, row, first)
+    for run_id in (first, dead):  # weights, then the crown; `dead` never wrote its runs row
+        tables.append(tmp_path, "weights", pa.table({"weight": [1.0]}), run_id)
+        version, _ = tables.current_champion(tmp_path)
+        crowned = {"run_id": run_id, "reason": "test", "holdout_mse": {}}
+        assert tables.swap_champion(tmp_path, version, crowned)
+    assert tables.current_champion(tmp_path)[1]["run_id"] == dead  # what the gate sees
+    assert sweep_orphans(tmp_path) == [dead]
+    assert tables.current_champion(tmp_path)[1]["run_id"] == first
+    assert tables.run_ids(tmp_path, "weights") == {first}
