@@ -231,7 +231,8 @@ def test_nightly_deployment_run_completes_and_publishes(stack):
     assert content["status"] == "completed"
     assert content["rows"]["in"] == 300
     for table in ("weights", "metrics", "quarantine", "predictions", "runs"):
-        rows = tables.read(local.repo / "output", table, filters=[("run_id", "=", run_id)])
+        only = [("run_id", "=", content["run_id"])]  # the training run's id, not the flow run's
+        rows = tables.read(local.repo / "output", table, filters=only)
         assert rows.num_rows, table
 
 
