@@ -1,0 +1,388 @@
+"""One filesystem layer for every location the pipeline reads or writes: a local path or an
+`s3://bucket/prefix` URI, both through obstore (Python bindings of the Rust `object_store` crate,
+the same one delta-rs commits the output tables with). So one set of settings reaches both: the
+standard AWS chain (environment, profile, instance or pod role) and `AWS_ENDPOINT_URL` plus
+`AWS_ALLOW_HTTP=true` for an S3-compatible store (MinIO, Ceph, R2, a test server).
+
+What it gives the stages: `size`, `read_range` and `open_input` (byte ranges: CSV blocks are read
+range by range), `read`/`write` of whole objects, `create` (a conditional write: If-None-Match,
+so exactly one of several writers wins, on a bucket as on a local disk), `open_output` (a
+streamed, multipart upload for Parquet parts), `list_files` (key, size, ETag) and `delete`.
+Throttling, 5xx answers and dropped connections are retried with exponential backoff for up to
+SALES_MODEL_STORE_RETRY_SECONDS (20 s); then one PipelineError names the URI. Errors never carry
+credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import obstore
+from obstore.exceptions import (
+    AlreadyExistsError,
+    BaseError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
+from obstore.store import LocalStore, S3Store
+
+from tasks.common.errors import PipelineError
+
+SCHEME = "s3://"
+RETRY_SECONDS_ENV = "SALES_MODEL_STORE_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 20.0
+
+Location = str | Path
+
+
+def is_remote(location: Location) -> bool:
+    """Whether `location` is an object-store URI (s3://...) rather than a local path."""
+    return str(location).startswith(SCHEME)
+
+
+def join(location: Location, *parts: str) -> str:
+    """`location` with `parts` appended, as a string: a URI stays a URI, a path a path."""
+    if is_remote(location):
+        return "/".join([str(location).rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(location, *parts))
+
+
+def name_of(location: Location) -> str:
+    """The last part of a path or URI (a file's name)."""
+    return str(location).rstrip("/").rsplit("/", 1)[-1]
+
+
+def parent_of(location: Location) -> str:
+    """The folder (prefix) `location` is in."""
+    if is_remote(location):
+        return str(location).rstrip("/").rsplit("/", 1)[0]
+    return str(Path(location).parent)
+
+
+def bucket_of(location: Location) -> str:
+    """`s3://bucket` of a URI."""
+    return SCHEME + str(location)[len(SCHEME) :].split("/", 1)[0]
+
+
+def storage_options(location: Location) -> dict[str, str] | None:
+    """delta-rs' storage_options for a table under `location`: on a bucket, commits by
+    conditional write (If-None-Match, "etag"), the rest from the same AWS environment."""
+    if not is_remote(location):
+        return None
+    options = {"conditional_put": "etag"}
+    for key in ("AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP", "AWS_REGION"):
+        if os.environ.get(key):
+            options[key] = os.environ[key]
+    return options
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One object (file) found by list_files."""
+
+    location: str
+    size: int
+    etag: str
+    modified: datetime
+
+
+def size(location: Location) -> int:
+    """The object's size in bytes."""
+    store, key = _split(location)
+    with _errors(location):
+        return int(obstore.head(store, key)["size"])
+
+
+def exists(location: Location) -> bool:
+    """Whether an object (file) is at `location`."""
+    try:
+        size(location)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def read_range(location: Location, start: int, end: int) -> memoryview:
+    """Bytes [start, end) of the object (fewer if it is shorter now)."""
+    if end <= start:
+        return memoryview(b"")
+    store, key = _split(location)
+    with _errors(location):
+        return memoryview(obstore.get_range(store, key, start=start, end=end))
+
+
+def read(location: Location) -> bytes:
+    """The whole object."""
+    store, key = _split(location)
+    with _errors(location):
+        return bytes(obstore.get(store, key).bytes())
+
+
+def write(location: Location, data: bytes) -> None:
+    """Put the object whole: readers see the old bytes or the new ones, never a part."""
+    store, key = _split(location)
+    with _errors(location):
+        obstore.put(store, key, data)
+
+
+def create(location: Location, data: bytes) -> bool:
+    """Put the object only if nothing is at `location` yet (If-None-Match: *). True if this
+    call created it, False if an object was there: of several writers exactly one wins."""
+    store, key = _split(location)
+    try:
+        with _errors(location):
+            obstore.put(store, key, data, mode="create")
+    except FileExistsError:
+        return False
+    return True
+
+
+def open_output(location: Location) -> Any:
+    """A binary file to write the object through (a multipart upload on a bucket); the object
+    appears when the file is closed."""
+    store, key = _split(location)
+    with _errors(location):
+        return OutputFile(location, obstore.open_writer(store, key))
+
+
+def open_input(location: Location) -> InputFile:
+    """A binary file reading the object by byte ranges (read, readinto, readline, seek)."""
+    return InputFile(location)
+
+
+def list_files(location: Location) -> list[Entry]:
+    """Every object under the folder or prefix `location` (recursively), by key."""
+    store, key = _split(location)
+    prefix = key.rstrip("/") + "/" if key else None
+    found = []
+    with _errors(location):
+        for batch in obstore.list(store, prefix=prefix):
+            found.extend(batch)
+    base = str(location).rstrip("/")
+    return sorted(
+        (
+            Entry(
+                base + "/" + meta["path"][len(prefix or "") :],
+                int(meta["size"]),
+                meta.get("e_tag") or "",
+                meta["last_modified"],
+            )
+            for meta in found
+        ),
+        key=lambda entry: entry.location,
+    )
+
+
+def delete(location: Location) -> None:
+    """Remove the object if it is there."""
+    store, key = _split(location)
+    try:
+        with _errors(location):
+            obstore.delete(store, key)
+    except FileNotFoundError:
+        pass
+
+
+def check_reachable(location: Location) -> None:
+    """One list request under `location`: a missing bucket, refused credentials or an endpoint
+    that does not answer is a PipelineError naming the URI before any work starts."""
+    if is_remote(location):
+        store, key = _split(location)
+        with _errors(location):
+            next(
+                iter(
+                    obstore.list(store, prefix=key.rstrip("/") + "/" if key else None, chunk_size=1)
+                ),
+                None,
+            )
+
+
+class OutputFile:
+    """A binary file writing an object (what pyarrow's writers take: `closed` a property)."""
+
+    def __init__(self, location: Location, writer: Any) -> None:
+        self.location, self._writer = location, writer
+
+    @property
+    def closed(self) -> bool:
+        return self._writer.closed()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        with _errors(self.location):
+            return self._writer.write(data)
+
+    def flush(self) -> None:
+        with _errors(self.location):
+            self._writer.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            with _errors(self.location):
+                self._writer.close()
+
+    def __enter__(self) -> OutputFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class InputFile:
+    """A read-only binary file over an object, read by ranges as asked (no read-ahead: the
+    pipeline asks for blocks of megabytes)."""
+
+    def __init__(self, location: Location) -> None:
+        self.location = location
+        self.size = size(location)
+        self._pos = 0
+
+    def __enter__(self) -> InputFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        end = self.size if n is None or n < 0 else min(self.size, self._pos + n)
+        data = bytes(read_range(self.location, self._pos, end))
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        view = memoryview(buffer).cast("B")
+        data = read_range(self.location, self._pos, min(self.size, self._pos + len(view)))
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def readline(self, limit: int = 1 << 20) -> bytes:
+        """One line, its end included; lines longer than 1 MiB are read in steps."""
+        parts, step = [], 64 << 10
+        while self._pos < self.size:
+            chunk = bytes(read_range(self.location, self._pos, min(self.size, self._pos + step)))
+            cut = chunk.find(b"\n")
+            if cut >= 0:
+                parts.append(chunk[: cut + 1])
+                self._pos += cut + 1
+                break
+            parts.append(chunk)
+            self._pos += len(chunk)
+            step = min(step * 2, limit)
+        return b"".join(parts)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+
+def retry_seconds() -> float:
+    value = os.environ.get(RETRY_SECONDS_ENV, "")
+    try:
+        return float(value) if value else DEFAULT_RETRY_SECONDS
+    except ValueError:
+        raise PipelineError(f"{RETRY_SECONDS_ENV}={value!r} is not a number of seconds") from None
+
+
+def _split(location: Location) -> tuple[Any, str]:
+    """(store, key) of a location: a bucket's store and the key in it; the local disk's store
+    and the absolute path."""
+    text = str(location)
+    if is_remote(text):
+        bucket, _, key = text[len(SCHEME) :].partition("/")
+        if not bucket:
+            raise PipelineError(f"{text}: no bucket in the URI; expected s3://bucket/prefix")
+        return _bucket_store(bucket, retry_seconds()), key.strip("/")
+    return _local_store(), str(Path(text).resolve()).lstrip("/")
+
+
+@functools.cache
+def _local_store() -> LocalStore:
+    return LocalStore(automatic_cleanup=True)
+
+
+@functools.cache
+def _bucket_store(bucket: str, seconds: float) -> S3Store:
+    """The bucket's store, configured from the AWS environment (S3Store reads the AWS_*
+    variables and the credential chain itself)."""
+    return S3Store(
+        bucket,
+        config={"conditional_put": "etag"},
+        retry_config={
+            "max_retries": 10,
+            "retry_timeout": timedelta(seconds=seconds),
+            "backoff": {
+                "init_backoff": timedelta(milliseconds=100),
+                "max_backoff": timedelta(seconds=5),
+            },
+        },
+        client_options={
+            "connect_timeout": "5s",
+            "timeout": "120s",
+            "allow_http": os.environ.get("AWS_ALLOW_HTTP", "").lower() == "true",
+        },
+    )
+
+
+@contextlib.contextmanager
+def _errors(location: Location) -> Iterator[None]:
+    """Turn the store's errors into the pipeline's: FileNotFoundError / FileExistsError stay
+    what they are (callers decide), anything else becomes one PipelineError naming the URI."""
+    try:
+        yield
+    except (NotFoundError, FileNotFoundError) as exc:
+        if "NoSuchBucket" in str(exc):
+            raise PipelineError(f"{location}: no such bucket ({bucket_of(location)})") from None
+        raise FileNotFoundError(f"{location}: not found") from None
+    except (AlreadyExistsError, FileExistsError):
+        raise FileExistsError(f"{location}: already exists") from None
+    except (BaseError, OSError) as exc:
+        raise PipelineError(f"{location}: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, PermissionDeniedError | UnauthenticatedError) or any(
+        code in text
+        for code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403 Forbidden")
+    ):
+        return (
+            "access denied: check the AWS credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, ...) "
+            "and the bucket's policy"
+        )
+    if "NoSuchBucket" in text:
+        return "no such bucket"
+    if any(
+        word in text
+        for word in (
+            "Connection refused",
+            "error sending request",
+            "connect",
+            "dns error",
+            "timed out",
+        )
+    ):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL", "the AWS endpoint")
+        return (
+            f"cannot reach the object store at {endpoint} (retried for up to {retry_seconds():g} s)"
+        )
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first[:300]
