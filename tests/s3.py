@@ -51,6 +51,15 @@ class S3Server:
             **options,
         )
 
+    def environment(self) -> dict[str, str]:
+        """The AWS environment a process (or this one) needs to reach the server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_REGION": REGION,
+            **KEYS,
+        }
+
     def create_bucket(self, name: str) -> str:
         """A new bucket; returns `s3://name`."""
         self.filesystem(allow_bucket_creation=True).create_dir(name)
@@ -101,3 +110,16 @@ def s3_bucket(s3_server, request) -> str:
     """A fresh bucket for one test: `s3://<name>`."""
     name = f"t{abs(hash(request.node.nodeid)) % 10**10}-{time.monotonic_ns() % 10**6}"
     return s3_server.create_bucket(name)
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch) -> Iterator[dict[str, str]]:
+    """This process set up as a user on the S3 server is (the AWS_* environment); yields the
+    variables, for subprocesses. The store layer's clients are made anew on both sides."""
+    from tasks.common import store
+
+    for key, value in s3_server.environment().items():
+        monkeypatch.setenv(key, value)
+    store.forget_clients()
+    yield s3_server.environment()
+    store.forget_clients()

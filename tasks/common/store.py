@@ -302,6 +302,11 @@ def retry_seconds() -> float:
         raise PipelineError(f"{RETRY_SECONDS_ENV}={value!r} is not a number of seconds") from None
 
 
+def forget_clients() -> None:
+    """Drop the cached clients (after the AWS environment changed: tests, a new profile)."""
+    _bucket_store.cache_clear()
+
+
 def _split(location: Location) -> tuple[Any, str]:
     """(store, key) of a location: a bucket's store and the key in it; the local disk's store
     and the absolute path."""

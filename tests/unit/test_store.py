@@ -1,0 +1,55 @@
+"""The filesystem layer (tasks/common/store.py) on a real S3 API server and on the local disk:
+the same calls, the same answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.common import store
+from tasks.common.errors import PipelineError
+
+
+@pytest.fixture(params=["local", "s3"])
+def folder(request, tmp_path):
+    """A fresh folder: a local one, or a prefix of a fresh bucket."""
+    if request.param == "local":
+        return str(tmp_path / "folder")
+    request.getfixturevalue("s3_env")
+    return request.getfixturevalue("s3_bucket") + "/folder"
+
+
+def test_objects_are_written_read_by_range_and_listed_alike_on_disk_and_bucket(folder):
+    location = store.join(folder, "sub", "data.csv")
+    store.write(location, b"a,b\n1,2\n3,4\n")
+    assert store.size(location) == 12
+    assert bytes(store.read_range(location, 4, 8)) == b"1,2\n"
+    with store.open_input(location) as fh:
+        assert fh.readline() == b"a,b\n"
+        buffer = bytearray(4)
+        assert fh.readinto(buffer) == 4
+        assert bytes(buffer) == b"1,2\n"
+    assert [entry.location for entry in store.list_files(folder)] == [location]
+    assert store.exists(location)
+    assert not store.exists(location + ".missing")
+
+
+def test_of_two_creates_of_one_object_exactly_one_wins(folder):
+    location = store.join(folder, "claim")
+    assert store.create(location, b"first")
+    assert not store.create(location, b"second")
+    assert store.read(location) == b"first"
+
+
+def test_a_missing_bucket_is_one_error_naming_it(s3_env):
+    with pytest.raises(PipelineError, match=r"s3://no-such-bucket-here/x: no such bucket"):
+        store.check_reachable("s3://no-such-bucket-here/x")
+
+
+def test_an_endpoint_that_does_not_answer_is_one_error_naming_the_uri(s3_env, monkeypatch):
+    from scripts.local_prefect import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv(store.RETRY_SECONDS_ENV, "1")
+    store.forget_clients()
+    with pytest.raises(PipelineError, match=r"s3://bucket/key: cannot reach the object store"):
+        store.size("s3://bucket/key")
