@@ -3,7 +3,9 @@ must lie under a configured root, so `--param data=/etc/passwd` or a symlink out
 refused before anything is read.
 
 Roots come from SALES_MODEL_DATA_ROOTS and SALES_MODEL_OUTPUT_ROOTS (os.pathsep-separated);
-by default `data/` and `output/` under the working directory.
+by default `data/` and `output/` under the working directory. A root may be an object-store
+prefix (`s3://bucket/prefix`): a URI is allowed when it lies under such a root, segment by
+segment (`s3://bucket/prefix-other` is not under `s3://bucket/prefix`), with no `.` or `..`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.common.errors import InputFileError, ParameterError, PipelineError
+from tasks.common.store import SCHEME, is_remote
 
 GLOB_CHARS = frozenset("*?[")
 
@@ -25,27 +28,56 @@ DEFAULT_DATA_ROOTS = ("data",)
 DEFAULT_OUTPUT_ROOTS = ("output",)
 
 
-def configured_roots(env: str, defaults: tuple[str, ...]) -> list[Path]:
-    """The roots named by an environment variable, or the defaults, resolved."""
+Root = Path | str  # a resolved local folder, or an s3:// prefix without its trailing slash
+
+
+def configured_roots(env: str, defaults: tuple[str, ...]) -> list[Root]:
+    """The roots named by an environment variable, or the defaults: local ones resolved.
+    (`s3://` holds a colon, os.pathsep on POSIX: the entries are split on ':' not followed
+    by '//'.)"""
     value = os.environ.get(env, "")
-    items = [item for item in value.split(os.pathsep) if item] or list(defaults)
-    return [Path(item).resolve() for item in items]
+    items = [item for item in re.split(rf"{re.escape(os.pathsep)}(?!//)", value) if item]
+    return [uri_root(item) if is_remote(item) else Path(item).resolve() for item in items] or [
+        Path(item).resolve() for item in defaults
+    ]
 
 
-def data_roots() -> list[Path]:
+def uri_root(uri: str) -> str:
+    """A URI as a root or location: no trailing slash; `.` and `..` segments refused."""
+    text = uri.rstrip("/")
+    parts = text[len(SCHEME) :].split("/")
+    if not parts[0] or any(part in (".", "..") for part in parts):
+        raise ParameterError(f"'{uri}': expected s3://bucket/prefix (no '.' or '..' segments)")
+    return text
+
+
+def data_roots() -> list[Root]:
     return configured_roots(DATA_ROOTS_ENV, DEFAULT_DATA_ROOTS)
 
 
-def output_roots() -> list[Path]:
+def output_roots() -> list[Root]:
     return configured_roots(OUTPUT_ROOTS_ENV, DEFAULT_OUTPUT_ROOTS)
 
 
-def confine(path: str | Path, roots: list[Path], parameter: str) -> Path:
-    """Return `path` unchanged if it resolves under one of `roots`; else raise ParameterError
-    naming the parameter. Nothing at the path is opened."""
-    resolved = Path(path).resolve()
-    if any(resolved.is_relative_to(root) for root in roots):
-        return Path(path)
+def is_under(location: str | Path, roots: list[Root]) -> bool:
+    """Whether `location` lies under one of `roots` (local paths resolved, symlinks followed;
+    URIs segment by segment)."""
+    if is_remote(location):
+        uri = str(location).rstrip("/")
+        if any(part in (".", "..") for part in uri.split("/")[2:]):
+            return False
+        return any(
+            isinstance(root, str) and (uri == root or uri.startswith(root + "/")) for root in roots
+        )
+    resolved = Path(location).resolve()
+    return any(isinstance(root, Path) and resolved.is_relative_to(root) for root in roots)
+
+
+def confine(path: str | Path, roots: list[Root], parameter: str) -> Path | str:
+    """Return `path` unchanged (a URI as a string without its trailing slash) if it lies under
+    one of `roots`; else raise ParameterError naming the parameter. Nothing is opened."""
+    if is_under(path, roots):
+        return uri_root(str(path)) if is_remote(path) else Path(path)
     env = OUTPUT_ROOTS_ENV if parameter == "output" else DATA_ROOTS_ENV
     allowed = ", ".join(str(root) for root in roots)
     raise ParameterError(
@@ -54,7 +86,7 @@ def confine(path: str | Path, roots: list[Path], parameter: str) -> Path:
     )
 
 
-def resolve_inputs(data: str | Path | list[str], roots: list[Path]) -> list[Path]:
+def resolve_inputs(data: str | Path | list[str], roots: list[Root]) -> list[Path]:
     """A file, a folder (its *.csv files), a glob, or a list of those -> the CSV files to read,
     in order, each once. Every path must lie under one of `roots` (symlinks followed)."""
     if isinstance(data, list):
@@ -102,7 +134,7 @@ def check_all(checks: dict[str, Callable[[], Any]]) -> dict[str, Any]:
     return results
 
 
-def existing_folder(path: str, roots: list[Path], parameter: str) -> Path:
+def existing_folder(path: str, roots: list[Root], parameter: str) -> Path:
     """`path` confined to `roots` (see confine), which must be an existing folder."""
     folder = confine(path, roots, parameter)
     if not folder.is_dir():
