@@ -4,22 +4,14 @@ session, stopped by its PID; a fresh bucket per test."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from scripts.local_prefect import HOST, free_port
-
-KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-REGION = "us-east-1"
+from scripts import s3_server as s3_server_script
+from scripts.s3_server import KEYS, REGION
 
 
 @dataclass(frozen=True)
@@ -30,13 +22,7 @@ class S3Server:
 
     def storage_options(self) -> dict[str, str]:
         """delta-rs' options for this server (conditional writes by ETag, as on AWS)."""
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ALLOW_HTTP": "true",
-            "AWS_REGION": REGION,
-            "conditional_put": "etag",
-            **KEYS,
-        }
+        return {**self.environment(), "conditional_put": "etag"}
 
     def filesystem(self, **options):
         """pyarrow's S3 filesystem on this server."""
@@ -53,12 +39,7 @@ class S3Server:
 
     def environment(self) -> dict[str, str]:
         """The AWS environment a process (or this one) needs to reach the server."""
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ALLOW_HTTP": "true",
-            "AWS_REGION": REGION,
-            **KEYS,
-        }
+        return s3_server_script.environment(self.endpoint)
 
     def create_bucket(self, name: str) -> str:
         """A new bucket; returns `s3://name`."""
@@ -66,43 +47,14 @@ class S3Server:
         return f"s3://{name}"
 
 
-def start_s3_server(log: Path) -> tuple[subprocess.Popen, S3Server]:
-    """`moto_server` on a free port of 127.0.0.1, answering once this returns."""
-    port = free_port()
-    moto = Path(sys.executable).with_name("moto_server")
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [str(moto), "-H", HOST, "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **KEYS},
-        )
-    endpoint = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"moto_server did not start: {log.read_text()}") from None
-            time.sleep(0.1)
-    return process, S3Server(endpoint)
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     """The session's S3 API server."""
-    process, server = start_s3_server(tmp_path_factory.mktemp("s3") / "moto.log")
+    process, endpoint = s3_server_script.start(tmp_path_factory.mktemp("s3") / "moto.log")
     try:
-        yield server
+        yield S3Server(endpoint)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        s3_server_script.stop(process)
 
 
 @pytest.fixture
