@@ -29,6 +29,23 @@ def environment(endpoint: str) -> dict[str, str]:
     return {"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": REGION, **KEYS}
 
 
+def create_bucket(endpoint: str, name: str) -> str:
+    """A new bucket on the server at `endpoint`; returns `s3://name`. (The pipeline never
+    creates buckets: that is the store's owner's decision.)"""
+    from pyarrow import fs
+
+    filesystem = fs.S3FileSystem(
+        access_key=KEYS["AWS_ACCESS_KEY_ID"],
+        secret_key=KEYS["AWS_SECRET_ACCESS_KEY"],
+        region=REGION,
+        endpoint_override=endpoint,
+        scheme="http",
+        allow_bucket_creation=True,
+    )
+    filesystem.create_dir(name)
+    return f"s3://{name}"
+
+
 def start(log: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
     """`moto_server` on `port` (a free one by default) of 127.0.0.1, answering once this
     returns: (process, endpoint)."""

@@ -43,8 +43,7 @@ class S3Server:
 
     def create_bucket(self, name: str) -> str:
         """A new bucket; returns `s3://name`."""
-        self.filesystem(allow_bucket_creation=True).create_dir(name)
-        return f"s3://{name}"
+        return s3_server_script.create_bucket(self.endpoint, name)
 
 
 @pytest.fixture(scope="session")
