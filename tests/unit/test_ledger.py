@@ -111,7 +111,9 @@ def test_recently_modified_file_waits_until_it_settles(dirs):
     path = land(landing, "jan.csv", csv_text(), age=-3600)
     assert check(dirs, settle=5.0) == {**NOTHING, "waiting": ["jan.csv"]}
     mtime = path.stat().st_mtime
-    assert time_to_settle(landing, ["jan.csv"], 5.0, now=mtime + 4.9) == pytest.approx(0.1, abs=1e-3)
+    assert time_to_settle(landing, ["jan.csv"], 5.0, now=mtime + 4.9) == pytest.approx(
+        0.1, abs=1e-3
+    )
     assert time_to_settle(landing, ["jan.csv"], 5.0, now=mtime + 5.0) == 0.0
     land(landing, "jan.csv", csv_text(), age=10)
     assert check(dirs, settle=5.0) == {**NOTHING, "accepted": ["jan.csv"]}
@@ -296,7 +298,16 @@ def test_a_file_changed_between_its_hash_and_its_copy_is_not_accepted_under_the_
     assert b["sha256"] == hashlib.sha256(rewritten.encode()).hexdigest()
 
 
-def _check_rounds(barrier, rounds, results):
+def _check_rounds(barrier, rounds, results, env):
+    """One checker process: a machine of its own (HOME and TMPDIR its own, `env` applied
+    before the store makes a client), checking each (landing, ledger) at the barrier."""
+    import tempfile
+
+    from tasks.common import store
+
+    os.environ.update(env)
+    tempfile.tempdir = None
+    store.forget_clients()
     config = RunConfig(DEFAULT_FEATURES, DEFAULT_TARGETS)
     for landing, ledger in rounds:
         barrier.wait(timeout=120)
@@ -306,19 +317,17 @@ def _check_rounds(barrier, rounds, results):
             results.put(("error", traceback.format_exc()))
 
 
-def test_two_checks_at_once_record_each_file_once(tmp_path):
-    rounds = []
-    for r in range(3):
-        landing, ledger = tmp_path / f"landing-{r}", tmp_path / f"ledger-{r}"
-        landing.mkdir()
-        for i in range(6):
-            land(landing, f"f{i}.csv", csv_text(8, seed=10 * r + i))
-        rounds.append((landing, ledger))
+def run_checkers(rounds, tmp_path, env=None):
+    """Two checker processes sharing nothing but the store, each checking every round at the
+    same moment as the other; returns their outcomes."""
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(2), context.Queue()
-    checkers = [
-        context.Process(target=_check_rounds, args=(barrier, rounds, results)) for _ in range(2)
-    ]
+    checkers = []
+    for n in range(2):
+        home = tmp_path / f"machine-{n}"
+        home.mkdir()
+        own = {**(env or {}), "HOME": str(home), "TMPDIR": str(home)}
+        checkers.append(context.Process(target=_check_rounds, args=(barrier, rounds, results, own)))
     for checker in checkers:
         checker.start()
     outcomes = [results.get(timeout=180) for _ in range(2 * len(rounds))]
@@ -326,8 +335,20 @@ def test_two_checks_at_once_record_each_file_once(tmp_path):
         checker.join(60)
         assert checker.exitcode == 0
     assert [text for kind, text in outcomes if kind == "error"] == []
+    return [outcome for _, outcome in outcomes]
+
+
+def test_two_checks_at_once_record_each_file_once(tmp_path):
+    rounds = []
+    for r in range(3):
+        landing, ledger = tmp_path / f"landing-{r}", tmp_path / f"ledger-{r}"
+        landing.mkdir()
+        for i in range(6):
+            land(landing, f"f{i}.csv", csv_text(8, seed=10 * r + i))
+        rounds.append((str(landing), str(ledger)))
+    outcomes = run_checkers(rounds, tmp_path)
     names = [f"f{i}.csv" for i in range(6)]
-    accepted = sorted(name for _, outcome in outcomes for name in outcome["accepted"])
+    accepted = sorted(name for outcome in outcomes for name in outcome["accepted"])
     assert accepted == sorted(names * len(rounds))  # each file accepted by one of the two
     for _, ledger in rounds:
         assert sorted(r["name"] for r in ledger_rows(ledger)) == names
