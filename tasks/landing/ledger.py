@@ -271,7 +271,9 @@ def mark_trained(ledger: store.Location, stored: list[str], run_id: str, status:
     # By the stored copy's name (it holds the content's hash), however the ledger was reached.
     by_name = {r["stored"]: r["sha256"] for r in read_ledger(ledger).records if r["stored"]}
     for location in stored:
-        sha256 = by_name[f"{FILES}/{store.name_of(location)}"]
+        sha256 = by_name.get(f"{FILES}/{store.name_of(location)}")
+        if sha256 is None:  # not a file of this ledger
+            continue
         record = {"sha256": sha256, "run_id": run_id}
         _create_json(
             store.join(ledger, TRAINED, f"{sha256}.json"),
