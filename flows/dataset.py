@@ -3,7 +3,7 @@ version of each file landed in the ledger (a re-sent name replaces its earlier v
 first, with the fingerprint the run's manifest will carry (`data_fingerprint`: two runs with the
 same fingerprint trained on the same bytes).
 
-    .venv/bin/python -m flows.dataset [--ledger DIR]        (make dataset)
+    .venv/bin/python -m flows.dataset [--ledger DIR|URI]        (make dataset)
 """
 
 from __future__ import annotations
@@ -12,19 +12,19 @@ import argparse
 import sys
 
 from schemas.params import DATASET, DEFAULT_LEDGER
+from tasks.common import store
 from tasks.common.errors import PipelineError
 from tasks.common.paths import data_roots
 from tasks.common.storage import data_fingerprint
-from tasks.ingest.csvfile import sha256_file
-from tasks.landing.ledger import training_inputs
+from tasks.landing.ledger import sha256_of, training_inputs
 
 
 def describe(ledger: str) -> str:
     """One line per file of the dataset (sha256 prefix, size, path), then the fingerprint."""
     files = training_inputs(DATASET, ledger, data_roots())
-    digests = [sha256_file(path) for path in files]
+    digests = [sha256_of(path) for path in files]
     lines = [
-        f"{digest[:12]}  {path.stat().st_size:>12,} B  {path}"
+        f"{digest[:12]}  {store.size(path):>12,} B  {path}"
         for path, digest in zip(files, digests, strict=True)
     ]
     lines.append(f"{len(files)} file(s); data_fingerprint {data_fingerprint(digests)}")

@@ -1,9 +1,9 @@
-"""Land files: move each into the landing folder in one step (never seen half-written), with
-its sha256 beside it (`<name>.sha256`: the landing check takes a file whose content matches at
-once, without waiting out the settle time), then announce it with the landed event
-(tasks/landing/events.py), so the landing check starts at once.
+"""Land files: move each to the landing location (a folder or an s3:// prefix) in one step
+(never seen half-written), with its sha256 beside it (`<name>.sha256`: the landing check takes
+a file whose content matches at once, without waiting out the settle time), then announce it
+with the landed event (tasks/landing/events.py), so the landing check starts at once.
 
-    .venv/bin/python -m flows.land FILE [FILE ...] [--landing DIR]     (make land FILE=...)
+    .venv/bin/python -m flows.land FILE [FILE ...] [--landing DIR|URI]     (make land FILE=...)
 
 Without a Prefect server to tell (no PREFECT_API_URL, `make serve` not running) the files are
 still landed: the fallback poll picks them up.
@@ -12,34 +12,37 @@ still landed: the fallback poll picks them up.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 from flows.cli import prefect_server
 from schemas.params import DEFAULT_LANDING
+from tasks.common import store
 from tasks.common.errors import PipelineError
-from tasks.common.paths import data_roots, existing_folder
-from tasks.ingest.csvfile import sha256_file
+from tasks.common.paths import data_roots, existing_location
 from tasks.landing.check import announce, is_candidate
 from tasks.landing.events import emit_landed
+from tasks.landing.ledger import sha256_of
+
+_CHUNK = 8 << 20
 
 
-def land(source: Path, landing: Path) -> Path:
-    """Move `source` into `landing` under its own name, atomically: it is written next to the
-    target under a name the landing check ignores, its sha256 announced, then renamed. Returns
-    the landed path."""
+def land(source: Path, landing: store.Location) -> str:
+    """Move `source` to `landing` under its own name: its sha256 announced, then its bytes
+    put in one object (which appears whole when complete, on a disk as on a bucket), then
+    the source deleted. Returns the landed location."""
     if not source.is_file():
         raise PipelineError(f"{source}: file not found")
-    target = landing / source.name
     if not is_candidate(source):
         raise PipelineError(f"{source}: only visible *.csv files can be landed")
-    partial = landing / f".{source.name}.part"
-    shutil.move(source, partial)  # a rename on the same file system, else copy and delete
-    # Announced before the rename: the file never shows without its announcement (an earlier
-    # one for another content only means the settle time applies).
-    announce(target, sha256_file(partial))
-    partial.replace(target)
+    target = store.join(landing, source.name)
+    # Announced first: the file never shows without its announcement (an earlier one for
+    # another content only means the settle time applies).
+    announce(target, sha256_of(source))
+    with source.open("rb") as data, store.open_output(target) as sink:
+        while chunk := data.read(_CHUNK):
+            sink.write(chunk)
+    source.unlink()
     return target
 
 
@@ -48,10 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m flows.land", description=__doc__.split("\n")[0]
     )
     parser.add_argument("files", nargs="+", type=Path, help="CSV files to land (moved, not copied)")
-    parser.add_argument("--landing", default=DEFAULT_LANDING, help=f"default {DEFAULT_LANDING}")
+    parser.add_argument(
+        "--landing",
+        default=DEFAULT_LANDING,
+        help=f"a folder or s3:// prefix (default {DEFAULT_LANDING})",
+    )
     args = parser.parse_args(argv)
     try:
-        landing = existing_folder(args.landing, data_roots(), "landing")
+        landing = existing_location(args.landing, data_roots(), "landing")
         landed = [land(source, landing) for source in args.files]
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

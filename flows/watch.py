@@ -1,16 +1,16 @@
-"""watch-landing: record new files in the landing folder and retrain on the dataset.
+"""watch-landing: record new files at the landing location and retrain on the dataset.
 
 Deployed with an interval schedule (prefect.yaml: watch-landing/retrain-on-new-data), so a file
-dropped into data/landing/ leads to a training run without anyone pressing a button.
+dropped into data/landing/ leads to a training run without anyone pressing a button. Landing
+and ledger may be folders or s3:// prefixes (the ledger lives where the outputs live).
 
-    .venv/bin/python -m flows.watch [--landing DIR] [--ledger DIR] [--output DIR]
+    .venv/bin/python -m flows.watch [--landing DIR|URI] [--ledger DIR|URI] [--output DIR|URI]
 """
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -41,9 +41,10 @@ from tasks.common.paths import (
     check_all,
     confine,
     data_roots,
-    existing_folder,
+    existing_location,
     output_roots,
 )
+from tasks.common.store import check_reachable
 from tasks.landing.check import check_landed_files, time_to_settle
 from tasks.landing.events import DEBOUNCE_SECONDS
 from tasks.landing.ledger import files_to_train, record_training, training_inputs
@@ -120,19 +121,25 @@ def wait_out_burst(landed_at: datetime) -> None:
     time.sleep(max(0.0, until - time.time()))
 
 
-def check_watch_inputs(landing: str, ledger: str, output: str) -> tuple[Path, Path]:
-    """(landing folder, ledger folder) once every path parameter is right (the landing folder
-    must exist); otherwise one PipelineError listing every problem. Nothing is created."""
+def check_watch_inputs(landing: str, ledger: str, output: str) -> tuple[str, str]:
+    """(landing location, ledger location) once every location parameter is right (a landing
+    folder must exist; a bucket must answer); otherwise one PipelineError listing every
+    problem. Nothing is created."""
     roots = data_roots()
     found = check_all(
         {
-            "landing": lambda: existing_folder(landing, roots, "landing"),
-            "ledger": lambda: confine(ledger, roots, "ledger"),
+            "landing": lambda: existing_location(landing, roots, "landing"),
+            "ledger": lambda: _reachable(confine(ledger, roots, "ledger")),
             "dataset": lambda: training_inputs(DATASET, ledger, roots),
             "output": lambda: confine(output, output_roots(), "output"),
         }
     )
-    return found["landing"], found["ledger"]
+    return str(found["landing"]), str(found["ledger"])
+
+
+def _reachable(location: str) -> str:
+    check_reachable(location)
+    return location
 
 
 def summarize(result: dict[str, Any]) -> str:

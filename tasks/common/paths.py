@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.common.errors import InputFileError, ParameterError, PipelineError
-from tasks.common.store import SCHEME, is_remote
+from tasks.common.store import SCHEME, check_reachable, is_remote
 
 GLOB_CHARS = frozenset("*?[")
 
@@ -140,3 +140,13 @@ def existing_folder(path: str, roots: list[Root], parameter: str) -> Path:
     if not folder.is_dir():
         raise ParameterError(f"parameter {parameter}: folder '{path}' not found")
     return folder
+
+
+def existing_location(location: str, roots: list[Root], parameter: str) -> Path | str:
+    """`location` confined to `roots` (see confine): an existing folder, or an s3:// prefix
+    whose bucket answers (a prefix need not exist on a bucket; check_reachable)."""
+    if not is_remote(location):
+        return existing_folder(location, roots, parameter)
+    found = confine(location, roots, parameter)
+    check_reachable(found)
+    return found

@@ -16,7 +16,8 @@ arrive. The event says when to look, not that a file is complete: the check deci
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+
+from tasks.common.store import Location, name_of
 
 LANDED_EVENT = "sales-model.file.landed"
 RESOURCE_PREFIX = "sales-model.landing."
@@ -24,16 +25,16 @@ RESOURCE_PREFIX = "sales-model.landing."
 DEBOUNCE_SECONDS = 5.0
 
 
-def landed_resource(path: Path) -> dict[str, str]:
-    """The event's resource for a file in the landing folder."""
+def landed_resource(path: Location) -> dict[str, str]:
+    """The event's resource for a file at the landing location (a path or an s3:// URI)."""
     return {
-        "prefect.resource.id": f"{RESOURCE_PREFIX}{path.name}",
-        "prefect.resource.name": path.name,
+        "prefect.resource.id": f"{RESOURCE_PREFIX}{name_of(path)}",
+        "prefect.resource.name": name_of(path),
         "sales-model.path": str(path),
     }
 
 
-def emit_landed(paths: list[Path]) -> None:
+def emit_landed(paths: list[Location]) -> None:
     """Send one landed event per file to the Prefect API in use, and wait until it is sent
     (a short-lived process would otherwise exit with the events still queued)."""
     from prefect.events import Event

@@ -1,30 +1,33 @@
 """Ledger: every file that lands, identified by its content (sha256), processed exactly once.
 
-A SQLite file under the ledger folder records each (name, sha256) seen, with its size, status,
-row counts and the training run that used it. Accepted files are copied, read-only and
-content-addressed, into `<ledger>/files/` so that training reads exactly the bytes that were
-checked, whatever later happens in the landing folder. How files get here: tasks/landing/check.py.
+The ledger is a folder or an `s3://bucket/prefix` on the store (tasks/common/store.py), beside
+the outputs, so that checks and training runs on different machines share it with nothing
+else. Every object in it is written once, by a conditional create (If-None-Match: of several
+writers exactly one wins), and never changed:
+
+    files/<sha256[:16]>_<name>       the checked bytes of an accepted file (content-addressed)
+    entries/<sha256>.json            the verdict on a content: accepted or failed, under the
+                                     name it first landed as, with its row counts or reason
+    duplicates/<sha256>/<name>.json  the same content landed again under another name
+    claims/<sha256>/<n>.json         a check at work on a content (see claim_check)
+    trained/<sha256>.json            the training run that first used an accepted file
 
 Statuses: `accepted` (checked, waiting for or used by training), `failed` (rejected, with the
-reason), `duplicate` (same content as a file already recorded: not trained again).
+reason), `duplicate` (same content as a file already recorded: not trained again). A content
+has one verdict, so a file is accepted (and trained) at most once, whichever check wins.
 
-The dataset is the base file plus, for each name, its latest accepted version (the `dataset`
-view): a file landed again under the same name with new content replaces the earlier version,
-whose row and stored copy stay for audit; a rejected re-send leaves the earlier version in.
-Versions of a name are ordered by `recorded_at`, the time a check took the version up.
-
-Checks may run at once (the command line next to a deployment): a check first claims the content
-(`claims`, in one transaction with the look-ups that decide), so that one check does the work
-and records it; a claim older than the check's timeout is taken over, so a crashed check
-blocks nothing for long.
+The dataset is the base file plus, for each name, its latest accepted version: a file landed
+again under the same name with new content replaces the earlier version, whose entry and
+stored copy stay for audit; a rejected re-send leaves the earlier version in. Versions of a
+name are ordered by `recorded_at`, the time a check took the version up. How files get here:
+tasks/landing/check.py.
 """
 
 from __future__ import annotations
 
-import shutil
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,87 +38,34 @@ from prefect.cache_policies import NONE
 from prefect.states import State
 
 from schemas.params import DATASET, DATASET_BASE
-from tasks.common.paths import confine, resolve_inputs
-from tasks.common.storage import atomic_write
+from tasks.common import store
+from tasks.common.paths import Root, confine, resolve_inputs
 
-LEDGER_DB = "ledger.sqlite"
-STORE = "files"
-
-_SCHEMA = (
-    """
-    create table if not exists landed_files (
-        name text not null,
-        sha256 text not null,
-        size_bytes integer not null,
-        status text not null check (status in ('accepted', 'failed', 'duplicate')),
-        reason text,
-        rows integer,
-        accepted integer,
-        quarantined integer,
-        stored_path text,
-        run_id text,
-        run_status text,
-        recorded_at text not null,
-        primary key (name, sha256)
-    )
-    """,
-    # Content being checked right now, by which check (`token`) since when.
-    """
-    create table if not exists claims (
-        sha256 text primary key,
-        name text not null,
-        token text not null,
-        claimed_at text not null
-    )
-    """,
-    # For each name its latest accepted version: what training reads besides the base file.
-    """
-    create view if not exists dataset as
-    select * from landed_files f
-    where f.status = 'accepted' and not exists (
-        select 1 from landed_files g
-        where g.name = f.name and g.status = 'accepted'
-        and (g.recorded_at, g.sha256) > (f.recorded_at, f.sha256)
-    )
-    """,
-)
+FILES, ENTRIES, DUPLICATES, CLAIMS, TRAINED = "files", "entries", "duplicates", "claims", "trained"
+_CHUNK = 8 << 20
 
 
 @dataclass(frozen=True)
 class LandedFile:
-    """A complete file in the landing folder, not yet in the ledger."""
+    """A complete file at the landing location, not yet in the ledger; `etag` as listed, so
+    that later checks know this object without reading it again."""
 
-    path: Path
+    location: str
     sha256: str
     size_bytes: int
+    etag: str = ""
+
+    @property
+    def name(self) -> str:
+        return store.name_of(self.location)
 
 
-@contextmanager
-def open_ledger(ledger_dir: Path) -> Iterator[sqlite3.Connection]:
-    """Connection to the ledger (created on first use), committed on success."""
-    ledger_dir.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(ledger_dir / LEDGER_DB, timeout=30)
-    conn.row_factory = sqlite3.Row
-    try:
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        yield conn
-        conn.commit()
-    finally:
-        conn.close()
+@dataclass(frozen=True)
+class Claim:
+    """A check's hold on a content: the object it created and when."""
 
-
-@contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction that holds the ledger's write lock from its first read, so that
-    what it reads stays true until it commits (rolled back on error)."""
-    conn.execute("begin immediate")
-    try:
-        yield
-    except BaseException:
-        conn.rollback()
-        raise
-    conn.commit()
+    location: str
+    claimed_at: str
 
 
 def stamp(moment: datetime | None = None) -> str:
@@ -123,192 +73,237 @@ def stamp(moment: datetime | None = None) -> str:
     return (moment or datetime.now(UTC)).isoformat(timespec="microseconds")
 
 
-def is_recorded(conn: sqlite3.Connection, name: str, sha256: str) -> bool:
-    """Whether this (name, content) has a ledger row."""
-    row = conn.execute(
-        "select 1 from landed_files where name = ? and sha256 = ?", (name, sha256)
-    ).fetchone()
-    return row is not None
+def sha256_of(location: store.Location) -> str:
+    """Hex sha256 of a file's or object's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with store.open_input(location) as source:
+        while chunk := source.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def known_content(conn: sqlite3.Connection, sha256: str) -> str | None:
-    """Name of an earlier file with this content (accepted or failed), if any."""
-    row = conn.execute(
-        "select name from landed_files where sha256 = ? and status != 'duplicate' "
-        "order by recorded_at limit 1",
-        (sha256,),
-    ).fetchone()
-    return None if row is None else row["name"]
+def _entry(ledger: store.Location, sha256: str) -> str:
+    return store.join(ledger, ENTRIES, f"{sha256}.json")
+
+
+def _duplicate(ledger: store.Location, sha256: str, name: str) -> str:
+    return store.join(ledger, DUPLICATES, sha256, f"{name}.json")
+
+
+def _read_json(location: str) -> dict | None:
+    try:
+        return json.loads(store.read(location))
+    except FileNotFoundError:
+        return None
+
+
+def _create_json(location: str, record: dict) -> bool:
+    return store.create(location, json.dumps(record, indent=1).encode())
+
+
+def _record(landed: LandedFile, status: str, recorded_at: str, **fields: Any) -> dict:
+    """One (name, content) as the ledger keeps it."""
+    keys = ("reason", "rows", "accepted", "quarantined", "stored")
+    return {
+        "name": landed.name,
+        "sha256": landed.sha256,
+        "size_bytes": landed.size_bytes,
+        "etag": landed.etag,
+        "status": status,
+        **{key: fields.get(key) for key in keys},
+        "recorded_at": recorded_at,
+    }
 
 
 def claim_check(
-    conn: sqlite3.Connection,
+    ledger: store.Location,
     landed: LandedFile,
     token: str,
     expire_seconds: float,
     now: datetime | None = None,
-) -> tuple[str, str | None]:
-    """Decide in one transaction what this check does with `landed` -> (outcome, reason):
-    `recorded` (its name and content are in the ledger already), `duplicate` (an earlier file
-    had this content: recorded here, with the reason), `in_progress` (another check holds a
-    claim on this content taken less than `expire_seconds` ago) or `claimed` (the claim is
-    this check's, under `token`: check the file, then finish_check or release_claim)."""
+) -> tuple[str, str | Claim | None]:
+    """Decide what this check does with `landed` -> (outcome, detail): `recorded` (its name
+    and content are in the ledger already), `duplicate` (an earlier file had this content:
+    recorded here; detail the reason), `in_progress` (another check claimed this content less
+    than `expire_seconds` ago) or `claimed` (detail the Claim: check the file, then
+    record_verdict, or release_claim if it records nothing). Claims are numbered objects made
+    by create, so of two checks only one takes a content, or takes over an expired claim."""
     now = now or datetime.now(UTC)
-    with transaction(conn):
-        if is_recorded(conn, landed.path.name, landed.sha256):
+    verdict = _read_json(_entry(ledger, landed.sha256))
+    if verdict is not None:
+        if verdict["name"] == landed.name or store.exists(
+            _duplicate(ledger, landed.sha256, landed.name)
+        ):
             return "recorded", None
-        earlier = known_content(conn, landed.sha256)
-        if earlier is not None:
-            reason = f"same content as {earlier}"
-            record(conn, landed, "duplicate", stamp(now), reason=reason)
+        reason = f"same content as {verdict['name']}"
+        record = _record(landed, "duplicate", stamp(now), reason=reason)
+        if _create_json(_duplicate(ledger, landed.sha256, landed.name), record):
             return "duplicate", reason
-        held = conn.execute(
-            "select claimed_at from claims where sha256 = ?", (landed.sha256,)
-        ).fetchone()
-        if held is not None and held["claimed_at"] > stamp(now - timedelta(seconds=expire_seconds)):
+        return "recorded", None
+    held = store.list_files(store.join(ledger, CLAIMS, landed.sha256))
+    number = 0
+    if held:
+        latest = max(held, key=lambda entry: int(store.name_of(entry.location).split(".")[0]))
+        number = int(store.name_of(latest.location).split(".")[0]) + 1
+        claimed = _read_json(latest.location)
+        if claimed and claimed["claimed_at"] > stamp(now - timedelta(seconds=expire_seconds)):
             return "in_progress", None
-        conn.execute(
-            "insert or replace into claims (sha256, name, token, claimed_at) values (?, ?, ?, ?)",
-            (landed.sha256, landed.path.name, token, stamp(now)),
-        )
-        return "claimed", None
+    claim = Claim(store.join(ledger, CLAIMS, landed.sha256, f"{number}.json"), stamp(now))
+    mine = {"sha256": landed.sha256, "name": landed.name, "token": token}
+    if not _create_json(claim.location, {**mine, "claimed_at": claim.claimed_at}):
+        return "in_progress", None
+    return "claimed", claim
 
 
-def finish_check(
-    conn: sqlite3.Connection, landed: LandedFile, token: str, status: str, **fields: Any
+def record_verdict(
+    ledger: store.Location, landed: LandedFile, claim: Claim, status: str, **fields: Any
 ) -> bool:
-    """Record the outcome of a claimed check (see record; dated by the claim) and drop the
-    claim, in one transaction; False, recording nothing, when the claim is no longer this
-    check's (it outlived the expiry and another check took it over)."""
-    with transaction(conn):
-        held = conn.execute(
-            "select claimed_at from claims where sha256 = ? and token = ?",
-            (landed.sha256, token),
-        ).fetchone()
-        if held is None:
-            return False
-        record(conn, landed, status, held["claimed_at"], **fields)
-        conn.execute("delete from claims where sha256 = ?", (landed.sha256,))
-    return True
-
-
-def release_claim(conn: sqlite3.Connection, sha256: str, token: str) -> None:
-    """Drop this check's claim on a content, if it still holds it."""
-    with transaction(conn):
-        conn.execute("delete from claims where sha256 = ? and token = ?", (sha256, token))
-
-
-def current_version(conn: sqlite3.Connection, name: str) -> str | None:
-    """sha256 of the version of `name` in the dataset, if any."""
-    row = conn.execute("select sha256 from dataset where name = ?", (name,)).fetchone()
-    return None if row is None else row["sha256"]
-
-
-def store_file(ledger_dir: Path, landed: LandedFile) -> Path:
-    """Copy an accepted file into the content-addressed store; returns the stored path."""
-    target = ledger_dir / STORE / f"{landed.sha256[:16]}_{landed.path.name}"
-    if not target.exists():
-        atomic_write(target, lambda tmp: shutil.copyfile(landed.path, tmp))
-        target.chmod(0o444)
-    return target
-
-
-def record(
-    conn: sqlite3.Connection,
-    landed: LandedFile,
-    status: str,
-    recorded_at: str,
-    *,
-    reason: str | None = None,
-    rows: int | None = None,
-    accepted: int | None = None,
-    quarantined: int | None = None,
-    stored_path: Path | None = None,
-) -> None:
-    """Add one (name, content) to the ledger, in the caller's transaction."""
-    conn.execute(
-        "insert into landed_files (name, sha256, size_bytes, status, reason, rows, accepted, "
-        "quarantined, stored_path, recorded_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            landed.path.name,
-            landed.sha256,
-            landed.size_bytes,
-            status,
-            reason,
-            rows,
-            accepted,
-            quarantined,
-            None if stored_path is None else str(stored_path),
-            recorded_at,
-        ),
+    """Record the outcome of a claimed check (accepted or failed; see _record), dated by the
+    claim; False, recording nothing, when another check recorded this content first (one
+    that took over this check's expired claim)."""
+    return _create_json(
+        _entry(ledger, landed.sha256), _record(landed, status, claim.claimed_at, **fields)
     )
 
 
-def untrained_files(conn: sqlite3.Connection) -> list[str]:
-    """Stored paths of the dataset's landed files that no training run has used yet (a version
-    replaced before any run read it is never used)."""
-    rows = conn.execute(
-        "select stored_path from dataset where run_id is null order by recorded_at"
-    ).fetchall()
-    return [r["stored_path"] for r in rows]
+def release_claim(claim: Claim) -> None:
+    """Take back this check's own claim when it records nothing (the file changed, the check
+    broke), so that the next check need not wait for it to expire."""
+    store.delete(claim.location)
 
 
-def accepted_files(conn: sqlite3.Connection) -> list[str]:
-    """Stored paths of the dataset's landed files (the latest accepted version of each name),
-    oldest first."""
-    rows = conn.execute("select stored_path from dataset order by recorded_at").fetchall()
-    return [r["stored_path"] for r in rows]
+def store_file(ledger: store.Location, landed: LandedFile, checked: Path) -> str:
+    """Put the checked local copy of an accepted file into the content-addressed store;
+    returns where, relative to the ledger. Its key names its bytes, so a second writer
+    would write the same bytes: a plain streamed upload is safe and keeps memory bounded."""
+    relative = f"{FILES}/{landed.sha256[:16]}_{landed.name}"
+    target = store.join(ledger, relative)
+    if not store.exists(target):
+        with checked.open("rb") as source, store.open_output(target) as sink:
+            while chunk := source.read(_CHUNK):
+                sink.write(chunk)
+    return relative
 
 
-def landed_files(ledger_dir: Path) -> list[Path]:
-    """The dataset's landed files (stored copies; see accepted_files), oldest first; none while
-    there is no ledger (nothing is created)."""
-    if not (ledger_dir / LEDGER_DB).is_file():
-        return []
-    with open_ledger(ledger_dir) as conn:
-        return [Path(stored) for stored in accepted_files(conn)]
+@dataclass(frozen=True)
+class Ledger:
+    """What the ledger holds at one moment: every (name, content) recorded, and which
+    training run used which content."""
+
+    records: list[dict]
+    trained: dict[str, dict]
+
+    def is_recorded(self, name: str, sha256: str) -> bool:
+        return any(r["name"] == name and r["sha256"] == sha256 for r in self.records)
+
+    def seen(self, name: str, size_bytes: int, etag: str = "") -> bool:
+        """Whether an object of this name and size (and ETag, if given) was recorded."""
+        return any(
+            r["name"] == name and r["size_bytes"] == size_bytes and (not etag or r["etag"] == etag)
+            for r in self.records
+        )
+
+    def dataset(self) -> list[dict]:
+        """For each name its latest accepted version, oldest first."""
+        latest: dict[str, dict] = {}
+        for record in sorted(self.records, key=lambda r: (r["recorded_at"], r["sha256"])):
+            if record["status"] == "accepted":
+                latest[record["name"]] = record
+        return sorted(latest.values(), key=lambda r: r["recorded_at"])
+
+    def current_version(self, name: str) -> str | None:
+        """sha256 of the version of `name` in the dataset, if any."""
+        return next((r["sha256"] for r in self.dataset() if r["name"] == name), None)
 
 
-def training_inputs(data: str | list[str], ledger: str, roots: list[Path]) -> list[Path]:
+def read_ledger(ledger: store.Location) -> Ledger:
+    """The ledger as it is now (empty while there is none: nothing is created)."""
+    found = [
+        entry.location
+        for folder in (ENTRIES, DUPLICATES, TRAINED)
+        for entry in store.list_files(store.join(ledger, folder))
+        if entry.location.endswith(".json")
+    ]
+    with ThreadPoolExecutor(max_workers=8) as pool:  # one GET each: in parallel on a bucket
+        read = [r for r in pool.map(_read_json, found) if r is not None]
+    trained = {r["sha256"]: r for r in read if "run_id" in r}
+    # Stored copies are kept relative to the ledger, which may be reached by another path.
+    records = [
+        {**r, "stored_path": r["stored"] and store.join(ledger, r["stored"])}
+        for r in read
+        if "status" in r
+    ]
+    return Ledger(records, trained)
+
+
+def current_version(ledger: store.Location, name: str) -> str | None:
+    """sha256 of the version of `name` in the dataset, if any."""
+    return read_ledger(ledger).current_version(name)
+
+
+def untrained_files(ledger: store.Location) -> list[str]:
+    """Stored copies of the dataset's landed files that no training run has used yet (a
+    version replaced before any run read it is never used)."""
+    now = read_ledger(ledger)
+    return [r["stored_path"] for r in now.dataset() if r["sha256"] not in now.trained]
+
+
+def landed_files(ledger: store.Location) -> list[str]:
+    """The dataset's landed files (stored copies: the latest accepted version of each name),
+    oldest first; none while there is no ledger."""
+    return [r["stored_path"] for r in read_ledger(ledger).dataset()]
+
+
+def training_inputs(data: str | list[str], ledger: str, roots: list[Root]) -> list[Path | str]:
     """The files a training run reads: for `data="dataset"`, the dataset (DATASET_BASE plus
     the latest accepted version of each file landed in `ledger`, oldest first); otherwise
-    the files `data` names (see resolve_inputs). Every path confined to `roots`."""
+    the files `data` names (see resolve_inputs). Every location confined to `roots`."""
     if data != DATASET:
         return resolve_inputs(data, roots)
-    landed = [
-        confine(path, roots, "ledger") for path in landed_files(confine(ledger, roots, "ledger"))
-    ]
+    where = confine(ledger, roots, "ledger")
+    landed = [confine(stored, roots, "ledger") for stored in landed_files(where)]
     return resolve_inputs([DATASET_BASE], roots) + landed
 
 
-def mark_trained(
-    conn: sqlite3.Connection, stored_paths: list[str], run_id: str, status: str
-) -> None:
-    """Record which training run used these files and how it ended."""
-    conn.executemany(
-        "update landed_files set run_id = ?, run_status = ? "
-        "where stored_path = ? and run_id is null",
-        [(run_id, status, p) for p in stored_paths],
-    )
-    conn.commit()
+def mark_trained(ledger: store.Location, stored: list[str], run_id: str, status: str) -> None:
+    """Record which training run used these stored files and how it ended (the first run
+    to use a file is the one recorded)."""
+    # By the stored copy's name (it holds the content's hash), however the ledger was reached.
+    by_name = {r["stored"]: r["sha256"] for r in read_ledger(ledger).records if r["stored"]}
+    for location in stored:
+        sha256 = by_name.get(f"{FILES}/{store.name_of(location)}")
+        if sha256 is None:  # not a file of this ledger
+            continue
+        record = {"sha256": sha256, "run_id": run_id}
+        _create_json(
+            store.join(ledger, TRAINED, f"{sha256}.json"),
+            {**record, "run_status": status, "recorded_at": stamp()},
+        )
 
 
-def ledger_rows(ledger_dir: Path) -> list[dict]:
-    """Every ledger row as a dict, oldest first, with `in_dataset`: whether training reads it
-    (for reports and tests)."""
-    with open_ledger(ledger_dir) as conn:
-        rows = conn.execute(
-            "select f.*, exists (select 1 from dataset d where d.name = f.name "
-            "and d.sha256 = f.sha256) as in_dataset from landed_files f order by recorded_at"
-        ).fetchall()
-    return [{**dict(r), "in_dataset": bool(r["in_dataset"])} for r in rows]
+def ledger_rows(ledger: store.Location) -> list[dict]:
+    """Every (name, content) recorded, as a dict, oldest first, with the training run that
+    used it (`run_id`, `run_status`) and `in_dataset`: whether training reads it."""
+    now = read_ledger(ledger)
+    in_dataset = {(r["name"], r["sha256"]) for r in now.dataset()}
+    rows = []
+    for record in sorted(now.records, key=lambda r: (r["recorded_at"], r["sha256"])):
+        used = now.trained.get(record["sha256"]) if record["status"] == "accepted" else None
+        rows.append(
+            {
+                **record,
+                "run_id": used and used["run_id"],
+                "run_status": used and used["run_status"],
+                "in_dataset": (record["name"], record["sha256"]) in in_dataset,
+            }
+        )
+    return rows
 
 
 @task(cache_policy=NONE, task_run_name="untrained-files")
 def files_to_train(ledger: str) -> list[str]:
     """Accepted files that no training run has used yet."""
-    with open_ledger(Path(ledger)) as conn:
-        return untrained_files(conn)
+    return untrained_files(ledger)
 
 
 @task(cache_policy=NONE, task_run_name="record-training")
@@ -320,6 +315,5 @@ def record_training(ledger: str, used: list[str], state: State) -> dict[str, Any
         run_id, status = manifest["run_id"], "completed"
     else:
         run_id, status = f"flow-run:{state.state_details.flow_run_id}", "failed"
-    with open_ledger(Path(ledger)) as conn:
-        mark_trained(conn, used, run_id, status)
+    mark_trained(ledger, used, run_id, status)
     return state.result()

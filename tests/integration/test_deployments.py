@@ -16,7 +16,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -35,7 +34,8 @@ from scripts.local_prefect import (
     start_worker,
     stop,
 )
-from tasks.landing.ledger import LEDGER_DB, ledger_rows, open_ledger
+from tasks.landing.ledger import ledger_rows
+from tasks.landing.slots import TRAINING_LIMIT
 from tasks.outputs import tables
 from tests.conftest import HEADER, copy_checkout, sales_rows
 
@@ -238,8 +238,7 @@ def test_nightly_deployment_run_completes_and_publishes(stack):
 
 def ledger_row(local: Stack, name: str) -> dict | None:
     ledger = local.repo / "data" / "ledger"
-    rows = ledger_rows(ledger) if (ledger / LEDGER_DB).exists() else []
-    return next((r for r in rows if r["name"] == name), None)
+    return next((r for r in ledger_rows(ledger) if r["name"] == name), None)
 
 
 def trained_row(local: Stack, name: str, timeout: float = 120) -> dict:
@@ -435,16 +434,27 @@ def test_a_second_nightly_run_waits_for_the_first_enqueue(stack):
 
 def test_a_check_that_finds_the_previous_one_running_waits_for_it(stack):
     local, info = stack
-    ledger = local.repo / "data" / "ledger"
-    with open_ledger(ledger):
-        pass
-    # Hold the ledger's write lock: the next check blocks on it, running, holding its slot.
-    holder = sqlite3.connect(ledger / LEDGER_DB, timeout=1)
-    holder.execute("begin exclusive")
+    # A landing folder and ledger of this test's own: the watcher does not see them, and the
+    # dataset of the other tests stays as it is.
+    landing = local.repo / "data" / "held-landing"
+    landing.mkdir()
+    held = landing / "held.csv"
+    held.write_text("\n".join([HEADER, *sales_rows(20, seed=7, start=700)]) + "\n")
+    old = time.time() - 60
+    os.utime(held, (old, old))
+    params = ("landing=data/held-landing", "ledger=data/held-ledger")
+    # The training slot taken: the check accepts the file, then its training waits for the
+    # slot, the check still running and holding its own slot.
+    taken = prefect_cli(local, info, "gcl", "update", TRAINING_LIMIT, "--active-slots", "1")
+    assert taken.returncode == 0, taken.stdout + taken.stderr
     try:
-        _, blocked = run_deployment(local, info, "watch-landing/retrain-on-new-data", watch=False)
-        wait_for(lambda: state_of(info, blocked)[0] == "RUNNING", 60, "a check to block")
-        _, newer = run_deployment(local, info, "watch-landing/retrain-on-new-data", watch=False)
+        run = ("watch-landing/retrain-on-new-data", *params)
+        _, blocked = run_deployment(local, info, *run, watch=False)
+        wait_for(
+            lambda: ledger_rows(local.repo / "data" / "held-ledger"), 90, "the check to record"
+        )
+        assert state_of(info, blocked)[0] == "RUNNING"
+        _, newer = run_deployment(local, info, *run, watch=False)
         wait_for(
             lambda: state_of(info, newer) == ("SCHEDULED", "AwaitingConcurrencySlot"),
             timeout=60,
@@ -452,9 +462,8 @@ def test_a_check_that_finds_the_previous_one_running_waits_for_it(stack):
         )
         assert state_of(info, blocked)[0] == "RUNNING"
     finally:
-        holder.rollback()
-        holder.close()
-    first = wait_terminal(info, blocked, timeout=60)
+        prefect_cli(local, info, "gcl", "update", TRAINING_LIMIT, "--active-slots", "0")
+    first = wait_terminal(info, blocked, timeout=150)
     assert first["state"]["type"] == "COMPLETED"
     second = wait_terminal(info, newer, timeout=60)
     assert second["state"]["type"] == "COMPLETED"  # queued, not dropped

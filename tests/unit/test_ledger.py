@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
-import stat
 import time
 import traceback
 from datetime import UTC, datetime, timedelta
@@ -19,14 +18,13 @@ from flows.land import land as land_file
 from schemas.params import DATASET, DEFAULT_SETTLE_SECONDS, RunConfig
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
 from tasks.ingest.csvfile import sha256_file
-from tasks.landing.check import CHECK_TIMEOUT_SECONDS, check_landed, is_complete, time_to_settle
+from tasks.landing.check import CHECK_TIMEOUT_SECONDS, check_landed, time_to_settle
 from tasks.landing.ledger import (
     LandedFile,
     claim_check,
     landed_files,
     ledger_rows,
     mark_trained,
-    open_ledger,
     training_inputs,
     untrained_files,
 )
@@ -88,8 +86,7 @@ def test_same_content_under_another_name_is_a_duplicate(dirs):
     assert check(dirs)["duplicate"] == {"jan-again.csv": "same content as jan.csv"}
     statuses = {r["name"]: (r["status"], r["reason"]) for r in ledger_rows(ledger)}
     assert statuses["jan-again.csv"] == ("duplicate", "same content as jan.csv")
-    with open_ledger(ledger) as conn:
-        assert len(untrained_files(conn)) == 1
+    assert len(untrained_files(ledger)) == 1
 
 
 def test_same_name_with_new_content_is_processed(dirs):
@@ -112,11 +109,12 @@ def test_recently_modified_file_waits_until_it_settles(dirs):
     landing, _ = dirs
     # Modified "in the future" of this check: however slow the machine, it has not settled.
     path = land(landing, "jan.csv", csv_text(), age=-3600)
-    assert not is_complete(path, settle_seconds=5.0)
     assert check(dirs, settle=5.0) == {**NOTHING, "waiting": ["jan.csv"]}
     mtime = path.stat().st_mtime
-    assert not is_complete(path, settle_seconds=5.0, now=mtime + 4.9)
-    assert is_complete(path, settle_seconds=5.0, now=mtime + 5.0)
+    assert time_to_settle(landing, ["jan.csv"], 5.0, now=mtime + 4.9) == pytest.approx(
+        0.1, abs=1e-3
+    )
+    assert time_to_settle(landing, ["jan.csv"], 5.0, now=mtime + 5.0) == 0.0
     land(landing, "jan.csv", csv_text(), age=10)
     assert check(dirs, settle=5.0) == {**NOTHING, "accepted": ["jan.csv"]}
 
@@ -148,15 +146,14 @@ def test_trained_files_are_not_trained_again(dirs):
     landing, ledger = dirs
     land(landing, "jan.csv", csv_text(5))
     check(dirs)
-    with open_ledger(ledger) as conn:
-        pending = untrained_files(conn)
-        mark_trained(conn, pending, "run-1", "completed")
-        assert untrained_files(conn) == []
+    pending = untrained_files(ledger)
+    mark_trained(ledger, pending, "run-1", "completed")
+    assert untrained_files(ledger) == []
     (row,) = ledger_rows(ledger)
     assert (row["run_id"], row["run_status"]) == ("run-1", "completed")
 
 
-def test_accepted_files_are_kept_as_read_only_copies_named_by_content(dirs):
+def test_accepted_files_are_kept_as_copies_named_by_content(dirs):
     landing, ledger = dirs
     original = csv_text(10, seed=4)
     path = land(landing, "feb.csv", original)
@@ -164,13 +161,11 @@ def test_accepted_files_are_kept_as_read_only_copies_named_by_content(dirs):
     (row,) = ledger_rows(ledger)
     stored = ledger / "files" / f"{hashlib.sha256(original.encode()).hexdigest()[:16]}_feb.csv"
     assert row["stored_path"] == str(stored)
-    assert stat.S_IMODE(stored.stat().st_mode) == 0o444
     # The landed file changes, then goes away: the checked bytes stay in the store.
     path.write_text(csv_text(3, seed=5, extra=["BAD,x,1,1,1"]))
     path.unlink()
     assert stored.read_text() == original
-    with open_ledger(ledger) as conn:
-        assert untrained_files(conn) == [str(stored)]
+    assert untrained_files(ledger) == [str(stored)]
 
 
 def test_only_files_the_ledger_has_not_seen_are_reported_as_settling(dirs):
@@ -215,8 +210,7 @@ def test_a_resent_name_replaces_its_earlier_version_in_the_dataset(dirs, base):
     # The ledger keeps both versions; only the newer one is in the dataset.
     jan = [(r["status"], r["rows"], r["in_dataset"]) for r in ledger_rows(ledger)]
     assert jan == [("accepted", 10, False), ("accepted", 12, True)]
-    with open_ledger(ledger) as conn:
-        (pending,) = untrained_files(conn)
+    (pending,) = untrained_files(ledger)
     assert pending.endswith("_jan.csv")
     assert len(Path(pending).read_text().splitlines()) == 13
     # Both stored copies stay (an earlier run may have read the first).
@@ -304,7 +298,16 @@ def test_a_file_changed_between_its_hash_and_its_copy_is_not_accepted_under_the_
     assert b["sha256"] == hashlib.sha256(rewritten.encode()).hexdigest()
 
 
-def _check_rounds(barrier, rounds, results):
+def _check_rounds(barrier, rounds, results, env):
+    """One checker process: a machine of its own (HOME and TMPDIR its own, `env` applied
+    before the store makes a client), checking each (landing, ledger) at the barrier."""
+    import tempfile
+
+    from tasks.common import store
+
+    os.environ.update(env)
+    tempfile.tempdir = None
+    store.forget_clients()
     config = RunConfig(DEFAULT_FEATURES, DEFAULT_TARGETS)
     for landing, ledger in rounds:
         barrier.wait(timeout=120)
@@ -314,19 +317,17 @@ def _check_rounds(barrier, rounds, results):
             results.put(("error", traceback.format_exc()))
 
 
-def test_two_checks_at_once_record_each_file_once(tmp_path):
-    rounds = []
-    for r in range(3):
-        landing, ledger = tmp_path / f"landing-{r}", tmp_path / f"ledger-{r}"
-        landing.mkdir()
-        for i in range(6):
-            land(landing, f"f{i}.csv", csv_text(8, seed=10 * r + i))
-        rounds.append((landing, ledger))
+def run_checkers(rounds, tmp_path, env=None):
+    """Two checker processes sharing nothing but the store, each checking every round at the
+    same moment as the other; returns their outcomes."""
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(2), context.Queue()
-    checkers = [
-        context.Process(target=_check_rounds, args=(barrier, rounds, results)) for _ in range(2)
-    ]
+    checkers = []
+    for n in range(2):
+        home = tmp_path / f"machine-{n}"
+        home.mkdir()
+        own = {**(env or {}), "HOME": str(home), "TMPDIR": str(home)}
+        checkers.append(context.Process(target=_check_rounds, args=(barrier, rounds, results, own)))
     for checker in checkers:
         checker.start()
     outcomes = [results.get(timeout=180) for _ in range(2 * len(rounds))]
@@ -334,13 +335,25 @@ def test_two_checks_at_once_record_each_file_once(tmp_path):
         checker.join(60)
         assert checker.exitcode == 0
     assert [text for kind, text in outcomes if kind == "error"] == []
+    return [outcome for _, outcome in outcomes]
+
+
+def test_two_checks_at_once_record_each_file_once(tmp_path):
+    rounds = []
+    for r in range(3):
+        landing, ledger = tmp_path / f"landing-{r}", tmp_path / f"ledger-{r}"
+        landing.mkdir()
+        for i in range(6):
+            land(landing, f"f{i}.csv", csv_text(8, seed=10 * r + i))
+        rounds.append((str(landing), str(ledger)))
+    outcomes = run_checkers(rounds, tmp_path)
     names = [f"f{i}.csv" for i in range(6)]
-    accepted = sorted(name for _, outcome in outcomes for name in outcome["accepted"])
+    accepted = sorted(name for outcome in outcomes for name in outcome["accepted"])
     assert accepted == sorted(names * len(rounds))  # each file accepted by one of the two
     for _, ledger in rounds:
         assert sorted(r["name"] for r in ledger_rows(ledger)) == names
         assert {r["status"] for r in ledger_rows(ledger)} == {"accepted"}
-        assert sorted(p.name.split("_", 1)[1] for p in landed_files(ledger)) == names
+        assert sorted(Path(p).name.split("_", 1)[1] for p in landed_files(ledger)) == names
 
 
 def test_a_claim_left_by_a_crashed_check_holds_its_file_only_until_it_expires(dirs):
@@ -348,15 +361,12 @@ def test_a_claim_left_by_a_crashed_check_holds_its_file_only_until_it_expires(di
     landed = []
     for name in ("feb.csv", "jan.csv"):
         path = land(landing, name, csv_text(5, seed=len(landed)))
-        landed.append(LandedFile(path, sha256_file(path), path.stat().st_size))
+        landed.append(LandedFile(str(path), sha256_file(path), path.stat().st_size))
     expired = datetime.now(UTC) - timedelta(seconds=CHECK_TIMEOUT_SECONDS + 1)
-    with open_ledger(ledger) as conn:
-        # Two checks that claimed a file each and died: one just now, one a timeout ago.
-        assert claim_check(conn, landed[0], "died-long-ago", CHECK_TIMEOUT_SECONDS, expired) == (
-            "claimed",
-            None,
-        )
-        assert claim_check(conn, landed[1], "just-died", CHECK_TIMEOUT_SECONDS) == ("claimed", None)
+    # Two checks that claimed a file each and died: one just now, one a timeout ago.
+    old, _ = claim_check(ledger, landed[0], "died-long-ago", CHECK_TIMEOUT_SECONDS, expired)
+    new, _ = claim_check(ledger, landed[1], "just-died", CHECK_TIMEOUT_SECONDS)
+    assert (old, new) == ("claimed", "claimed")
     assert check(dirs) == {**NOTHING, "accepted": ["feb.csv"], "in_progress": ["jan.csv"]}
     assert [r["name"] for r in ledger_rows(ledger)] == ["feb.csv"]
 
