@@ -131,3 +131,14 @@ def test_an_announcement_that_failed_is_made_again_at_the_next_poll(bucket_senso
     with pytest.raises(OSError, match="connection refused"):
         sensor.poll(bucket_sensor.landing, bucket_sensor.cursor, server_down)
     assert bucket_sensor.poll() == ["a.csv"]
+
+
+def test_serve_on_a_missing_landing_bucket_fails_naming_it_before_starting_anything(
+    s3_env, tmp_path
+):
+    from scripts.local_prefect import Stack, start
+
+    stack = Stack(repo=tmp_path, state=tmp_path / ".run", home=tmp_path / ".prefect")
+    with pytest.raises(RuntimeError, match=r"^s3://no-such-bucket-here/landing: no such bucket$"):
+        start(stack, landing="s3://no-such-bucket-here/landing")
+    assert not stack.state.exists()
