@@ -51,16 +51,21 @@ def is_landed_name(name: str) -> bool:
     return PurePosixPath(name).suffix == ".csv"
 
 
+def is_landed_object(landing: str, location: str) -> bool:
+    """Whether the object at `location` is a landed file of `landing`: directly under it (as
+    in a landing folder, whose subfolders are not looked into) and named as one."""
+    base = landing.rstrip("/") + "/"
+    rest = location[len(base) :]
+    return location.startswith(base) and "/" not in rest and is_landed_name(rest)
+
+
 def new_objects(landing: str, listing: list[store.Entry], seen: Seen) -> tuple[list[str], Seen]:
     """(locations of the landed objects in `listing` not in `seen`, by location; what to
-    remember now). Only objects directly under `landing` count, as in a landing folder."""
-    base = landing.rstrip("/") + "/"
+    remember now)."""
     current = {
         (entry.location, entry.etag, entry.size)
         for entry in listing
-        if entry.location.startswith(base)
-        and "/" not in entry.location[len(base) :]
-        and is_landed_name(store.name_of(entry.location))
+        if is_landed_object(landing, entry.location)
     }
     fresh = sorted(location for location, etag, size in current - seen)
     return fresh, frozenset(current)
