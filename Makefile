@@ -35,8 +35,8 @@ land: $(STAMP) ## move FILE=... into data/landing/ and announce it: the landing 
 dataset: $(STAMP) ## list the dataset (data/sales.csv + accepted landed files) and its fingerprint
 	$(BIN)/python -m flows.dataset
 
-serve: $(STAMP) ## local Prefect server (127.0.0.1) + pool + deployments + worker + landing watcher
-	$(BIN)/python -m scripts.local_prefect start --port $(PORT)
+serve: $(STAMP) ## local Prefect server (127.0.0.1) + pool + deployments + worker + landing watcher (LANDING=s3://bucket/prefix: a sensor lists it)
+	$(BIN)/python -m scripts.local_prefect start --port $(PORT) $(if $(LANDING),--landing $(LANDING))
 
 stop: $(STAMP) ## stop the watcher, the worker and the server started by serve
 	$(BIN)/python -m scripts.local_prefect stop

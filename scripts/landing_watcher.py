@@ -4,7 +4,13 @@ has stopped changing, so a producer that only copies a file in needs no announce
 RECOVER_SECONDS it marks Crashed the runs whose process is gone (scripts/local_prefect.recover),
 which the heartbeat automation cannot see (a run still PENDING sends no heartbeats).
 
+When the landing location is an `s3://bucket/prefix` URI it is a sensor instead: it lists the
+prefix every `--interval` seconds and emits the event for each object it has not announced
+before, remembered in a cursor on the store beside the ledger (tasks/landing/sensor.py).
+
     python -m scripts.landing_watcher --landing data/landing --api-url URL
+    python -m scripts.landing_watcher --landing s3://bucket/landing --ledger data/ledger \
+        --api-url URL [--interval 5]
 
 Started and stopped by `make serve` / `make stop`; its log is .run/watcher.log.
 """
@@ -19,9 +25,13 @@ from pathlib import Path
 
 from watchfiles import Change, watch
 
+from schemas.params import DEFAULT_LEDGER
 from scripts.server_setup import recover
+from tasks.common import store
+from tasks.common.errors import PipelineError
 from tasks.landing.check import is_candidate
 from tasks.landing.events import emit_landed
+from tasks.landing.sensor import DEFAULT_INTERVAL_SECONDS, CursorError, Seen, cursor_location, poll
 
 # A file is announced once it has not changed for this long (a copy still in progress would
 # be checked half-written; the landing check's own settle time covers slower writers).
@@ -58,21 +68,73 @@ def announce_landed_files(landing: Path, api_url: str, stop: threading.Event) ->
         if announce:
             emit_landed(announce)
             print(f"announced {', '.join(p.name for p in announce)}", flush=True)
-        if time.monotonic() - recovered >= RECOVER_SECONDS:
-            recovered = time.monotonic()
-            crashed = recover(api_url)
-            if crashed:
-                print(f"marked Crashed (process gone): {', '.join(crashed)}", flush=True)
+        recovered = recover_if_due(api_url, recovered)
+
+
+def announce_landed_objects(
+    landing: str, cursor: str, api_url: str, stop: threading.Event, interval: float
+) -> None:
+    """List `landing` every `interval` seconds and announce the objects not announced before,
+    until `stop` is set; recover orphaned runs every RECOVER_SECONDS. A store or server that
+    does not answer is reported and tried again at the next poll (the cursor is only saved once
+    the events are sent, so nothing is lost)."""
+    seen: Seen | None = None
+    recovered = time.monotonic()
+    while not stop.is_set():
+        try:
+            fresh, seen = poll(landing, cursor, emit_landed, seen)
+        except CursorError as exc:  # an unreadable cursor: announce everything once more
+            print(f"{exc}: starting afresh", flush=True)
+            seen = frozenset()
+            continue
+        except Exception as exc:  # one line, then the next poll tries again
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            print(f"error: {first}; trying again in {interval:g} s", flush=True)
+        else:
+            if fresh:
+                print(f"announced {', '.join(map(store.name_of, fresh))}", flush=True)
+        recovered = recover_if_due(api_url, recovered)
+        stop.wait(interval)
+
+
+def recover_if_due(api_url: str, recovered: float) -> float:
+    """Mark Crashed the runs whose process is gone, if RECOVER_SECONDS have passed since
+    `recovered` (a monotonic time); returns when it last did."""
+    if time.monotonic() - recovered < RECOVER_SECONDS:
+        return recovered
+    crashed = recover(api_url)
+    if crashed:
+        print(f"marked Crashed (process gone): {', '.join(crashed)}", flush=True)
+    return time.monotonic()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.landing_watcher")
-    parser.add_argument("--landing", type=Path, required=True)
+    parser.add_argument("--landing", required=True, help="a folder, or s3://bucket/prefix")
     parser.add_argument("--api-url", required=True)
+    parser.add_argument(
+        "--ledger", default=DEFAULT_LEDGER, help="a bucket's sensor keeps its cursor beside it"
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=DEFAULT_INTERVAL_SECONDS,
+        help=f"seconds between listings of a bucket (default {DEFAULT_INTERVAL_SECONDS:g})",
+    )
     args = parser.parse_args(argv)
-    landing = args.landing.resolve()
-    print(f"watching {landing}", flush=True)
-    announce_landed_files(landing, args.api_url, threading.Event())
+    if not store.is_remote(args.landing):
+        landing = Path(args.landing).resolve()
+        print(f"watching {landing}", flush=True)
+        announce_landed_files(landing, args.api_url, threading.Event())
+        return 0
+    cursor = cursor_location(args.ledger)
+    try:
+        store.check_reachable(args.landing)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"listing {args.landing} every {args.interval:g} s (cursor {cursor})", flush=True)
+    announce_landed_objects(args.landing, cursor, args.api_url, threading.Event(), args.interval)
     return 0
 
 

@@ -1,9 +1,10 @@
 """A local Prefect stack: server on 127.0.0.1, the process work pool, the training concurrency
 limit and the zombie-run automation (scripts/server_setup.py), every deployment in
-prefect.yaml, a process worker, and the landing watcher (scripts/landing_watcher.py). Used by
-`make serve` / `make stop` and by the integration tests.
+prefect.yaml, a process worker, and the landing watcher (scripts/landing_watcher.py: inotify on
+a landing folder, or a sensor listing an s3:// landing prefix). Used by `make serve` /
+`make stop` and by the integration tests.
 
-    python -m scripts.local_prefect start [--port 4200]   # prints the UI URL
+    python -m scripts.local_prefect start [--port 4200] [--landing s3://bucket/landing]
     python -m scripts.local_prefect stop
     python -m scripts.local_prefect recover               # crash runs whose process is gone
 
@@ -30,6 +31,8 @@ from pathlib import Path
 from flows.cli import OFFLINE_ENV, STACK_INFO
 from schemas.params import DEFAULT_LANDING as LANDING
 from scripts.server_setup import recover
+from tasks.common import store
+from tasks.common.errors import PipelineError
 from tasks.common.storage import pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,14 +129,20 @@ def start(
     server_env: dict[str, str] | None = None,
     worker_env: dict[str, str] | None = None,
     say: Callable[[str], None] = _quiet,
+    landing: str = LANDING,
 ) -> dict:
-    """Start server, create the pool, recover orphaned runs, deploy, start a worker; `say`
-    reports each step as it starts."""
+    """Start server, create the pool, recover orphaned runs, deploy, start a worker and the
+    watcher of `landing` (a folder of the checkout, or an s3:// prefix); `say` reports each step
+    as it starts."""
     if stack.info_file.exists():
         pids = json.loads(stack.info_file.read_text())["pids"].values()
         if any(map(pid_alive, pids)):
             raise RuntimeError(f"a stack is already running ({stack.info_file}); run stop first")
         stack.info_file.unlink()  # left by a stack that died without `stop`
+    try:
+        store.check_reachable(landing)  # a wrong bucket or endpoint: said before anything starts
+    except PipelineError as exc:
+        raise RuntimeError(str(exc)) from None
     stack.state.mkdir(parents=True, exist_ok=True)
     stack.home.mkdir(parents=True, exist_ok=True)
     api_url = f"http://{HOST}:{port}/api"
@@ -167,8 +176,9 @@ def start(
         _run(_prefect("deploy", "--all", "--no-prompt"), env, stack.repo)
         say(f"starting a process worker on {POOL} (log: {stack.state / 'worker.log'}) ...")
         start_worker(stack, worker_env)
-        say(f"watching {stack.repo / LANDING} (log: {stack.state / 'watcher.log'}) ...")
-        start_watcher(stack)
+        watched = landing if store.is_remote(landing) else stack.repo / landing
+        say(f"watching {watched} (log: {stack.state / 'watcher.log'}) ...")
+        start_watcher(stack, landing)
     except BaseException:
         stop(stack)
         raise
@@ -189,11 +199,13 @@ def start_worker(stack: Stack, worker_env: dict[str, str] | None = None) -> int:
     return worker.pid
 
 
-def start_watcher(stack: Stack) -> int:
-    """Start the landing watcher of the stack's checkout; returns its PID."""
+def start_watcher(stack: Stack, landing: str = LANDING) -> int:
+    """Start the landing watcher of the stack's checkout (a sensor when `landing` is an s3://
+    prefix); returns its PID."""
     info = json.loads(stack.info_file.read_text())
-    (stack.repo / LANDING).mkdir(parents=True, exist_ok=True)
-    command = ["-m", "scripts.landing_watcher", "--landing", LANDING, "--api-url", info["api_url"]]
+    if not store.is_remote(landing):
+        (stack.repo / landing).mkdir(parents=True, exist_ok=True)
+    command = ["-m", "scripts.landing_watcher", "--landing", landing, "--api-url", info["api_url"]]
     watcher = _spawn(
         [sys.executable, *command],
         stack.state / "watcher.log",
@@ -257,13 +269,20 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     start_cmd = sub.add_parser("start", help="server, pool, deployments, worker")
     start_cmd.add_argument("--port", type=int, default=4200)
+    start_cmd.add_argument(
+        "--landing", default=LANDING, help=f"folder or s3://bucket/prefix (default {LANDING})"
+    )
     sub.add_parser("stop", help="stop worker and server by PID")
     recover_cmd = sub.add_parser("recover", help="crash runs whose process is gone")
     recover_cmd.add_argument("--api-url", default=os.environ.get("PREFECT_API_URL"))
     args = parser.parse_args(argv)
     if args.command == "start":
         try:
-            info = start(port=args.port, say=lambda message: print(message, flush=True))
+            info = start(
+                port=args.port,
+                say=lambda message: print(message, flush=True),
+                landing=args.landing,
+            )
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
