@@ -226,3 +226,5 @@ def remove_tree(location: Location) -> None:
     """Delete every file under the folder or prefix `location` (nothing there: nothing to do)."""
     for entry in store.list_files(location):
         store.delete(entry.location)
+    if not store.is_remote(location):  # a write that failed on a disk leaves its folders
+        shutil.rmtree(location, ignore_errors=True)
