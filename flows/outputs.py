@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from flows.cli import exit_now
 from schemas.params import DEFAULT_OUTPUT
 from tasks.common.errors import ParameterError, PipelineError
 from tasks.common.paths import existing_folder, output_roots
+from tasks.common.storage import output_root
+from tasks.common.store import Location, is_remote
 from tasks.outputs.maintenance import migrate_outputs, vacuum_outputs
 from tasks.outputs.retention import VACUUM_HOURS
 
 
-def vacuum(root: Path, hours: float) -> str:
+def vacuum(root: Location, hours: float) -> str:
     """Vacuum `root`; what was removed, as lines for the terminal."""
     if hours < 0:
         raise ParameterError(f"parameter hours: must be 0 or more (got {hours:g})")
@@ -37,7 +38,7 @@ def vacuum(root: Path, hours: float) -> str:
     )
 
 
-def migrate(root: Path) -> str:
+def migrate(root: Location) -> str:
     """Migrate `root`; what was done, as lines for the terminal."""
     done = migrate_outputs(root)
     if not (done.converted or done.recorded):
@@ -52,6 +53,14 @@ def migrate(root: Path) -> str:
     if done.champion:
         lines.append(f"champion: {done.champion}")
     return "\n".join(lines)
+
+
+def output_folder(output: str) -> Location:
+    """The output root to work on: an existing local folder, or an s3:// root whose bucket
+    answers (a prefix has no folder to exist)."""
+    if is_remote(output):
+        return output_root(output)
+    return existing_folder(output, output_roots(), "output")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -79,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     """Exit code: 0 done, 2 for a parameter refused, 1 for another user error."""
     args = parse_args(argv)
     try:
-        root = existing_folder(args.output, output_roots(), "output")
+        root = output_folder(args.output)
         print(vacuum(root, args.hours) if args.command == "vacuum" else migrate(root))
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

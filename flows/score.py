@@ -28,8 +28,10 @@ from schemas.params import (
     RunId,
     id_column_of,
 )
-from tasks.common.paths import check_all, confine, data_roots, output_roots, resolve_inputs
-from tasks.common.storage import new_run, staging_area
+from tasks.common import store
+from tasks.common.paths import check_all, data_roots, resolve_inputs
+from tasks.common.storage import new_run, output_root, shown, staging_area
+from tasks.common.store import Location
 from tasks.outputs.predict import score_task
 from tasks.outputs.promote import LinearModel
 from tasks.outputs.publish import check_data_quality
@@ -71,13 +73,13 @@ def score_sales(
 
 def check_score_inputs(
     data: str | list[str], output: str, run_id: str | None
-) -> tuple[list[Path], Path, tuple[str, LinearModel]]:
+) -> tuple[list[Path], Location, tuple[str, LinearModel]]:
     """(input files, output root, (model run id, model)) once the paths are right and the
     model exists; otherwise one PipelineError listing every problem."""
     found = check_all(
         {
             "data": lambda: resolve_inputs(data, data_roots()),
-            "output": lambda: confine(output, output_roots(), "output"),
+            "output": lambda: output_root(output),
         }
     )
     return found["data"], found["output"], choose_model(found["output"], run_id)
@@ -85,12 +87,12 @@ def check_score_inputs(
 
 def summarize(manifest: dict[str, Any]) -> str:
     rows = manifest["rows"]
-    root = Path(manifest["parameters"]["output"]).resolve()
+    root = shown(manifest["parameters"]["output"])
     return "\n".join(
         [
             f"scoring run {manifest['run_id']} with model {manifest['model_run_id']}: "
             f"{rows['in']} rows in, {rows['accepted']} scored, {rows['quarantined']} quarantined",
-            f"scores: {root / manifest['outputs']['scores']}",
+            f"scores: {store.join(root, manifest['outputs']['scores'])}",
         ]
     )
 

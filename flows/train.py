@@ -55,8 +55,9 @@ from schemas.params import (
     id_column_of,
 )
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
-from tasks.common.paths import check_all, confine, data_roots, output_roots
-from tasks.common.storage import new_run, staging_area
+from tasks.common.paths import check_all, data_roots
+from tasks.common.storage import new_run, output_root, staging_area
+from tasks.common.store import Location
 from tasks.ingest.cache import Pass1Cache
 from tasks.ingest.csvfile import ByteRange, CsvFile
 from tasks.ingest.validate import check_columns
@@ -108,7 +109,7 @@ def train_sales_model(
 
 
 def _train(
-    plans: list[tuple[CsvFile, list[ByteRange]]], root: Path, config: RunConfig
+    plans: list[tuple[CsvFile, list[ByteRange]]], root: Location, config: RunConfig
 ) -> dict[str, Any]:
     """One run, inside the training slot: pass 1, training, pass 2, the model's tables, the
     promotion decision and the commit."""
@@ -141,14 +142,15 @@ def check_train_inputs(
     features: tuple[str, ...],
     targets: tuple[str, ...],
     id_column: str,
-) -> tuple[list[Path], Path]:
-    """(input files, output root) once every parameter naming columns or paths is right;
-    otherwise one PipelineError listing every problem. Nothing is read or created."""
+) -> tuple[list[Path], Location]:
+    """(input files, output root) once every parameter naming columns or paths is right and the
+    output's bucket answers; otherwise one PipelineError listing every problem. Nothing is
+    read or created."""
     found = check_all(
         {
             "columns": lambda: check_columns(features, targets, id_column_of(id_column)),
             "data": lambda: training_inputs(data, ledger, data_roots()),
-            "output": lambda: confine(output, output_roots(), "output"),
+            "output": lambda: output_root(output),
         }
     )
     return found["data"], found["output"]
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_flow(
         flow,
         parameters,
-        lambda manifest: summary_text(manifest, Path(manifest["parameters"]["output"])),
+        lambda manifest: summary_text(manifest, manifest["parameters"]["output"]),
         lambda checked: check_train_inputs(
             checked["data"],
             checked["ledger"],

@@ -1,6 +1,7 @@
 """Storage plumbing below every stage: run ids, atomic writes of files on a local disk (the
-readable copies of manifests, the ledger's store, reports), a run's working folder and what a full
-disk means for it. The output tables are Delta tables (tasks/outputs/tables.py).
+ledger's store), JSON documents at a location (a path or an s3:// URI: the readable copies of
+manifests), a run's working folder on the local disk and what a full disk means for it. The
+output tables are Delta tables (tasks/outputs/tables.py).
 """
 
 from __future__ import annotations
@@ -22,18 +23,27 @@ from pathlib import Path
 from typing import Any
 
 from schemas.params import RUN_TIMEOUT_SECONDS
+from tasks.common import store
 from tasks.common.errors import PublishError
+from tasks.common.paths import confine, output_roots
+from tasks.common.store import Location
 
 MANIFESTS = "manifests"
 STAGING = ".staging"
+# The worker's own disk for what a run on an object-store root keeps locally (its staging
+# folder, the pass-1 cache): SALES_MODEL_CACHE_DIR, by default ~/.cache/sales-model. A local
+# output root keeps both under itself, as it always did.
+CACHE_DIR_ENV = "SALES_MODEL_CACHE_DIR"
+DEFAULT_CACHE_DIR = "~/.cache/sales-model"
 
 
 @dataclass(frozen=True)
 class RunInfo:
-    """Identity of one training run: its id, output root, start time and parameters."""
+    """Identity of one training run: its id, output root (a folder or an s3:// URI), start time
+    and parameters."""
 
     run_id: str
-    output_root: Path
+    output_root: Location
     started_at: str
     parameters: dict[str, Any]
 
@@ -61,12 +71,13 @@ def format_run_id(started: datetime, suffix: str) -> str:
     return f"{started:%Y%m%dT%H%M%S}.{started.microsecond // 1000:03d}Z-{suffix}"
 
 
-def new_run(output: str | Path, parameters: dict[str, Any], now: datetime | None = None) -> RunInfo:
+def new_run(output: Location, parameters: dict[str, Any], now: datetime | None = None) -> RunInfo:
     """A new run. Its id (see format_run_id) sorts by creation: the milliseconds strictly
     increase within a process, and the random hex keeps runs of other processes apart."""
     started = _CLOCK.next(now)
     run_id = format_run_id(started, secrets.token_hex(4))
-    return RunInfo(run_id, Path(output), started.isoformat(timespec="milliseconds"), parameters)
+    root = str(output) if store.is_remote(output) else Path(output)
+    return RunInfo(run_id, root, started.isoformat(timespec="milliseconds"), parameters)
 
 
 def data_fingerprint(sha256s: list[str]) -> str:
@@ -115,7 +126,7 @@ _DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
 
 
 @contextlib.contextmanager
-def working_files(folder: Path) -> Iterator[None]:
+def working_files(folder: Location) -> Iterator[None]:
     """A disk that takes no more while a run writes its working files (the kept rows, staged
     parts) is one line naming the folder; nothing is published."""
     try:
@@ -142,13 +153,39 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def output_root(output: str) -> Location:
+    """The `output` parameter confined to SALES_MODEL_OUTPUT_ROOTS; an s3:// root's bucket must
+    answer (a missing bucket, refused credentials or an endpoint that does not answer is one
+    PipelineError naming the URI, before any work). Nothing is created."""
+    root = confine(output, output_roots(), "output")
+    store.check_reachable(root)
+    return root
+
+
+def cache_dir() -> Path:
+    """The worker's local folder for the runs on an object-store root (CACHE_DIR_ENV)."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR).expanduser()
+
+
+def local_folder(root: Location, name: str) -> Path:
+    """A folder of the local disk for `root`'s runs: `<root>/<name>` for a local root; for an
+    object-store root, `<cache_dir>/<last part of name, without its dot>` on this worker
+    (`.staging`: `staging`; `.cache/pass1`: `pass1`): Arrow spills, hard links and renames
+    need a disk."""
+    if store.is_remote(root):
+        return cache_dir() / Path(name).name.lstrip(".")
+    return Path(root) / name
+
+
 @contextlib.contextmanager
-def staging_area(root: Path, run_id: str) -> Iterator[Path]:
-    """A private folder under `<root>/.staging/` for a run's working files (pass 1's kept rows);
+def staging_area(root: Location, run_id: str) -> Iterator[Path]:
+    """A private folder on the local disk (`<root>/.staging/`, or the worker's cache folder for
+    an object-store root: see local_folder) for a run's working files (pass 1's kept rows);
     removed when the run ends. Folders of runs that died are removed by a later run once they
     are older than any run can live (no PID: a run on another host must keep its staging)."""
-    sweep_staging(root / STAGING)
-    folder = root / STAGING / run_id
+    staging = local_folder(root, STAGING)
+    sweep_staging(staging)
+    folder = staging / run_id
     folder.mkdir(parents=True, exist_ok=True)
     try:
         yield folder
@@ -169,11 +206,25 @@ def sweep_staging(staging: Path) -> None:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> Path:
-    """Atomically write a JSON document."""
+def write_json(location: Location, payload: dict[str, Any]) -> Location:
+    """Write a JSON document whole (readers see the old one or the new one, never a part)."""
     text = json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n"
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    store.write(location, text.encode())
+    return location
 
 
-def manifest_path(root: Path, run_id: str) -> Path:
-    return root / MANIFESTS / f"{run_id}.json"
+def manifest_path(root: Location, run_id: str) -> str:
+    return store.join(root, MANIFESTS, f"{run_id}.json")
+
+
+def shown(location: Location) -> str:
+    """A location as people are shown it: a local path made absolute, a URI as it is."""
+    return str(location) if store.is_remote(location) else str(Path(location).resolve())
+
+
+def remove_tree(location: Location) -> None:
+    """Delete every file under the folder or prefix `location` (nothing there: nothing to do)."""
+    for entry in store.list_files(location):
+        store.delete(entry.location)
+    if not store.is_remote(location):  # a write that failed on a disk leaves its folders
+        shutil.rmtree(location, ignore_errors=True)

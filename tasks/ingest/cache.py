@@ -37,6 +37,8 @@ from schemas.outputs import SCHEMA_VERSION
 from schemas.params import RunConfig
 from schemas.sales import sales_schema
 from tasks.common.runlog import run_logger
+from tasks.common.storage import local_folder
+from tasks.common.store import Location
 from tasks.ingest.cache_entry import (
     CACHE_FORMAT,
     BadEntry,
@@ -49,6 +51,9 @@ from tasks.ingest.cache_entry import (
 from tasks.ingest.csvfile import ByteRange, CsvFile, FileHash, hash_file
 from tasks.ingest.scan import Scan
 
+# Under a local output root; a run on an object-store root keeps its cache on the worker's disk
+# (SALES_MODEL_CACHE_DIR/pass1: see tasks/common/storage.py local_folder), so a second run on
+# the same machine finds it.
 CACHE_FOLDER = Path(".cache") / "pass1"
 # The cache's size limit (payload bytes); SALES_MODEL_CACHE_MAX_MB overrides it.
 DEFAULT_MAX_MB = 20_480
@@ -80,15 +85,15 @@ def pass1_key(sha256: str, config: RunConfig) -> str:
 
 @dataclass(frozen=True)
 class Pass1Cache:
-    """The cache folder (under the output root: CACHE_FOLDER) and its size limit."""
+    """The cache folder (on the local disk: see CACHE_FOLDER) and its size limit."""
 
     folder: Path
     max_bytes: int
 
     @staticmethod
-    def under(root: Path) -> Pass1Cache:
+    def under(root: Location) -> Pass1Cache:
         mb = float(os.environ.get("SALES_MODEL_CACHE_MAX_MB", DEFAULT_MAX_MB))
-        return Pass1Cache(root / CACHE_FOLDER, int(mb * 2**20))
+        return Pass1Cache(local_folder(root, str(CACHE_FOLDER)), int(mb * 2**20))
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

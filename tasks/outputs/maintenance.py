@@ -16,12 +16,13 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from schemas.outputs import PRUNED_TABLES, RUNS, RUNS_COLUMNS
+from tasks.common import store
 from tasks.common.errors import PipelineError
 from tasks.common.storage import MANIFESTS
+from tasks.common.store import Location
 from tasks.outputs import tables
 from tasks.outputs.promote import CHAMPION_FILE
 from tasks.outputs.publish import SMALL_TABLES, runs_row
@@ -42,7 +43,7 @@ class Vacuumed:
     deleted: dict[str, int]
 
 
-def vacuum_outputs(root: Path, hours: float = VACUUM_HOURS) -> Vacuumed:
+def vacuum_outputs(root: Location, hours: float = VACUUM_HOURS) -> Vacuumed:
     """Sweep the rows of runs that died before their commit, then vacuum every table: delete
     the files no version of the last `hours` needs (0: every file no current row needs, which
     breaks a read or a run in flight)."""
@@ -63,7 +64,7 @@ class Migrated:
     champion: str | None
 
 
-def migrate_outputs(root: Path) -> Migrated:
+def migrate_outputs(root: Location) -> Migrated:
     """Convert an output root of an earlier release in place (see the module's docstring).
     Running it again converts nothing more and records only what is missing."""
     manifests = read_manifests(root)
@@ -82,30 +83,33 @@ def migrate_outputs(root: Path) -> Migrated:
     return Migrated(converted, recorded, dropped, record_champion(root, manifests))
 
 
-def read_manifests(root: Path) -> dict[str, dict[str, Any]]:
+def read_manifests(root: Location) -> dict[str, dict[str, Any]]:
     """run id -> manifest, of every `manifests/<id>.json`, checked to make a row of `runs`."""
-    manifests = {}
-    for path in sorted((root / MANIFESTS).glob("*.json")):
+    manifests, folder = {}, store.join(root, MANIFESTS)
+    for entry in store.list_files(folder):
+        path, name = entry.location, entry.location[len(folder) + 1 :]
+        if "/" in name or name.startswith(".") or not name.endswith(".json"):
+            continue  # what `manifests/*.json` names
         try:
-            manifest = json.loads(path.read_text())
+            manifest = json.loads(store.read(path))
             runs_row(manifest)
         except (ValueError, KeyError, TypeError) as exc:
             raise PipelineError(
                 f"{path}: not a run manifest this release can read ({type(exc).__name__}: "
                 f"{exc}); move it aside and run the migration again"
             ) from exc
-        manifests[path.stem] = manifest
+        manifests[name.removesuffix(".json")] = manifest
     return manifests
 
 
-def record_champion(root: Path, manifests: dict[str, dict[str, Any]]) -> str | None:
+def record_champion(root: Location, manifests: dict[str, dict[str, Any]]) -> str | None:
     """The champion of `champions`; before the first promotion, the one `champion.json` of an
     earlier release names (if its run has a manifest) becomes the first."""
     current = tables.current_champion(root)[1]
-    path = root / CHAMPION_FILE
-    if current is not None or not path.is_file():
+    path = store.join(root, CHAMPION_FILE)
+    if current is not None or not store.exists(path):
         return None if current is None else current["run_id"]
-    pointer = json.loads(path.read_text())
+    pointer = json.loads(store.read(path))
     if pointer.get("run_id") not in manifests:
         return None
     promoted_at = pointer.get("promoted_at")

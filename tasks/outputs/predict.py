@@ -9,10 +9,10 @@ parts in one transaction. Nothing here reads the CSV again.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,9 @@ from prefect.cache_policies import NONE
 
 from schemas.outputs import descriptions_of, predictions_schema, scores_schema
 from schemas.params import RunConfig
+from tasks.common import store
 from tasks.common.storage import working_files
+from tasks.common.store import Location
 from tasks.ingest.scan import FilePart, Scan
 from tasks.ingest.spill import spilled_values
 from tasks.ingest.stats import least_squares_of_moments
@@ -105,7 +107,7 @@ def predict_parts(
     parts: tuple[FilePart, ...],
     scoring: Scoring,
     config: RunConfig,
-    root: Path,
+    root: Location,
     run_id: str,
 ) -> Emitted:
     """Pass 2 of a training run over the kept rows of `parts` (see the module docstring)."""
@@ -148,7 +150,7 @@ def score_parts(
     model: Any,
     model_run_id: str,
     config: RunConfig,
-    root: Path,
+    root: Location,
     run_id: str,
 ) -> Emitted:
     """Pass 2 of a scoring run: every kept row with the model's predictions (`model`: W, b,
@@ -202,32 +204,35 @@ def _with_source(columns: list, batch: pa.RecordBatch, source: str, schema: pa.S
 
 
 def _emit(
-    parts: tuple[FilePart, ...], root: Path, run_id: str, output: _Output, threads: int
+    parts: tuple[FilePart, ...], root: Location, run_id: str, output: _Output, threads: int
 ) -> Emitted:
     """Write one part per spill chunk into the table's run folder (committed later, by the
     publish), on `threads` threads; sums are added up in chunk order, so the result does not
     depend on timing. The Arrow schema is fixed; the first rows of every part are validated
     against the table's pandera contract as well."""
     units = [(part, chunk) for part in parts for chunk in part.chunks()]
-    folder = Path(tables.part_path(root, output.name, run_id)).parent
+    folder = store.parent_of(tables.part_path(root, output.name, run_id))
 
     def write(unit: tuple[FilePart, tuple[int, int]]) -> tuple[str | None, dict]:
         part, chunk = unit
         path = tables.part_path(root, output.name, run_id)
         sums = zero_sums(*output.sizes)
         writer = None
-        for batch in part.batches(chunk):
-            if not batch.num_rows:
-                continue
-            out = output.build(batch, part.source, sums)
-            if writer is None:
-                output.contract.validate(out.slice(0, CHECKED_ROWS).to_pandas(), lazy=True)
-                writer = pq.ParquetWriter(path, out.schema, use_dictionary=output.dictionary)
-            writer.write_table(out, row_group_size=len(out))
-        if writer is None:
-            return None, sums
-        writer.close()
-        return path, sums
+        # The part is streamed to the store (a multipart upload on a bucket): the writer's
+        # footer first, then the upload's end, whatever happens.
+        with contextlib.ExitStack() as closing:
+            for batch in part.batches(chunk):
+                if not batch.num_rows:
+                    continue
+                out = output.build(batch, part.source, sums)
+                if writer is None:
+                    output.contract.validate(out.slice(0, CHECKED_ROWS).to_pandas(), lazy=True)
+                    sink = closing.enter_context(store.open_output(path))
+                    writer = closing.enter_context(
+                        pq.ParquetWriter(sink, out.schema, use_dictionary=output.dictionary)
+                    )
+                writer.write_table(out, row_group_size=len(out))
+        return (None if writer is None else path), sums
 
     with working_files(folder), ThreadPoolExecutor(max(1, threads)) as pool:
         results = list(pool.map(write, units))
@@ -243,7 +248,7 @@ def predict_task(
     part: FilePart,
     scoring: Scoring,
     config: RunConfig,
-    root: Path,
+    root: Location,
     run_id: str,
 ) -> Emitted:
     """predict_parts as a task, for one file's rows."""
@@ -256,7 +261,7 @@ def score_task(
     model: Any,
     model_run_id: str,
     config: RunConfig,
-    root: Path,
+    root: Location,
     run_id: str,
 ) -> Emitted:
     """score_parts as a task, for one file's rows."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,8 +17,10 @@ from prefect.cache_policies import NONE
 
 from schemas.outputs import RUNS
 from schemas.params import RunConfig
+from tasks.common import store
 from tasks.common.errors import PipelineError, PublishError
 from tasks.common.storage import write_json
+from tasks.common.store import Location
 from tasks.ingest.profile import compare_profiles
 from tasks.ingest.stats import Moments, moments_mse
 from tasks.model.evaluate import INTERCEPT
@@ -92,7 +93,7 @@ def _uncertainty(
     return Uncertainty(W, b, covariance, variance, dof, confidence)
 
 
-def load_model(root: Path, run_id: str) -> LinearModel:
+def load_model(root: Location, run_id: str) -> LinearModel:
     """The model of a committed training run, from the weights table."""
     weights = None
     if tables.version_of(root, "weights") is not None:
@@ -102,12 +103,12 @@ def load_model(root: Path, run_id: str) -> LinearModel:
     return model_from_weights(weights.drop_columns(["run_id"]).to_pandas())
 
 
-def read_champion(root: Path) -> dict[str, Any] | None:
+def read_champion(root: Location) -> dict[str, Any] | None:
     """The current champion's row of the `champions` table, or None before the first one."""
     return current_champion(root)[1]
 
 
-def current_champion(root: Path) -> tuple[int | None, dict[str, Any] | None]:
+def current_champion(root: Location) -> tuple[int | None, dict[str, Any] | None]:
     """(the `champions` table's version, the champion): the newest promotion of a committed
     run. A run that swapped itself in and died before its row of `runs` was never committed,
     so the champion before it still holds."""
@@ -122,7 +123,7 @@ def current_champion(root: Path) -> tuple[int | None, dict[str, Any] | None]:
     return version, {**best, "holdout_mse": None if mse is None else json.loads(mse)}
 
 
-def _committed(root: Path) -> set[str]:
+def _committed(root: Location) -> set[str]:
     if tables.version_of(root, RUNS) is None:
         return set()
     return set(tables.read(root, RUNS, filters=None).column("run_id").to_pylist())
@@ -139,7 +140,7 @@ class Promotion:
 
 
 def judge(
-    root: Path,
+    root: Location,
     candidate: LinearModel,
     converged: bool,
     holdout: Moments,
@@ -157,7 +158,7 @@ def judge(
 
 
 def drift_against(
-    root: Path, champion_id: str | None, profile: pd.DataFrame, threshold: float
+    root: Location, champion_id: str | None, profile: pd.DataFrame, threshold: float
 ) -> dict[str, Any] | None:
     """Compare this run's profile with the champion's (None before the first champion)."""
     if champion_id is None:
@@ -176,7 +177,7 @@ def drift_against(
 
 @task(cache_policy=NONE, task_run_name="decide-promotion")
 def decide_promotion_task(
-    root: Path,
+    root: Location,
     weights: pd.DataFrame,
     converged: bool,
     holdout: Moments,
@@ -196,7 +197,7 @@ SWAP_ATTEMPTS = 5
 
 
 def crown(
-    root: Path,
+    root: Location,
     run_id: str,
     candidate: LinearModel,
     converged: bool,
@@ -293,14 +294,14 @@ def _by_target(targets: tuple[str, ...], values: np.ndarray) -> dict[str, float]
     return {t: float(v) for t, v in zip(targets, values, strict=True)}
 
 
-def write_champion_copy(root: Path) -> Path | None:
+def write_champion_copy(root: Location) -> Location | None:
     """`champion.json`: a readable copy of the current champion (its run, when, why, the holdout
     MSE, its manifest), for readers of earlier releases and people; the table is the truth."""
     row = read_champion(root)
     if row is None:
         return None
     return write_json(
-        root / CHAMPION_FILE,
+        store.join(root, CHAMPION_FILE),
         {
             "run_id": row["run_id"],
             "promoted_at": row["promoted_at"].isoformat(timespec="seconds"),

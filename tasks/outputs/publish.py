@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -42,6 +40,7 @@ from schemas.outputs import (
     descriptions_of,
 )
 from schemas.params import RunConfig
+from tasks.common import store
 from tasks.common.errors import DataQualityError, PipelineError, PublishError
 from tasks.common.runlog import run_logger
 from tasks.common.storage import (
@@ -49,8 +48,10 @@ from tasks.common.storage import (
     data_fingerprint,
     describe_error,
     manifest_path,
+    remove_tree,
     write_json,
 )
+from tasks.common.store import Location
 from tasks.ingest.scan import Scan
 from tasks.ingest.validate import FileReport, check_quality, quarantine_table
 from tasks.outputs import tables
@@ -61,7 +62,7 @@ from tasks.outputs.promote import (
     model_from_weights,
     write_champion_copy,
 )
-from tasks.outputs.report import report_dir, write_report
+from tasks.outputs.report import REPORTS, report_dir, write_report
 from tasks.outputs.retention import apply_retention, sweep_orphans
 
 # Where each kind of run keeps its rejected rows.
@@ -114,15 +115,17 @@ class Commit:
 
 
 @contextlib.contextmanager
-def committing(run: RunInfo, *folders: Path) -> Iterator[Commit]:
-    """A run's commit; on failure its committed rows are taken back and `folders` removed."""
+def committing(run: RunInfo, *folders: Location) -> Iterator[Commit]:
+    """A run's commit; on failure its committed rows are taken back and the files under
+    `folders` deleted."""
     commit = Commit(run)
     try:
         yield commit
     except BaseException:
         commit.undo()
         for folder in folders:
-            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(Exception):  # best effort, as undo: the run failed already
+                remove_tree(folder)
         raise
 
 
@@ -162,7 +165,7 @@ def commit_training(
             commit.crowned()
         results = {**results, "promotion": decision, "drift": promotion.drift}
         outputs = outputs_of(run, [*model_tables, "predictions", "quarantine"])
-        outputs["report"] = report_folder / "report.md"
+        outputs["report"] = f"{REPORTS}/{run.run_id}/report.md"
         manifest = build_manifest(run, scan.files, "completed", outputs, results=results)
         write_report(root, manifest, plots)
         commit.finish(manifest)
@@ -187,7 +190,7 @@ def commit_quarantine(commit: Commit, scan: Scan, table: str) -> None:
     `table`, validated chunk by chunk (bounded memory), committed."""
     run = commit.run
     path = tables.part_path(run.output_root, table, run.run_id)
-    with pq.ParquetWriter(path, QUARANTINE_ARROW) as writer:
+    with store.open_output(path) as sink, pq.ParquetWriter(sink, QUARANTINE_ARROW) as writer:
         for part in scan.parts:
             for frame in part.quarantine():
                 QuarantineTable.validate(frame, lazy=True)
@@ -206,16 +209,17 @@ def arrow_of(frame: pd.DataFrame) -> pa.Table:
     return table.replace_schema_metadata(None)
 
 
-def outputs_of(run: RunInfo, names: list[str]) -> dict[str, Path]:
-    """Where each table keeps the run's files (the run's partition folder)."""
-    return {name: run.output_root / name / f"run_id={run.run_id}" for name in names}
+def outputs_of(run: RunInfo, names: list[str]) -> dict[str, str]:
+    """Where each table keeps the run's files (the run's partition folder), relative to the
+    output root."""
+    return {name: f"{name}/{tables.PARTITION}={run.run_id}" for name in names}
 
 
 def build_manifest(
     run: RunInfo,
     files: tuple[FileReport, ...],
     status: str,
-    outputs: dict[str, Path],
+    outputs: dict[str, str],
     *,
     kind: str = "train",
     error: str | None = None,
@@ -245,7 +249,7 @@ def build_manifest(
         },
         **results,
         "warnings": results.get("warnings") or [],
-        "outputs": {name: str(path.relative_to(run.output_root)) for name, path in outputs.items()},
+        "outputs": dict(outputs),
     }
 
 
@@ -274,7 +278,7 @@ def runs_row(manifest: dict[str, Any]) -> pa.Table:
     return pa.Table.from_pylist([row], schema=RUNS_ARROW)
 
 
-def after_commit(root: Path, manifest: dict[str, Any], keep_runs: int | None) -> None:
+def after_commit(root: Location, manifest: dict[str, Any], keep_runs: int | None) -> None:
     """The readable copies and retention (`keep_runs`; None: none). The run is committed: a
     failure here is a warning, the next run's retention and copies catch up."""
     try:
@@ -285,7 +289,7 @@ def after_commit(root: Path, manifest: dict[str, Any], keep_runs: int | None) ->
         run_logger().warning("run %s is committed, but %s", manifest["run_id"], exc)
 
 
-def write_copies(root: Path, manifest: dict[str, Any]) -> None:
+def write_copies(root: Location, manifest: dict[str, Any]) -> None:
     """The readable copies of a committed run: its manifest and, for training, champion.json."""
     write_json(manifest_path(root, manifest["run_id"]), manifest)
     if manifest["kind"] == "train":

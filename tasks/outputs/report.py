@@ -4,7 +4,6 @@ outputs, and a few plain lines for the terminal."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -12,18 +11,20 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
-from tasks.common.storage import MANIFESTS, atomic_write, manifest_path
+from tasks.common import store
+from tasks.common.storage import MANIFESTS, manifest_path, shown
+from tasks.common.store import Location
 from tasks.outputs.plots import PLOTS, plot_coefficients, plot_history, png
 
 REPORTS = "reports"
 HISTORY_RUNS = 20
 
 
-def report_dir(root: Path, run_id: str) -> Path:
-    return root / REPORTS / run_id
+def report_dir(root: Location, run_id: str) -> str:
+    return store.join(root, REPORTS, run_id)
 
 
-def summary_markdown(manifest: dict[str, Any], output_root: Path) -> str:
+def summary_markdown(manifest: dict[str, Any], output_root: Location) -> str:
     """Markdown: row accounting per file, metrics, training, promotion, drift, outputs."""
     rows = manifest["rows"]
     lines = [
@@ -81,7 +82,7 @@ def summary_markdown(manifest: dict[str, Any], output_root: Path) -> str:
         ]
     if manifest["error"]:
         lines += ["", f"**Error**: {manifest['error']}"]
-    lines += ["", f"**Outputs** under `{output_root.resolve()}`:", ""]
+    lines += ["", f"**Outputs** under `{shown(output_root)}`:", ""]
     lines += [f"- {name}: `{path}`" for name, path in manifest["outputs"].items()]
     return "\n".join(lines) + "\n"
 
@@ -136,7 +137,7 @@ def _p(value: float | None) -> str:
     return "<1e-16" if value < 1e-16 else f"{value:.3g}"
 
 
-def summary_text(manifest: dict[str, Any], output_root: Path) -> str:
+def summary_text(manifest: dict[str, Any], output_root: Location) -> str:
     """A few plain lines for the terminal."""
     rows = manifest["rows"]
     out = [
@@ -159,17 +160,22 @@ def summary_text(manifest: dict[str, Any], output_root: Path) -> str:
     drift = manifest.get("drift")
     if drift and any(d["drifted"] for d in drift["columns"]):
         out.append("drift: " + ", ".join(d["column"] for d in drift["columns"] if d["drifted"]))
-    root = output_root.resolve()
+    root = shown(output_root)
     if "report" in manifest["outputs"]:
-        out.append(f"report: {root / manifest['outputs']['report']}")
+        out.append(f"report: {store.join(root, manifest['outputs']['report'])}")
     out.append(f"outputs: {root}")
     out.append(f"manifest: {manifest_path(root, manifest['run_id'])}")
     return "\n".join(out)
 
 
-def holdout_history(root: Path, current: dict[str, Any]) -> pd.DataFrame:
+def holdout_history(root: Location, current: dict[str, Any]) -> pd.DataFrame:
     """Holdout MSE per target of the last completed training runs (the current one included)."""
-    manifests = [json.loads(p.read_text()) for p in sorted((root / MANIFESTS).glob("*.json"))]
+    listed = store.list_files(store.join(root, MANIFESTS))
+    manifests = [
+        json.loads(store.read(entry.location))
+        for entry in listed
+        if entry.location.endswith(".json") and not store.name_of(entry.location).startswith(".")
+    ]
     runs = [m for m in manifests if m.get("kind") == "train" and m["status"] == "completed"]
     runs = [*[m for m in runs if m["run_id"] != current["run_id"]], current][-HISTORY_RUNS:]
     records = [
@@ -181,7 +187,7 @@ def holdout_history(root: Path, current: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=["run_id", "target", "mse"])
 
 
-def write_report(root: Path, manifest: dict[str, Any], plots: dict[str, bytes]) -> Path:
+def write_report(root: Location, manifest: dict[str, Any], plots: dict[str, bytes]) -> str:
     """Write `<root>/reports/<run_id>/`: report.md, the model's plots (drawn already, see
     tasks.outputs.plots.model_plots) and the holdout MSE history. Returns report.md."""
     folder = report_dir(root, manifest["run_id"])
@@ -192,24 +198,27 @@ def write_report(root: Path, manifest: dict[str, Any], plots: dict[str, bytes]) 
         "history.png": png(plot_history(holdout_history(root, manifest))),
     }
     for name, data in plots.items():
-        atomic_write(folder / name, lambda tmp, data=data: tmp.write_bytes(data))
+        store.write(store.join(folder, name), data)
     body = summary_markdown(manifest, root)
     body += "\n## Plots\n\n" + "\n".join(
         f"### {title}\n\n![{title}]({name})\n" for name, title in PLOTS.items()
     )
-    return atomic_write(folder / "report.md", lambda tmp: tmp.write_text(body))
+    report = store.join(folder, "report.md")
+    store.write(report, body.encode())
+    return report
 
 
 @task(cache_policy=NONE, task_run_name="report-{manifest[run_id]}")
-def report_run(manifest: dict[str, Any], root: Path) -> str:
+def report_run(manifest: dict[str, Any], root: Location) -> str:
     """Publish the run summary (markdown, linking the report and the manifest) and the weights
     as artifacts: the flow run's page in the UI shows both."""
     markdown = summary_markdown(manifest, root)
-    links = {"Run manifest": manifest_path(root, manifest["run_id"])}
+    links = {"Run manifest": manifest_path(shown(root), manifest["run_id"])}
     if "report" in manifest["outputs"]:
-        links["Full report with plots"] = root / manifest["outputs"]["report"]
-    for label, path in links.items():
-        markdown += f"\n{label}: [{path.resolve()}](file://{path.resolve()})\n"
+        links["Full report with plots"] = store.join(shown(root), manifest["outputs"]["report"])
+    for label, where in links.items():
+        target = where if store.is_remote(where) else f"file://{where}"
+        markdown += f"\n{label}: [{where}]({target})\n"
     create_markdown_artifact(
         markdown=markdown, key="sales-model-run", description="Training run summary"
     )

@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 import os
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pandas as pd
 
 from schemas.outputs import PRUNED_TABLES, RUNS, RUNS_COLUMNS, TABLES
 from schemas.params import RUN_TIMEOUT_SECONDS
 from tasks.common.runlog import run_logger
+from tasks.common.store import Location
 from tasks.outputs import tables
 from tasks.outputs.promote import read_champion
 
@@ -26,7 +26,7 @@ ORPHAN_AFTER_SECONDS = RUN_TIMEOUT_SECONDS + 3600
 VACUUM_HOURS = float(os.environ.get("SALES_MODEL_VACUUM_HOURS", 24))
 
 
-def committed_runs(root: Path) -> pd.DataFrame:
+def committed_runs(root: Location) -> pd.DataFrame:
     """The `runs` table (run_id, kind, status, ... ; empty before the first commit)."""
     if tables.version_of(root, RUNS) is None:
         return pd.DataFrame(columns=["run_id", *RUNS_COLUMNS])
@@ -40,7 +40,7 @@ def started_at(run_id: str) -> datetime:
     return datetime.strptime(stamp, form).replace(tzinfo=UTC)
 
 
-def sweep_orphans(root: Path, now: datetime | None = None) -> list[str]:
+def sweep_orphans(root: Location, now: datetime | None = None) -> list[str]:
     """Remove the rows of runs that died between two commits: in a table, not in `runs`, and
     started longer ago than any run can live. Returns their ids."""
     now = now or datetime.now(UTC)
@@ -58,7 +58,7 @@ def sweep_orphans(root: Path, now: datetime | None = None) -> list[str]:
     return sorted(orphans)
 
 
-def _run_ids(root: Path, table: str) -> set[str]:
+def _run_ids(root: Location, table: str) -> set[str]:
     """The runs with rows in `table` (`champions` is not partitioned: its run_id column)."""
     if table != tables.CHAMPIONS:
         return tables.run_ids(root, table)
@@ -67,7 +67,7 @@ def _run_ids(root: Path, table: str) -> set[str]:
     return set(tables.read(root, table, filters=None).column("run_id").to_pylist())
 
 
-def apply_retention(root: Path, keep_runs: int, vacuum_hours: float = VACUUM_HOURS) -> None:
+def apply_retention(root: Location, keep_runs: int, vacuum_hours: float = VACUUM_HOURS) -> None:
     """Keep the big tables' rows (predictions, quarantine, scores, score_quarantine) of the last
     `keep_runs` runs of each kind and of the champion; then vacuum what no version of the last
     `vacuum_hours` needs. Weights, metrics, profile and `runs` are kept whole."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from deltalake.exceptions import DeltaError
@@ -11,6 +10,7 @@ from prefect.cache_policies import NONE
 
 from tasks.common.errors import PipelineError, PublishError
 from tasks.common.storage import RunInfo, describe_error
+from tasks.common.store import Location
 from tasks.ingest.scan import Scan
 from tasks.outputs.predict import Emitted
 from tasks.outputs.promote import LinearModel, load_model, read_champion
@@ -23,7 +23,7 @@ from tasks.outputs.publish import (
 )
 
 
-def choose_model(root: Path, run_id: str | None) -> tuple[str, LinearModel]:
+def choose_model(root: Location, run_id: str | None) -> tuple[str, LinearModel]:
     """The given run's model, or the champion's; read from the weights table."""
     if run_id is None:
         champion = read_champion(root)

@@ -10,8 +10,9 @@ DuckDB), `version_of`; pandas and polars also read the folder itself (`deltalake
 passed. The champion: `current_champion` and `swap_champion`, a compare-and-swap on the
 `champions` table. `migrate` converts a table folder of an earlier release in place.
 
-`root` is a local folder; an `s3://bucket/prefix` root takes the same calls with delta-rs'
-`storage_options` (e.g. `{"conditional_put": "etag"}` plus the endpoint for a non-AWS store).
+`root` is a local folder or an `s3://bucket/prefix`: without `storage_options`, delta-rs gets the
+store layer's (tasks/common/store.py: on a bucket, `{"conditional_put": "etag"}` plus the AWS
+environment's endpoint and region), so callers need not pass any.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchEr
 from deltalake.fs import DeltaStorageHandler
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
+from tasks.common import store
 from tasks.common.errors import PipelineError
 
 PARTITION = "run_id"
@@ -103,7 +105,7 @@ def append(
             mode="append",
             partition_by=[PARTITION],
             schema_mode="merge",
-            storage_options=_options(storage_options),
+            storage_options=_options(storage_options, uri),
             commit_properties=properties,
         )
 
@@ -155,7 +157,7 @@ def commit_parts(
                 actions,
                 mode="error",
                 partition_by=[PARTITION],
-                storage_options=_options(storage_options),
+                storage_options=_options(storage_options, uri),
                 commit_properties=properties,
             )
         else:
@@ -309,7 +311,7 @@ def swap_champion(
             dt or uri,
             _champion_row(row, previous, version),
             mode="append" if dt else "error",
-            storage_options=_options(storage_options),
+            storage_options=_options(storage_options, uri),
             commit_properties=CommitProperties(
                 custom_metadata={"run_id": str(row["run_id"])}, max_commit_retries=0
             ),
@@ -337,7 +339,7 @@ def migrate(root: str | Path, table: str, *, storage_options: StorageOptions = N
             uri,
             partition_by=Schema([Field(PARTITION, "string")]),
             partition_strategy="hive",
-            storage_options=_options(storage_options),
+            storage_options=_options(storage_options, uri),
         )
     except DeltaError as exc:
         raise PipelineError(
@@ -394,7 +396,7 @@ def _raced(exc: DeltaError, dt: DeltaTable | None) -> bool:
 def _committed_version(uri: str, token: str, storage_options: StorageOptions) -> int:
     """The version whose commit carries `token`: a commit may have been rebased over others, so
     its version is looked up in the newest entries of the history."""
-    dt = DeltaTable(uri, storage_options=_options(storage_options), without_files=True)
+    dt = DeltaTable(uri, storage_options=_options(storage_options, uri), without_files=True)
     limit = 8
     while True:
         entries = dt.history(limit)
@@ -482,7 +484,7 @@ def _open(
         return None
     _check_log(uri, filesystem, sizes, version)
     try:
-        return DeltaTable(uri, version=version, storage_options=_options(storage_options))
+        return DeltaTable(uri, version=version, storage_options=_options(storage_options, uri))
     except DeltaError as exc:
         bad = _unparsable(filesystem, sizes) or (None, _first_line(exc))
         raise PipelineError(_damaged(uri, *bad, newest=bad[0] == max(sizes))) from exc
@@ -566,7 +568,7 @@ def _filesystem(uri: str, storage_options: StorageOptions) -> pafs.FileSystem | 
     storage_options apply); None for a local folder that does not exist."""
     if "://" not in uri and not Path(uri).is_dir():
         return None
-    return pafs.PyFileSystem(DeltaStorageHandler(uri, options=_options(storage_options)))
+    return pafs.PyFileSystem(DeltaStorageHandler(uri, options=_options(storage_options, uri)))
 
 
 def _described(schema: pa.Schema, descriptions: Mapping[str, str] | None) -> pa.Schema:
@@ -627,8 +629,10 @@ def _check_name(what: str, name: str) -> str:
     return name
 
 
-def _options(storage_options: StorageOptions) -> dict[str, str] | None:
-    return dict(storage_options) if storage_options else None
+def _options(storage_options: StorageOptions, uri: str) -> dict[str, str] | None:
+    """The caller's options, or the store layer's for the table's location (on a bucket:
+    commits by conditional write, the endpoint from the AWS environment)."""
+    return dict(storage_options) if storage_options else store.storage_options(uri)
 
 
 def _first_line(exc: BaseException) -> str:
