@@ -321,7 +321,7 @@ def _split(location: Location) -> tuple[Any, str]:
 
 @functools.cache
 def _local_store() -> LocalStore:
-    return LocalStore(automatic_cleanup=True)
+    return LocalStore()
 
 
 @functools.cache
