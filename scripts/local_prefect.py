@@ -35,6 +35,9 @@ from tasks.common import store
 from tasks.common.errors import PipelineError
 from tasks.common.storage import pid_alive
 
+# The deployment a landed file starts (prefect.yaml).
+LANDING_DEPLOYMENT = "retrain-on-new-data"
+
 REPO = Path(__file__).resolve().parents[1]
 POOL = "sales-pool"
 HOST = "127.0.0.1"
@@ -174,6 +177,10 @@ def start(
         _run([sys.executable, "-m", "scripts.server_setup"], env, stack.repo)
         say(f"deploying {stack.repo / 'prefect.yaml'} ...")
         _run(_prefect("deploy", "--all", "--no-prompt"), env, stack.repo)
+        if landing != LANDING:  # the retrain checks where the watcher looks
+            say(f"pointing {LANDING_DEPLOYMENT} at {landing} ...")
+            deploy = _prefect("deploy", "-n", LANDING_DEPLOYMENT, "--no-prompt")
+            _run([*deploy, "--params", json.dumps({"landing": landing})], env, stack.repo)
         say(f"starting a process worker on {POOL} (log: {stack.state / 'worker.log'}) ...")
         start_worker(stack, worker_env)
         watched = landing if store.is_remote(landing) else stack.repo / landing
