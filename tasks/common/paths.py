@@ -163,7 +163,8 @@ def _remote_glob(uri: str, roots: list[Root]) -> list[str]:
         if not entry.location.endswith("/")
         and key_matches(pattern, entry.location[len(prefix) + 1 :].split("/"))
     ]
-    files = [confine(loc, roots, "data") for loc in matched]
+    # in the order of the local glob's sorted Paths: by segment ("a/b" before "a-b")
+    files = [confine(loc, roots, "data") for loc in sorted(matched, key=lambda u: u.split("/"))]
     if not files:
         raise InputFileError(f"no input files match '{uri}'")
     return files
