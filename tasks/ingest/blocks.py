@@ -16,6 +16,7 @@ import hashlib
 import re
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,16 +58,11 @@ def read_blocks(
     longer than a block makes a longer block), in order; `digest` is updated with every byte.
     Each block is a buffer of its own, filled by one ranged read (of a file or an object)."""
     offset, line, carry = span.start, 0, b""
-    at, left = span.start, span.end - span.start
-    while left > 0 or carry:
-        data = store.read_range(path, at, at + min(block_bytes, left)) if left > 0 else b""
-        got = len(data)
-        # a file cut short since the plan ends the range where it ends (the digest tells)
-        at, left = at + got, left - got if got else 0
+    for data, last in _read_ahead(path, span.start, span.end, block_bytes):
         digest.update(data)
         buf = bytearray(carry)
         buf += data
-        cut = buf.rfind(b"\n") + 1 if left > 0 else len(buf)
+        cut = len(buf) if last else buf.rfind(b"\n") + 1
         if cut == 0:  # no line end yet: a line longer than the block
             carry = bytes(buf)
             continue
@@ -75,6 +71,27 @@ def read_blocks(
         _refuse_bare_cr(path, buf, cut, line)
         yield Block(memoryview(buf)[:cut], offset, line, lines, buf.isascii())
         offset, line = offset + cut, line + lines
+
+
+def _read_ahead(
+    path: Location, start: int, end: int, size: int
+) -> Iterator[tuple[memoryview, bool]]:
+    """Bytes [start, end) in reads of `size`, each with whether it is the last. The next read
+    is under way on a thread while the caller works on this one: a bucket's latency (or the
+    disk's read) stays off pass 1's critical path. A file cut short since the plan ends the
+    range where it ends (the digest tells), with (b"", True) if it ends between reads."""
+    if start >= end:
+        return
+    with ThreadPoolExecutor(1) as ahead:
+        pending = ahead.submit(store.read_range, path, start, min(end, start + size))
+        while True:
+            data = pending.result()
+            start += len(data)
+            if not data or start >= end:
+                yield data, True
+                return
+            pending = ahead.submit(store.read_range, path, start, min(end, start + size))
+            yield data, False
 
 
 def _refuse_bare_cr(path: Location, buf: bytearray, end: int, first_line: int) -> None:
