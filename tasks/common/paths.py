@@ -10,6 +10,7 @@ segment (`s3://bucket/prefix-other` is not under `s3://bucket/prefix`), with no 
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 import re
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tasks.common import store
 from tasks.common.errors import InputFileError, ParameterError, PipelineError
 from tasks.common.store import SCHEME, check_reachable, is_remote
 
@@ -86,15 +88,19 @@ def confine(path: str | Path, roots: list[Root], parameter: str) -> Path | str:
     )
 
 
-def resolve_inputs(data: str | Path | list[str], roots: list[Root]) -> list[Path]:
+def resolve_inputs(data: str | Path | list[str], roots: list[Root]) -> list[Path | str]:
     """A file, a folder (its *.csv files), a glob, or a list of those -> the CSV files to read,
-    in order, each once. Every path must lie under one of `roots` (symlinks followed)."""
+    in order, each once. Every path must lie under one of `roots` (symlinks followed). Each
+    may be an s3:// URI: an object, a prefix (the *.csv objects directly under it) or a glob
+    over keys (see remote_inputs); URIs come back as strings."""
     if isinstance(data, list):
         if not data:
             raise InputFileError("parameter data: no input paths given")
         files = [path for item in data for path in resolve_inputs(item, roots)]
         return list(dict.fromkeys(files))
     text = str(data)
+    if is_remote(text):
+        return remote_inputs(text, roots)
     if any(ch in text for ch in GLOB_CHARS):
         static = re.split(r"[*?\[]", text, maxsplit=1)[0]  # the folder part before any wildcard
         confine(static if static.endswith(os.sep) else Path(static).parent, roots, "data")
@@ -114,6 +120,72 @@ def resolve_inputs(data: str | Path | list[str], roots: list[Root]) -> list[Path
     if not path.is_file():
         raise InputFileError(f"{text}: not a regular file")
     return [path]
+
+
+def remote_inputs(uri: str, roots: list[Root]) -> list[str]:
+    """resolve_inputs of one s3:// URI: the object; else the prefix's *.csv objects directly
+    under it (not hidden ones), by key; or the objects a glob matches (see key_matches).
+    A missing bucket or an endpoint that does not answer is the store's PipelineError."""
+    if any(ch in uri for ch in GLOB_CHARS):
+        return _remote_glob(uri, roots)
+    location = confine(uri, roots, "data")
+    if not uri.endswith("/") and "/" in location[len(SCHEME) :]:
+        try:
+            store.size(location)
+            return [location]
+        except FileNotFoundError:
+            pass  # not an object: a prefix, or nothing (the listing tells which)
+    found = [entry.location for entry in store.list_files(location)]
+    if not found:
+        raise InputFileError(f"{uri}: file not found")
+    names = [loc[len(location) + 1 :] for loc in found]
+    csvs = [
+        loc
+        for loc, name in zip(found, names, strict=True)
+        if "/" not in name and name.endswith(".csv") and not name.startswith(".")
+    ]
+    if not csvs:
+        raise InputFileError(f"no input files: folder '{uri}' holds no *.csv file")
+    return [confine(loc, roots, "data") for loc in csvs]
+
+
+def _remote_glob(uri: str, roots: list[Root]) -> list[str]:
+    """The objects under the glob's static prefix (one listing) whose keys match it."""
+    static = re.split(r"[*?\[]", uri, maxsplit=1)[0]
+    if "/" not in static[len(SCHEME) :]:
+        raise ParameterError(f"'{uri}': no wildcards in the bucket name; expected s3://bucket/...")
+    folder = static.rsplit("/", 1)[0]
+    prefix = confine(folder, roots, "data")
+    pattern = uri[len(folder) + 1 :].split("/")
+    matched = [
+        entry.location
+        for entry in store.list_files(prefix)
+        if not entry.location.endswith("/")
+        and key_matches(pattern, entry.location[len(prefix) + 1 :].split("/"))
+    ]
+    # in the order of the local glob's sorted Paths: by segment ("a/b" before "a-b")
+    files = [confine(loc, roots, "data") for loc in sorted(matched, key=lambda u: u.split("/"))]
+    if not files:
+        raise InputFileError(f"no input files match '{uri}'")
+    return files
+
+
+def key_matches(pattern: list[str], parts: list[str]) -> bool:
+    """Whether a key's segments match a glob's, as glob.glob(recursive=True) matches paths:
+    `**` any number of segments, any other segment one by fnmatch (`*` never crosses a '/');
+    a hidden name (".x") only by a segment starting with '.'."""
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(
+            key_matches(rest, parts[i:])
+            for i in range(len(parts) + 1)
+            if not any(part.startswith(".") for part in parts[:i])
+        )
+    if not parts or (parts[0].startswith(".") and not head.startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(parts[0], head) and key_matches(rest, parts[1:])
 
 
 def check_all(checks: dict[str, Callable[[], Any]]) -> dict[str, Any]:

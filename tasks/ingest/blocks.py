@@ -16,15 +16,17 @@ import hashlib
 import re
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from tasks.common import store
 from tasks.common.errors import InputFileError
+from tasks.common.store import Location
 from tasks.ingest.csvfile import ByteRange, CsvFile, changed_message
 
 
@@ -50,35 +52,49 @@ class Block:
 
 
 def read_blocks(
-    path: Path, span: ByteRange, block_bytes: int, digest: hashlib._Hash
+    path: Location, span: ByteRange, block_bytes: int, digest: hashlib._Hash
 ) -> Iterator[Block]:
     """The range's bytes in blocks of about `block_bytes`, each ending after a newline (a line
     longer than a block makes a longer block), in order; `digest` is updated with every byte.
-    Each block is a buffer of its own, filled by one read (no copies)."""
+    Each block is a buffer of its own, filled by one ranged read (of a file or an object)."""
     offset, line, carry = span.start, 0, b""
-    with path.open("rb", buffering=0) as fh:
-        fh.seek(span.start)
-        left = span.end - span.start
-        while left > 0 or carry:
-            buf = bytearray(len(carry) + min(block_bytes, left))
-            buf[: len(carry)] = carry
-            got = fh.readinto(memoryview(buf)[len(carry) :]) if left > 0 else 0
-            # a file cut short since the plan ends the range where it ends (the digest tells)
-            left = left - got if got else 0
-            size = len(carry) + got
-            digest.update(memoryview(buf)[len(carry) : size])
-            cut = buf.rfind(b"\n", 0, size) + 1 if left > 0 else size
-            if cut == 0:  # no line end yet: a line longer than the block
-                carry = bytes(buf[:size])
-                continue
-            carry = bytes(buf[cut:size])
-            lines = buf.count(b"\n", 0, cut) + (buf[cut - 1] != 0x0A)
-            _refuse_bare_cr(path, buf, cut, line)
-            yield Block(memoryview(buf)[:cut], offset, line, lines, buf.isascii())
-            offset, line = offset + cut, line + lines
+    for data, last in _read_ahead(path, span.start, span.end, block_bytes):
+        digest.update(data)
+        buf = bytearray(carry)
+        buf += data
+        cut = len(buf) if last else buf.rfind(b"\n") + 1
+        if cut == 0:  # no line end yet: a line longer than the block
+            carry = bytes(buf)
+            continue
+        carry = bytes(buf[cut:])
+        lines = buf.count(b"\n", 0, cut) + (buf[cut - 1] != 0x0A)
+        _refuse_bare_cr(path, buf, cut, line)
+        yield Block(memoryview(buf)[:cut], offset, line, lines, buf.isascii())
+        offset, line = offset + cut, line + lines
 
 
-def _refuse_bare_cr(path: Path, buf: bytearray, end: int, first_line: int) -> None:
+def _read_ahead(
+    path: Location, start: int, end: int, size: int
+) -> Iterator[tuple[memoryview, bool]]:
+    """Bytes [start, end) in reads of `size`, each with whether it is the last. The next read
+    is under way on a thread while the caller works on this one: a bucket's latency (or the
+    disk's read) stays off pass 1's critical path. A file cut short since the plan ends the
+    range where it ends (the digest tells), with (b"", True) if it ends between reads."""
+    if start >= end:
+        return
+    with ThreadPoolExecutor(1) as ahead:
+        pending = ahead.submit(store.read_range, path, start, min(end, start + size))
+        while True:
+            data = pending.result()
+            start += len(data)
+            if not data or start >= end:
+                yield data, True
+                return
+            pending = ahead.submit(store.read_range, path, start, min(end, start + size))
+            yield data, False
+
+
+def _refuse_bare_cr(path: Location, buf: bytearray, end: int, first_line: int) -> None:
     if buf.find(b"\r", 0, end) < 0 or buf.count(b"\r", 0, end) == buf.count(b"\r\n", 0, end):
         return
     at = re.search(rb"\r(?!\n)", buf[:end]).start()
@@ -203,14 +219,12 @@ def _explain(file: CsvFile, block: Block, exc: pa.ArrowInvalid) -> Exception:
 
 
 def read_lines(
-    path: Path, offset: int, data_bytes: int, crc: int, wanted: list[int]
+    path: Location, offset: int, data_bytes: int, crc: int, wanted: list[int]
 ) -> dict[int, str]:
     """Lines of a block read back from the file (the block at `offset`, `data_bytes` long, the
     crc32 of its bytes when it was parsed; its first line numbered 0): {line index: text
     without its line end}. Raises InputFileError if the block's bytes are no longer those."""
-    with path.open("rb") as fh:
-        fh.seek(offset)
-        data = fh.read(data_bytes)
+    data = bytes(store.read_range(path, offset, offset + data_bytes))
     if zlib.crc32(data) != crc:
         raise InputFileError(changed_message(path, f"bytes {offset}-{offset + data_bytes}"))
     found = data.split(b"\n")

@@ -1,17 +1,21 @@
 """CSV files as the pipeline takes them: the file-level checks (what the first bytes and the
 header say) and byte ranges cut at line boundaries, the unit of work of pass 1 (one per file,
-or several for a cluster). Blocks of a range are read and parsed by tasks/ingest/blocks.py."""
+or several for a cluster). Blocks of a range are read and parsed by tasks/ingest/blocks.py.
+A file is a location: a local path or an s3:// URI, read alike through tasks/common/store.py
+(by byte ranges)."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import itertools
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
+from tasks.common import store
 from tasks.common.errors import InputFileError
+from tasks.common.store import Location
 
 UTF8_BOM = b"\xef\xbb\xbf"
 _MAGIC = {
@@ -26,27 +30,45 @@ _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 @dataclass(frozen=True)
 class CsvFile:
-    """A CSV file whose header passed: its size, column names and where line 2 starts."""
+    """A CSV file whose header passed: its location (a path or a URI), size, column names and
+    where line 2 starts."""
 
-    path: Path
+    path: Location
     size: int
     header: tuple[str, ...]
     data_start: int
 
+    @property
+    def name(self) -> str:
+        """The file's name (the last part of its path or URI)."""
+        return store.name_of(self.path)
 
-def sha256_file(path: Path) -> str:
+
+def sha256_file(path: Location) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
+    for chunk in _chunks(path, 0, None):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
-_CHUNK = 1 << 20
+# Bytes per read of the hash pass: one ranged request each on a bucket, so not too few.
+_CHUNK = 8 << 20
 
 
-def changed_message(path: Path, where: str) -> str:
+def _chunks(path: Location, start: int, end: int | None) -> Iterator[memoryview]:
+    """Bytes [start, end) of a file in reads of _CHUNK; `end` None: to wherever the file
+    ends by then (so bytes added while it is read count)."""
+    while end is None or start < end:
+        stop = start + _CHUNK if end is None else min(end, start + _CHUNK)
+        chunk = store.read_range(path, start, stop)
+        if not chunk:
+            return
+        yield chunk
+        start += len(chunk)
+
+
+def changed_message(path: Location, where: str) -> str:
     """The error of a file that changed while pass 1 read it."""
     return (
         f"{path}: changed while it was read ({where}); nothing of it was used: run again once "
@@ -54,12 +76,13 @@ def changed_message(path: Path, where: str) -> str:
     )
 
 
-def open_csv(path: Path, required: list[str], allowed: set[str]) -> CsvFile:
+def open_csv(path: Location, required: list[str], allowed: set[str]) -> CsvFile:
     """Check a file's first bytes and its header (see check_header)."""
-    with path.open("rb") as fh:
-        head = fh.read(64)
-        fh.seek(0)
-        first = fh.readline()
+    try:
+        fh = store.open_input(path)
+    except FileNotFoundError:
+        raise InputFileError(f"{path}: file not found") from None
+    head = fh.read(64)
     if not head:
         raise InputFileError(f"{path}: empty file (0 bytes)")
     for magic, what in _MAGIC.items():
@@ -67,6 +90,8 @@ def open_csv(path: Path, required: list[str], allowed: set[str]) -> CsvFile:
             raise InputFileError(f"{path}: file is {what}")
     if head.startswith(_UTF16_BOMS) or (len(head) >= 4 and head[1:4:2] == b"\x00\x00"):
         raise InputFileError(f"{path}: file is UTF-16 encoded; save it as UTF-8")
+    fh.seek(0)
+    first = fh.readline()
     try:
         text = first.removeprefix(UTF8_BOM).decode("utf-8")
     except UnicodeDecodeError:
@@ -75,7 +100,7 @@ def open_csv(path: Path, required: list[str], allowed: set[str]) -> CsvFile:
         raise InputFileError(f"{path}: line 1 is blank; expected a header row")
     header = header_fields(text)
     check_header(path, header, required, allowed)
-    return CsvFile(path, path.stat().st_size, header, len(first))
+    return CsvFile(path, fh.size, header, len(first))
 
 
 def header_fields(text: str) -> tuple[str, ...]:
@@ -84,7 +109,7 @@ def header_fields(text: str) -> tuple[str, ...]:
 
 
 def check_header(
-    path: Path, header: tuple[str, ...], required: list[str], allowed: set[str]
+    path: Location, header: tuple[str, ...], required: list[str], allowed: set[str]
 ) -> None:
     """Reject a header with duplicate, missing or unexpected columns (order does not matter)."""
     expected = ", ".join(required)
@@ -133,7 +158,7 @@ def split_ranges(file: CsvFile, range_bytes: int) -> list[ByteRange]:
     after a newline; one range when `range_bytes` is 0 or the data is smaller."""
     cuts = [file.data_start]
     if range_bytes > 0:
-        with file.path.open("rb") as fh:
+        with store.open_input(file.path) as fh:
             while cuts[-1] + range_bytes < file.size:
                 fh.seek(cuts[-1] + range_bytes)
                 rest = fh.readline()
@@ -155,21 +180,21 @@ class FileHash:
     ranges: tuple[str, ...]
 
 
-def hash_file(path: Path, spans: list[ByteRange]) -> FileHash:
+def hash_file(path: Location, spans: list[ByteRange]) -> FileHash:
     """The file's FileHash, in one read; the range sha256s are taken on a second thread."""
     if len(spans) == 1:  # the whole file is the one range
         sha256 = sha256_file(path)
         return FileHash(sha256, (sha256,))
-    whole, digests = hashlib.sha256(), []
-    with path.open("rb") as fh, ThreadPoolExecutor(1) as pool:
+    whole, digests, at = hashlib.sha256(), [], 0
+    with ThreadPoolExecutor(1) as pool:
         for span in spans:
             last = span.index == len(spans) - 1
             part, tail = hashlib.sha256(), b""
-            while chunk := fh.read(_CHUNK if last else min(_CHUNK, span.end - fh.tell())):
+            for chunk in _chunks(path, at, None if last else span.end):
                 done = pool.submit(part.update, chunk)
                 whole.update(chunk)
                 done.result()
-                tail = chunk[-1:]
-            fits = last or (fh.tell() == span.end and tail == b"\n")
+                tail, at = bytes(chunk[-1:]), at + len(chunk)
+            fits = last or (at == span.end and tail == b"\n")
             digests.append(part.hexdigest() if fits else "")
     return FileHash(whole.hexdigest(), tuple(digests))

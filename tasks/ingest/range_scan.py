@@ -33,9 +33,11 @@ from prefect import get_run_logger, task
 
 from schemas.outputs import QUARANTINE_ARROW
 from schemas.params import RunConfig
+from tasks.common import store
 from tasks.common.errors import InputFileError
 from tasks.common.retry import FILE_READ_TASK
 from tasks.common.storage import working_files
+from tasks.common.store import Location
 from tasks.ingest.batchstats import BatchStats, batch_stats, take_rows
 from tasks.ingest.blocks import Block, ByteRange, LineRejection, parse_block, read_blocks
 from tasks.ingest.csvfile import UTF8_BOM, CsvFile, changed_message, header_fields
@@ -55,7 +57,7 @@ class RangeScan:
     `rejection` is (local line, message with `{line}`) when the file is refused there; `sha256`
     is that of the bytes the range parsed (the first range's with the header)."""
 
-    path: Path
+    path: Location
     span: ByteRange
     lines: int
     rows: int
@@ -76,7 +78,7 @@ def scan_range(
     unique."""
     digest = hashlib.sha256()
     if span.start == file.data_start:
-        with file.path.open("rb") as fh:
+        with store.open_input(file.path) as fh:
             head = fh.readline()
         if len(head) != file.data_start or _fields(head) != file.header:
             raise InputFileError(changed_message(file.path, "line 1, the header"))
@@ -226,7 +228,7 @@ class _RangeState:
         return quarantine, self.spill.close(), self.keys.close()
 
 
-@task(**FILE_READ_TASK, task_run_name="read-{file.path.name}-{span.index}")
+@task(**FILE_READ_TASK, task_run_name="read-{file.name}-{span.index}")
 def scan_range_task(
     file: CsvFile, span: ByteRange, config: RunConfig, staging: Path, name: str
 ) -> RangeScan:

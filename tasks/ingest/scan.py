@@ -27,6 +27,7 @@ from schemas.sales import allowed_columns, required_columns
 from tasks.common.errors import InputFileError
 from tasks.common.retry import FILE_READ_TASK
 from tasks.common.storage import data_fingerprint, working_files
+from tasks.common.store import Location, name_of
 from tasks.ingest.batchstats import BatchStats, batch_stats
 from tasks.ingest.blocks import LineReader
 from tasks.ingest.csvfile import (
@@ -245,13 +246,13 @@ def sha256_read(file: CsvFile, ranges: list[RangeScan], hashed: FileHash | None)
     raise InputFileError(changed_message(file.path, where))
 
 
-def open_input(path: Path, config: RunConfig) -> CsvFile:
+def open_input(path: Location, config: RunConfig) -> CsvFile:
     """An input file with the run's columns checked (see open_csv)."""
     columns = (config.features, config.targets, config.id_column)
     return open_csv(path, required_columns(*columns), allowed_columns(*columns))
 
 
-def scan_file(path: Path, index: int, config: RunConfig, staging: Path) -> Scan:
+def scan_file(path: Location, index: int, config: RunConfig, staging: Path) -> Scan:
     """Pass 1 over one file in this process (its byte ranges one after another): what the
     flow's tasks do, spread out. For tests, benchmarks and the landing check."""
     file = open_input(path, config)
@@ -263,21 +264,21 @@ def scan_file(path: Path, index: int, config: RunConfig, staging: Path) -> Scan:
     return finish_file(file, index, ranges, hashed, config, staging)
 
 
-@task(**FILE_READ_TASK, task_run_name="open-{path.name}")
-def open_input_task(path: Path, config: RunConfig) -> tuple[CsvFile, list[ByteRange]]:
+@task(**FILE_READ_TASK, task_run_name=lambda parameters: f"open-{name_of(parameters['path'])}")
+def open_input_task(path: Location, config: RunConfig) -> tuple[CsvFile, list[ByteRange]]:
     """Check a file's header and cut it into byte ranges (one unless config.split_bytes)."""
     file = open_input(path, config)
     return file, split_ranges(file, config.split_bytes)
 
 
-@task(**FILE_READ_TASK, task_run_name="hash-{file.path.name}")
+@task(**FILE_READ_TASK, task_run_name="hash-{file.name}")
 def hash_input_task(file: CsvFile, spans: list[ByteRange]) -> FileHash:
     """The hash pass over a file split into several ranges (one range hashes itself as it
     reads)."""
     return hash_file(file.path, spans)
 
 
-@task(cache_policy=NONE, task_run_name="check-{file.path.name}")
+@task(cache_policy=NONE, task_run_name="check-{file.name}")
 def finish_input_task(
     file: CsvFile,
     index: int,
