@@ -199,7 +199,7 @@ class Lookup:
     scan: Scan | None
 
 
-@task(cache_policy=NONE, task_run_name="cache-{file.path.name}")
+@task(cache_policy=NONE, task_run_name="cache-{file.name}")
 def lookup_task(
     cache: Pass1Cache,
     file: CsvFile,
