@@ -1,5 +1,5 @@
-"""Outputs on a bucket (the S3 API server of tests/s3.py), the inputs local CSV files: a training
-into `s3://bucket/model` commits every table there, read back by pandas, polars and DuckDB with
+"""Outputs on a bucket (the S3 API server of tests/s3.py): a training from `s3://bucket/in/
+sales.csv` into `s3://bucket/model` commits every table there, read back by pandas, polars and DuckDB with
 exact row accounting; its manifest and report are objects of the bucket and hold no secret; its
 scratch stays on the worker's disk and is gone when it ends; a second run on the same worker
 reads pass 1 from the cache; scoring writes its table there; an output in a missing bucket is one
@@ -73,17 +73,20 @@ def scratch_left(worker: Path) -> list[Path]:
     return staged + [p for p in (REPO / "s3:", Path.cwd() / "s3:") if p.exists()]
 
 
-def test_a_training_into_a_bucket_commits_every_table_there_and_reruns_from_the_cache(
-    root, s3_server, tmp_path, capsys
+def test_a_training_from_and_into_a_bucket_commits_every_table_there_and_reruns_from_the_cache(
+    root, s3_server, s3_bucket, tmp_path, capsys, monkeypatch
 ):
-    data = messy_csv(tmp_path / "sales.csv", seed=1)
-    first = train_sales_model(data=str(data), output=root, max_bad_fraction=0.5)
+    data = f"{s3_bucket}/in/sales.csv"
+    store.write(data, messy_csv(tmp_path / "sales.csv", seed=1).read_bytes())
+    monkeypatch.setenv("SALES_MODEL_DATA_ROOTS", f"{s3_bucket}/in")
+    first = train_sales_model(data=data, output=root, max_bad_fraction=0.5)
     run_id = first["run_id"]
 
     read = {table: read_back(s3_server, root, table) for table in TABLES}
     predictions, quarantine = read["predictions"], read["quarantine"]
     quarantined = quarantine[["source_file", "source_line"]].drop_duplicates()
     assert len(predictions) + len(quarantined) == first["rows"]["in"] == 300
+    assert set(predictions["source_file"]) == set(quarantined["source_file"]) == {data}
     assert set(predictions["source_line"]).isdisjoint(quarantined["source_line"])
     assert len(quarantined) == first["rows"]["quarantined"] > 0
     assert read[RUNS]["run_id"].tolist() == [run_id]
