@@ -1,9 +1,10 @@
-"""Outputs on a bucket (the S3 API server of tests/s3.py): a training from `s3://bucket/in/
-sales.csv` into `s3://bucket/model` commits every table there, read back by pandas, polars and DuckDB with
-exact row accounting; its manifest and report are objects of the bucket and hold no secret; its
-scratch stays on the worker's disk and is gone when it ends; a second run on the same worker
-reads pass 1 from the cache; scoring writes its table there; an output in a missing bucket is one
-error line naming it; retention prunes on the bucket as on a disk."""
+"""Outputs on a bucket (the S3 API server of tests/s3.py): a training from
+`s3://bucket/in/sales.csv` into `s3://bucket/model` commits every table there, read back by
+pandas, polars and DuckDB with exact row accounting; its manifest and report are objects of the
+bucket and hold no secret; its scratch stays on the worker's disk and is gone when it ends; a
+second run on the same worker reads pass 1 from the cache; scoring writes its table there; an
+output in a missing bucket is one error line naming it; retention prunes on the bucket as on a
+disk."""
 
 from __future__ import annotations
 
