@@ -28,9 +28,9 @@ install: $(STAMP) ## create .venv and install pinned dependencies
 run: $(STAMP) ## train on $(DATA) (default: the dataset), write $(OUTPUT)/, print a summary
 	$(BIN)/python -m flows.train --data $(DATA) --output $(OUTPUT)
 
-land: $(STAMP) ## move FILE=... into data/landing/ and announce it: the landing check starts
+land: $(STAMP) ## move FILE=... into data/landing/ (or LANDING=s3://bucket/prefix) and announce it: the landing check starts
 	@test -n "$(FILE)" || { echo "usage: make land FILE=path/to/file.csv" >&2; exit 2; }
-	$(BIN)/python -m flows.land $(FILE)
+	$(BIN)/python -m flows.land $(FILE) $(if $(LANDING),--landing $(LANDING))
 
 dataset: $(STAMP) ## list the dataset (data/sales.csv + accepted landed files) and its fingerprint
 	$(BIN)/python -m flows.dataset

@@ -74,21 +74,30 @@ DataPaths = Annotated[
 TrainingData = Annotated[
     DataPaths,
     Field(
-        description=f"A CSV file, a folder of CSVs, a glob, or a list of those; '{DATASET}': "
+        description=f"A CSV file, a folder of CSVs, a glob (paths or s3:// URIs), or a list of "
+        f"those; '{DATASET}': "
         f"{DATASET_BASE} plus every accepted landed file in the ledger."
     ),
 ]
 OutputRoot = Annotated[
     str,
-    Field(min_length=1, description="The output root (created if missing)."),
+    Field(
+        min_length=1,
+        description="The output root: a folder (created if missing) or an s3://bucket/prefix.",
+    ),
     Option(metavar="DIR"),
 ]
 LedgerDir = Annotated[
-    str, Field(min_length=1, description="The ledger of landed files."), Option(metavar="DIR")
+    str,
+    Field(min_length=1, description="The ledger of landed files: a folder or an s3:// prefix."),
+    Option(metavar="DIR"),
 ]
 LandingDir = Annotated[
     str,
-    Field(min_length=1, description="The landing folder new files arrive in."),
+    Field(
+        min_length=1,
+        description="Where new files arrive: a folder or an s3://bucket/prefix.",
+    ),
     Option(metavar="DIR"),
 ]
 KeepRuns = Annotated[
