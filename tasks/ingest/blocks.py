@@ -15,6 +15,7 @@ import csv
 import hashlib
 import re
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +29,11 @@ from tasks.common import store
 from tasks.common.errors import InputFileError
 from tasks.common.store import Location
 from tasks.ingest.csvfile import ByteRange, CsvFile, changed_message
+
+# One request to the store reads this much (a block is cut from it), with this many requests
+# under way at once: few, large reads for an object store (each request costs tens of ms).
+READ_BYTES = 16 << 20
+READ_AHEAD = 2
 
 
 class LineRejection(Exception):  # noqa: N818 (an outcome, turned into InputFileError)
@@ -76,22 +82,39 @@ def read_blocks(
 def _read_ahead(
     path: Location, start: int, end: int, size: int
 ) -> Iterator[tuple[memoryview, bool]]:
-    """Bytes [start, end) in reads of `size`, each with whether it is the last. The next read
-    is under way on a thread while the caller works on this one: a bucket's latency (or the
-    disk's read) stays off pass 1's critical path. A file cut short since the plan ends the
-    range where it ends (the digest tells), with (b"", True) if it ends between reads."""
-    if start >= end:
-        return
-    with ThreadPoolExecutor(1) as ahead:
-        pending = ahead.submit(store.read_range, path, start, min(end, start + size))
-        while True:
-            data = pending.result()
-            start += len(data)
-            if not data or start >= end:
+    """Bytes [start, end) in pieces of `size`, each with whether it is the last. The store is
+    asked for READ_BYTES at a time, READ_AHEAD requests under way on threads while the caller
+    works: a bucket's latency stays off pass 1's critical path, and a large object is read in
+    few requests. A file cut short since the plan ends the range where it ends (the digest
+    tells), with (b"", True) if it ends between reads."""
+    unit = max(size, READ_BYTES)
+    spans = deque((a, min(end, a + unit)) for a in range(start, end, unit))
+    with ThreadPoolExecutor(READ_AHEAD) as ahead:
+        pending: deque = deque()
+
+        def ask() -> None:
+            if spans:
+                a, b = spans.popleft()
+                pending.append((b - a, ahead.submit(store.read_range, path, a, b)))
+
+        for _ in range(READ_AHEAD):
+            ask()
+        while pending:
+            asked, future = pending.popleft()
+            data = future.result()
+            final = (not spans and not pending) or len(data) < asked
+            if final:
+                for _, other in pending:
+                    other.cancel()
+                pending.clear()
+            else:
+                ask()
+            if not data:
                 yield data, True
                 return
-            pending = ahead.submit(store.read_range, path, start, min(end, start + size))
-            yield data, False
+            pieces = range(0, len(data), size)
+            for at in pieces:
+                yield data[at : at + size], final and at == pieces[-1]
 
 
 def _refuse_bare_cr(path: Location, buf: bytearray, end: int, first_line: int) -> None:

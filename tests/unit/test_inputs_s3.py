@@ -13,6 +13,7 @@ from pandas.testing import assert_frame_equal
 from tasks.common import store
 from tasks.common.errors import InputFileError, ParameterError, PipelineError
 from tasks.common.paths import DATA_ROOTS_ENV, data_roots, resolve_inputs
+from tasks.ingest import blocks
 from tasks.ingest.blocks import read_blocks
 from tasks.ingest.csvfile import split_ranges
 from tasks.ingest.scan import open_input, scan_file
@@ -190,3 +191,23 @@ def test_a_local_path_is_still_a_path(tmp_path):
     path = tmp_path / "a.csv"
     path.write_bytes(CSV)
     assert resolve_inputs(str(path), [tmp_path.resolve()]) == [Path(path)]
+
+
+@pytest.mark.parametrize("read_bytes", [100, 1000])
+def test_a_range_read_in_many_requests_gives_every_byte_once_in_whole_lines(
+    folder, monkeypatch, read_bytes
+):
+    where, _ = folder
+    monkeypatch.setattr(blocks, "READ_BYTES", read_bytes)  # many requests, several under way
+    location = f"{where}/in/long.csv"
+    data = ("\n".join([HEADER, *sales_rows(100)]) + "\n").encode()
+    store.write(location, data)
+    file = open_input(location, config())
+    span = split_ranges(file, 0)[0]
+    found = list(read_blocks(location, span, 64, hashlib.sha256()))
+    assert b"".join(bytes(b.data) for b in found) == data[file.data_start :]
+    assert all(bytes(b.data).endswith(b"\n") for b in found)
+    assert sum(b.lines for b in found) == 100
+    store.write(location, data[: len(data) // 2])  # cut short since it was planned
+    found = list(read_blocks(location, span, 64, hashlib.sha256()))
+    assert b"".join(bytes(b.data) for b in found) == data[file.data_start : len(data) // 2]
