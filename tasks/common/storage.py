@@ -1,7 +1,8 @@
 """Storage plumbing below every stage: run ids, atomic writes of files on a local disk (the
 ledger's store), JSON documents at a location (a path or an s3:// URI: the readable copies of
-manifests), a run's working folder on the local disk and what a full disk means for it. The
-output tables are Delta tables (tasks/outputs/tables.py).
+manifests), a run's staging (its working files: on the local disk, or on the store for a
+cluster on an object-store root) and what a full disk means for it. The output tables are
+Delta tables (tasks/outputs/tables.py).
 """
 
 from __future__ import annotations
@@ -189,10 +190,12 @@ def staging_area(root: Location, run_id: str, shared: bool = False) -> Iterator[
 
     A run whose tasks run on other machines (`shared`: a cluster) on an object-store root
     stages on the store, `<root>/.staging/<run_id>/`, so that every worker reads what any
-    other wrote; any other run stages on this machine's disk (see local_folder)."""
+    other wrote; any other run stages on this machine's disk (see local_folder). Every run on
+    an object-store root sweeps the store's staging of dead runs (one list request)."""
+    if store.is_remote(root):
+        sweep_store_staging(store.join(root, STAGING))
     if shared and store.is_remote(root):
-        staging, folder = store.join(root, STAGING), store.join(root, STAGING, run_id)
-        sweep_store_staging(staging)
+        folder = store.join(root, STAGING, run_id)
     else:
         staging = local_folder(root, STAGING)
         sweep_staging(staging)
