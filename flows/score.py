@@ -12,7 +12,14 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.cli import exit_now, flow_parser, parse_flow_args, run_flow
-from flows.steps import for_runner, name_flow_run, open_inputs, run_pass2, scan_inputs
+from flows.steps import (
+    for_runner,
+    name_flow_run,
+    on_cluster,
+    open_inputs,
+    run_pass2,
+    scan_inputs,
+)
 from schemas.params import (
     DEFAULT_ID_COLUMN,
     DEFAULT_KEEP_RUNS,
@@ -64,7 +71,7 @@ def score_sales(
     plans = open_inputs(paths, config)
     run = new_run(root, dict(flow_run.parameters))
     name_flow_run(f"score-{run.run_id}")
-    with staging_area(root, run.run_id) as staging:
+    with staging_area(root, run.run_id, shared=on_cluster()) as staging:
         scan = scan_inputs(plans, config, staging)
         check_data_quality(run, scan, max_bad_fraction, "score")
         scored = run_pass2(score_task, scan, model, model_run_id, config, root, run.run_id)

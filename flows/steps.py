@@ -1,7 +1,8 @@
 """Wiring shared by the flows: pass 1 over the inputs and pass 2 over the kept rows, as Prefect
 tasks. On the default thread runner one byte range is scanned at a time, its blocks on every
 core; on a cluster (the Dask runner) every byte range is a task of its own, all at once, and the
-kept rows go to disk so that any worker can read them."""
+kept rows are staged where any worker can read them (on an object-store root: the bucket, see
+tasks/common/storage.py staging_area)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from schemas.params import RunConfig
+from tasks.common import store
 from tasks.common.runlog import run_logger
+from tasks.common.store import Location
 from tasks.ingest.cache import Pass1Cache, lookup_task, store_task
 from tasks.ingest.csvfile import ByteRange, CsvFile
 from tasks.ingest.range_scan import scan_range_task
@@ -55,10 +58,22 @@ def open_inputs(paths: list[Path], config: RunConfig) -> list[tuple[CsvFile, lis
     return [plan.result() for plan in plans]
 
 
+def pass1_cache(root: Location, staging: Location, config: RunConfig) -> Pass1Cache | None:
+    """The run's pass-1 cache (tasks/ingest/cache.py), if it uses one. The cache is on a disk
+    (the root's, or each worker's) and takes the staged files by hard link: a run staging on
+    an object store (a cluster on a bucket) goes without it."""
+    if not config.use_cache:
+        return None
+    if store.is_remote(staging):
+        run_logger().info("pass-1 cache not used: the run's working files are on the store")
+        return None
+    return Pass1Cache.under(root)
+
+
 def scan_inputs(
     plans: list[tuple[CsvFile, list[ByteRange]]],
     config: RunConfig,
-    staging: Path,
+    staging: Location,
     cache: Pass1Cache | None = None,
 ) -> Scan:
     """Pass 1 over every input file (see tasks/ingest/range_scan.py), summed: one Scan. With a

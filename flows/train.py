@@ -12,7 +12,15 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.cli import exit_now, flow_parser, parse_flow_args, run_flow
-from flows.steps import for_runner, name_flow_run, open_inputs, run_pass2, scan_inputs
+from flows.steps import (
+    for_runner,
+    name_flow_run,
+    on_cluster,
+    open_inputs,
+    pass1_cache,
+    run_pass2,
+    scan_inputs,
+)
 from schemas.params import (
     DEFAULT_CONFIDENCE,
     DEFAULT_DATA,
@@ -58,7 +66,6 @@ from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
 from tasks.common.paths import check_all, data_roots
 from tasks.common.storage import new_run, output_root, staging_area
 from tasks.common.store import Location
-from tasks.ingest.cache import Pass1Cache
 from tasks.ingest.csvfile import ByteRange, CsvFile
 from tasks.ingest.validate import check_columns
 from tasks.landing.ledger import training_inputs
@@ -115,9 +122,8 @@ def _train(
     promotion decision and the commit."""
     run = new_run(root, dict(flow_run.parameters))
     name_flow_run(f"train-{run.run_id}")
-    with staging_area(root, run.run_id) as staging:
-        cache = Pass1Cache.under(root) if config.use_cache else None
-        scan = scan_inputs(plans, config, staging, cache)
+    with staging_area(root, run.run_id, shared=on_cluster()) as staging:
+        scan = scan_inputs(plans, config, staging, pass1_cache(root, staging, config))
         check_data_quality(run, scan, config.max_bad_fraction, "train")
         fit = train_model(scan, config)
         plots = draw_model_plots.submit(scan, fit, config)  # drawn while pass 2 writes

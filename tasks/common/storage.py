@@ -1,7 +1,8 @@
 """Storage plumbing below every stage: run ids, atomic writes of files on a local disk (the
 ledger's store), JSON documents at a location (a path or an s3:// URI: the readable copies of
-manifests), a run's working folder on the local disk and what a full disk means for it. The
-output tables are Delta tables (tasks/outputs/tables.py).
+manifests), a run's staging (its working files: on the local disk, or on the store for a
+cluster on an object-store root) and what a full disk means for it. The output tables are
+Delta tables (tasks/outputs/tables.py).
 """
 
 from __future__ import annotations
@@ -18,18 +19,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from schemas.params import RUN_TIMEOUT_SECONDS
 from tasks.common import store
-from tasks.common.errors import PublishError
+from tasks.common.errors import PipelineError, PublishError
 from tasks.common.paths import confine, output_roots
+from tasks.common.runlog import run_logger
 from tasks.common.store import Location
 
 MANIFESTS = "manifests"
 STAGING = ".staging"
+# Staging older than this belongs to a run that died (no run lives longer than its timeout).
+STAGING_MAX_AGE = RUN_TIMEOUT_SECONDS + 3600
 # The worker's own disk for what a run on an object-store root keeps locally (its staging
 # folder, the pass-1 cache): SALES_MODEL_CACHE_DIR, by default ~/.cache/sales-model. A local
 # output root keeps both under itself, as it always did.
@@ -178,32 +182,64 @@ def local_folder(root: Location, name: str) -> Path:
 
 
 @contextlib.contextmanager
-def staging_area(root: Location, run_id: str) -> Iterator[Path]:
-    """A private folder on the local disk (`<root>/.staging/`, or the worker's cache folder for
-    an object-store root: see local_folder) for a run's working files (pass 1's kept rows);
-    removed when the run ends. Folders of runs that died are removed by a later run once they
-    are older than any run can live (no PID: a run on another host must keep its staging)."""
-    staging = local_folder(root, STAGING)
-    sweep_staging(staging)
-    folder = staging / run_id
-    folder.mkdir(parents=True, exist_ok=True)
+def staging_area(root: Location, run_id: str, shared: bool = False) -> Iterator[Location]:
+    """Where a run keeps its working files (pass 1's kept rows, records and keys) until it ends;
+    removed then, whether the run succeeded or failed. Staging left by runs that died is
+    removed by a later run once it is older than any run can live (no PID: a run on another
+    host must keep its staging).
+
+    A run whose tasks run on other machines (`shared`: a cluster) on an object-store root
+    stages on the store, `<root>/.staging/<run_id>/`, so that every worker reads what any
+    other wrote; any other run stages on this machine's disk (see local_folder). Every run on
+    an object-store root sweeps the store's staging of dead runs (one list request)."""
+    if store.is_remote(root):
+        sweep_store_staging(store.join(root, STAGING))
+    if shared and store.is_remote(root):
+        folder = store.join(root, STAGING, run_id)
+    else:
+        staging = local_folder(root, STAGING)
+        sweep_staging(staging)
+        folder = staging / run_id
+        folder.mkdir(parents=True, exist_ok=True)
+    run_logger().info("working files staged under %s", shown(folder))
     try:
         yield folder
     finally:
+        _remove_staging(folder)
+
+
+def _remove_staging(folder: Location) -> None:
+    if not store.is_remote(folder):
         shutil.rmtree(folder, ignore_errors=True)
         with contextlib.suppress(OSError):  # another run may be staging there
-            folder.parent.rmdir()
+            Path(folder).parent.rmdir()
+        return
+    try:
+        remove_tree(folder)
+    except PipelineError as exc:  # (not to hide the run's own outcome: swept later, by age)
+        run_logger().warning("the run's staging could not be removed: %s", exc)
 
 
 def sweep_staging(staging: Path) -> None:
     """Remove staging folders untouched for longer than a run can live."""
     if not staging.is_dir():
         return
-    dead = time.time() - RUN_TIMEOUT_SECONDS - 3600
+    dead = time.time() - STAGING_MAX_AGE
     for folder in staging.iterdir():
         with contextlib.suppress(OSError):
             if folder.is_dir() and folder.stat().st_mtime < dead:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def sweep_store_staging(staging: Location, now: datetime | None = None) -> int:
+    """Remove the objects under `staging` (a store's `.staging/`) older than a run can live:
+    a run still going on any host wrote all of its own since it started. Returns how many
+    were removed."""
+    dead = (now or datetime.now(UTC)) - timedelta(seconds=STAGING_MAX_AGE)
+    old = [entry for entry in store.list_files(staging) if entry.modified < dead]
+    for entry in old:
+        store.delete(entry.location)
+    return len(old)
 
 
 def write_json(location: Location, payload: dict[str, Any]) -> Location:

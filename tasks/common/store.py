@@ -226,8 +226,10 @@ class OutputFile:
         return True
 
     def write(self, data: Any) -> int:
+        # pyarrow's IPC writer hands buffers of signed bytes, which the writer refuses
+        view = memoryview(data).cast("B")
         with _errors(self.location):
-            return self._writer.write(data)
+            return self._writer.write(view)
 
     def flush(self) -> None:
         with _errors(self.location):
@@ -253,12 +255,22 @@ class InputFile:
         self.location = location
         self.size = size(location)
         self._pos = 0
+        self.closed = False  # (pyarrow's readers ask, as of any Python file)
 
     def __enter__(self) -> InputFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        return None
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
 
     def seek(self, offset: int, whence: int = 0) -> int:
         base = {0: 0, 1: self._pos, 2: self.size}[whence]

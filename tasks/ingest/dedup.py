@@ -2,7 +2,8 @@
 
 Within one file a country appears once: a row whose id appeared on an earlier line (accepted or
 not) is a duplicate key, the first is kept. Pass 1 writes a key record (id hash, line, whether
-the row was otherwise accepted) for every row with an id, into hash partitions on disk, so that
+the row was otherwise accepted) for every row with an id, into hash partitions in the run's
+staging (a folder or a bucket's prefix, through the store layer), so that
 all rows of one id land in one partition; each partition (about PARTITION_BYTES of input) is
 then loaded alone. Rows sharing a hash are few; their ids are read back from the file and
 compared as text, so a hash collision never makes a duplicate.
@@ -13,12 +14,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from tasks.common import store
+from tasks.common.store import Location
 from tasks.ingest.blocks import LineReader
 from tasks.ingest.validate import as_csv_lines, duplicate_detail, quarantine_table
 
@@ -38,10 +40,9 @@ def partitions_for(size: int) -> int:
 class KeyWriter:
     """Key records of one byte range, appended to one file per partition."""
 
-    def __init__(self, folder: Path, n_parts: int) -> None:
-        self.paths = [folder / f"keys-{p:04d}.bin" for p in range(n_parts)]
-        folder.mkdir(parents=True, exist_ok=True)
-        self.files = [path.open("wb") for path in self.paths]
+    def __init__(self, folder: Location, n_parts: int) -> None:
+        self.paths = [store.join(folder, f"keys-{p:04d}.bin") for p in range(n_parts)]
+        self.files = [store.open_output(path) for path in self.paths]
 
     def write(self, hashes: np.ndarray, lines: np.ndarray, ok: np.ndarray) -> None:
         lines = np.where(ok, lines, -lines - 1)
@@ -55,13 +56,13 @@ class KeyWriter:
         keys = np.empty(len(hashes), KEY)
         keys["hash"], keys["line"] = hashes, lines
         if bounds is None:
-            keys.tofile(self.files[0])
+            self.files[0].write(keys.view(np.uint8))
             return
         for p in range(n):
             if bounds[p + 1] > bounds[p]:
-                keys[bounds[p] : bounds[p + 1]].tofile(self.files[p])
+                self.files[p].write(keys[bounds[p] : bounds[p + 1]].view(np.uint8))
 
-    def close(self) -> tuple[Path, ...]:
+    def close(self) -> tuple[str, ...]:
         for fh in self.files:
             fh.close()
         return tuple(self.paths)
@@ -69,16 +70,17 @@ class KeyWriter:
 
 def _repeats_in(
     p: int,
-    parts: list[tuple[Path, ...]],
+    parts: list[tuple[Location, ...]],
     offsets: list[int],
     ids_of: Callable[[np.ndarray], dict[int, str]],
 ) -> pd.DataFrame | None:
     """The repeated ids of partition p (see repeated_ids), or None."""
-    keys = np.concatenate([np.fromfile(ranges[p], dtype=KEY) for ranges in parts])
+    read = [np.frombuffer(store.read(ranges[p]), dtype=KEY) for ranges in parts]
+    keys = np.concatenate(read)
     shared = _shared(keys["hash"]) if len(keys) > 1 else []
     if not len(shared):
         return None
-    starts = np.cumsum([0] + [ranges[p].stat().st_size // KEY.itemsize for ranges in parts])
+    starts = np.cumsum([0] + [len(keys) for keys in read])
     offset = np.asarray(offsets, np.int64)[np.searchsorted(starts, shared, side="right") - 1]
     local = keys["line"][shared].astype(np.int64)
     ok = local >= 0
@@ -103,7 +105,7 @@ def partition_of(hashes: np.ndarray, n: int) -> np.ndarray:
 
 
 def repeated_ids(
-    parts: list[tuple[Path, ...]],
+    parts: list[tuple[Location, ...]],
     offsets: list[int],
     ids_of: Callable[[np.ndarray], dict[int, str]],
     threads: int = 1,

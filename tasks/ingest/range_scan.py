@@ -17,13 +17,13 @@ in block order, so that records, spills and sums do not depend on timing:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -63,19 +63,19 @@ class RangeScan:
     rows: int
     accepted: int
     stats: BatchStats
-    quarantine: Path | None
-    spill: tuple[Path, ...]
-    keys: tuple[Path, ...]
+    quarantine: str | None
+    spill: tuple[str, ...]
+    keys: tuple[str, ...]
     blocks: np.ndarray
     sha256: str
     rejection: tuple[int, str] | None = None
 
 
 def scan_range(
-    file: CsvFile, span: ByteRange, config: RunConfig, staging: Path, name: str
+    file: CsvFile, span: ByteRange, config: RunConfig, staging: Location, name: str
 ) -> RangeScan:
-    """Pass 1 over one byte range (see the module docstring); `name` makes its staged files
-    unique."""
+    """Pass 1 over one byte range (see the module docstring); its files are staged under
+    `staging` (a folder or a store's prefix), in `name`, which makes them unique."""
     digest = hashlib.sha256()
     if span.start == file.data_start:
         with store.open_input(file.path) as fh:
@@ -84,7 +84,7 @@ def scan_range(
             raise InputFileError(changed_message(file.path, "line 1, the header"))
         digest.update(head)
     with working_files(staging):
-        return _scan(file, span, config, staging / name, digest)
+        return _scan(file, span, config, store.join(staging, name), digest)
 
 
 def _fields(head: bytes) -> tuple[str, ...] | None:
@@ -95,7 +95,7 @@ def _fields(head: bytes) -> tuple[str, ...] | None:
 
 
 def _scan(
-    file: CsvFile, span: ByteRange, config: RunConfig, folder: Path, digest: hashlib._Hash
+    file: CsvFile, span: ByteRange, config: RunConfig, folder: Location, digest: hashlib._Hash
 ) -> RangeScan:
     state = _RangeState(file, config, folder)
     window: deque = deque()
@@ -175,15 +175,14 @@ def _screen(file: CsvFile, block: Block, config: RunConfig, below: np.uint64) ->
 class _RangeState:
     """What the blocks of a range add up to, taken in block order."""
 
-    def __init__(self, file: CsvFile, config: RunConfig, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
+    def __init__(self, file: CsvFile, config: RunConfig, folder: Location) -> None:
         self.lines = self.rows = self.accepted = 0
         self.stats = BatchStats.zero(config)
         self.blocks: list[tuple[int, int, int, int]] = []
         self.spill = SpillWriter(folder, config)
         self.keys = KeyWriter(folder, partitions_for(file.size))
-        self.quarantine_path = folder / "quarantine.parquet"
-        self.quarantine: pq.ParquetWriter | None = None
+        self.quarantine_path = store.join(folder, "quarantine.parquet")
+        self.quarantine: contextlib.ExitStack | None = None  # the writer, then the object
         self.suspects = Gathered(file.header)
         self.has_ids = config.id_column is not None
 
@@ -217,10 +216,12 @@ class _RangeState:
         if not len(frame):
             return
         if self.quarantine is None:
-            self.quarantine = pq.ParquetWriter(self.quarantine_path, QUARANTINE_ARROW)
-        self.quarantine.write_table(quarantine_table(frame))
+            self.quarantine = contextlib.ExitStack()
+            sink = self.quarantine.enter_context(store.open_output(self.quarantine_path))
+            self.writer = self.quarantine.enter_context(pq.ParquetWriter(sink, QUARANTINE_ARROW))
+        self.writer.write_table(quarantine_table(frame))
 
-    def close(self) -> tuple[Path | None, tuple[Path, ...], tuple[Path, ...]]:
+    def close(self) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
         quarantine = None
         if self.quarantine is not None:
             self.quarantine.close()
@@ -230,7 +231,7 @@ class _RangeState:
 
 @task(**FILE_READ_TASK, task_run_name="read-{file.name}-{span.index}")
 def scan_range_task(
-    file: CsvFile, span: ByteRange, config: RunConfig, staging: Path, name: str
+    file: CsvFile, span: ByteRange, config: RunConfig, staging: Location, name: str
 ) -> RangeScan:
     """scan_range as a task (retried on transient I/O errors), logging its row counts."""
     scanned = scan_range(file, span, config, staging, name)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,6 +23,7 @@ from prefect.cache_policies import NONE
 
 from schemas.params import RunConfig
 from schemas.sales import allowed_columns, required_columns
+from tasks.common import store
 from tasks.common.errors import InputFileError
 from tasks.common.retry import FILE_READ_TASK
 from tasks.common.storage import data_fingerprint, working_files
@@ -55,16 +55,17 @@ class FilePart:
     """Where one file's accepted rows and records are, per byte range: its spill chunks (Arrow
     IPC) and staged quarantine records, with the absolute line of each range's first line; the
     lines of accepted rows that repeat an earlier id (left out of everything downstream) and
-    the staged records of those repeats. Only paths and numbers: a part read back from the
-    pass-1 cache (tasks/ingest/cache.py) is the same as one just scanned."""
+    the staged records of those repeats. Only locations (files of the run's staging: a folder,
+    or a store's prefix for a cluster) and numbers: a part read back from the pass-1 cache
+    (tasks/ingest/cache.py) is the same as one just scanned."""
 
     source: str
     index: int
-    spills: tuple[tuple[Path, ...], ...]
-    quarantines: tuple[Path | None, ...]
+    spills: tuple[tuple[Location, ...], ...]
+    quarantines: tuple[Location | None, ...]
     offsets: tuple[int, ...]
     excluded: np.ndarray
-    duplicates: Path | None
+    duplicates: Location | None
 
     def batches(self, chunk: tuple[int, int]) -> Iterator[pa.RecordBatch]:
         """The accepted rows of one spill chunk (range, chunk number), lines absolute."""
@@ -86,23 +87,27 @@ class FilePart:
         """The file's quarantine records in line order, a row group at a time, naming the
         file as this run was given it (a cached part may have been built under another
         name)."""
-        late = pd.read_parquet(self.duplicates) if self.duplicates is not None else None
+        late = None
+        if self.duplicates is not None:
+            with store.open_input(self.duplicates) as source:
+                late = pq.read_table(source).to_pandas()
         if late is not None:
             late["source_file"] = self.source
         for path, offset in zip(self.quarantines, self.offsets, strict=True):
             if path is None:
                 continue
-            records = pq.ParquetFile(path)
-            for group in range(records.num_row_groups):
-                frame = records.read_row_group(group).to_pandas()
-                frame["source_line"] += offset
-                frame["source_file"] = self.source
-                if late is not None and len(late):
-                    take = late["source_line"] <= frame["source_line"].max()
-                    frame = pd.concat([frame, late[take]], ignore_index=True)
-                    frame = frame.sort_values("source_line", kind="stable")
-                    late = late[~take]
-                yield frame
+            with store.open_input(path) as source:
+                records = pq.ParquetFile(source)
+                for group in range(records.num_row_groups):
+                    frame = records.read_row_group(group).to_pandas()
+                    frame["source_line"] += offset
+                    frame["source_file"] = self.source
+                    if late is not None and len(late):
+                        take = late["source_line"] <= frame["source_line"].max()
+                        frame = pd.concat([frame, late[take]], ignore_index=True)
+                        frame = frame.sort_values("source_line", kind="stable")
+                        late = late[~take]
+                    yield frame
         if late is not None and len(late):
             yield late
 
@@ -167,7 +172,7 @@ def finish_file(
     ranges: list[RangeScan],
     hashed: FileHash | None,
     config: RunConfig,
-    staging: Path,
+    staging: Location,
 ) -> Scan:
     """One file's ranges -> the file's Scan (see the module docstring). `hashed` is the hash
     pass over the file (see sha256_read); None for a file read as one range and not looked
@@ -192,9 +197,9 @@ def finish_file(
         repeats = repeated_ids([r.keys for r in ranges], offsets, lines.ids, config.threads)
         excluded = repeats.loc[repeats["ok"], "source_line"].to_numpy(np.int64)
         if len(repeats):
-            duplicates = staging / f"duplicates-{index:05d}.parquet"
-            with working_files(staging):
-                pq.write_table(duplicate_records(source, repeats, lines), duplicates)
+            duplicates = store.join(staging, f"duplicates-{index:05d}.parquet")
+            with working_files(staging), store.open_output(duplicates) as sink:
+                pq.write_table(duplicate_records(source, repeats, lines), sink)
     part = FilePart(
         source,
         index,
@@ -252,7 +257,7 @@ def open_input(path: Location, config: RunConfig) -> CsvFile:
     return open_csv(path, required_columns(*columns), allowed_columns(*columns))
 
 
-def scan_file(path: Location, index: int, config: RunConfig, staging: Path) -> Scan:
+def scan_file(path: Location, index: int, config: RunConfig, staging: Location) -> Scan:
     """Pass 1 over one file in this process (its byte ranges one after another): what the
     flow's tasks do, spread out. For tests, benchmarks and the landing check."""
     file = open_input(path, config)
@@ -285,7 +290,7 @@ def finish_input_task(
     ranges: list[RangeScan],
     hashed: FileHash | None,
     config: RunConfig,
-    staging: Path,
+    staging: Location,
 ) -> Scan:
     """finish_file as a task, logging the file's row counts."""
     scan = finish_file(file, index, ranges, hashed, config, staging)

@@ -1,19 +1,23 @@
 """Accepted rows between the passes, in Arrow IPC files: what training and pass 2 read, so that
 the CSV text is parsed once. Pass 1 appends each block's accepted rows (id, values, line,
 split) to the current chunk file; a chunk is about CHUNK_BLOCKS blocks of rows, and pass 2
-writes one predictions part per chunk, in parallel. The files are always written: the page
-cache keeps small ones in memory, and big ones never count against the process."""
+writes one predictions part per chunk, in parallel. The files are always written, through the
+store layer into the run's staging (a local folder, or a bucket's prefix for a cluster): on a
+disk the page cache keeps small ones in memory, and big ones never count against the process."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from schemas.params import RunConfig
+from tasks.common import store
+from tasks.common.store import Location
 
 CHUNK_BLOCKS = 8
 ROW_BYTES = 34  # about one row of the sales contract as CSV text
@@ -48,10 +52,10 @@ def spilled_values(batch: pa.RecordBatch, config: RunConfig) -> np.ndarray:
     return np.asfortranarray(np.column_stack(columns).reshape(batch.num_rows, len(config.values)))
 
 
-def read_chunk(path: Path) -> Iterator[pa.RecordBatch]:
-    """The batches of one chunk file, one at a time (read, not memory-mapped, so that they do
-    not count as resident)."""
-    with pa.OSFile(str(path)) as source, ipc.open_file(source) as reader:
+def read_chunk(path: Location) -> Iterator[pa.RecordBatch]:
+    """The batches of one chunk file, one at a time (read by ranges, not memory-mapped, so
+    that they do not count as resident)."""
+    with store.open_input(path) as source, ipc.open_file(source) as reader:
         for i in range(reader.num_record_batches):
             yield reader.get_batch(i)
 
@@ -59,21 +63,23 @@ def read_chunk(path: Path) -> Iterator[pa.RecordBatch]:
 class SpillWriter:
     """The accepted rows of one byte range, appended in order to chunk files in `folder`."""
 
-    def __init__(self, folder: Path, config: RunConfig) -> None:
+    def __init__(self, folder: Location, config: RunConfig) -> None:
         self.folder, self.schema = folder, spill_schema(config)
         self.chunk_rows = CHUNK_BLOCKS * max(1, config.block_bytes // ROW_BYTES)
-        self.chunks: list[Path] = []
-        self.writer: ipc.RecordBatchFileWriter | None = None
+        self.chunks: list[str] = []
+        self.writer: Any = None
         self.rows = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
         if self.writer is not None and self.rows >= self.chunk_rows:
             self._end_chunk()
         if self.writer is None:
-            path = self.folder / f"spill-{len(self.chunks):04d}.arrow"
+            path = store.join(self.folder, f"spill-{len(self.chunks):04d}.arrow")
             self.chunks.append(path)
-            self.writer = ipc.new_file(path, self.schema)
-        self.writer.write_batch(batch)
+            self.writer = contextlib.ExitStack()  # the IPC footer first, then the object's end
+            sink = self.writer.enter_context(store.open_output(path))
+            self.ipc = self.writer.enter_context(ipc.new_file(sink, self.schema))
+        self.ipc.write_batch(batch)
         self.rows += batch.num_rows
 
     def _end_chunk(self) -> None:
@@ -82,6 +88,6 @@ class SpillWriter:
             self.writer = None
         self.rows = 0
 
-    def close(self) -> tuple[Path, ...]:
+    def close(self) -> tuple[str, ...]:
         self._end_chunk()
         return tuple(self.chunks)

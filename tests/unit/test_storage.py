@@ -1,5 +1,6 @@
-"""Storage plumbing: atomic files, run ids, the runs' staging folders swept by age, output schemas
-refusing bad tables."""
+"""Storage plumbing: atomic files, run ids, the runs' staging folders (on a disk, and on a bucket
+for a cluster) removed when the run ends and swept by age, output schemas refusing bad
+tables."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import re
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,15 +17,18 @@ import pytest
 
 from schemas.outputs import WeightsTable
 from schemas.params import RUN_ID_PATTERN, RUN_TIMEOUT_SECONDS, _check_run_id
+from tasks.common import store
 from tasks.common.errors import PublishError
 from tasks.common.storage import (
     STAGING,
+    STAGING_MAX_AGE,
     _RunClock,
     atomic_write,
     format_run_id,
     new_run,
     staging_area,
     sweep_staging,
+    sweep_store_staging,
 )
 
 
@@ -77,6 +82,47 @@ def test_a_runs_staging_area_is_removed_when_it_ends_and_sweeps_dead_ones(tmp_pa
     with pytest.raises(RuntimeError), staging_area(tmp_path, "20261201T020000.000Z-b3") as folder:
         raise RuntimeError("the run failed")
     assert not folder.exists()
+
+
+def test_a_cluster_runs_staging_on_a_bucket_is_there_and_removed_when_it_ends(
+    s3_env, s3_bucket, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("SALES_MODEL_CACHE_DIR", str(tmp_path / "worker"))
+    root = f"{s3_bucket}/model"
+    with staging_area(root, "20261201T020000.000Z-b2", shared=True) as folder:
+        assert folder == f"{root}/{STAGING}/20261201T020000.000Z-b2"
+        store.write(store.join(folder, "00000-0000", "spill-0000.arrow"), b"x")
+    assert store.list_files(s3_bucket) == []
+
+    def failing_run() -> None:
+        with staging_area(root, "20261201T020000.000Z-b3", shared=True) as folder:
+            store.write(store.join(folder, "duplicates-00000.parquet"), b"x")
+            raise RuntimeError("the run failed")
+
+    with pytest.raises(RuntimeError):
+        failing_run()
+    assert store.list_files(s3_bucket) == []
+    # A run whose tasks share this machine stages on its disk, as always.
+    with staging_area(root, "20261201T020000.000Z-b4") as folder:
+        assert Path(folder).parent == tmp_path / "worker" / "staging"
+    assert not (tmp_path / "worker" / "staging").exists()
+
+
+def test_staging_on_a_bucket_is_swept_by_age_alone(s3_env, s3_bucket):
+    # No PID: a run on another host shares the bucket, not the process table.
+    root = f"{s3_bucket}/model"
+    staging = f"{root}/{STAGING}"
+    left = [f"{staging}/20261201T000000.000Z-0dead0ff/{name}" for name in ("a/keys.bin", "b")]
+    table = f"{root}/predictions/run_id=20261201T000000.000Z-0dead0ff/part-0.parquet"
+    for location in (*left, table):
+        store.write(location, b"x")
+    written = max(entry.modified for entry in store.list_files(staging))
+    assert sweep_store_staging(staging) == 0  # just written: a run may be writing it
+    # As long as a run may take (and an hour more): it may still be running.
+    assert sweep_store_staging(staging, now=written + timedelta(seconds=STAGING_MAX_AGE - 60)) == 0
+    assert [entry.location for entry in store.list_files(staging)] == left
+    assert sweep_store_staging(staging, now=written + timedelta(seconds=STAGING_MAX_AGE + 60)) == 2
+    assert [entry.location for entry in store.list_files(root)] == [table]
 
 
 def test_run_ids_sort_in_the_order_they_were_made_and_say_when(tmp_path):
