@@ -77,7 +77,16 @@ def storage_options(location: Location) -> dict[str, str] | None:
     conditional write (If-None-Match, "etag"), the rest from the same AWS environment."""
     if not is_remote(location):
         return None
-    options = {"conditional_put": "etag"}
+    # delta-rs' own retries (object_store's defaults: 10 retries within 180 s, backoff up to
+    # 15 s) bounded like the store layer's, so a bucket that keeps answering 503 or does not
+    # answer is one error line within SALES_MODEL_STORE_RETRY_SECONDS, not minutes later.
+    options = {
+        "conditional_put": "etag",
+        "max_retries": "10",
+        "retry_timeout": f"{max(1, round(retry_seconds() * 1000))}ms",
+        "backoff_config.init_backoff": "100ms",
+        "backoff_config.max_backoff": "5s",
+    }
     for key in ("AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP", "AWS_REGION"):
         if os.environ.get(key):
             options[key] = os.environ[key]
