@@ -3,6 +3,9 @@ SALES_MODEL_TEST_HOOK says what to do around the output tables' commits.
 
     {"kill_after": ["commit_parts", 2]}   SIGKILL this process once the 2nd commit_parts returns
     {"meet": [DIR, 2]}                    before the first append, wait until 2 processes are there
+    {"pause_after": ["commit_parts", 2, DIR]}  once the 2nd commit_parts returns, create
+                                          DIR/paused and wait until DIR/resume exists (the test
+                                          breaks the store meanwhile)
 """
 
 from __future__ import annotations
@@ -36,6 +39,27 @@ def kill_after(name: str, count: int) -> None:
     setattr(tables, name, step)
 
 
+def pause_after(name: str, count: int, folder: str) -> None:
+    """Once the `count`-th call of tables.<name> has committed, say so (DIR/paused) and wait for
+    the test (DIR/resume) before the publish goes on."""
+    real, calls = getattr(tables, name), []
+
+    def step(*args, **kwargs):
+        version = real(*args, **kwargs)
+        calls.append(version)
+        if len(calls) == count:
+            here = Path(folder)
+            (here / "paused").touch()
+            deadline = time.monotonic() + MEET_TIMEOUT_SECONDS
+            while not (here / "resume").exists():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the test never said to resume ({folder})")
+                time.sleep(0.05)
+        return version
+
+    setattr(tables, name, step)
+
+
 def meet(folder: str, parties: int) -> None:
     """Hold this process's first append until `parties` processes have reached theirs, so that
     their commits overlap."""
@@ -60,6 +84,8 @@ if __name__ == "__main__":
     hook = json.loads(os.environ[HOOK])
     if "kill_after" in hook:
         kill_after(*hook["kill_after"])
+    if "pause_after" in hook:
+        pause_after(*hook["pause_after"])
     if "meet" in hook:
         meet(*hook["meet"])
     exit_now(main(sys.argv[1:]))
