@@ -6,6 +6,7 @@ SALES_MODEL_TEST_HOOK says what to do around the output tables' commits.
     {"pause_after": ["commit_parts", 2, DIR]}  once the 2nd commit_parts returns, create
                                           DIR/paused and wait until DIR/resume exists (the test
                                           breaks the store meanwhile)
+    {"pause_before": ["current_champion", 1, DIR]}  the same, before the 1st call
 """
 
 from __future__ import annotations
@@ -39,23 +40,28 @@ def kill_after(name: str, count: int) -> None:
     setattr(tables, name, step)
 
 
-def pause_after(name: str, count: int, folder: str) -> None:
-    """Once the `count`-th call of tables.<name> has committed, say so (DIR/paused) and wait for
-    the test (DIR/resume) before the publish goes on."""
+def pause(name: str, count: int, folder: str, *, after: bool) -> None:
+    """Before (or once it has committed, `after`) the `count`-th call of tables.<name>, say so
+    (DIR/paused) and wait for the test (DIR/resume) before the run goes on."""
     real, calls = getattr(tables, name), []
 
+    def wait() -> None:
+        here = Path(folder)
+        (here / "paused").touch()
+        deadline = time.monotonic() + MEET_TIMEOUT_SECONDS
+        while not (here / "resume").exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the test never said to resume ({folder})")
+            time.sleep(0.05)
+
     def step(*args, **kwargs):
-        version = real(*args, **kwargs)
-        calls.append(version)
-        if len(calls) == count:
-            here = Path(folder)
-            (here / "paused").touch()
-            deadline = time.monotonic() + MEET_TIMEOUT_SECONDS
-            while not (here / "resume").exists():
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the test never said to resume ({folder})")
-                time.sleep(0.05)
-        return version
+        calls.append(True)
+        if len(calls) == count and not after:
+            wait()
+        result = real(*args, **kwargs)
+        if len(calls) == count and after:
+            wait()
+        return result
 
     setattr(tables, name, step)
 
@@ -85,7 +91,9 @@ if __name__ == "__main__":
     if "kill_after" in hook:
         kill_after(*hook["kill_after"])
     if "pause_after" in hook:
-        pause_after(*hook["pause_after"])
+        pause(*hook["pause_after"], after=True)
+    if "pause_before" in hook:
+        pause(*hook["pause_before"], after=False)
     if "meet" in hook:
         meet(*hook["meet"])
     exit_now(main(sys.argv[1:]))

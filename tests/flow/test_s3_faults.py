@@ -244,19 +244,28 @@ def test_transient_503s_are_retried_and_the_run_reads_back_whole(
     assert reader.champion() == run_id
 
 
-@pytest.mark.parametrize("when", ["from the start", "mid-publish"])
+# Where the store starts answering 503 to every request: before the run starts, when the run
+# reads the champion to judge its model (delta-rs reads), after its predictions are committed.
+PAUSES = {
+    "from the start": None,
+    "judging the model": {"pause_before": ["current_champion", 1]},
+    "mid-publish": {"pause_after": ["commit_parts", 2]},
+}
+
+
+@pytest.mark.parametrize("when", PAUSES)
 def test_permanent_503s_are_one_error_line_naming_the_uri_and_nothing_is_committed(
     faulty, s3_server, sales, tmp_path, prefect_api_url, when
 ):
     proxy, root, env = faulty
     args = ["--data", str(sales), "--output", root]
-    if when == "from the start":
+    if PAUSES[when] is None:
         proxy.faults.always = True
         code, stderr = train(args, env, prefect_api_url)
     else:
         pause = tmp_path / "pause"
         pause.mkdir()
-        hook = {"pause_after": ["commit_parts", 2, str(pause)]}
+        hook = {name: [*at, str(pause)] for name, at in PAUSES[when].items()}
         proc = train_process(args, env, prefect_api_url, hook=hook)
         wait_for(pause / "paused", proc)
         proxy.faults.always = True
