@@ -103,15 +103,14 @@ class Reader:
         uri = tables.table_uri(self.root, table)
         return DeltaTable(uri, storage_options=self.options).to_pandas()
 
-    def rows(self, table, key="run_id"):
-        """`table`'s rows by `key` (nulls stay None)."""
+    def rows(self, table):
+        """`table`'s rows (nulls stay None)."""
         uri = tables.table_uri(self.root, table)
-        rows = DeltaTable(uri, storage_options=self.options).to_pyarrow_table().to_pylist()
-        return {row[key]: row for row in rows}
+        return DeltaTable(uri, storage_options=self.options).to_pyarrow_table().to_pylist()
 
     def history(self):
         """The promotions, oldest first."""
-        return sorted(self.rows(tables.CHAMPIONS, "version").values(), key=lambda r: r["version"])
+        return sorted(self.rows(tables.CHAMPIONS), key=lambda row: row["version"])
 
     def run_ids(self, table):
         if not self.exists(table):
@@ -322,7 +321,7 @@ def test_two_machines_training_at_once_both_commit_whole_with_one_promotion_per_
     new = reader.committed() - before
     assert len(new) == 2
     assert reader.seen() == clean_runs(before | new)
-    accepted = {run_id: row["rows_accepted"] for run_id, row in reader.rows(RUNS).items()}
+    accepted = {row["run_id"]: row["rows_accepted"] for row in reader.rows(RUNS)}
     predictions = reader.frame("predictions")["run_id"].value_counts()
     weights = reader.frame("weights")["run_id"].value_counts()
     for run_id in new:
@@ -331,7 +330,7 @@ def test_two_machines_training_at_once_both_commit_whole_with_one_promotion_per_
 
     # One promotion per decision: consecutive versions, each replacing the one before it; the
     # run crowned second decided again, against the one crowned first.
-    history, runs = reader.history(), reader.rows(RUNS)
+    history, runs = reader.history(), {row["run_id"]: row for row in reader.rows(RUNS)}
     promoted = [row["run_id"] for row in history]
     assert [row["version"] for row in history] == list(range(len(before) + 2))
     assert sorted(promoted) == sorted(before | new)
