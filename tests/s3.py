@@ -1,6 +1,8 @@
 """A real S3 API server for the tests: `moto_server` in its own process on 127.0.0.1 (delta-rs
 reads are known to hang against moto running in a thread of the same process), one per test
-session, stopped by its PID; a fresh bucket per test."""
+session, stopped by its PID; a fresh bucket per test. For the fault tests, proxies in front of a
+server: `CuttableProxy` (TCP: the store stops answering, then answers again) and `FaultProxy`
+(HTTP: 503 SlowDown as its `Faults` say)."""
 
 from __future__ import annotations
 
