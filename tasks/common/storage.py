@@ -120,9 +120,10 @@ def _errno(exc: Exception) -> int | None:
 
 def describe_error(exc: Exception) -> str:
     """'No space left on device' rather than pyarrow's 'Error writing bytes ... [errno 28]' or
-    delta-rs' 'Generic LocalFileSystem error: ... (os error 28)'."""
+    delta-rs' 'Generic LocalFileSystem error: ... (os error 28)'; one line for an object store's
+    error (delta-rs tells those over several lines)."""
     number = _errno(exc)
-    return os.strerror(number) if number else str(exc)
+    return os.strerror(number) if number else store.describe(exc)
 
 
 # The errors of a disk that takes no more (full, a file size limit, a quota, read-only).

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -77,7 +78,16 @@ def storage_options(location: Location) -> dict[str, str] | None:
     conditional write (If-None-Match, "etag"), the rest from the same AWS environment."""
     if not is_remote(location):
         return None
-    options = {"conditional_put": "etag"}
+    # delta-rs' own retries (object_store's defaults: 10 retries within 180 s, backoff up to
+    # 15 s) bounded like the store layer's, so a bucket that keeps answering 503 or does not
+    # answer is one error line within SALES_MODEL_STORE_RETRY_SECONDS, not minutes later.
+    options = {
+        "conditional_put": "etag",
+        "max_retries": "10",
+        "retry_timeout": f"{max(1, round(retry_seconds() * 1000))}ms",
+        "backoff_config.init_backoff": "100ms",
+        "backoff_config.max_backoff": "5s",
+    }
     for key in ("AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP", "AWS_REGION"):
         if os.environ.get(key):
             options[key] = os.environ[key]
@@ -383,7 +393,8 @@ def _errors(location: Location) -> Iterator[None]:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc)
+    # delta-rs tells object_store's errors over several lines, with terminal colours.
+    text = " ".join(_ANSI.sub("", str(exc)).replace("\u21b3", " ").split())
     if isinstance(exc, PermissionDeniedError | UnauthenticatedError) or any(
         code in text
         for code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403 Forbidden")
@@ -394,6 +405,11 @@ def _reason(exc: BaseException) -> str:
         )
     if "NoSuchBucket" in text:
         return "no such bucket"
+    if status := _SERVER_ERROR.search(text):
+        return (
+            f"the object store answered {status.group(1).strip()} "
+            f"(retried for up to {retry_seconds():g} s)"
+        )
     if any(
         word in text
         for word in (
@@ -408,5 +424,16 @@ def _reason(exc: BaseException) -> str:
         return (
             f"cannot reach the object store at {endpoint} (retried for up to {retry_seconds():g} s)"
         )
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return first[:300]
+    return text[:300] if text else type(exc).__name__
+
+
+# Terminal colours, in delta-rs' errors.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# A 5xx answer as object_store reports it, e.g. "status code: 503 Service Unavailable: <?xml".
+_SERVER_ERROR = re.compile(r"status code:? (5\d\d[A-Za-z ]*)")
+
+
+def describe(exc: BaseException) -> str:
+    """One line saying why a request to the store failed (from obstore or delta-rs), in the
+    words of the store layer's errors: unreachable, access denied, a 5xx answer, ..."""
+    return _reason(exc)

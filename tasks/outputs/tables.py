@@ -17,10 +17,11 @@ environment's endpoint and region), so callers need not pass any.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -473,21 +474,34 @@ def _open(
     """The table at `version` (latest by default), or None if it has no log yet. A damaged log
     or an earlier release's folder is a PipelineError saying what to do."""
     uri = table_uri(root, table)
-    filesystem = _filesystem(uri, storage_options)
-    sizes = _commit_files(filesystem) if filesystem else {}
-    if not sizes:
-        if filesystem and _legacy_files(filesystem):
-            raise PipelineError(
-                f"{uri}: an output folder of an earlier release (Parquet files under run_id=*/, "
-                f"no Delta log); run `make migrate OUTPUT={root}` to convert it"
-            )
-        return None
-    _check_log(uri, filesystem, sizes, version)
+    with _store_errors(uri):
+        filesystem = _filesystem(uri, storage_options)
+        sizes = _commit_files(filesystem) if filesystem else {}
+        if not sizes:
+            if filesystem and _legacy_files(filesystem):
+                raise PipelineError(
+                    f"{uri}: an output folder of an earlier release (Parquet files under "
+                    f"run_id=*/, no Delta log); run `make migrate OUTPUT={root}` to convert it"
+                )
+            return None
+        _check_log(uri, filesystem, sizes, version)
+        try:
+            return DeltaTable(uri, version=version, storage_options=_options(storage_options, uri))
+        except DeltaError as exc:
+            bad = _unparsable(filesystem, sizes) or (None, _first_line(exc))
+            raise PipelineError(_damaged(uri, *bad, newest=bad[0] == max(sizes))) from exc
+
+
+@contextlib.contextmanager
+def _store_errors(uri: str) -> Iterator[None]:
+    """A bucket that still fails once delta-rs has retried (503s, an endpoint that does not
+    answer) is one PipelineError naming the table, not a traceback."""
     try:
-        return DeltaTable(uri, version=version, storage_options=_options(storage_options, uri))
-    except DeltaError as exc:
-        bad = _unparsable(filesystem, sizes) or (None, _first_line(exc))
-        raise PipelineError(_damaged(uri, *bad, newest=bad[0] == max(sizes))) from exc
+        yield
+    except OSError as exc:
+        if not store.is_remote(uri):
+            raise
+        raise PipelineError(f"{uri}: {store.describe(exc)}") from exc
 
 
 def _existing(

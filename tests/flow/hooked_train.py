@@ -3,6 +3,10 @@ SALES_MODEL_TEST_HOOK says what to do around the output tables' commits.
 
     {"kill_after": ["commit_parts", 2]}   SIGKILL this process once the 2nd commit_parts returns
     {"meet": [DIR, 2]}                    before the first append, wait until 2 processes are there
+    {"pause_after": ["commit_parts", 2, DIR]}  once the 2nd commit_parts returns, create
+                                          DIR/paused and wait until DIR/resume exists (the test
+                                          breaks the store meanwhile)
+    {"pause_before": ["current_champion", 1, DIR]}  the same, before the 1st call
 """
 
 from __future__ import annotations
@@ -36,6 +40,32 @@ def kill_after(name: str, count: int) -> None:
     setattr(tables, name, step)
 
 
+def pause(name: str, count: int, folder: str, *, after: bool) -> None:
+    """Before (or once it has committed, `after`) the `count`-th call of tables.<name>, say so
+    (DIR/paused) and wait for the test (DIR/resume) before the run goes on."""
+    real, calls = getattr(tables, name), []
+
+    def wait() -> None:
+        here = Path(folder)
+        (here / "paused").touch()
+        deadline = time.monotonic() + MEET_TIMEOUT_SECONDS
+        while not (here / "resume").exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the test never said to resume ({folder})")
+            time.sleep(0.05)
+
+    def step(*args, **kwargs):
+        calls.append(True)
+        if len(calls) == count and not after:
+            wait()
+        result = real(*args, **kwargs)
+        if len(calls) == count and after:
+            wait()
+        return result
+
+    setattr(tables, name, step)
+
+
 def meet(folder: str, parties: int) -> None:
     """Hold this process's first append until `parties` processes have reached theirs, so that
     their commits overlap."""
@@ -60,6 +90,10 @@ if __name__ == "__main__":
     hook = json.loads(os.environ[HOOK])
     if "kill_after" in hook:
         kill_after(*hook["kill_after"])
+    if "pause_after" in hook:
+        pause(*hook["pause_after"], after=True)
+    if "pause_before" in hook:
+        pause(*hook["pause_before"], after=False)
     if "meet" in hook:
         meet(*hook["meet"])
     exit_now(main(sys.argv[1:]))
