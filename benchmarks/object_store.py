@@ -6,7 +6,8 @@ local disk (issue target: at most 1.3x):
 Both cases run the whole `train-sales-model` flow with `--no-cache` in a fresh process each,
 interleaved, against one `prefect server` and one local S3 server (`moto_server`,
 scripts/s3_server.py) this script starts on 127.0.0.1 and stops. The CSV is uploaded once
-before any measurement. Prints seconds and peak RSS per run, then best and median per case.
+before any measurement. Prints seconds, peak RSS and the CPU seconds the S3 server used during
+each run (on a 2-core machine they are taken from the pipeline), then best and median per case.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def train(data: str, output: str) -> dict:
     started = time.perf_counter()
     manifest = train_sales_model(data=data, output=output, use_cache=False)
     return {"seconds": time.perf_counter() - started, "rows": manifest["rows"]["in"]}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (/proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_case(data: str, output: str, env: dict) -> dict:
@@ -103,7 +110,9 @@ def main() -> None:
         results: dict[str, list[dict]] = {name: [] for name in cases}
         for attempt in range(args.repeat):
             for name, (data, output) in cases.items():
+                before = cpu_seconds(moto.pid)
                 result = run_case(data, f"{output}-{attempt}", env)
+                result["s3_server_cpu_seconds"] = cpu_seconds(moto.pid) - before
                 results[name].append(result)
                 print(args.rows, name, result, flush=True)
         for name, runs in results.items():

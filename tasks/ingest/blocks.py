@@ -32,7 +32,7 @@ from tasks.ingest.csvfile import ByteRange, CsvFile, changed_message
 
 # One request to the store reads this much (a block is cut from it), with this many requests
 # under way at once: few, large reads for an object store (each request costs tens of ms).
-READ_BYTES = 16 << 20
+READ_BYTES = 64 << 20
 READ_AHEAD = 2
 
 
