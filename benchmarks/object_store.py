@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.run import REPO, data_file
+from benchmarks.run import data_file, measure
 from flows.cli import OFFLINE_ENV
 from scripts import s3_server
 from scripts.local_prefect import HOST, free_port, wait_healthy
@@ -47,20 +47,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_case(data: str, output: str, env: dict) -> dict:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.object_store", "--case", data, output],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    stdout = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        return {"error": f"exit {os.waitstatus_to_exitcode(status)}"}
-    result = json.loads(stdout.strip().splitlines()[-1])
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024
-    return result
+    return measure(["-m", "benchmarks.object_store", "--case", data, output], env)
 
 
 def main() -> None:

@@ -52,8 +52,14 @@ def data_file(rows: int) -> Path:
 
 
 def run_case(case: str, csv: Path, out: Path, env: dict) -> dict:
+    return measure(["-m", "benchmarks.cases", case, str(csv), str(out)], env)
+
+
+def measure(command: list[str], env: dict) -> dict:
+    """`python COMMAND` in a fresh process: the JSON of its last output line, with its peak RSS
+    (wait4), or {"error": ...} when it failed."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.cases", case, str(csv), str(out)],
+        [sys.executable, *command],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -121,11 +121,12 @@ def in_tables(root, run_id):
     return {table: run_id in tables.run_ids(root, table) for table in ALL_TABLES}
 
 
-def cli(args, api_url, hook=None, server_home=None, **kwargs):
+def cli(args, api_url, hook=None, server_home=None, extra_env=None, **kwargs):
     """The command line (tests/flow/hooked_train.py with a `hook`) against the server at
-    `api_url`, or, with None, a temporary server of its own under `server_home`. The process
-    leads a process group of its own (its temporary server is in it)."""
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    `api_url`, or, with None, a temporary server of its own under `server_home`; `extra_env`
+    over this process's environment. The process leads a process group of its own (its
+    temporary server is in it)."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | (extra_env or {})
     if api_url is not None:
         env["PREFECT_API_URL"] = api_url
     if server_home is not None:

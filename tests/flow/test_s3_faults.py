@@ -7,11 +7,7 @@ promotion per decision)."""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,11 +19,16 @@ from schemas.outputs import RUNS
 from schemas.outputs import TABLES as RUN_TABLES
 from scripts import s3_server as s3_server_script
 from tasks.outputs import tables
-from tests.conftest import HEADER, REPO, sales_rows
-from tests.flow.hooked_train import HOOK
+from tests.conftest import HEADER, sales_rows
 
 # The fault tests' temporary Prefect server (server_home) for the second machine.
-from tests.flow.test_faults import finish, migrated_home, one_error_line, server_home  # noqa: F401
+from tests.flow.test_faults import (  # noqa: F401
+    cli,
+    finish,
+    migrated_home,
+    one_error_line,
+    server_home,
+)
 from tests.s3 import CuttableProxy, FaultProxy, Faults
 
 # How long the store layer and delta-rs retry a request in these tests' processes.
@@ -39,23 +40,7 @@ def train_process(args, env, api_url, hook=None, prefect_home=None):
     """`python -m flows.train` (tests/flow/hooked_train.py with a `hook`) in a process group of
     its own, with `env` over this process's environment, against the Prefect server at
     `api_url` (None: a temporary one of its own under `prefect_home`)."""
-    env = {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, **env}
-    if api_url is not None:
-        env["PREFECT_API_URL"] = api_url
-    if prefect_home is not None:
-        env["PREFECT_HOME"] = str(prefect_home)
-    module = "flows.train"
-    if hook is not None:
-        env[HOOK], module = json.dumps(hook), "tests.flow.hooked_train"
-    return subprocess.Popen(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return cli(args, api_url, hook=hook, server_home=prefect_home, extra_env=env)
 
 
 def machine(tmp_path, name, endpoint, root):
