@@ -1,8 +1,7 @@
-"""Storage plumbing below every stage: run ids, atomic writes of files on a local disk (the
-ledger's store), JSON documents at a location (a path or an s3:// URI: the readable copies of
-manifests), a run's staging (its working files: on the local disk, or on the store for a
-cluster on an object-store root) and what a full disk means for it. The output tables are
-Delta tables (tasks/outputs/tables.py).
+"""Storage plumbing below every stage: run ids, JSON documents at a location (a path or an
+s3:// URI: the readable copies of manifests), a run's staging (its working files: on the local
+disk, or on the store for a cluster on an object-store root) and what a full disk means for it.
+The output tables are Delta tables (tasks/outputs/tables.py).
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -87,28 +86,6 @@ def new_run(output: Location, parameters: dict[str, Any], now: datetime | None =
 def data_fingerprint(sha256s: list[str]) -> str:
     """sha256 over the sorted input sha256s: the same data gives the same fingerprint."""
     return hashlib.sha256("\n".join(sorted(sha256s)).encode()).hexdigest()
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write via `write(tmp)` to a hidden temp file beside `path`, fsync, rename into place.
-
-    On failure (disk full, no permission) the temp file is removed, `path` is left as it was,
-    and PublishError says which file could not be written.
-    """
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    except OSError as exc:
-        raise PublishError(
-            f"{path}: could not write ({describe_error(exc)}); the previous contents are unchanged"
-        ) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _errno(exc: Exception) -> int | None:

@@ -250,11 +250,23 @@ class OutputFile:
             with _errors(self.location):
                 self._writer.close()
 
+    def abort(self) -> None:
+        """Give the object up: nothing appears at the location (a bucket's multipart upload is
+        aborted, a local temporary file removed)."""
+        if not self.closed:
+            with contextlib.suppress(BaseError, OSError, ValueError):
+                self._writer.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
     def __enter__(self) -> OutputFile:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type | None, *exc: object) -> None:
+        """Complete the object, or, when the block raised, give it up: a half-written object
+        must never appear under its name."""
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
 
 
 class InputFile:
@@ -389,12 +401,29 @@ def _errors(location: Location) -> Iterator[None]:
     except (AlreadyExistsError, FileExistsError):
         raise FileExistsError(f"{location}: already exists") from None
     except (BaseError, OSError) as exc:
-        raise PipelineError(f"{location}: {_reason(exc)}") from None
+        number = _local_errno(location, exc)
+        if number:  # a full disk, a permission: the callers' OSError handling applies
+            raise OSError(number, os.strerror(number), str(location)) from None
+        raise PipelineError(f"{location}: {describe(exc)}") from None
 
 
-def _reason(exc: BaseException) -> str:
-    # delta-rs tells object_store's errors over several lines, with terminal colours.
-    text = " ".join(_ANSI.sub("", str(exc)).replace("\u21b3", " ").split())
+def _local_errno(location: Location, exc: BaseException) -> int | None:
+    """The errno of a local file's failure (obstore says "(os error 28)")."""
+    if is_remote(location):
+        return None
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    found = _OS_ERROR.search(str(exc))
+    return int(found.group(1)) if found else None
+
+
+def describe(exc: BaseException) -> str:
+    """One line saying why a request to the store failed (from obstore or delta-rs), in the
+    words of the store layer's errors: unreachable, access denied, a 5xx answer, ..."""
+    # delta-rs tells object_store's errors over several lines, with terminal colours; obstore
+    # adds a "Debug source:" dump.
+    text = str(exc).split("Debug source:", 1)[0]
+    text = " ".join(_ANSI.sub("", text).replace("\u21b3", " ").split())
     if isinstance(exc, PermissionDeniedError | UnauthenticatedError) or any(
         code in text
         for code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403 Forbidden")
@@ -411,29 +440,29 @@ def _reason(exc: BaseException) -> str:
             f"(retried for up to {retry_seconds():g} s)"
         )
     if any(
-        word in text
-        for word in (
+        phrase in text
+        for phrase in (
             "Connection refused",
             "error sending request",
-            "connect",
+            "error trying to connect",
+            "tcp connect error",
             "dns error",
-            "timed out",
+            "operation timed out",
         )
     ):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL", "the AWS endpoint")
+        # an endpoint may carry user:password@: never shown
+        endpoint = _USERINFO.sub("://", os.environ.get("AWS_ENDPOINT_URL", "the AWS endpoint"))
         return (
             f"cannot reach the object store at {endpoint} (retried for up to {retry_seconds():g} s)"
         )
     return text[:300] if text else type(exc).__name__
 
 
+# "(os error 28)": the errno of a local file's failure, as obstore words it.
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+# The user:password@ of a URL.
+_USERINFO = re.compile(r"://[^/@]*@")
 # Terminal colours, in delta-rs' errors.
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # A 5xx answer as object_store reports it, e.g. "status code: 503 Service Unavailable: <?xml".
 _SERVER_ERROR = re.compile(r"status code:? (5\d\d[A-Za-z ]*)")
-
-
-def describe(exc: BaseException) -> str:
-    """One line saying why a request to the store failed (from obstore or delta-rs), in the
-    words of the store layer's errors: unreachable, access denied, a 5xx answer, ..."""
-    return _reason(exc)

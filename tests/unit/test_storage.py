@@ -18,38 +18,16 @@ import pytest
 from schemas.outputs import WeightsTable
 from schemas.params import RUN_ID_PATTERN, RUN_TIMEOUT_SECONDS, _check_run_id
 from tasks.common import store
-from tasks.common.errors import PublishError
 from tasks.common.storage import (
     STAGING,
     STAGING_MAX_AGE,
     _RunClock,
-    atomic_write,
     format_run_id,
     new_run,
     staging_area,
     sweep_staging,
     sweep_store_staging,
 )
-
-
-def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
-    target = tmp_path / "t" / "file.parquet"
-
-    def broken(tmp):
-        tmp.write_bytes(b"half")
-        raise OSError("disk full")
-
-    with pytest.raises(PublishError, match=r"file.parquet: could not write \(disk full\)"):
-        atomic_write(target, broken)
-    assert list((tmp_path / "t").iterdir()) == []
-
-
-def test_atomic_write_replaces_the_previous_file(tmp_path):
-    target = tmp_path / "f.json"
-    atomic_write(target, lambda tmp: tmp.write_text("old"))
-    atomic_write(target, lambda tmp: tmp.write_text("new"))
-    assert target.read_text() == "new"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
 def age(path, seconds):

@@ -53,3 +53,27 @@ def test_an_endpoint_that_does_not_answer_is_one_error_naming_the_uri(s3_env, mo
     store.forget_clients()
     with pytest.raises(PipelineError, match=r"s3://bucket/key: cannot reach the object store"):
         store.size("s3://bucket/key")
+
+
+def test_a_write_that_fails_half_way_leaves_no_object(folder):
+    location = store.join(folder, "part.parquet")
+
+    def write_half() -> None:
+        with store.open_output(location) as sink:
+            sink.write(b"half of it")
+            raise RuntimeError("the writer died")
+
+    with pytest.raises(RuntimeError, match="the writer died"):
+        write_half()
+    assert not store.exists(location)
+    assert store.list_files(folder) == []
+
+
+def test_a_local_write_the_disk_refuses_is_an_os_error_with_its_errno(tmp_path):
+    import errno
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(OSError, match="under") as found:
+        store.write(str(blocker / "under" / "x"), b"1")
+    assert found.value.errno in (errno.ENOTDIR, errno.EEXIST, errno.ENOENT)
