@@ -100,7 +100,10 @@ def describe_error(exc: Exception) -> str:
     delta-rs' 'Generic LocalFileSystem error: ... (os error 28)'; one line for an object store's
     error (delta-rs tells those over several lines)."""
     number = _errno(exc)
-    return os.strerror(number) if number else store.describe(exc)
+    if not number:
+        return store.describe(exc)
+    where = getattr(exc, "filename", None)  # the file the store could not write, when known
+    return f"{where}: {os.strerror(number)}" if where else os.strerror(number)
 
 
 # The errors of a disk that takes no more (full, a file size limit, a quota, read-only).
