@@ -30,8 +30,8 @@ from tasks.ingest.validate import FileReport
 
 # Bump when pass 1's code changes what it keeps (parsing, checks, records, spill layout):
 # entries of another format are stale and rebuilt.
-CACHE_FORMAT = 2
-MOMENTS = ("origin", "offset", "sxx", "sxy", "syy")
+CACHE_FORMAT = 3  # 3: the statistics are a QR factor (r), not sums of products
+MOMENTS = ("origin", "offset", "r")
 
 
 class BadEntry(Exception):  # noqa: N818 (an outcome: the entry is not used)
@@ -77,6 +77,7 @@ def write_entry(tmp: Path, key: str, scan: Scan) -> dict[str, Any]:
         "report": {k: v for k, v in vars(report).items() if k != "path"},
         "train_n": scan.train.n,
         "holdout_n": scan.holdout.n,
+        "features": scan.train.d,
         "columns": list(sketch.columns),
         "offsets": list(part.offsets),
         "spills": spills,
@@ -147,7 +148,9 @@ def scan_of(meta: dict[str, Any], folder: Path, source: str, index: int) -> Scan
     with np.load(folder / "arrays.npz", allow_pickle=False) as data:
         arrays = {name: data[name] for name in data.files}
     moments = {
-        split: Moments(meta[f"{split}_n"], *(arrays[f"{split}_{name}"] for name in MOMENTS))
+        split: Moments(
+            meta[f"{split}_n"], *(arrays[f"{split}_{name}"] for name in MOMENTS), meta["features"]
+        )
         for split in ("train", "holdout")
     }
     sample = BottomK(PROFILE_SAMPLE_ROWS)

@@ -3,10 +3,13 @@ promotion gate and the scaler need, gathered over the rows once. Partial statist
 row sets merge (blocks, files, processes, machines). No torch here: both the pass over the rows
 and the training import this module.
 
-The statistics are centred: each block's sums of products are taken about the block's own
-means, and blocks merge with the exact pairwise update of Chan, Golub and LeVeque. Sums of raw
-squares would cancel to nothing for a column whose offset dwarfs its spread (a year, epoch
-milliseconds, targets around 1e6).
+The statistics are a QR factor, never the normal equations: each block's rows are centred on
+the block's own means and factored (Householder QR, LAPACK's dgeqrf), and two blocks merge by
+factoring their stacked factors plus one row for the spread between their means (TSQR with the
+exact pairwise update of Chan, Golub and LeVeque). Sums of products X^T X would square the
+condition number of the design (Longley, polynomial features); sums of raw squares would cancel
+to nothing for a column whose offset dwarfs its spread (a year, epoch milliseconds, targets
+around 1e6).
 """
 
 from __future__ import annotations
@@ -15,61 +18,93 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The smallest eigenvalue of the features' correlation matrix below which they are collinear
-# (a condition number above ~1e10: standard errors would be rounding noise, and gradient
-# descent could not move along that direction in any number of epochs).
-COLLINEAR_EIGENVALUE = 1e-10
+# The smallest singular value of the features' scaled factor (each column scaled to unit
+# length: the square root of the correlation matrix's smallest eigenvalue) below which they are
+# collinear: a condition number above ~1e9, where float64 least squares keeps fewer than about
+# six digits and gradient descent cannot be certified.
+COLLINEAR_SINGULAR_VALUE = 1e-9
 
 
 @dataclass(frozen=True)
 class Moments:
-    """The statistics of n rows of features x [d] then targets y [k]: a row of the data
-    (origin [d + k]), the means' offsets from it (offset [d + k]), and the sums of products of
-    deviations from the means, Sxx [d, d], Sxy [d, k] and Syy per target [k]. Means held as
-    offsets from a value of the data are rounded to the size of the columns' spread, not to
-    the size of the columns: two blocks' means of epoch milliseconds differ exactly."""
+    """The statistics of n rows of d features x then k targets y: a row of the data (origin
+    [d + k]), the means' offsets from it (offset [d + k]), and `r` [d + k, d + k], the upper
+    triangular factor of the rows' deviations from their means, [X - mean_x, y - mean_y] = Q r,
+    its diagonal >= 0. Means held as offsets from a value of the data are rounded to the size of
+    the columns' spread, not to the size of the columns: two blocks' means of epoch
+    milliseconds differ exactly. r^T r holds the sums of products of deviations (Sxx, Sxy, Syy),
+    which are derived from it, never summed."""
 
     n: int
     origin: np.ndarray
     offset: np.ndarray
-    sxx: np.ndarray
-    sxy: np.ndarray
-    syy: np.ndarray
+    r: np.ndarray
+    d: int
 
     @property
     def mean_x(self) -> np.ndarray:
-        return (self.origin + self.offset)[: len(self.sxx)]
+        return (self.origin + self.offset)[: self.d]
 
     @property
     def mean_y(self) -> np.ndarray:
-        return (self.origin + self.offset)[len(self.sxx) :]
+        return (self.origin + self.offset)[self.d :]
+
+    @property
+    def sxx(self) -> np.ndarray:
+        """Sums of products of the features' deviations [d, d]."""
+        return self.r[:, : self.d].T @ self.r[:, : self.d]
+
+    @property
+    def sxy(self) -> np.ndarray:
+        """Sums of products of the features' and the targets' deviations [d, k]."""
+        return self.r[:, : self.d].T @ self.r[:, self.d :]
+
+    @property
+    def syy(self) -> np.ndarray:
+        """Sums of squares of each target's deviations [k]."""
+        return (self.r[:, self.d :] ** 2).sum(axis=0)
 
     def __add__(self, other: Moments) -> Moments:
-        """The statistics of both row sets: the sums about the merged mean are each part's
-        plus the spread between the two means, weighted by n_a n_b / n."""
+        """The statistics of both row sets: the factor of the stacked factors and the spread
+        between the two means, weighted by sqrt(n_a n_b / n) (the deviations about the merged
+        mean are each part's plus that spread)."""
         if other.n == 0:
             return self
         if self.n == 0:
             return other
-        n, d = self.n + other.n, len(self.sxx)
+        n = self.n + other.n
         # origins of one column are near each other where its offset dwarfs its spread, so
         # their difference is exact; the offsets are of the spread's size
         delta = (other.origin - self.origin) + (other.offset - self.offset)
-        dx, dy = delta[:d], delta[d:]
-        weight = self.n * other.n / n
+        spread = np.sqrt(self.n * other.n / n) * delta
+        stacked = np.vstack([self.r, other.r, spread[None, :]])
         return Moments(
-            n,
-            self.origin,
-            self.offset + delta * (other.n / n),
-            self.sxx + other.sxx + weight * np.outer(dx, dx),
-            self.sxy + other.sxy + weight * np.outer(dx, dy),
-            self.syy + other.syy + weight * dy * dy,
+            n, self.origin, self.offset + delta * (other.n / n), triangular_factor(stacked), self.d
         )
 
     @staticmethod
     def zero(d: int, k: int) -> Moments:
         none = np.zeros(d + k)
-        return Moments(0, none, none.copy(), np.zeros((d, d)), np.zeros((d, k)), np.zeros(k))
+        return Moments(0, none, none.copy(), np.zeros((d + k, d + k)), d)
+
+
+def triangular_factor(rows: np.ndarray) -> np.ndarray:
+    """R [m, m] of rows [N, m] = Q R (any N), upper triangular with a diagonal >= 0. Householder
+    QR (LAPACK dgeqrf, on a column-major copy or on `rows` itself when it is one: callers pass
+    arrays they own)."""
+    from scipy.linalg import lapack  # the first block pays the import, not every command
+
+    n, m = rows.shape
+    if n == 0:
+        return np.zeros((m, m))
+    packed, _, _, info = lapack.dgeqrf(np.asfortranarray(rows, dtype=np.float64), overwrite_a=1)
+    if info != 0:
+        raise ValueError(f"QR factorization failed (LAPACK dgeqrf info={info})")
+    r = np.zeros((m, m))
+    top = min(n, m)
+    r[:top] = np.triu(packed[:top])
+    signs = np.where(np.diag(r) < 0, -1.0, 1.0)
+    return r * signs[:, None]
 
 
 def moments_of(X: np.ndarray, y: np.ndarray) -> Moments:
@@ -84,18 +119,14 @@ def moments_of(X: np.ndarray, y: np.ndarray) -> Moments:
 def moments_of_columns(values: np.ndarray, d: int) -> Moments:
     """The same from one float64 array [N, d + k] of features then targets, in two passes:
     the deviations from the first row (a constant column is exactly zero), then from their
-    mean; one product of the deviations gives Sxx, Sxy and Syy (column-major arrays sum
-    fastest)."""
+    mean; the deviations are factored in place (column-major arrays are not copied)."""
     if len(values) == 0:
         return Moments.zero(d, values.shape[1] - d)
     origin = values[0].copy()
     deviations = values - origin
     offset = deviations.mean(axis=0)
     deviations -= offset
-    gram = deviations.T @ deviations
-    return Moments(
-        len(values), origin, offset, gram[:d, :d], gram[:d, d:], np.diag(gram)[d:].copy()
-    )
+    return Moments(len(values), origin, offset, triangular_factor(deviations), d)
 
 
 def sum_moments(parts: list[Moments]) -> Moments:
@@ -108,24 +139,41 @@ def sum_moments(parts: list[Moments]) -> Moments:
 
 def moments_mse(m: Moments, W: np.ndarray, b: np.ndarray) -> np.ndarray:
     """MSE per target [k] of the model (W [k, d], b [k]) on the rows summed in `m`, without
-    the rows: the quadratic form in the centred statistics plus the error at the means."""
+    the rows: ||r_x w - r_y||^2 per target (the centred residuals, through the factor) plus the
+    error at the means."""
     bias = m.mean_x @ W.T + b - m.mean_y
-    sse = ((W @ m.sxx) * W).sum(1) - 2 * (W * m.sxy.T).sum(1) + m.syy + m.n * bias * bias
-    return np.maximum(sse, 0.0) / m.n
+    centred = m.r[:, : m.d] @ W.T - m.r[:, m.d :]
+    sse = (centred * centred).sum(axis=0) + m.n * bias * bias
+    return sse / m.n
+
+
+def column_scale(m: Moments) -> np.ndarray:
+    """The length of each feature's centred column (1 for a constant one): dividing the
+    factor's columns by it gives the factor of the correlation matrix."""
+    length = np.sqrt((m.r[:, : m.d] ** 2).sum(axis=0))
+    return np.where(length > 0, length, 1.0)
 
 
 def least_squares_of_moments(m: Moments) -> tuple[np.ndarray, np.ndarray]:
-    """The least-squares optimum (W [k, d], b [k]) from the statistics (centred normal
-    equations, float64)."""
-    scale = np.sqrt(np.maximum(np.diag(m.sxx), np.finfo(np.float64).tiny))
-    gram, right = m.sxx / np.outer(scale, scale), m.sxy / scale[:, None]
-    if not (np.isfinite(gram).all() and np.isfinite(right).all()):
+    """The least-squares optimum (W [k, d], b [k]) from the factor: the triangular system
+    r_xx w = r_xy of the scaled features (an SVD solve, so a constant or collinear column gets
+    the minimum-norm answer instead of a division by zero), float64."""
+    d = m.d
+    scale = column_scale(m)
+    r_xx, r_xy = m.r[:d, :d] / scale, m.r[:d, d:]
+    if not (np.isfinite(r_xx).all() and np.isfinite(r_xy).all()):
         # LAPACK's least squares can loop for ever on NaN
-        nan = np.full((m.sxy.shape[1], len(scale)), np.nan)
-        return nan, np.full(m.sxy.shape[1], np.nan)
-    solution, *_ = np.linalg.lstsq(gram, right, rcond=None)
+        nan = np.full((r_xy.shape[1], d), np.nan)
+        return nan, np.full(r_xy.shape[1], np.nan)
+    solution, *_ = np.linalg.lstsq(r_xx, r_xy, rcond=None)
     W = (solution / scale[:, None]).T
     return W, m.mean_y - W @ m.mean_x
+
+
+def optimum_sse(m: Moments) -> np.ndarray:
+    """The least-squares optimum's residual sum of squares per target [k]: the squared length
+    of each target's column below the features' rows in the factor."""
+    return (m.r[m.d :, m.d :] ** 2).sum(axis=0)
 
 
 @dataclass(frozen=True)
@@ -139,5 +187,5 @@ class Scaler:
 def scaler_of_moments(m: Moments) -> Scaler:
     """Mean and std (ddof=0) of the features from their moments; a constant column (its
     deviations are exactly zero) keeps 1."""
-    std = np.sqrt(np.diag(m.sxx) / max(m.n, 1))
+    std = np.sqrt((m.r[:, : m.d] ** 2).sum(axis=0) / max(m.n, 1))
     return Scaler(m.mean_x, np.where(std > 0, std, 1.0))

@@ -5,9 +5,10 @@ prediction intervals for new rows.
 
 Everything is computed in coordinates centred on the training means (the intercept there is
 the mean prediction, and X^T X is block diagonal: the centred Sxx and n), then mapped to the raw
-scale the weights are published on. Degenerate data (too few rows, a constant or collinear
-feature, a target fitted exactly) leaves the affected numbers NaN with a note saying why; the
-point estimates do not depend on any of it.
+scale the weights are published on. Sxx^-1 comes from the statistics' QR factor (R^-1 R^-T),
+never from inverting the sums of products, which would square the condition number.
+Degenerate data (too few rows, a constant or collinear feature, a target fitted exactly) leaves
+the affected numbers NaN with a note saying why; the point estimates do not depend on any of it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as distributions
 
-from tasks.ingest.stats import COLLINEAR_EIGENVALUE, Moments, least_squares_of_moments
+from tasks.ingest.stats import (
+    COLLINEAR_SINGULAR_VALUE,
+    Moments,
+    column_scale,
+    least_squares_of_moments,
+)
 
 # A feature whose standard deviation is at most this share of its root mean square is
 # constant as far as float64 values can tell: their own rounding (~1e-16 of their size) would
@@ -96,7 +102,7 @@ def infer(
     the same rows' means)."""
     n, p, k = m.n, len(features), len(targets)
     dof = n - p - 1
-    mean_x, sxx, syy = m.mean_x, m.sxx, m.syy
+    mean_x, syy = m.mean_x, m.syy
     W, b = least_squares_of_moments(m)
     estimate = np.column_stack([W, b])
     problem = degeneracy(m, features)
@@ -119,7 +125,7 @@ def infer(
             dof, confidence, notes,
         )  # fmt: skip
     bread = np.zeros((p + 1, p + 1))
-    bread[:p, :p] = _inverse_gram(sxx)
+    bread[:p, :p] = _inverse_gram(m)
     bread[p, p] = 1.0 / n
     to_raw = np.eye(p + 1)
     to_raw[p, :p] = -mean_x  # b = b_centred - w . mean_x
@@ -135,11 +141,12 @@ def infer(
     )
 
 
-def _inverse_gram(sxx: np.ndarray) -> np.ndarray:
-    """Sxx^-1 through the correlation matrix (the scales apart, for conditioning)."""
-    scale = np.sqrt(np.diag(sxx))
-    inverse = np.linalg.inv(sxx / np.outer(scale, scale))
-    return inverse / np.outer(scale, scale)
+def _inverse_gram(m: Moments) -> np.ndarray:
+    """Sxx^-1 = R^-1 R^-T from the features' factor R, its columns scaled to unit length for
+    the solve (the scales apart, for conditioning)."""
+    scale = column_scale(m)
+    inverse = np.linalg.solve(m.r[: m.d, : m.d] / scale, np.eye(m.d))
+    return (inverse @ inverse.T) / np.outer(scale, scale)
 
 
 def degeneracy(m: Moments, features: tuple[str, ...]) -> str | None:
@@ -150,8 +157,7 @@ def degeneracy(m: Moments, features: tuple[str, ...]) -> str | None:
             f"only {m.n} training rows for {p + 1} parameters: standard errors need at least "
             f"{p + 2} (n - p - 1 >= 1 degrees of freedom)"
         )
-    sxx = m.sxx
-    spread = np.diag(sxx)
+    spread = np.diag(m.sxx)
     squares = spread + m.n * m.mean_x * m.mean_x
     floor = CONSTANT_SPREAD**2 * np.maximum(squares, np.finfo(np.float64).tiny)
     constant = [f for f, s, low in zip(features, spread, floor, strict=True) if s <= low]
@@ -159,13 +165,12 @@ def degeneracy(m: Moments, features: tuple[str, ...]) -> str | None:
         return (
             f"constant on the training rows: {', '.join(constant)} (no variation to estimate from)"
         )
-    scale = np.sqrt(spread)
-    eigenvalues, vectors = np.linalg.eigh(sxx / np.outer(scale, scale))
-    if eigenvalues[0] < COLLINEAR_EIGENVALUE:
-        involved = [f for f, v in zip(features, vectors[:, 0], strict=True) if abs(v) > 1e-3]
+    _, singular, vectors = np.linalg.svd(m.r[:p, :p] / column_scale(m))
+    if singular[-1] < COLLINEAR_SINGULAR_VALUE:
+        involved = [f for f, v in zip(features, vectors[-1], strict=True) if abs(v) > 1e-3]
         return (
             f"collinear on the training rows: {', '.join(involved)} (one is a linear "
-            "combination of the others); drop one of them"
+            f"combination of the others to {singular[-1]:.1g} of their scale); drop one of them"
         )
     return None
 

@@ -1,8 +1,12 @@
 """Train: linear regression y = X @ W.T + b by full-batch gradient descent with torch autograd.
 
 The notebook's loop (loss.backward(), W -= lr * W.grad under no_grad, zero the grads) on the true
-per-row MSE, with standardized features and a step size taken from the curvature of the loss, so
-it converges without hand tuning.
+per-row MSE, preconditioned so it converges in a few epochs whatever the conditioning of the
+data: the weights on standardized features are W = Z P^T, and descent runs on Z, with P the
+inverse of the features' QR factor (from the same statistics the run gathers, through its
+SVD). In Z the Hessian is the identity up to rounding, so the step 1/L is exact; the loss is
+still computed from the rows (or from the factor), never from the normal equations, so the
+weights reach the accuracy of a QR solve (the digits the condition number leaves).
 """
 
 from __future__ import annotations
@@ -19,18 +23,28 @@ from prefect.cache_policies import NONE
 from schemas.params import AUTO_DIRECT_MAX_ROWS, RunConfig
 from tasks.common.errors import DataQualityError, TrainingError
 from tasks.ingest.scan import Scan, training_rows
-from tasks.ingest.stats import COLLINEAR_EIGENVALUE, Moments, Scaler, moments_of, scaler_of_moments
+from tasks.ingest.stats import (
+    COLLINEAR_SINGULAR_VALUE,
+    Moments,
+    Scaler,
+    moments_of,
+    scaler_of_moments,
+)
 from tasks.model.tensors import DTYPES, check_shapes
 
-# Epochs without any decrease of the loss before training stops. In exact arithmetic gradient
-# descent with step 1/L decreases a quadratic every epoch, but on ill-conditioned data the
-# decrease can fall below the rounding of the loss while the weights are still far from the
-# optimum: a stall ends training, and only the certificate says whether it converged.
-STALL_PATIENCE = 200
+# Epochs without any decrease of the loss before training stops. Preconditioned descent reaches
+# the rounding floor of the loss in a few epochs; below it the loss no longer decreases while
+# the certificate may not hold (float32, or data too ill-conditioned for float64): a stall ends
+# training, and only the certificate says whether it converged.
+STALL_PATIENCE = 20
 # An MSE below this share of the targets' variance is an exact fit as far as float64 can tell
 # (the residuals' rounding): the certificate's relative gap is taken against at least that,
 # since no MSE is a small share of a zero optimum.
 EXACT_FIT_SHARE = 1e-20
+# The coefficient certificate is relative to the target's largest standardized coefficient,
+# and to at least this share of the target's standard deviation (features that explain nothing
+# of a target have no size of their own to be relative to).
+COEFFICIENT_FLOOR = 1e-3
 
 
 def predict(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -63,30 +77,37 @@ def standardize(X: torch.Tensor, scaler: Scaler) -> torch.Tensor:
     return ((X.to(torch.float64) - mean) / std).to(X.dtype)
 
 
-def curvature(Xs: torch.Tensor, n_targets: int) -> tuple[float, float]:
-    """(L, mu): largest and smallest eigenvalues of the MSE's Hessian in (W, b).
+@dataclass(frozen=True)
+class Preconditioner:
+    """P [d, d] with W = Z P^T, from the SVD of the standardized features' factor R_s (R_s^T R_s
+    is their correlation matrix): P = V S^-1, so R_s P = U has orthonormal columns and the
+    Hessian in Z is 2/k times the identity. Directions with a singular value below
+    COLLINEAR_SINGULAR_VALUE (a constant column, collinear columns) get a zero column: Z does
+    not move along them, and W is the minimum-norm least-squares solution. (L, mu): the
+    Hessian's largest eigenvalue in (Z, b) and its smallest on the spanned directions."""
 
-    loss = 1/(N k) * sum ||A theta_j - y_j||^2 with A = [Xs, 1], so H = 2/(N k) * A^T A.
-    """
-    A = torch.cat([Xs.to(torch.float64), torch.ones(Xs.shape[0], 1, dtype=torch.float64)], 1)
-    return curvature_of_gram((A.T @ A / Xs.shape[0]).numpy(), n_targets)
+    P: np.ndarray
+    L: float
+    mu: float
 
-
-def curvature_of_gram(gram: np.ndarray, n_targets: int) -> tuple[float, float]:
-    """(L, mu) from A^T A / N (see curvature). mu is the smallest eigenvalue above
-    COLLINEAR_EIGENVALUE (0 if none is): below it are directions the standardized features
-    do not span as far as float64 can tell (a constant column, collinear columns; the
-    inference names them), along which the gradient of least squares has no component."""
-    eig = np.linalg.eigvalsh(gram)
-    scale = 2.0 / n_targets
-    spanned = eig[eig > COLLINEAR_EIGENVALUE]
-    return float(eig[-1] * scale), float(spanned[0] * scale) if len(spanned) else 0.0
+    @staticmethod
+    def of(m: Moments, scaler: Scaler) -> Preconditioner:
+        r_s = m.r[: m.d, : m.d] / scaler.std / np.sqrt(max(m.n, 1))
+        _, singular, vt = np.linalg.svd(r_s)
+        spanned = singular > COLLINEAR_SINGULAR_VALUE
+        inverse = np.where(spanned, 1.0 / np.where(spanned, singular, 1.0), 0.0)
+        P = vt.T * inverse
+        k = len(m.mean_y)
+        # the intercept's curvature is 2/k too; the features' is 2/k (R_s P)^T (R_s P)
+        whitened = np.linalg.svd(r_s @ P[:, spanned], compute_uv=False) ** 2
+        curvatures = np.concatenate([whitened, [1.0]]) * (2.0 / k)
+        return Preconditioner(P, float(curvatures.max()), float(curvatures.min()))
 
 
 @dataclass
 class FitResult:
     """A trained model: raw-scale W [k, d] and b [k] (float64), the standardized ones, the
-    scaler, and how training went."""
+    scaler, and how training went: the certified relative MSE gap and coefficient error."""
 
     W: np.ndarray
     b: np.ndarray
@@ -98,6 +119,8 @@ class FitResult:
     converged: bool
     stop_reason: str
     loss_history: list[float] = field(repr=False)
+    gap: float = float("nan")
+    coefficient_error: float = float("nan")
 
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -106,11 +129,11 @@ Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @dataclass(frozen=True)
 class Objective:
     """The exact MSE of a linear model on standardized features and centred targets (the
-    intercept is trained relative to the targets' mean), as a function of (W, b): `loss` in
-    the dtype gradient descent runs in, `exact` the same in float64 (what the certificate is
-    evaluated with). Also the parameter shape and dtype, the scaler, the targets' mean and
-    variance (averaged over targets: the loss of predicting the mean), and the Hessian's
-    largest eigenvalue L and smallest on the spanned directions mu."""
+    intercept is trained relative to the targets' mean), as a function of the preconditioned
+    weights Z and b (W = Z P^T): `loss` in the dtype gradient descent runs in, `exact` the same
+    in float64 (what the certificate is evaluated with). Also the parameter shape and dtype,
+    the scaler, the targets' mean and variance (per target: the loss of predicting the mean),
+    and the preconditioner."""
 
     loss: Loss
     exact: Loss
@@ -118,9 +141,8 @@ class Objective:
     dtype: torch.dtype
     scaler: Scaler
     target_mean: np.ndarray
-    variance: float
-    L: float
-    mu: float
+    variance: np.ndarray
+    preconditioner: Preconditioner
 
 
 def direct_objective(
@@ -128,48 +150,48 @@ def direct_objective(
 ) -> Objective:
     """The MSE computed row by row: X [N, d], y [N, k], O(N d k) per evaluation, in `dtype`
     (default X's). The rows are standardized and centred in float64 before they are cast:
-    float32 then holds their spread, whatever their offset (targets around 1e6, timestamps)."""
+    float32 then holds their spread, whatever their offset (targets around 1e6, timestamps).
+    The preconditioner comes from the QR factor of the same rows."""
     check_shapes(X, y)
     dtype = X.dtype if dtype is None else dtype
     X64, y64 = X.detach().to(torch.float64), y.detach().to(torch.float64)
-    scaler = fit_scaler(X64)
-    target_mean = y64.mean(dim=0).numpy()
+    m = moments_of(X64.numpy(), y64.numpy())
+    scaler = scaler_of_moments(m)
+    target_mean = m.mean_y
     Xs64, yc64 = standardize(X64, scaler), y64 - torch.from_numpy(target_mean)
-    L, mu = curvature(Xs64, y.shape[1])
-    Xs, yc = Xs64.to(dtype), yc64.to(dtype)
+    preconditioner = Preconditioner.of(m, scaler)
+    P64 = torch.from_numpy(preconditioner.P)
+    Xs, yc, P = Xs64.to(dtype), yc64.to(dtype), P64.to(dtype)
 
-    def loss(W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return mse_loss(predict(Xs, W, b), yc)
+    def loss(Z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return mse_loss(predict(Xs, Z @ P.T, b), yc)
 
-    def exact(W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return mse_loss(predict(Xs64, W, b), yc64)
+    def exact(Z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return mse_loss(predict(Xs64, Z @ P64.T, b), yc64)
 
-    shape, variance = (y.shape[1], X.shape[1]), float((yc64 * yc64).mean())
-    return Objective(loss, exact, shape, dtype, scaler, target_mean, variance, L, mu)
+    variance = (yc64 * yc64).mean(dim=0).numpy()
+    shape = (y.shape[1], X.shape[1])
+    return Objective(loss, exact, shape, dtype, scaler, target_mean, variance, preconditioner)
 
 
 def moments_objective(m: Moments) -> Objective:
-    """The same MSE from sufficient statistics, O(d^2 k) per evaluation whatever N; float64."""
+    """The same MSE from the statistics' factor, O(d^2 k) per evaluation whatever N; float64.
+    With [Xs, yc] = Q [A, B] (A the standardized features' columns of the factor, B the
+    targets'), sum_i (xs_i w + b - yc_i)^2 = ||A w - B||^2 + n b^2 per target: the residual
+    of the small triangular system, so nothing squares the condition number."""
     scaler = scaler_of_moments(m)
-    inv = 1.0 / scaler.std
-    # Standardized statistics: G = Xs^T Xs and H = Xs^T (y - mean y); Xs^T 1 is zero, since
-    # the features are centred on the same means.
-    G = torch.from_numpy(m.sxx * np.outer(inv, inv))
-    H = torch.from_numpy(m.sxy * inv[:, None])
-    q = torch.from_numpy(m.syy)
-    n, k, d = m.n, len(m.mean_y), len(m.mean_x)
-    gram = np.zeros((d + 1, d + 1))
-    gram[:d, :d], gram[d, d] = G.numpy() / n, 1.0
-    L, mu = curvature_of_gram(gram, k)
+    n, k, d = m.n, len(m.mean_y), m.d
+    A = torch.from_numpy(m.r[:, :d] / scaler.std)
+    B = torch.from_numpy(m.r[:, d:])
+    preconditioner = Preconditioner.of(m, scaler)
+    P = torch.from_numpy(preconditioner.P)
 
-    def loss(W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        # sum_i (xs_i w + b - (y_i - mean y))^2 per target, in centred statistics: the
-        # intercept's term stands apart, and nothing of the size of the offsets cancels
-        per_target = ((W @ G) * W).sum(1) - 2 * (W * H.T).sum(1) + q + n * b * b
-        return per_target.sum() / (n * k)
+    def loss(Z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        residual = A @ (Z @ P.T).T - B
+        return ((residual * residual).sum() + n * (b * b).sum()) / (n * k)
 
-    variance = float(m.syy.sum() / (n * k))
-    return Objective(loss, loss, (k, d), torch.float64, scaler, m.mean_y, variance, L, mu)
+    variance = m.syy / n
+    return Objective(loss, loss, (k, d), torch.float64, scaler, m.mean_y, variance, preconditioner)
 
 
 def fit_linear_regression(
@@ -185,9 +207,8 @@ def fit_linear_regression(
 ) -> FitResult:
     """Gradient descent on the exact MSE, row by row. X [N, d], y [N, k] -> FitResult.
 
-    lr is the step on standardized features (default 1/L); gradient descent runs in `dtype`
-    (default X's; pass float64 rows to keep their precision for the centring and the
-    certificate). Training stops at the first of three rules (see descend): the certificate
+    lr is the step on the preconditioned weights (default 1/L); gradient descent runs in `dtype`
+    (default X's). Training stops at the first of three rules (see descend): the certificate
     holds, the loss stalls, or max_epochs. A non-finite loss or gradient raises TrainingError.
     """
     return descend(direct_objective(X, y, dtype), lr, max_epochs, tol, seed, on_epoch)
@@ -206,25 +227,54 @@ def fit_from_moments(
     return descend(moments_objective(m), lr, max_epochs, tol, seed, on_epoch)
 
 
-def gap_bound(objective: Objective, loss: float, grad_sq: float) -> float:
-    """The certified bound on the relative gap to the optimum, (f - f*) / f <= ||grad||^2 /
-    (2 mu f): a quadratic is at most ||grad||^2 / (2 mu) above its minimum, mu the smallest
-    curvature along the gradient (inf without one). f is at least an exact fit's MSE (see
-    EXACT_FIT_SHARE)."""
-    if objective.mu <= 0:
-        return float("inf")
-    floor = max(EXACT_FIT_SHARE * objective.variance, np.finfo(np.float64).tiny)
-    return grad_sq / (2 * objective.mu * max(loss, floor))
+@dataclass(frozen=True)
+class Certificate:
+    """What the gradient proves about the distance to the least-squares optimum. The loss is a
+    quadratic in (Z, b) whose curvature is at least mu, so (Z, b) is within ||grad|| / mu of
+    the optimum, and the MSE at most ||grad||^2 / (2 mu) above it. `gap` bounds the relative
+    MSE gap; `coefficients` bounds every standardized weight's distance to the optimum's
+    (through W = Z P^T: row i of P times the distance in Z), and the intercept's, relative to
+    the target's largest standardized weight (and to at least COEFFICIENT_FLOOR of its standard
+    deviation). Both are inf where no direction is spanned."""
+
+    gap: float
+    coefficients: float
+
+    def holds(self, tol: float) -> bool:
+        return self.gap <= tol and self.coefficients <= tol
 
 
-def exact_gap_bound(objective: Objective, W: torch.Tensor, b: torch.Tensor) -> float:
-    """gap_bound at (W, b) with the loss and gradient evaluated in float64."""
-    W64 = W.detach().to(torch.float64).clone().requires_grad_(True)
+def certificate(
+    objective: Objective, loss: float, Z: torch.Tensor, grad_Z: torch.Tensor, grad_b: torch.Tensor
+) -> Certificate:
+    """The certificate at Z given the loss there and its gradients (any dtype)."""
+    mu = objective.preconditioner.mu
+    if mu <= 0:
+        return Certificate(float("inf"), float("inf"))
+    gZ = grad_Z.detach().to(torch.float64).numpy()
+    gb = grad_b.detach().to(torch.float64).numpy()
+    grad_sq = float((gZ * gZ).sum() + (gb * gb).sum())
+    floor = max(EXACT_FIT_SHARE * float(objective.variance.mean()), np.finfo(np.float64).tiny)
+    gap = grad_sq / (2 * mu * max(loss, floor))
+    P = objective.preconditioner.P
+    W_std = Z.detach().to(torch.float64).numpy() @ P.T
+    distance = np.linalg.norm(gZ, axis=1) / mu  # per target, in Z
+    weights = distance[:, None] * np.linalg.norm(P, axis=1)[None, :]
+    worst = np.maximum(weights.max(axis=1, initial=0.0), np.abs(gb) / mu)
+    size = np.maximum(np.abs(W_std).max(axis=1, initial=0.0), 0.0)
+    reference = np.maximum(size, COEFFICIENT_FLOOR * np.sqrt(objective.variance))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = np.where(reference > 0, worst / reference, np.where(worst > 0, np.inf, 0.0))
+    return Certificate(gap, float(relative.max(initial=0.0)))
+
+
+def exact_certificate(objective: Objective, Z: torch.Tensor, b: torch.Tensor) -> Certificate:
+    """The certificate at (Z, b) with the loss and gradients evaluated in float64."""
+    Z64 = Z.detach().to(torch.float64).clone().requires_grad_(True)
     b64 = b.detach().to(torch.float64).clone().requires_grad_(True)
-    loss = objective.exact(W64, b64)
+    loss = objective.exact(Z64, b64)
     loss.backward()
-    grad_sq = float((W64.grad * W64.grad).sum() + (b64.grad * b64.grad).sum())
-    return gap_bound(objective, loss.item(), grad_sq)
+    return certificate(objective, loss.item(), Z64, Z64.grad, b64.grad)
 
 
 @dataclass
@@ -250,18 +300,19 @@ def descend(
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> FitResult:
-    """The notebook's loop on `objective`: loss.backward(), W -= lr * W.grad and b -= lr * b.grad
-    under no_grad, zero the grads (lr defaults to 1/L).
+    """The notebook's loop on `objective`: loss.backward(), Z -= lr * Z.grad and b -= lr * b.grad
+    under no_grad, zero the grads (lr defaults to 1/L, one step to the optimum of an exact
+    preconditioner).
 
-    Stops at the first of three rules: `certified` (the bound on the relative gap is within
-    tol, in the training dtype and then in float64), `stalled` (STALL_PATIENCE epochs without
-    a decrease) or `out_of_epochs` (max_epochs). `converged` means the certificate holds at the
-    final weights in float64, whichever rule stopped training."""
-    lr = 1.0 / objective.L if lr is None else lr
+    Stops at the first of three rules: `certified` (the certificate holds within tol, in the
+    training dtype and then in float64), `stalled` (STALL_PATIENCE epochs without a decrease)
+    or `out_of_epochs` (max_epochs). `converged` means the certificate holds at the final
+    weights in float64, whichever rule stopped training."""
+    lr = 1.0 / objective.preconditioner.L if lr is None else lr
     generator = torch.Generator().manual_seed(seed)
-    W = torch.randn(*objective.shape, generator=generator, dtype=objective.dtype)
+    Z = torch.randn(*objective.shape, generator=generator, dtype=objective.dtype)
     b = torch.randn(objective.shape[0], generator=generator, dtype=objective.dtype)
-    W.requires_grad_(True)
+    Z.requires_grad_(True)
     b.requires_grad_(True)
 
     history: list[float] = []
@@ -269,78 +320,90 @@ def descend(
     certified = stalled = False
     epoch = 0
     for epoch in range(max_epochs + 1):
-        value, grad_sq = _gradient(objective, W, b, epoch, lr)
+        value = _gradient(objective, Z, b, epoch, lr)
         history.append(value)
         if on_epoch is not None:
             on_epoch(epoch, value)
-        # the training dtype's bound is a cheap screen; float64 decides (float32 rounding
-        # can hide or fake the last digits of the gradient)
-        certified = gap_bound(objective, value, grad_sq) <= tol and (
-            objective.dtype == torch.float64 or exact_gap_bound(objective, W, b) <= tol
+        # the training dtype's certificate is a cheap screen; float64 decides (float32
+        # rounding can hide or fake the last digits of the gradient)
+        certified = certificate(objective, value, Z, Z.grad, b.grad).holds(tol) and (
+            objective.dtype == torch.float64 or exact_certificate(objective, Z, b).holds(tol)
         )
         stalled = stall.stalled(value)
-        out_of_epochs = epoch == max_epochs
-        if certified or stalled or out_of_epochs:
+        if certified or stalled or epoch == max_epochs:
             break
         with torch.no_grad():
-            W -= lr * W.grad
+            Z -= lr * Z.grad
             b -= lr * b.grad
-            W.grad.zero_()
+            Z.grad.zero_()
             b.grad.zero_()
 
-    bound = exact_gap_bound(objective, W, b)
-    converged = bound <= tol
-    reason = _stop_reason(certified, stalled, bound, tol, max_epochs, objective.dtype)
-    return _result(objective, W, b, lr, epoch, converged, reason, history)
+    final = exact_certificate(objective, Z, b)
+    reason = _stop_reason(certified, stalled, final, tol, max_epochs, objective.dtype)
+    return _result(objective, Z, b, lr, epoch, final, final.holds(tol), reason, history)
 
 
 def _gradient(
-    objective: Objective, W: torch.Tensor, b: torch.Tensor, epoch: int, lr: float
-) -> tuple[float, float]:
-    """The loss at (W, b) and its squared gradient norm (the gradients left in W.grad and
-    b.grad); TrainingError if either is not finite."""
-    loss = objective.loss(W, b)
+    objective: Objective, Z: torch.Tensor, b: torch.Tensor, epoch: int, lr: float
+) -> float:
+    """The loss at (Z, b), its gradients left in Z.grad and b.grad; TrainingError if the loss
+    or a gradient is not finite."""
+    loss = objective.loss(Z, b)
     loss.backward()
     value = loss.item()
-    grad_sq = float((W.grad * W.grad).sum() + (b.grad * b.grad).sum())
+    grad_sq = float((Z.grad * Z.grad).sum() + (b.grad * b.grad).sum())
     if not (np.isfinite(value) and np.isfinite(grad_sq)):
         raise TrainingError(
             f"training diverged at epoch {epoch}: loss={value}, squared gradient "
             f"norm={grad_sq} (step size lr={lr:g}); lower --lr or leave it unset"
         )
-    return value, grad_sq
+    return value
 
 
 def _stop_reason(
-    certified: bool, stalled: bool, bound: float, tol: float, max_epochs: int, dtype: torch.dtype
+    certified: bool,
+    stalled: bool,
+    final: Certificate,
+    tol: float,
+    max_epochs: int,
+    dtype: torch.dtype,
 ) -> str:
+    bounds = (
+        f"relative MSE gap <= {final.gap:.2g}, coefficients within {final.coefficients:.2g} "
+        "of the optimum's"
+    )
     if certified:
-        return f"certified relative gap <= tol={tol:g}"
+        return f"certified: {bounds} (tol={tol:g})"
     rule = f"loss flat for {STALL_PATIENCE} epochs" if stalled else f"reached {max_epochs=}"
-    if bound <= tol:
-        return f"{rule}; certified relative gap <= tol={tol:g}"
+    if final.holds(tol):
+        return f"{rule}; certified: {bounds} (tol={tol:g})"
     hint = " (try --dtype float64)" if stalled and dtype != torch.float64 else ""
-    return f"{rule} with the relative gap up to {bound:.3g} > tol={tol:g}: not converged{hint}"
+    return f"{rule} with {bounds}, above tol={tol:g}: not converged{hint}"
 
 
 def _result(
     objective: Objective,
-    W: torch.Tensor,
+    Z: torch.Tensor,
     b: torch.Tensor,
     lr: float,
     epochs: int,
+    final: Certificate,
     converged: bool,
     reason: str,
     history: list[float],
 ) -> FitResult:
-    """The trained (W, b), trained on standardized features and centred targets, mapped back
-    to the targets' scale (standardized) and to the raw features, in float64."""
+    """The trained (Z, b), trained on standardized features and centred targets, mapped back
+    to the weights (W = Z P^T), to the targets' scale (standardized) and to the raw features,
+    in float64."""
     scaler = objective.scaler
-    W_std = W.detach().to(torch.float64).numpy().copy()
+    W_std = Z.detach().to(torch.float64).numpy() @ objective.preconditioner.P.T
     b_std = b.detach().to(torch.float64).numpy() + objective.target_mean
     W_raw = W_std / scaler.std
     b_raw = b_std - W_raw @ scaler.mean
-    return FitResult(W_raw, b_raw, W_std, b_std, scaler, lr, epochs, converged, reason, history)
+    return FitResult(
+        W_raw, b_raw, W_std, b_std, scaler, lr, epochs, converged, reason, history,
+        final.gap, final.coefficients,
+    )  # fmt: skip
 
 
 def fit_scan(

@@ -454,12 +454,14 @@ def test_float32_overflow_never_publishes_nan_weights(write_csv, tmp_path):
     assert np.isfinite(weights["weight"]).all()
     assert manifest["status"] == "completed"
 
-    # A target that overflows float32 when squared: training fails, nothing is published.
+    # A target that overflows float32 when squared, trained in float32: training fails,
+    # nothing is published.
     huge = [f"C{i},{u:.3f},{g:.6e}" for i, (g, u) in enumerate(zip(gdp, units, strict=True))]
     path = write_csv("\n".join(["country,units_sold_k,revenue", *huge]) + "\n", "huge.csv")
     with pytest.raises(TrainingError, match="diverged"):
         train_sales_model(
-            data=str(path), output=str(output), features=["units_sold_k"], targets=["revenue"]
-        )
+            data=str(path), output=str(output), features=["units_sold_k"], targets=["revenue"],
+            dtype="float32",
+        )  # fmt: skip
     assert set(read_table(output, "weights")["run_id"]) == {manifest["run_id"]}
     assert committed(output) == {manifest["run_id"]}

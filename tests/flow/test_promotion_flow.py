@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from flows.train import train_sales_model
+from tests.conftest import read_table
 
 FEATURES = ["avg_income_k", "price_k", "tax_k"]
 TARGETS = ["units_sold_k", "revenue_k"]
@@ -96,9 +97,9 @@ def test_a_candidate_worse_on_one_target_is_not_promoted(tmp_path, solver, corru
 
 
 def test_a_stall_short_of_the_optimum_is_not_promoted(tmp_path):
-    # Two features correlated 0.9988: float32 gradient descent (the default) stops making
-    # measurable progress well before the optimum. With the default options it must not be
-    # called converged, and so not become the champion, unless it really is within tol.
+    # Two features correlated 0.9988: float32 gradient descent stops making measurable progress
+    # well before the optimum's coefficients. It must not be called converged, and so not
+    # become the champion, unless it really is within tol; float64 (the default) is.
     rng = np.random.default_rng(0)
     n, rho = 5000, 0.9988
     z = rng.normal(size=(n, 2))
@@ -108,19 +109,28 @@ def test_a_stall_short_of_the_optimum_is_not_promoted(tmp_path):
     frame = pd.DataFrame({"x1": x1, "x2": x2, "y": y})
     frame.to_csv(tmp_path / "collinear.csv", index=False, float_format="%.17g")
     output = tmp_path / "out"
-    manifest = train_sales_model(
-        data=str(tmp_path / "collinear.csv"), output=str(output), features=("x1", "x2"),
-        targets=("y",), id_column="none",
-    )  # fmt: skip
+    options = {"features": ("x1", "x2"), "targets": ("y",), "id_column": "none"}
+    data = str(tmp_path / "collinear.csv")
+    manifest = train_sales_model(data=data, output=str(output), dtype="float32", **options)
     training = manifest["training"]
     predictions = pd.read_parquet(output / manifest["outputs"]["predictions"])
     train_rows = predictions[predictions["split"] == "train"]
     X, target = train_rows[["x1", "x2"]].to_numpy(), train_rows["y"].to_numpy()
     design = np.column_stack([X, np.ones(len(X))])
-    optimum = np.linalg.lstsq(design, target, rcond=None)[1][0] / len(X)
+    solution, residual, *_ = np.linalg.lstsq(design, target, rcond=None)
+    optimum = residual[0] / len(X)
     gap = (train_rows["residual_y"].pow(2).mean() - optimum) / optimum
-    assert training["converged"] == (gap <= 1e-9), (training, gap)
+    weights = read_table(output, "weights").set_index("feature")
+    error = np.abs(weights.loc[["x1", "x2"], "weight"] - solution[:2]) / np.abs(solution[:2])
     assert not training["converged"], training
+    assert gap > 1e-9 or error.max() > 1e-9  # it is not within tol
     assert not manifest["promotion"]["promoted"]
     assert manifest["promotion"]["reason"] == "training did not converge"
     assert not (output / "champion.json").exists()
+
+    manifest = train_sales_model(data=data, output=str(output), **options)
+    assert manifest["training"]["converged"], manifest["training"]
+    assert manifest["promotion"]["promoted"]
+    weights = read_table(output, "weights")
+    weights = weights[weights["run_id"] == manifest["run_id"]].set_index("feature")
+    np.testing.assert_allclose(weights.loc[["x1", "x2"], "weight"], solution[:2], rtol=1e-9)
