@@ -20,9 +20,9 @@ import numpy as np
 
 # The smallest singular value of the features' scaled factor (each column scaled to unit
 # length: the square root of the correlation matrix's smallest eigenvalue) below which they are
-# collinear: a condition number above ~1e9, where float64 least squares keeps fewer than about
-# six digits and gradient descent cannot be certified.
-COLLINEAR_SINGULAR_VALUE = 1e-9
+# collinear: a condition number above ~1e10, where float64 least squares keeps fewer than about
+# six digits (NIST's Filip, a degree-10 polynomial, is 8e-10 and is solved to 7.9).
+COLLINEAR_SINGULAR_VALUE = 1e-10
 
 
 @dataclass(frozen=True)
@@ -156,16 +156,23 @@ def column_scale(m: Moments) -> np.ndarray:
 
 def least_squares_of_moments(m: Moments) -> tuple[np.ndarray, np.ndarray]:
     """The least-squares optimum (W [k, d], b [k]) from the factor: the triangular system
-    r_xx w = r_xy of the scaled features (an SVD solve, so a constant or collinear column gets
-    the minimum-norm answer instead of a division by zero), float64."""
+    r_xx w = r_xy by back substitution (accurate term by term, also for coefficients of very
+    different sizes), or, when the features are collinear to float64 (a diagonal entry of the
+    scaled factor below COLLINEAR_SINGULAR_VALUE: a constant or dependent column), the
+    minimum-norm solution by SVD instead of a division by zero; float64."""
+    from scipy.linalg import solve_triangular
+
     d = m.d
     scale = column_scale(m)
     r_xx, r_xy = m.r[:d, :d] / scale, m.r[:d, d:]
+    k = r_xy.shape[1]
     if not (np.isfinite(r_xx).all() and np.isfinite(r_xy).all()):
         # LAPACK's least squares can loop for ever on NaN
-        nan = np.full((r_xy.shape[1], d), np.nan)
-        return nan, np.full(r_xy.shape[1], np.nan)
-    solution, *_ = np.linalg.lstsq(r_xx, r_xy, rcond=None)
+        return np.full((k, d), np.nan), np.full(k, np.nan)
+    if np.abs(np.diag(r_xx)).min(initial=1.0) > COLLINEAR_SINGULAR_VALUE:
+        solution = solve_triangular(r_xx, r_xy, check_finite=False)
+    else:
+        solution, *_ = np.linalg.lstsq(r_xx, r_xy, rcond=None)
     W = (solution / scale[:, None]).T
     return W, m.mean_y - W @ m.mean_x
 
