@@ -225,7 +225,8 @@ def test_converged_means_the_certificate_holds_in_float64(dtype, tol):
         torch.from_numpy(X), torch.from_numpy(y), max_epochs=50_000, tol=tol, seed=0
     )
     assert fit.converged, fit.stop_reason
-    assert 0 <= true_relative_gap(X, y, fit.W, fit.b) <= tol
+    # numpy's lstsq is the reference to rounding: the trained model may beat it by that much
+    assert -1e-12 <= true_relative_gap(X, y, fit.W, fit.b) <= tol
     W_opt, _ = least_squares(X.astype(np.float64), y.astype(np.float64))
     error = np.abs(fit.W_std - W_opt * fit.scaler.std).max() / np.abs(fit.W_std).max()
     assert error <= tol
