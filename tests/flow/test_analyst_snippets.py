@@ -107,7 +107,7 @@ def workspace(tmp_path_factory):
     output = base / "output"
     first = train_sales_model(data=str(data), output=str(output))
     second = train_sales_model(data=[str(data), str(more)], output=str(output))
-    third = train_sales_model(data=str(few), output=str(output), max_epochs=1)
+    third = train_sales_model(data=str(few), output=str(output), max_epochs=1, lr=1e-3)
     features = base / "features.csv"
     features.write_text(
         "country,avg_income_k,price_k,tax_k\nAA,50,0.9,0.1\nBB,20,0.5,0.05\nCC,x,1,1\n"

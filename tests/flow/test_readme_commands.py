@@ -150,7 +150,7 @@ def scoring_follows_the_champion(checkout: Path, env: dict[str, str]) -> None:
     output, data = checkout / "output", str(checkout / "data" / "sales.csv")
     champion = train_sales_model(data=data, output=str(output), promotion_tolerance=1e6)
     assert champion["promotion"]["promoted"]
-    newest = train_sales_model(data=data, output=str(output), max_epochs=1)
+    newest = train_sales_model(data=data, output=str(output), max_epochs=1, lr=1e-3)
     assert not newest["promotion"]["promoted"]
     assert json.loads((output / "champion.json").read_text())["run_id"] == champion["run_id"]
     (score,) = [

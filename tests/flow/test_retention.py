@@ -49,11 +49,14 @@ def test_four_runs_keeping_two_leave_two_runs_predictions_and_the_champions(
     # Three runs the gate refuses (not converged): the champion becomes the oldest run.
     runs = [champion["run_id"]]
     for _ in range(2):
-        manifest = train_sales_model(data=str(data), output=str(output), keep_runs=2, max_epochs=1)
+        manifest = train_sales_model(
+            data=str(data), output=str(output), keep_runs=2, max_epochs=1, lr=1e-3
+        )
         runs.append(manifest["run_id"])
     code, _, stderr = cli(
         "flows.train",
-        *("--data", str(data), "--output", str(output), "--keep-runs", "2", "--max-epochs", "1"),
+        *("--data", str(data), "--output", str(output), "--keep-runs", "2"),
+        *("--max-epochs", "1", "--lr", "1e-3"),
         api_url=prefect_api_url,
     )
     assert code == 0, stderr

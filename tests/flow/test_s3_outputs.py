@@ -171,7 +171,7 @@ def test_keeping_one_run_prunes_the_bucket_as_it_prunes_a_disk(root, s3_server, 
     champion = train_sales_model(data=str(data), output=root, keep_runs=1)["run_id"]
     # Two runs the gate refuses (not converged): the champion stays the first.
     later = [
-        train_sales_model(data=str(data), output=root, keep_runs=1, max_epochs=1)["run_id"]
+        train_sales_model(data=str(data), output=root, keep_runs=1, max_epochs=1, lr=1e-3)["run_id"]
         for _ in range(2)
     ]
     assert tables.run_ids(root, "predictions") == {champion, later[1]}
