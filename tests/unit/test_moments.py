@@ -6,10 +6,17 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from tasks.ingest.stats import least_squares_of_moments, moments_mse, moments_of, scaler_of_moments
+from tasks.ingest.stats import (
+    least_squares_of_moments,
+    moments_mse,
+    moments_of,
+    scaler_of_moments,
+    sum_moments,
+)
 from tasks.model.train import (
     descend,
     direct_objective,
@@ -18,6 +25,7 @@ from tasks.model.train import (
     moments_objective,
 )
 from tests.reference import least_squares
+from tests.strd import load, lres, worst_lre
 
 
 def data(n=500, d=3, k=2, seed=0):
@@ -151,3 +159,33 @@ def test_statistics_of_offset_columns_merge_the_same_however_the_rows_are_cut(ho
         np.testing.assert_allclose(
             getattr(merged, name), getattr(whole, name), rtol=1e-12, err_msg=name
         )
+
+
+def test_the_factor_of_parts_is_the_factor_of_the_whole():
+    X, y = data(n=1000)
+    whole = moments_of(X, y)
+    rng = np.random.default_rng(3)
+    parts = [moments_of(X[s], y[s]) for s in cut(len(X), "random", rng)]
+    merged = parts[0]
+    for part in parts[1:]:
+        merged = merged + part
+    # R is unique up to the signs of its rows, and both keep the diagonal >= 0
+    np.testing.assert_allclose(merged.r, whole.r, rtol=1e-10, atol=1e-9 * np.abs(whole.r).max())
+    assert np.allclose(np.tril(merged.r, -1), 0.0)
+    assert (np.diag(merged.r) >= 0).all()
+
+
+@pytest.mark.parametrize("name", ["Longley", "Wampler3"])
+def test_least_squares_from_blocks_of_a_few_rows_keep_nists_digits(name):
+    # Longley (cond ~1e2 scaled) and a quintic (cond ~1e3 scaled, 1e14 raw): sums of products
+    # square those; the factor merged from blocks of one to five rows does not
+    dataset = load(name)
+    frame = pd.read_csv(dataset.path, float_precision="round_trip")
+    X = frame[list(dataset.features)].to_numpy(np.float64)
+    y = frame[[dataset.target]].to_numpy(np.float64)
+    rng = np.random.default_rng(0)
+    bounds = np.cumsum([0, *rng.integers(1, 6, len(X))])
+    parts = [moments_of(X[a:b], y[a:b]) for a, b in itertools.pairwise(bounds) if a < len(X)]
+    W, b = least_squares_of_moments(sum_moments(parts))
+    estimates = dict(zip(dataset.terms, [*W[0], b[0]], strict=True))
+    assert worst_lre(estimates, dataset.estimate) >= 9.5, lres(estimates, dataset.estimate)
