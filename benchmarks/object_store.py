@@ -17,16 +17,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.run import data_file, measure
-from flows.cli import OFFLINE_ENV
+from benchmarks.server import prefect_server
 from scripts import s3_server
-from scripts.local_prefect import HOST, free_port, wait_healthy
 
 BUCKET = "bench"
 
@@ -62,55 +59,42 @@ def main() -> None:
     csv = data_file(args.rows)
     scratch = Path(tempfile.mkdtemp(prefix="bench-store-"))
     moto, endpoint = s3_server.start(scratch / "moto.log")
-    port = free_port()
-    env = {
-        **os.environ,
-        **OFFLINE_ENV,
+    extra = {
         **s3_server.environment(endpoint),
-        "PREFECT_HOME": str(scratch / "prefect"),
-        "PREFECT_API_URL": f"http://{HOST}:{port}/api",
         "SALES_MODEL_CACHE_DIR": str(scratch / "cache"),
         "SALES_MODEL_DATA_ROOTS": f"{csv.parent}:s3://{BUCKET}/in",
         "SALES_MODEL_OUTPUT_ROOTS": f"{scratch / 'out'}:s3://{BUCKET}/out",
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     try:
-        wait_healthy(env["PREFECT_API_URL"], server, scratch / "server.log", timeout=90)
-        os.environ.update(s3_server.environment(endpoint))
-        from tasks.common import store
+        with prefect_server(scratch / "prefect", **extra) as env:
+            os.environ.update(s3_server.environment(endpoint))
+            from tasks.common import store
 
-        s3_server.create_bucket(endpoint, BUCKET)
-        uploaded = time.perf_counter()
-        with csv.open("rb") as source, store.open_output(f"s3://{BUCKET}/in/sales.csv") as sink:
-            shutil.copyfileobj(source, sink, 16 << 20)
-        print(f"uploaded {csv.stat().st_size:,} bytes in {time.perf_counter() - uploaded:.1f} s")
-        cases = {
-            "local disk": (str(csv), str(scratch / "out" / "model")),
-            "S3 server": (f"s3://{BUCKET}/in/sales.csv", f"s3://{BUCKET}/out/model"),
-        }
-        results: dict[str, list[dict]] = {name: [] for name in cases}
-        for attempt in range(args.repeat):
-            for name, (data, output) in cases.items():
-                before = cpu_seconds(moto.pid)
-                result = run_case(data, f"{output}-{attempt}", env)
-                result["s3_server_cpu_seconds"] = cpu_seconds(moto.pid) - before
-                results[name].append(result)
-                print(args.rows, name, result, flush=True)
-        for name, runs in results.items():
-            seconds = [r["seconds"] for r in runs if "seconds" in r]
-            if seconds:
-                print(
-                    f"{name}: best {min(seconds):.2f} s, median {statistics.median(seconds):.2f} s"
-                )
+            s3_server.create_bucket(endpoint, BUCKET)
+            uploaded = time.perf_counter()
+            with csv.open("rb") as source, store.open_output(f"s3://{BUCKET}/in/sales.csv") as sink:
+                shutil.copyfileobj(source, sink, 16 << 20)
+            print(
+                f"uploaded {csv.stat().st_size:,} bytes in {time.perf_counter() - uploaded:.1f} s"
+            )
+            cases = {
+                "local disk": (str(csv), str(scratch / "out" / "model")),
+                "S3 server": (f"s3://{BUCKET}/in/sales.csv", f"s3://{BUCKET}/out/model"),
+            }
+            results: dict[str, list[dict]] = {name: [] for name in cases}
+            for attempt in range(args.repeat):
+                for name, (data, output) in cases.items():
+                    before = cpu_seconds(moto.pid)
+                    result = run_case(data, f"{output}-{attempt}", env)
+                    result["s3_server_cpu_seconds"] = cpu_seconds(moto.pid) - before
+                    results[name].append(result)
+                    print(args.rows, name, result, flush=True)
+            for name, runs in results.items():
+                seconds = [r["seconds"] for r in runs if "seconds" in r]
+                if seconds:
+                    median = statistics.median(seconds)
+                    print(f"{name}: best {min(seconds):.2f} s, median {median:.2f} s")
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
         s3_server.stop(moto)
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.cli import OFFLINE_ENV
-from scripts.local_prefect import HOST, free_port, wait_healthy
+from benchmarks.server import prefect_server
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -86,39 +85,23 @@ def main() -> None:
 
     inputs = {rows: data_file(rows) for rows in args.sizes}  # before any measurement
     home = Path(tempfile.mkdtemp(prefix="bench-prefect-"))
-    port = free_port()
-    env = {
-        **os.environ,
-        **OFFLINE_ENV,
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": f"http://{HOST}:{port}/api",
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     results: dict[int, dict[str, dict]] = {}
     try:
-        wait_healthy(env["PREFECT_API_URL"], server, home / "server.log", timeout=90)
-        for rows in args.sizes:
-            csv = inputs[rows]
-            results[rows] = {}
-            for case in cases_for(rows):
-                out = Path(tempfile.mkdtemp(prefix=f"bench-{case}-"))
-                case_env = {
-                    **env,
-                    "SALES_MODEL_DATA_ROOTS": str(csv.parent),
-                    "SALES_MODEL_OUTPUT_ROOTS": str(out),
-                }
-                results[rows][case] = run_case(case, csv, out, case_env)
-                shutil.rmtree(out, ignore_errors=True)
-                print(rows, case, results[rows][case], flush=True)
+        with prefect_server(home) as env:
+            for rows in args.sizes:
+                csv = inputs[rows]
+                results[rows] = {}
+                for case in cases_for(rows):
+                    out = Path(tempfile.mkdtemp(prefix=f"bench-{case}-"))
+                    case_env = {
+                        **env,
+                        "SALES_MODEL_DATA_ROOTS": str(csv.parent),
+                        "SALES_MODEL_OUTPUT_ROOTS": str(out),
+                    }
+                    results[rows][case] = run_case(case, csv, out, case_env)
+                    shutil.rmtree(out, ignore_errors=True)
+                    print(rows, case, results[rows][case], flush=True)
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
         shutil.rmtree(home, ignore_errors=True)
     args.out.write_text(render(results))
     print(f"wrote {args.out}")

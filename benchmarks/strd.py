@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import shutil
 import subprocess
 import sys
@@ -23,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.cli import OFFLINE_ENV
-from scripts.local_prefect import HOST, free_port, wait_healthy
+from benchmarks.server import prefect_server
 from tests.strd import NAMES, STRD, Dataset, load, worst_lre
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,31 +91,14 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", choices=NAMES, default=list(NAMES))
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench-strd-"))
-    port = free_port()
-    env = {
-        **os.environ,
-        **OFFLINE_ENV,
-        "PREFECT_HOME": str(scratch / "prefect"),
-        "PREFECT_API_URL": f"http://{HOST}:{port}/api",
-        "SALES_MODEL_DATA_ROOTS": str(STRD),
-        "SALES_MODEL_OUTPUT_ROOTS": str(scratch),
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    roots = {"SALES_MODEL_DATA_ROOTS": str(STRD), "SALES_MODEL_OUTPUT_ROOTS": str(scratch)}
     try:
-        wait_healthy(env["PREFECT_API_URL"], server, scratch / "server.log", timeout=90)
-        print("| dataset | " + " | ".join(f"{c} LRE" for c in COLUMNS) + " |")
-        print("|---|" + "---:|" * len(COLUMNS), flush=True)
-        for name in args.datasets:
-            print(row(load(name), scratch / name, env), flush=True)
+        with prefect_server(scratch / "prefect", **roots) as env:
+            print("| dataset | " + " | ".join(f"{c} LRE" for c in COLUMNS) + " |")
+            print("|---|" + "---:|" * len(COLUMNS), flush=True)
+            for name in args.datasets:
+                print(row(load(name), scratch / name, env), flush=True)
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -13,6 +13,7 @@ import sys
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+import flows.train
 from flows.cli import OFFLINE_ENV, send_pending_logs_and_events
 from scripts.local_prefect import HOST, free_port, wait_healthy
 
@@ -67,3 +68,17 @@ def prefect_api_url(tmp_path_factory):
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
     assert "database is locked" not in log.read_text()
+
+
+# Blocks of a few lines: tests that take `cut_small` run every merge of partial statistics the
+# pipeline has on small files.
+BLOCK_BYTES = 256
+
+
+@pytest.fixture
+def cut_small(monkeypatch):
+    """Runs of the flow in the test read blocks of BLOCK_BYTES (not a flow parameter)."""
+    real = flows.train.for_runner
+    monkeypatch.setattr(
+        flows.train, "for_runner", lambda config: real(config).with_changes(block_bytes=BLOCK_BYTES)
+    )

@@ -12,12 +12,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-import flows.train
 from flows.train import train_sales_model
 from tests.conftest import read_table
 from tests.strd import INTERCEPT, lres, worst_lre
 
-BLOCK_BYTES = 256
 RANGES_PER_FILE = 3
 ROWS = 300
 # Digits the published numbers must share with the exact solution. The offsets' columns are
@@ -26,15 +24,6 @@ ROWS = 300
 # features correlated to 0.99999 leave ~10.5 digits in the intercept.
 OFFSET_DIGITS = 13
 NEAR_COLLINEAR_DIGITS = 8
-
-
-@pytest.fixture
-def cut_small(monkeypatch):
-    """Runs of the flow in this test read blocks of BLOCK_BYTES (not a flow parameter)."""
-    real = flows.train.for_runner
-    monkeypatch.setattr(
-        flows.train, "for_runner", lambda config: real(config).with_changes(block_bytes=BLOCK_BYTES)
-    )
 
 
 def write_columns(path, columns: dict[str, np.ndarray]) -> list[list[float]]:

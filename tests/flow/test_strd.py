@@ -10,14 +10,12 @@ import shutil
 
 import pytest
 
-import flows.train
 from flows.train import train_sales_model
 from tests.conftest import read_table
 from tests.strd import NAMES, load, lres, worst_lre
 
 # Blocks of a few lines, and each file in three byte ranges (as on a cluster): every merge of
 # partial statistics the pipeline has runs on these small files.
-BLOCK_BYTES = 256
 RANGES_PER_FILE = 3
 # Digits each column must share with NIST (weight, then ls_weight and std_error): issue 23's
 # targets, 9/10 on the lower-difficulty sets and Longley, 7/8 on the Wampler polynomials, except
@@ -37,15 +35,6 @@ DIGITS = {
 }
 # Filip (degree 10, condition ~1e9 after scaling) is solved to this many digits.
 FILIP_DIGITS = 6
-
-
-@pytest.fixture
-def cut_small(monkeypatch):
-    """Runs of the flow in this test read blocks of BLOCK_BYTES (not a flow parameter)."""
-    real = flows.train.for_runner
-    monkeypatch.setattr(
-        flows.train, "for_runner", lambda config: real(config).with_changes(block_bytes=BLOCK_BYTES)
-    )
 
 
 def train_on(name, tmp_path):
