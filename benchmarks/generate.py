@@ -22,15 +22,29 @@ from data.generate_sales import COLUMNS, NOISE_STD, TRUE_INTERCEPT, TRUE_WEIGHTS
 BAD_TOKENS = np.array(["", "NA", "abc", "-1", "inf", "12abc"])
 
 
-def generate_table(rows: int, seed: int, bad_fraction: float = 0.02, first_id: int = 0) -> pa.Table:
-    """`rows` sales rows as text columns (ids from `first_id`), a share of them with one bad
-    value."""
-    rng = np.random.default_rng(seed)
+def generate_design(rows: int, seed: int) -> np.ndarray:
+    """The numbers of `rows` sales rows without bad values, [rows, features + target] float64
+    column-major, as the pass over a file hands them to its statistics."""
+    X, units = _numbers(np.random.default_rng(seed), rows)
+    return np.asfortranarray(np.column_stack([X, units]))
+
+
+def _numbers(rng: np.random.Generator, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features [rows, 3] and target [rows] of the sales model, drawn from `rng`."""
     income = np.clip(rng.lognormal(np.log(35.0), 0.5, rows), 3.0, 150.0)
     price = np.clip(0.3 + 0.012 * income + rng.normal(0, 0.15, rows), 0.1, None)
     tax = price * rng.uniform(0.05, 0.25, rows)
     X = np.column_stack([income, price, tax])
     units = np.clip(TRUE_INTERCEPT + X @ TRUE_WEIGHTS + rng.normal(0, NOISE_STD, rows), 0, None)
+    return X, units
+
+
+def generate_table(rows: int, seed: int, bad_fraction: float = 0.02, first_id: int = 0) -> pa.Table:
+    """`rows` sales rows as text columns (ids from `first_id`), a share of them with one bad
+    value."""
+    rng = np.random.default_rng(seed)
+    X, units = _numbers(rng, rows)
+    income, price, tax = X.T
     ids = pc.binary_join_element_wise(
         "C",
         pc.utf8_lpad(pc.cast(pa.array(np.arange(first_id, first_id + rows)), pa.string()), 9, "0"),
