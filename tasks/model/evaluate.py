@@ -247,9 +247,14 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def fit_inference(train: Moments, sums: dict[str, dict[str, Any]], config: RunConfig) -> Inference:
+def fit_inference(
+    train: Moments,
+    sums: dict[str, dict[str, Any]],
+    config: RunConfig,
+    optimum: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Inference:
     """The inference of the least-squares fit on the training rows: pass 1's statistics and
-    pass 2's residual sums."""
+    pass 2's residual sums (the estimate `optimum` where training polished it)."""
     residuals = sums["train"]
     return infer(
         train,
@@ -258,6 +263,7 @@ def fit_inference(train: Moments, sums: dict[str, dict[str, Any]], config: RunCo
         config.features,
         config.targets,
         config.confidence,
+        optimum,
     )
 
 
@@ -266,4 +272,5 @@ def describe_model_task(
     fit: Any, train: Moments, sums: dict[str, dict[str, Any]], config: RunConfig
 ) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
     """fit_inference, then describe_model."""
-    return describe_model(fit, fit_inference(train, sums, config), sums, train.n, config)
+    inference = fit_inference(train, sums, config, getattr(fit, "optimum", None))
+    return describe_model(fit, inference, sums, train.n, config)

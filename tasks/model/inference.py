@@ -96,14 +96,16 @@ def infer(
     features: tuple[str, ...],
     targets: tuple[str, ...],
     confidence: float,
+    optimum: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Inference:
     """Inference of the least-squares fit on the rows summed in `m`, given the fit's residual
     sum of squares per target (`sse`, summed over the rows) and the HC meat (meat_of_rows, with
-    the same rows' means)."""
+    the same rows' means). The estimate is `optimum` (W, b) where training polished it over the
+    rows, else the factor's solve."""
     n, p, k = m.n, len(features), len(targets)
     dof = n - p - 1
     mean_x, syy = m.mean_x, m.syy
-    W, b = least_squares_of_moments(m)
+    W, b = least_squares_of_moments(m) if optimum is None else optimum
     estimate = np.column_stack([W, b])
     problem = degeneracy(m, features)
     # the residuals are computed on the raw targets, so their rounding scales with sum y^2

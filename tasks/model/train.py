@@ -12,7 +12,7 @@ weights reach the accuracy of a QR solve (the digits the condition number leaves
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -27,9 +27,11 @@ from tasks.ingest.stats import (
     COLLINEAR_SINGULAR_VALUE,
     Moments,
     Scaler,
+    least_squares_of_moments,
     moments_of,
     scaler_of_moments,
 )
+from tasks.model.refine import STEPS, refine
 from tasks.model.tensors import DTYPES, check_shapes
 
 # Epochs without any decrease of the loss before training stops. Preconditioned descent reaches
@@ -121,6 +123,9 @@ class FitResult:
     loss_history: list[float] = field(repr=False)
     gap: float = float("nan")
     coefficient_error: float = float("nan")
+    # the least-squares optimum polished over the rows (W [k, d], b [k]) where the solver had
+    # them (direct); None: the factor's solve is the estimate
+    optimum: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -143,6 +148,7 @@ class Objective:
     target_mean: np.ndarray
     variance: np.ndarray
     preconditioner: Preconditioner
+    moments: Moments
 
 
 def direct_objective(
@@ -171,7 +177,7 @@ def direct_objective(
 
     variance = (yc64 * yc64).mean(dim=0).numpy()
     shape = (y.shape[1], X.shape[1])
-    return Objective(loss, exact, shape, dtype, scaler, target_mean, variance, preconditioner)
+    return Objective(loss, exact, shape, dtype, scaler, target_mean, variance, preconditioner, m)
 
 
 def moments_objective(m: Moments) -> Objective:
@@ -191,7 +197,9 @@ def moments_objective(m: Moments) -> Objective:
         return ((residual * residual).sum() + n * (b * b).sum()) / (n * k)
 
     variance = m.syy / n
-    return Objective(loss, loss, (k, d), torch.float64, scaler, m.mean_y, variance, preconditioner)
+    return Objective(
+        loss, loss, (k, d), torch.float64, scaler, m.mean_y, variance, preconditioner, m
+    )
 
 
 def fit_linear_regression(
@@ -211,7 +219,37 @@ def fit_linear_regression(
     (default X's). Training stops at the first of three rules (see descend): the certificate
     holds, the loss stalls, or max_epochs. A non-finite loss or gradient raises TrainingError.
     """
-    return descend(direct_objective(X, y, dtype), lr, max_epochs, tol, seed, on_epoch)
+    objective = direct_objective(X, y, dtype)
+    fit = descend(objective, lr, max_epochs, tol, seed, on_epoch)
+    X64, y64 = (t.detach().to(torch.float64).numpy() for t in (X, y))
+    optimum = refine(X64, y64, objective.moments, *least_squares_of_moments(objective.moments))
+    return replace(polished(objective, fit, X64, y64, tol), optimum=optimum)
+
+
+def polished(
+    objective: Objective, fit: FitResult, X: np.ndarray, y: np.ndarray, tol: float
+) -> FitResult:
+    """A converged fit with its last digits settled by extended-precision Newton steps over
+    the rows (tasks/model/refine.py), if the certificate still holds at the polished weights
+    (it is evaluated again there); otherwise the fit as it was."""
+    if not fit.converged:
+        return fit
+    refined = refine(X, y, objective.moments, fit.W, fit.b)
+    if refined is None:
+        return fit
+    W, b = refined
+    scaler = objective.scaler
+    W_std, b_std = W * scaler.std, b + W @ scaler.mean
+    Z = np.linalg.solve(objective.preconditioner.P, W_std.T).T
+    b_centred = b_std - objective.target_mean
+    final = exact_certificate(objective, torch.from_numpy(Z), torch.from_numpy(b_centred))
+    if not final.holds(tol):
+        return fit
+    reason = f"{fit.stop_reason}; polished by {STEPS} extended-precision Newton steps"
+    return replace(
+        fit, W=W, b=b, W_std=W_std, b_std=b_std, stop_reason=reason, gap=final.gap,
+        coefficient_error=final.coefficients,
+    )  # fmt: skip
 
 
 def fit_from_moments(

@@ -55,7 +55,8 @@ class Scoring:
 
     @staticmethod
     def of(fit: Any, scan: Scan) -> Scoring:
-        W_opt, b_opt = least_squares_of_moments(scan.train)
+        optimum = getattr(fit, "optimum", None)
+        W_opt, b_opt = least_squares_of_moments(scan.train) if optimum is None else optimum
         return Scoring(fit.W, fit.b, W_opt, b_opt, scan.train.mean_y, scan.train.mean_x)
 
 
