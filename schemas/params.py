@@ -143,8 +143,8 @@ Tolerance = Annotated[
         gt=0.0,
         lt=1.0,
         description="Stop when the certificate bounds the relative MSE gap to the least-squares "
-        "optimum, and every coefficient's distance to the optimum's relative to the largest, "
-        "below this.",
+        "optimum (of the data as float64 holds it), and every coefficient's distance to the "
+        "optimum's relative to the largest, below this.",
     ),
 ]
 BadFraction = Annotated[

@@ -79,7 +79,7 @@ class Moments:
         spread = np.sqrt(self.n * other.n / n) * delta
         stacked = np.vstack([self.r, other.r, spread[None, :]])
         return Moments(
-            n, self.origin, self.offset + delta * (other.n / n), triangular_factor(stacked), self.d
+            n, self.origin, self.offset + delta * (other.n / n), _triangular_factor(stacked), self.d
         )
 
     @staticmethod
@@ -88,10 +88,10 @@ class Moments:
         return Moments(0, none, none.copy(), np.zeros((d + k, d + k)), d)
 
 
-def triangular_factor(rows: np.ndarray) -> np.ndarray:
+def _triangular_factor(rows: np.ndarray) -> np.ndarray:
     """R [m, m] of rows [N, m] = Q R (any N), upper triangular with a diagonal >= 0. Householder
-    QR (LAPACK dgeqrf, on a column-major copy or on `rows` itself when it is one: callers pass
-    arrays they own)."""
+    QR (LAPACK dgeqrf) in place: a column-major float64 `rows` is overwritten, so callers pass
+    arrays they own (a copy is made of any other)."""
     from scipy.linalg import lapack  # the first block pays the import, not every command
 
     n, m = rows.shape
@@ -126,7 +126,7 @@ def moments_of_columns(values: np.ndarray, d: int) -> Moments:
     deviations = values - origin
     offset = deviations.mean(axis=0)
     deviations -= offset
-    return Moments(len(values), origin, offset, triangular_factor(deviations), d)
+    return Moments(len(values), origin, offset, _triangular_factor(deviations), d)
 
 
 def sum_moments(parts: list[Moments]) -> Moments:
@@ -154,33 +154,37 @@ def column_scale(m: Moments) -> np.ndarray:
     return np.where(length > 0, length, 1.0)
 
 
+def features_svd(m: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(scale, U, s, Vt): the SVD of the features' factor with its columns scaled to unit length
+    (column_scale), whose singular values are the square roots of the correlation matrix's
+    eigenvalues. One rank rule for every solve: directions with s <= COLLINEAR_SINGULAR_VALUE
+    are not spanned (least squares, the preconditioner, the inference and the polish agree)."""
+    scale = column_scale(m)
+    U, singular, Vt = np.linalg.svd(m.r[: m.d, : m.d] / scale)
+    return scale, U, singular, Vt
+
+
 def least_squares_of_moments(m: Moments) -> tuple[np.ndarray, np.ndarray]:
     """The least-squares optimum (W [k, d], b [k]) from the factor: the triangular system
     r_xx w = r_xy by back substitution (accurate term by term, also for coefficients of very
-    different sizes), or, when the features are collinear to float64 (a diagonal entry of the
-    scaled factor below COLLINEAR_SINGULAR_VALUE: a constant or dependent column), the
-    minimum-norm solution by SVD instead of a division by zero; float64."""
+    different sizes), or, when the features are collinear (see features_svd), the minimum-norm
+    solution on the directions they span; float64."""
     from scipy.linalg import solve_triangular
 
     d = m.d
-    scale = column_scale(m)
-    r_xx, r_xy = m.r[:d, :d] / scale, m.r[:d, d:]
+    r_xy = m.r[:d, d:]
     k = r_xy.shape[1]
-    if not (np.isfinite(r_xx).all() and np.isfinite(r_xy).all()):
-        # LAPACK's least squares can loop for ever on NaN
+    if not (np.isfinite(m.r).all()):
         return np.full((k, d), np.nan), np.full(k, np.nan)
-    if np.abs(np.diag(r_xx)).min(initial=1.0) > COLLINEAR_SINGULAR_VALUE:
-        solution = solve_triangular(r_xx, r_xy, check_finite=False)
+    scale, U, singular, Vt = features_svd(m)
+    if singular.min() > COLLINEAR_SINGULAR_VALUE:
+        solution = solve_triangular(m.r[:d, :d] / scale, r_xy, check_finite=False)
     else:
-        solution, *_ = np.linalg.lstsq(r_xx, r_xy, rcond=None)
+        spanned = singular > COLLINEAR_SINGULAR_VALUE
+        inverse = np.where(spanned, 1.0 / np.where(spanned, singular, 1.0), 0.0)
+        solution = Vt.T @ (inverse[:, None] * (U.T @ r_xy))
     W = (solution / scale[:, None]).T
     return W, m.mean_y - W @ m.mean_x
-
-
-def optimum_sse(m: Moments) -> np.ndarray:
-    """The least-squares optimum's residual sum of squares per target [k]: the squared length
-    of each target's column below the features' rows in the factor."""
-    return (m.r[m.d :, m.d :] ** 2).sum(axis=0)
 
 
 @dataclass(frozen=True)

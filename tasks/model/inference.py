@@ -22,6 +22,7 @@ from tasks.ingest.stats import (
     COLLINEAR_SINGULAR_VALUE,
     Moments,
     column_scale,
+    features_svd,
     least_squares_of_moments,
 )
 
@@ -167,7 +168,7 @@ def degeneracy(m: Moments, features: tuple[str, ...]) -> str | None:
         return (
             f"constant on the training rows: {', '.join(constant)} (no variation to estimate from)"
         )
-    _, singular, vectors = np.linalg.svd(m.r[:p, :p] / column_scale(m))
+    _, _, singular, vectors = features_svd(m)
     if singular[-1] < COLLINEAR_SINGULAR_VALUE:
         involved = [f for f, v in zip(features, vectors[-1], strict=True) if abs(v) > 1e-3]
         return (

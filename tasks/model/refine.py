@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.ingest.stats import COLLINEAR_SINGULAR_VALUE, Moments, column_scale
+from tasks.ingest.stats import COLLINEAR_SINGULAR_VALUE, Moments, features_svd
 
 STEPS = 2
 
@@ -28,11 +28,12 @@ def refine(
     them (collinear features, non-finite values)."""
     from scipy.linalg import solve_triangular
 
-    d = m.d
-    scale = column_scale(m)
-    factor = m.r[:d, :d] / scale
-    if not np.isfinite(factor).all() or np.abs(np.diag(factor)).min() <= COLLINEAR_SINGULAR_VALUE:
+    if not np.isfinite(m.r).all():
         return None
+    scale, _, singular, _ = features_svd(m)
+    if singular.min() <= COLLINEAR_SINGULAR_VALUE:
+        return None
+    factor = m.r[: m.d, : m.d] / scale
     rows, targets = X.astype(np.longdouble), y.astype(np.longdouble)
     weights, intercept = W.T.astype(np.longdouble), b.astype(np.longdouble)
     for _ in range(STEPS):

@@ -27,6 +27,7 @@ from tasks.ingest.stats import (
     COLLINEAR_SINGULAR_VALUE,
     Moments,
     Scaler,
+    features_svd,
     least_squares_of_moments,
     moments_of,
     scaler_of_moments,
@@ -47,6 +48,9 @@ EXACT_FIT_SHARE = 1e-20
 # and to at least this share of the target's standard deviation (features that explain nothing
 # of a target have no size of their own to be relative to).
 COEFFICIENT_FLOOR = 1e-3
+# A stalled loss this far above its lowest (relative) has risen, not levelled off: the step is
+# too large (at the rounding floor the loss moves by ~1e-13 in float64, ~1e-6 in float32).
+DIVERGENCE_RISE = 1e-3
 
 
 def predict(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -91,19 +95,23 @@ class Preconditioner:
     P: np.ndarray
     L: float
     mu: float
+    condition: float
 
     @staticmethod
-    def of(m: Moments, scaler: Scaler) -> Preconditioner:
-        r_s = m.r[: m.d, : m.d] / scaler.std / np.sqrt(max(m.n, 1))
-        _, singular, vt = np.linalg.svd(r_s)
+    def of(m: Moments) -> Preconditioner:
+        # the factor of Xs / sqrt(n): the features' columns at unit length (features_svd)
+        _, U, singular, vt = features_svd(m)
         spanned = singular > COLLINEAR_SINGULAR_VALUE
         inverse = np.where(spanned, 1.0 / np.where(spanned, singular, 1.0), 0.0)
         P = vt.T * inverse
         k = len(m.mean_y)
         # the intercept's curvature is 2/k too; the features' is 2/k (R_s P)^T (R_s P)
+        r_s = (U * singular) @ vt
         whitened = np.linalg.svd(r_s @ P[:, spanned], compute_uv=False) ** 2
         curvatures = np.concatenate([whitened, [1.0]]) * (2.0 / k)
-        return Preconditioner(P, float(curvatures.max()), float(curvatures.min()))
+        kept = singular[spanned]
+        condition = float(kept.max() / kept.min()) if len(kept) else float("inf")
+        return Preconditioner(P, float(curvatures.max()), float(curvatures.min()), condition)
 
 
 @dataclass
@@ -165,7 +173,7 @@ def direct_objective(
     scaler = scaler_of_moments(m)
     target_mean = m.mean_y
     Xs64, yc64 = standardize(X64, scaler), y64 - torch.from_numpy(target_mean)
-    preconditioner = Preconditioner.of(m, scaler)
+    preconditioner = Preconditioner.of(m)
     P64 = torch.from_numpy(preconditioner.P)
     Xs, yc, P = Xs64.to(dtype), yc64.to(dtype), P64.to(dtype)
 
@@ -189,7 +197,7 @@ def moments_objective(m: Moments) -> Objective:
     n, k, d = m.n, len(m.mean_y), m.d
     A = torch.from_numpy(m.r[:, :d] / scaler.std)
     B = torch.from_numpy(m.r[:, d:])
-    preconditioner = Preconditioner.of(m, scaler)
+    preconditioner = Preconditioner.of(m)
     P = torch.from_numpy(preconditioner.P)
 
     def loss(Z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -299,8 +307,14 @@ def certificate(
     distance = np.linalg.norm(gZ, axis=1) / mu  # per target, in Z
     weights = distance[:, None] * np.linalg.norm(P, axis=1)[None, :]
     worst = np.maximum(weights.max(axis=1, initial=0.0), np.abs(gb) / mu)
-    size = np.maximum(np.abs(W_std).max(axis=1, initial=0.0), 0.0)
-    reference = np.maximum(size, COEFFICIENT_FLOOR * np.sqrt(objective.variance))
+    size = np.abs(W_std).max(axis=1, initial=0.0)
+    # a constant target's optimum is W = 0: its floor is the rounding of the target's values
+    resolution = np.finfo(np.float64).eps * (
+        np.sqrt(objective.variance) + np.abs(objective.target_mean)
+    )
+    reference = np.maximum(
+        size, np.maximum(COEFFICIENT_FLOOR * np.sqrt(objective.variance), resolution)
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         relative = np.where(reference > 0, worst / reference, np.where(worst > 0, np.inf, 0.0))
     return Certificate(gap, float(relative.max(initial=0.0)))
@@ -371,6 +385,15 @@ def descend(
         # the smaller coefficients settle at the rounding floor, a step or two later
         floor = certified and len(history) > 1 and value >= history[-2]
         stalled = stall.stalled(value)
+        # with a step below 2/L every step lowers a quadratic: a loss above the first one, or
+        # one that has risen well above its lowest by the time it stalls, is a step too large
+        # (it overflows only many epochs later); rounding at the floor moves it far less
+        if value > history[0] or (stalled and value > stall.best * (1 + DIVERGENCE_RISE)):
+            raise TrainingError(
+                f"training diverged at epoch {epoch}: the loss rose to {value:.6g} from "
+                f"{min(stall.best, history[0]):.6g} (step size lr={lr:g}); lower --lr or leave "
+                "it unset"
+            )
         if floor or stalled or epoch == max_epochs:
             break
         with torch.no_grad():
@@ -380,7 +403,7 @@ def descend(
             b.grad.zero_()
 
     final = exact_certificate(objective, Z, b)
-    reason = _stop_reason(certified, stalled, final, tol, max_epochs, objective.dtype)
+    reason = _stop_reason(certified, stalled, final, tol, max_epochs, objective)
     return _result(objective, Z, b, lr, epoch, final, final.holds(tol), reason, history)
 
 
@@ -407,19 +430,33 @@ def _stop_reason(
     final: Certificate,
     tol: float,
     max_epochs: int,
-    dtype: torch.dtype,
+    objective: Objective,
 ) -> str:
     bounds = (
         f"relative MSE gap <= {final.gap:.2g}, coefficients within {final.coefficients:.2g} "
-        "of the optimum's"
+        "of the optimum's (relative)"
     )
     if certified:
         return f"certified: {bounds} (tol={tol:g})"
     rule = f"loss flat for {STALL_PATIENCE} epochs" if stalled else f"reached {max_epochs=}"
     if final.holds(tol):
         return f"{rule}; certified: {bounds} (tol={tol:g})"
-    hint = " (try --dtype float64)" if stalled and dtype != torch.float64 else ""
-    return f"{rule} with {bounds}, above tol={tol:g}: not converged{hint}"
+    return f"{rule} with {bounds}, above tol={tol:g}: not converged{_hint(stalled, objective)}"
+
+
+def _hint(stalled: bool, objective: Objective) -> str:
+    """What a stalled run can do: train in float64, or ask for the digits the features'
+    conditioning leaves (float64 certifies about eps * condition)."""
+    if not stalled:
+        return ""
+    if objective.dtype != torch.float64:
+        return " (try --dtype float64)"
+    condition = objective.preconditioner.condition
+    reachable = 10 * np.finfo(np.float64).eps * condition
+    return (
+        f" (the features' condition number is {condition:.2g}: float64 certifies about "
+        f"{reachable:.0e}; a --tol above that, or fewer or less dependent features)"
+    )
 
 
 def _result(

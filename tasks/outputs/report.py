@@ -131,6 +131,16 @@ def _fixed(value: float | None, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
+# Relative MSE gaps this small are the rounding of the two MSEs, not a difference of models.
+ROUNDING_GAP = 1e-12
+
+
+def _gap(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"<{ROUNDING_GAP:.0e}" if abs(value) < ROUNDING_GAP else f"{value:.1e}"
+
+
 def _p(value: float | None) -> str:
     if value is None:
         return ""
@@ -147,7 +157,7 @@ def summary_text(manifest: dict[str, Any], output_root: Location) -> str:
     for m in manifest["metrics"] or []:
         out.append(
             f"  {m['target']} {m['split']:<7} rows={m['rows']:<6} mse={m['mse']:.6g} "
-            f"r2={_fixed(m['r2'], '.4f')} gap_to_optimum={m['relative_gap']:.1e}"
+            f"r2={_fixed(m['r2'], '.4f')} gap_to_optimum={_gap(m['relative_gap'])}"
         )
     if manifest.get("coefficients"):
         out.append("coefficients (least squares, train split):")

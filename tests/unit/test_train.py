@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from tasks.common.errors import TrainingError
+from tasks.ingest.stats import least_squares_of_moments, moments_of
+from tasks.model.inference import degeneracy
 from tasks.model.tensors import to_tensors
 from tasks.model.train import (
     direct_objective,
@@ -248,3 +250,40 @@ def test_degenerate_data_still_converge_in_float64(case):
     )
     assert fit.converged, fit.stop_reason
     assert np.isfinite(fit.W).all()
+
+
+def test_a_step_just_above_two_over_l_fails_as_diverged_not_flat():
+    # preconditioned, L = 2/k: lr 1.05 grows the loss slowly, long before anything overflows
+    X, y = correlated_data(300, 1, seed=6)
+    with pytest.raises(TrainingError, match=r"diverged at epoch \d+: the loss rose"):
+        fit_linear_regression(torch.from_numpy(X), torch.from_numpy(y), lr=1.05,
+                              max_epochs=10_000, tol=1e-9, seed=0)  # fmt: skip
+
+
+def test_a_constant_target_beside_a_real_one_converges():
+    X, y = correlated_data(300, 1, seed=7)
+    y = np.column_stack([y[:, 0], np.full(len(y), 5.0)])
+    fit = fit_linear_regression(
+        torch.from_numpy(X + 1e3), torch.from_numpy(y), max_epochs=20_000, tol=1e-9, seed=0
+    )
+    assert fit.converged, fit.stop_reason
+    np.testing.assert_allclose(fit.W[1], 0.0, atol=1e-12)
+    assert fit.b[1] == pytest.approx(5.0, rel=1e-14)
+
+
+def test_nearly_dependent_features_get_one_answer_from_every_solve():
+    # total = a + c stored in float64, a with a large offset: dependent to ~1e-12 of the scale.
+    # The least-squares estimate and gradient descent take the same directions as spanned.
+    rng = np.random.default_rng(8)
+    a = 1e5 + rng.normal(size=400)
+    c = rng.normal(size=400)
+    X = np.column_stack([a, c, a + c])
+    y = (0.5 * a + 2 * c + rng.normal(0, 0.1, 400))[:, None]
+    m = moments_of(X, y)
+    assert degeneracy(m, ("a", "c", "total")).startswith("collinear")
+    fit = fit_linear_regression(torch.from_numpy(X), torch.from_numpy(y), max_epochs=20_000,
+                                tol=1e-9, seed=0)  # fmt: skip
+    W, b = least_squares_of_moments(m)
+    np.testing.assert_allclose(fit.W, W, rtol=1e-6, atol=1e-9)
+    fitted = X @ W.T + b
+    np.testing.assert_allclose(X @ fit.W.T + fit.b, fitted, rtol=1e-9)
