@@ -57,7 +57,10 @@ class Inference:
 
     @property
     def robust_std_error(self) -> np.ndarray:
-        return np.sqrt(np.diagonal(self.robust_covariance, axis1=1, axis2=2))
+        # the HC sandwich of very ill-conditioned features (cond ~1e9: NIST's Filip) can round
+        # to a negative variance: that error is NaN, not a warning on the terminal
+        with np.errstate(invalid="ignore"):
+            return np.sqrt(np.diagonal(self.robust_covariance, axis1=1, axis2=2))
 
     @property
     def t_stat(self) -> np.ndarray:

@@ -18,6 +18,8 @@ import numpy as np
 from tasks.ingest.stats import COLLINEAR_SINGULAR_VALUE, Moments, features_svd
 
 STEPS = 2
+# The largest error shrink per step the polish accepts (see refine).
+CONTRACTION = 1e-2
 
 
 def refine(
@@ -25,13 +27,17 @@ def refine(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """(W [k, d], b [k]) moved by STEPS Newton steps towards the least-squares optimum of the
     rows X [N, d], y [N, k] (whose statistics are `m`), or None where the factor cannot take
-    them (collinear features, non-finite values)."""
+    them (collinear or too ill-conditioned features, non-finite values)."""
     from scipy.linalg import solve_triangular
 
     if not np.isfinite(m.r).all():
         return None
     scale, _, singular, _ = features_svd(m)
     if singular.min() <= COLLINEAR_SINGULAR_VALUE:
+        return None
+    # each step shrinks the error by about eps * cond^2 (the factor's own rounding): past
+    # CONTRACTION it would not converge (Filip, cond 1e9), and the factor's solve is kept
+    if np.finfo(np.float64).eps * (singular.max() / singular.min()) ** 2 > CONTRACTION:
         return None
     factor = m.r[: m.d, : m.d] / scale
     rows, targets = X.astype(np.longdouble), y.astype(np.longdouble)
