@@ -63,6 +63,6 @@ def test_collinear_features_are_left_to_the_minimum_norm_solve():
 def test_features_too_ill_conditioned_for_the_steps_to_converge_keep_the_factors_solve():
     # Filip (degree 10, cond ~1e9 scaled): a step would shrink the error by eps * cond^2 ~ 1e2,
     # that is grow it
-    dataset, X, y = rows("Filip")
+    _, X, y = rows("Filip")
     m = moments_of(X, y)
     assert refine(X, y, m, *least_squares_of_moments(m)) is None
