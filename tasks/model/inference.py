@@ -14,9 +14,9 @@ the affected numbers NaN with a note saying why; the point estimates do not depe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from scipy import stats as distributions
 
 from tasks.ingest.stats import (
     COLLINEAR_SINGULAR_VALUE,
@@ -69,7 +69,7 @@ class Inference:
 
     @property
     def p_value(self) -> np.ndarray:
-        return 2.0 * distributions.t.sf(np.abs(self.t_stat), self.dof)
+        return 2.0 * _distributions().t.sf(np.abs(self.t_stat), self.dof)
 
     def interval(self) -> tuple[np.ndarray, np.ndarray]:
         """(low, high) [k, p + 1]: the estimate -/+ the t quantile times the standard error."""
@@ -77,11 +77,18 @@ class Inference:
         return self.estimate - half, self.estimate + half
 
 
+def _distributions() -> Any:
+    """scipy.stats, imported on first use (0.6 s): a command that infers nothing does not pay it."""
+    from scipy import stats
+
+    return stats
+
+
 def t_quantile(confidence: float, dof: int) -> float:
     """The two-sided Student t quantile of a confidence level (NaN without degrees of freedom)."""
     if dof < 1:
         return float("nan")
-    return float(distributions.t.ppf(0.5 + confidence / 2.0, dof))
+    return float(_distributions().t.ppf(0.5 + confidence / 2.0, dof))
 
 
 def meat_of_rows(X: np.ndarray, residuals: np.ndarray, mean_x: np.ndarray) -> np.ndarray:
@@ -141,7 +148,7 @@ def infer(
     covariance[~defined] = np.nan
     robust[~defined] = np.nan
     f_stat = np.where(defined, f_stat, np.nan)
-    f_p = np.where(defined, distributions.f.sf(f_stat, p, dof), np.nan)
+    f_p = np.where(defined, _distributions().f.sf(f_stat, p, dof), np.nan)
     return Inference(
         estimate, covariance, robust, variance, adj_r2, f_stat, f_p, dof, confidence, notes
     )

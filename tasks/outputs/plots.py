@@ -5,17 +5,19 @@ as the model is trained, so they can be drawn while pass 2 writes the prediction
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from prefect import task
 from prefect.cache_policies import NONE
 
 from schemas.params import RunConfig
 from tasks.ingest.scan import Scan
 from tasks.model.evaluate import INTERCEPT
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FIGSIZE = (8, 5)  # inches
 DPI = 100  # so every PNG is 800 x 500 pixels
@@ -61,6 +63,14 @@ def model_plots(
     }
 
 
+def _figure() -> Figure:
+    """An empty figure of FIGSIZE; matplotlib (0.3 s to import) is loaded by the first plot,
+    not by every command that imports the flows."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=FIGSIZE)
+
+
 def png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
@@ -68,7 +78,7 @@ def png(figure: Figure) -> bytes:
 
 
 def plot_loss(loss_history: list[float]) -> Figure:
-    figure = Figure(figsize=FIGSIZE)
+    figure = _figure()
     ax = figure.subplots()
     ax.semilogy(np.arange(len(loss_history)), loss_history)
     ax.set(title="Training loss (MSE) per epoch", xlabel="epoch", ylabel="train MSE (log)")
@@ -77,7 +87,7 @@ def plot_loss(loss_history: list[float]) -> Figure:
 
 
 def plot_predicted_vs_actual(predictions: pd.DataFrame, targets: tuple[str, ...]) -> Figure:
-    figure = Figure(figsize=FIGSIZE)
+    figure = _figure()
     axes = np.atleast_1d(figure.subplots(1, len(targets), squeeze=False)[0])
     holdout = predictions[predictions["split"] == "holdout"]
     for ax, target in zip(axes, targets, strict=True):
@@ -91,7 +101,7 @@ def plot_predicted_vs_actual(predictions: pd.DataFrame, targets: tuple[str, ...]
 
 
 def plot_residuals(predictions: pd.DataFrame, targets: tuple[str, ...]) -> Figure:
-    figure = Figure(figsize=FIGSIZE)
+    figure = _figure()
     axes = np.atleast_1d(figure.subplots(1, len(targets), squeeze=False)[0])
     for ax, target in zip(axes, targets, strict=True):
         for split in ("train", "holdout"):
@@ -114,7 +124,7 @@ def plot_coefficients(coefficients: pd.DataFrame) -> Figure:
     one panel per target (the intercept, on another scale, is in the report's table)."""
     terms = coefficients[coefficients["feature"] != INTERCEPT]
     targets = list(dict.fromkeys(terms["target"]))
-    figure = Figure(figsize=FIGSIZE)
+    figure = _figure()
     axes = figure.subplots(1, max(len(targets), 1), squeeze=False)[0]
     for ax, target in zip(axes, targets, strict=False):
         part = terms[terms["target"] == target].iloc[::-1]
@@ -134,7 +144,7 @@ def plot_coefficients(coefficients: pd.DataFrame) -> Figure:
 
 
 def plot_history(history: pd.DataFrame) -> Figure:
-    figure = Figure(figsize=FIGSIZE)
+    figure = _figure()
     ax = figure.subplots()
     for target, part in history.groupby("target", sort=False):
         ax.plot(range(len(part)), part["mse"], marker="o", label=target)

@@ -1,0 +1,23 @@
+"""What importing the flows loads: a command pays for the libraries it uses, when it uses them.
+scipy.stats (0.6 s here), matplotlib (0.3 s), Dask and the benchmarks' peers are imported where
+they are used (inference, plots, the Dask runner), never by `import flows.train`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+# Loaded on first use only: the inference's distributions, the report's plots, the cluster
+# runner and the libraries only tests and benchmarks use.
+LAZY = ("scipy.stats", "matplotlib", "dask", "distributed", "statsmodels", "sklearn")
+
+
+@pytest.mark.parametrize("module", ["flows.train", "flows.score", "flows.watch"])
+def test_importing_a_flow_loads_none_of_the_heavy_optional_libraries(module):
+    probe = f"import sys, {module}; print(' '.join(m for m in {LAZY!r} if m in sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout.split() == [], f"{module} imports {result.stdout.strip()}"
