@@ -69,7 +69,7 @@ class Inference:
 
     @property
     def p_value(self) -> np.ndarray:
-        return 2.0 * _distributions().t.sf(np.abs(self.t_stat), self.dof)
+        return 2.0 * _special().stdtr(self.dof, -np.abs(self.t_stat))
 
     def interval(self) -> tuple[np.ndarray, np.ndarray]:
         """(low, high) [k, p + 1]: the estimate -/+ the t quantile times the standard error."""
@@ -77,18 +77,19 @@ class Inference:
         return self.estimate - half, self.estimate + half
 
 
-def _distributions() -> Any:
-    """scipy.stats, imported on first use (0.6 s): a command that infers nothing does not pay it."""
-    from scipy import stats
+def _special() -> Any:
+    """scipy.special, imported on first use: the t and F distribution functions themselves
+    (0.16 s to import, against 1 s for scipy.stats, which wraps the same functions)."""
+    from scipy import special
 
-    return stats
+    return special
 
 
 def t_quantile(confidence: float, dof: int) -> float:
     """The two-sided Student t quantile of a confidence level (NaN without degrees of freedom)."""
     if dof < 1:
         return float("nan")
-    return float(_distributions().t.ppf(0.5 + confidence / 2.0, dof))
+    return float(_special().stdtrit(dof, 0.5 + confidence / 2.0))
 
 
 def meat_of_rows(X: np.ndarray, residuals: np.ndarray, mean_x: np.ndarray) -> np.ndarray:
@@ -148,7 +149,7 @@ def infer(
     covariance[~defined] = np.nan
     robust[~defined] = np.nan
     f_stat = np.where(defined, f_stat, np.nan)
-    f_p = np.where(defined, _distributions().f.sf(f_stat, p, dof), np.nan)
+    f_p = np.where(defined, _special().fdtrc(p, dof, f_stat), np.nan)
     return Inference(
         estimate, covariance, robust, variance, adj_r2, f_stat, f_p, dof, confidence, notes
     )

@@ -49,13 +49,6 @@ def mse_loss(preds: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (diff * diff).mean()
 
 
-def fit_scaler(X: torch.Tensor) -> Scaler:
-    """Column mean and std (ddof=0) in float64, as the statistics compute them (a constant
-    column keeps std 1)."""
-    X64 = X.detach().to(torch.float64).numpy()
-    return scaler_of_moments(moments_of(X64, np.zeros((len(X64), 0))))
-
-
 def standardize(X: torch.Tensor, scaler: Scaler) -> torch.Tensor:
     """(X - mean) / std, computed in float64 and returned in X's dtype."""
     mean = torch.from_numpy(scaler.mean)

@@ -19,7 +19,7 @@ from tasks.model.evaluate import (
     zero_sums,
 )
 from tasks.model.inference import Inference, infer, meat_of_rows
-from tasks.model.train import fit_linear_regression
+from tasks.model.descent import fit_linear_regression
 from tests.reference import least_squares
 
 

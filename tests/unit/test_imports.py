@@ -1,6 +1,8 @@
 """What importing the flows loads: a command pays for the libraries it uses, when it uses them.
-scipy.stats (0.6 s here), matplotlib (0.3 s), Dask and the benchmarks' peers are imported where
-they are used (inference, plots, the Dask runner), never by `import flows.train`."""
+torch (1.2 s here), scipy (0.2-1 s), matplotlib (0.3 s), Dask and the benchmarks' peers are
+imported where they are used (training, the statistics and inference, plots, the Dask runner),
+never by `import flows.train`: a command that stops at a bad parameter, or a deployment's
+process that only checks a landed file, does not pay for them."""
 
 from __future__ import annotations
 
@@ -9,9 +11,9 @@ import sys
 
 import pytest
 
-# Loaded on first use only: the inference's distributions, the report's plots, the cluster
-# runner and the libraries only tests and benchmarks use.
-LAZY = ("scipy.stats", "matplotlib", "dask", "distributed", "statsmodels", "sklearn")
+# Loaded on first use only: the descent, the statistics' LAPACK calls and the inference's
+# distributions, the report's plots, the cluster runner and what only tests and benchmarks use.
+LAZY = ("torch", "scipy", "matplotlib", "dask", "distributed", "statsmodels", "sklearn")
 
 
 @pytest.mark.parametrize("module", ["flows.train", "flows.score", "flows.watch"])

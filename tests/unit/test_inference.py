@@ -19,7 +19,7 @@ from tasks.model.evaluate import (
     with_fit_statistics,
 )
 from tasks.model.inference import infer, meat_of_rows
-from tasks.model.train import fit_from_moments
+from tasks.model.descent import fit_from_moments
 from tasks.outputs.predict import Scoring, interval_of, predict_parts
 from tasks.outputs.promote import model_from_weights
 from tests.pipeline import config, kept_rows, scan_paths

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.model.train import fit_linear_regression
+from tasks.model.descent import fit_linear_regression
 from tests.conftest import HEADER
 from tests.pipeline import LAYOUTS, F, T, config, kept_rows, quarantine, scan_paths
 from tests.reference import least_squares

@@ -11,7 +11,7 @@ import torch
 
 from tasks.ingest.stats import least_squares_of_moments, moments_of
 from tasks.model.refine import refine
-from tasks.model.train import fit_linear_regression
+from tasks.model.descent import fit_linear_regression
 from tests.strd import load, lres, worst_lre
 
 
