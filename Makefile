@@ -38,7 +38,7 @@ dataset: $(STAMP) ## list the dataset (data/sales.csv + accepted landed files) a
 serve: $(STAMP) ## local Prefect server (127.0.0.1) + pool + deployments + worker + landing watcher (LANDING=s3://bucket/prefix: a sensor lists it)
 	$(BIN)/python -m scripts.local_prefect start --port $(PORT) $(if $(LANDING),--landing $(LANDING))
 
-stop: $(STAMP) ## stop the watcher, the worker and the server started by serve
+stop: $(STAMP) ## stop the watcher, the worker and the server started by serve, and the local server `make run` keeps warm
 	$(BIN)/python -m scripts.local_prefect stop
 
 bench: $(STAMP) ## measure floors, peers, the steps, scoring and the flow on 1M, 10M, 100M rows (BENCHMARKS.md), then the publish of 10M predictions and 10M rows on the local S3 server, then the digits each estimate shares with NIST's certified values (StRD)

@@ -6,7 +6,9 @@ the Prefect server (the UI shows them). `--verbose`, or setting PREFECT_LOGGING_
 shows them in the terminal too.
 
 Which server: PREFECT_API_URL (or a Prefect profile) when set; else the local stack's server
-when `make serve` is running (found from its state file); else Prefect's temporary server.
+when `make serve` is running (found from its state file); else the command line's own local
+server, started in the background by the first run and kept warm for the next ones
+(flows/local_server.py); with SALES_MODEL_LOCAL_SERVER=off, Prefect's temporary server.
 """
 
 from __future__ import annotations
@@ -29,16 +31,16 @@ from typing import Any, Literal
 from prefect import Flow
 from prefect.exceptions import ParameterTypeError
 from prefect.logging.handlers import PrefectConsoleHandler
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+from flows import local_server
+from flows.local_server import OFFLINE_ENV
 from schemas.params import Option
 from tasks.common.errors import ParameterError, PipelineError
 
-# Prefect must never phone home from these machines; a user's own setting wins.
-OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 ENGINE_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 # Where `make serve` (scripts/local_prefect.py) records its server's address and PIDs.
-STACK_INFO = Path(__file__).resolve().parents[1] / ".run" / "stack.json"
+STACK_INFO = local_server.run_dir() / "stack.json"
 
 
 class _DropUserErrorTracebacks(logging.Filter):
@@ -185,17 +187,52 @@ def running_stack_api(info_file: Path = STACK_INFO) -> str | None:
     return url
 
 
+def running_server() -> str | None:
+    """The API URL of the configured Prefect server, or of the local stack's when it runs."""
+    return PREFECT_API_URL.value() or running_stack_api()
+
+
+def find_server() -> str | local_server.LocalServer | None:
+    """Where a run's Prefect API is: the configured one, or the local stack's (a URL); else
+    the command line's local server, started now in the background if none runs (its start
+    overlaps the run's own checks); None: Prefect's temporary server (local server off)."""
+    url = running_server()
+    if url or not local_server.enabled():
+        return url
+    server = local_server.LocalServer.of_environment()
+    if local_server.warm_up(server):
+        print(
+            "note: starting a local Prefect server for this and later runs; it stops after "
+            f"{local_server.idle_minutes():g} idle minutes, or with `make stop`",
+            file=sys.stderr,
+        )
+    return server
+
+
 @contextlib.contextmanager
-def prefect_server() -> Iterator[str | None]:
-    """Run what is inside against the configured Prefect API, or the local stack's server
-    when none is configured and `make serve` is running (no temporary server to start)."""
-    configured = PREFECT_API_URL.value()
-    stack = None if configured else running_stack_api()
-    if stack is None:
-        yield configured
-        return
-    with temporary_settings(updates={PREFECT_API_URL: stack}):
-        yield stack
+def prefect_server(where: str | local_server.LocalServer | None) -> Iterator[str | None]:
+    """Run what is inside against `where` (see find_server), once it answers; yields its API
+    URL (None: Prefect's temporary server)."""
+    with contextlib.ExitStack() as stack:
+        url = where
+        if isinstance(where, local_server.LocalServer):
+            stack.callback(local_server.release, where)
+            try:
+                url = local_server.wait_ready(where)
+            except RuntimeError as exc:
+                raise PipelineError(str(exc)) from None
+        stack.enter_context(temporary_settings(updates=_run_settings(url)))
+        yield url
+
+
+def _run_settings(url: str | None) -> dict[Any, Any]:
+    """The server's URL, and no flow-run heartbeat thread unless the user asks for one: its
+    join waits up to a second at the end of every run (it sleeps in 1 s steps), and a command
+    line run reports its own end (Ctrl-C included)."""
+    updates: dict[Any, Any] = {PREFECT_API_URL: url} if url else {}
+    if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" not in os.environ:
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
+    return updates
 
 
 def parameter_error(exc: ParameterTypeError, given: dict[str, Any]) -> str:
@@ -256,10 +293,11 @@ def run_flow(
     finally:
         flows_logger.setLevel(level)
     try:
+        server = find_server()
         if preflight is not None:
             preflight(checked)
         terminal_logging(verbose)
-        with prefect_server():
+        with prefect_server(server):
             result = flow(**parameters)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from flows.cli import prefect_server
+from flows.cli import prefect_server, running_server
 from schemas.params import DEFAULT_LANDING
 from tasks.common import store
 from tasks.common.errors import PipelineError
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for path in landed:
         print(f"landed {path}")
-    with prefect_server() as api:
+    # a running server only: a local one started now would have no deployment to trigger
+    with prefect_server(running_server()) as api:
         if api is None:
             print("no Prefect server to announce them to: the next landing poll picks them up")
             return 0

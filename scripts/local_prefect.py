@@ -28,12 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from flows import local_server
 from flows.cli import OFFLINE_ENV, STACK_INFO
 from schemas.params import DEFAULT_LANDING as LANDING
 from scripts.server_setup import recover
 from tasks.common import store
 from tasks.common.errors import PipelineError
-from tasks.common.storage import pid_alive
+from tasks.common.processes import pid_alive
 
 # The deployment a landed file starts (prefect.yaml).
 LANDING_DEPLOYMENT = "retrain-on-new-data"
@@ -148,6 +149,8 @@ def start(
         raise RuntimeError(str(exc)) from None
     stack.state.mkdir(parents=True, exist_ok=True)
     stack.home.mkdir(parents=True, exist_ok=True)
+    # the command line's own server keeps the same database: one server at a time on it
+    local_server.stop(local_server.LocalServer(stack.state / "local-server"))
     api_url = f"http://{HOST}:{port}/api"
     info = {"api_url": api_url, "ui_url": f"http://{HOST}:{port}", "pids": {}}
     server_log = stack.state / "server.log"
@@ -298,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"logs: {Stack().state}/server.log, {Stack().state}/worker.log")
     elif args.command == "stop":
         stopped = stop()
-        print(f"stopped {len(stopped)} process group(s)" if stopped else "nothing running")
+        print(f"stopped {len(stopped)} process group(s)" if stopped else "no stack running")
+        if local_server.stop(local_server.LocalServer.of_environment()):
+            print("stopped the command line's local Prefect server")
     else:
         if not args.api_url:
             print("error: set PREFECT_API_URL or pass --api-url", file=sys.stderr)

@@ -125,19 +125,6 @@ def working_files(folder: Location) -> Iterator[None]:
         ) from exc
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process runs with this PID (a zombie, exited but not reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    return True
-
-
 def output_root(output: str) -> Location:
     """The `output` parameter confined to SALES_MODEL_OUTPUT_ROOTS; an s3:// root's bucket must
     answer (a missing bucket, refused credentials or an endpoint that does not answer is one

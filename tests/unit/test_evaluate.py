@@ -10,6 +10,7 @@ import torch
 
 from tasks.ingest.split import hash_text, split_holdout
 from tasks.ingest.stats import least_squares_of_moments, moments_of
+from tasks.model.descent import fit_linear_regression
 from tasks.model.evaluate import (
     INTERCEPT,
     estimate_warnings,
@@ -19,7 +20,6 @@ from tasks.model.evaluate import (
     zero_sums,
 )
 from tasks.model.inference import Inference, infer, meat_of_rows
-from tasks.model.descent import fit_linear_regression
 from tests.reference import least_squares
 
 

@@ -11,6 +11,7 @@ import pytest
 import statsmodels.api as sm
 
 from tasks.ingest.stats import least_squares_of_moments, moments_of
+from tasks.model.descent import fit_from_moments
 from tasks.model.evaluate import (
     INTERCEPT,
     fit_inference,
@@ -19,7 +20,6 @@ from tasks.model.evaluate import (
     with_fit_statistics,
 )
 from tasks.model.inference import infer, meat_of_rows
-from tasks.model.descent import fit_from_moments
 from tasks.outputs.predict import Scoring, interval_of, predict_parts
 from tasks.outputs.promote import model_from_weights
 from tests.pipeline import config, kept_rows, scan_paths

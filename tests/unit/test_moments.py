@@ -17,8 +17,8 @@ from tasks.ingest.stats import (
     scaler_of_moments,
     sum_moments,
 )
-from tasks.model.objective import direct_objective, moments_objective
 from tasks.model.descent import descend, fit_from_moments, fit_linear_regression
+from tasks.model.objective import direct_objective, moments_objective
 from tests.reference import least_squares
 from tests.strd import load, lres, worst_lre
 

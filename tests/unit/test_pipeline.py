@@ -15,8 +15,8 @@ import tasks.ingest.range_scan
 from schemas.sales import ID_COLUMN
 from tasks.ingest.profile import BottomK, sample_keys
 from tasks.ingest.split import hash_text
-from tasks.model.evaluate import fit_inference, metrics_from_sums
 from tasks.model.descent import fit_from_moments
+from tasks.model.evaluate import fit_inference, metrics_from_sums
 from tasks.outputs.plots import report_sample
 from tasks.outputs.predict import Scoring, predict_parts
 from tests.conftest import messy_csv

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tasks.ingest.stats import least_squares_of_moments, moments_of
-from tasks.model.refine import refine
 from tasks.model.descent import fit_linear_regression
+from tasks.model.refine import refine
 from tests.strd import load, lres, worst_lre
 
 

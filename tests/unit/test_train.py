@@ -10,10 +10,10 @@ import torch
 
 from tasks.common.errors import TrainingError
 from tasks.ingest.stats import least_squares_of_moments, moments_of
+from tasks.model.descent import fit_linear_regression
 from tasks.model.inference import degeneracy
 from tasks.model.objective import direct_objective, mse_loss, predict, standardize
 from tasks.model.tensors import to_tensors
-from tasks.model.descent import fit_linear_regression
 from tests.reference import least_squares
 
 NOTEBOOK_X = [

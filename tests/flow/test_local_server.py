@@ -1,0 +1,108 @@
+"""The command line's warm local server (flows/local_server.py): started by the first run that
+finds no server, reused by the next, stopped when idle and by `make stop`; no test leaves one
+running (each test stops what it started, whatever happens)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from flows import local_server
+from tasks.common.processes import pid_alive
+from tests.conftest import HEADER, REPO, sales_rows
+
+
+@pytest.fixture
+def server_env(tmp_path):
+    """A command line environment with the local server on, its state and database in
+    tmp_path, and no configured server."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {
+        "SALES_MODEL_LOCAL_SERVER": "on",
+        "SALES_MODEL_RUN_DIR": str(tmp_path / "run"),
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+    }
+    server = local_server.LocalServer(tmp_path / "run" / "local-server")
+    yield env, server
+    info = server.info()
+    local_server.stop(server)
+    if info is not None:
+        assert not pid_alive(info["pid"])
+
+
+def train(env, data, output):
+    return subprocess.run(
+        [sys.executable, "-m", "flows.train", "--data", str(data), "--output", str(output)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def flow_run_names(api_url):
+    request = urllib.request.Request(
+        f"{api_url}/flow_runs/filter",
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return sorted(run["name"] for run in json.load(response))
+
+
+def test_the_first_run_starts_the_server_the_next_reuses_it_and_it_stops_when_idle(
+    server_env, write_csv, tmp_path
+):
+    env, server = server_env
+    env["SALES_MODEL_SERVER_IDLE_MINUTES"] = "0.1"
+    data = write_csv("\n".join([HEADER, *sales_rows(30)]) + "\n")
+
+    first = train(env, data, tmp_path / "out")
+    assert first.returncode == 0, first.stderr
+    assert "note: starting a local Prefect server" in first.stderr
+    info = server.info()
+    assert info is not None
+    assert info["api_url"].startswith("http://127.0.0.1:")
+
+    second = train(env, data, tmp_path / "out")
+    assert second.returncode == 0, second.stderr
+    assert second.stderr == ""  # no note: nothing started
+    assert server.info() == info  # the same server, the same supervisor
+    lines = (first.stdout + second.stdout).splitlines()
+    run_ids = [line.split()[1] for line in lines if line.startswith("run ")]
+    assert flow_run_names(info["api_url"]) == sorted(f"train-{run_id}" for run_id in run_ids)
+
+    deadline = time.monotonic() + 60
+    while pid_alive(info["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not pid_alive(info["pid"]), "the server did not stop after its idle minutes"
+    assert server.info() is None
+
+
+def test_make_stop_stops_the_local_server(server_env):
+    env, server = server_env
+    started = subprocess.run(
+        [sys.executable, "-c", "from flows import local_server as s; "
+         "x = s.LocalServer.of_environment(); s.warm_up(x); print(s.wait_ready(x))"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    info = server.info()
+    assert info is not None
+    assert started.stdout.strip() == info["api_url"]
+
+    stopped = subprocess.run(
+        [sys.executable, "-m", "scripts.local_prefect", "stop"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped the command line's local Prefect server" in stopped.stdout
+    assert not pid_alive(info["pid"])
+    assert server.info() is None
