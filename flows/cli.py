@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import importlib
 import inspect
 import json
 import logging
@@ -210,13 +211,19 @@ def find_server() -> str | local_server.LocalServer | None:
 
 
 @contextlib.contextmanager
-def prefect_server(where: str | local_server.LocalServer | None) -> Iterator[str | None]:
+def prefect_server(
+    where: str | local_server.LocalServer | None, preload: tuple[str, ...] = ()
+) -> Iterator[str | None]:
     """Run what is inside against `where` (see find_server), once it answers; yields its API
-    URL (None: Prefect's temporary server)."""
+    URL (None: Prefect's temporary server). While a local server is still starting, the
+    modules in `preload` are imported: the run needs them later, and the start leaves time."""
     with contextlib.ExitStack() as stack:
         url = where
         if isinstance(where, local_server.LocalServer):
             stack.callback(local_server.release, where)
+            if local_server.ready(where) is None:
+                for module in preload:
+                    importlib.import_module(module)
             try:
                 url = local_server.wait_ready(where)
             except RuntimeError as exc:
@@ -271,9 +278,11 @@ def run_flow(
     parameters: dict[str, Any],
     summarize: Callable[[Any], str],
     preflight: Callable[[dict[str, Any]], object] | None = None,
+    preload: tuple[str, ...] = (),
 ) -> int:
     """Validate `parameters` against the flow's signature and run `preflight` on them (path
-    checks: nothing has started yet), then run the flow and print the summary.
+    checks: nothing has started yet), then run the flow and print the summary. `preload`:
+    modules the run imports on its way, imported early while a local server starts.
 
     Returns the exit code: 0 on success, 2 for a bad parameter (its type, bounds, or a path
     outside the allowed folders), 1 for any other PipelineError.
@@ -297,7 +306,7 @@ def run_flow(
         if preflight is not None:
             preflight(checked)
         terminal_logging(verbose)
-        with prefect_server(server):
+        with prefect_server(server, preload):
             result = flow(**parameters)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

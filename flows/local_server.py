@@ -109,15 +109,21 @@ def warm_up(server: LocalServer) -> bool:
     return server.info() is None and _start_once(server)
 
 
+def ready(server: LocalServer) -> str | None:
+    """The API URL of the local server if it answers now, else None."""
+    info = server.info()
+    return info["api_url"] if info and healthy(info["api_url"]) else None
+
+
 def wait_ready(server: LocalServer) -> str:
     """The API URL of the local server once it answers (started by warm_up, here or in another
     run; started again if it died meanwhile). RuntimeError when it does not come up."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        info = server.info()
-        if info and healthy(info["api_url"]):
-            return info["api_url"]
-        if info is None and not server.lock.exists() and not _start_once(server):
+        url = ready(server)
+        if url is not None:
+            return url
+        if server.info() is None and not server.lock.exists() and not _start_once(server):
             break  # no server and none starting: its supervisor gave up
         time.sleep(POLL_SECONDS)
     raise RuntimeError(f"the local Prefect server did not start; see {server.log}")
