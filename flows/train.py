@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.cli import exit_now, flow_parser, parse_flow_args, run_flow
@@ -76,7 +76,7 @@ from tasks.outputs.plots import draw_model_plots
 from tasks.outputs.predict import Scoring, predict_task
 from tasks.outputs.promote import decide_promotion_task
 from tasks.outputs.publish import check_data_quality, commit_training_task
-from tasks.outputs.report import report_run, summary_text
+from tasks.outputs.report import report_run, result_line, summary_text
 
 # What a run imports on its way (1.5-2 s here), imported while a local server starts instead.
 RUN_IMPORTS = ("tasks.model.descent", "scipy.linalg", "scipy.special", "matplotlib.figure")
@@ -141,6 +141,7 @@ def _train(
             run, scan, predicted, tables, promotion, results, config, plots.result()
         )
     report_run(manifest, root)
+    get_run_logger().info(result_line(manifest))  # the Logs tab and `--watch` end with it
     return manifest
 
 

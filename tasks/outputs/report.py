@@ -178,6 +178,24 @@ def summary_text(manifest: dict[str, Any], output_root: Location) -> str:
     return "\n".join(out)
 
 
+def result_line(manifest: dict[str, Any]) -> str:
+    """The run's result in one line, for the end of its log: rows in, accepted and
+    quarantined, the holdout MSE of each target, and the promotion decision with its reason."""
+    rows = manifest["rows"]
+    parts = [
+        f"run {manifest['run_id']} {manifest['status']}: {rows['in']} rows in, "
+        f"{rows['accepted']} accepted, {rows['quarantined']} quarantined"
+    ]
+    holdout = [m for m in manifest["metrics"] or [] if m["split"] == "holdout"]
+    if holdout:
+        parts.append("holdout MSE " + ", ".join(f"{m['target']}={m['mse']:.6g}" for m in holdout))
+    promotion = manifest.get("promotion")
+    if promotion:
+        verdict = "promoted to champion" if promotion["promoted"] else "not promoted"
+        parts.append(f"{verdict}: {promotion['reason']}")
+    return "; ".join(parts)
+
+
 def holdout_history(root: Location, current: dict[str, Any]) -> pd.DataFrame:
     """Holdout MSE per target of the last completed training runs (the current one included)."""
     listed = store.list_files(store.join(root, MANIFESTS))

@@ -167,6 +167,36 @@ def test_cli_trains_and_prints_where_the_outputs_are(sales_csv, tmp_path, prefec
     assert "80 accepted, 5 quarantined" in result.stdout
     assert f"outputs: {output}" in result.stdout
     assert len(read_table(output, "predictions")) == 80
+    # the run's log (the UI's Logs tab, `--watch`) ends with its result, before the engine's
+    # own "Finished in state Completed()"
+    run_id = result.stdout.split()[1]
+    *_, last, finished = flow_run_logs(f"train-{run_id}")
+    assert finished.startswith("Finished in state Completed")
+    assert last.startswith(f"run {run_id} completed: 85 rows in, 80 accepted, 5 quarantined; ")
+    assert "; holdout MSE units_sold_k=" in last
+    assert last.endswith("; promoted to champion: first model: no champion yet")
+
+
+def flow_run_logs(name):
+    """The messages the flow run called `name` logged itself (not its task runs), oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.client.schemas.sorting import LogSort
+
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+        )
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
+            sort=LogSort.TIMESTAMP_ASC,
+        )
+    return [log.message for log in logs if log.task_run_id is None]
 
 
 @pytest.mark.parametrize(
