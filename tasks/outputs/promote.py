@@ -225,6 +225,11 @@ def crown(
     )
 
 
+# Holdout MSEs this close are one model's, up to the rounding of the sums (a re-run's blocks
+# may merge in another order): about 1e-15 apart; two different fits differ by far more.
+SAME_MODEL_RTOL = 1e-12
+
+
 def decide_promotion(
     candidate: LinearModel,
     converged: bool,
@@ -237,7 +242,10 @@ def decide_promotion(
     float64 statistics (the same MSE, without the rows).
 
     Promoted when training converged and, for every target, the candidate's holdout MSE is at
-    most the champion's times (1 + tolerance). Returns the decision with its reason and figures.
+    most the champion's times (1 + tolerance), unless it equals the champion's on every target
+    (to SAME_MODEL_RTOL): that is the champion's own model again (a re-run on its data, with
+    parameters that reach the same optimum), and replacing it would change nothing but the
+    champion's name. Returns the decision with its reason and figures.
     """
     rows = holdout.n
     decision: dict[str, Any] = {
@@ -268,6 +276,12 @@ def decide_promotion(
     champion_mse = holdout_mse(champion, holdout)
     decision["champion_holdout_mse"] = _by_target(champion.targets, champion_mse)
     candidate_mse = np.array(list(decision["candidate_holdout_mse"].values()))
+    if np.allclose(candidate_mse, champion_mse, rtol=SAME_MODEL_RTOL, atol=0.0):
+        return {
+            **decision,
+            "reason": f"holdout MSE equal to champion {champion_id}'s on {rows} rows (the same "
+            "model): the champion stays",
+        }
     worse = [
         f"{t}: {c:.6g} > {h:.6g} x (1 + {tolerance:g})"
         for t, c, h in zip(candidate.targets, candidate_mse, champion_mse, strict=True)

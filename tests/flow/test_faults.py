@@ -346,16 +346,17 @@ def test_two_runs_committing_at_once_both_land_and_make_one_champion_each(
     meeting.mkdir()
     # One on the session's server, one on a server of its own: each holds its server's training
     # slot, and both wait at their first commit until the other is there too. Both are judged
-    # against the first run; whichever crowns second must decide again.
+    # against the first run; whichever crowns second must decide again. Other holdout splits
+    # make other models (the first run's own model again would not replace it).
     args = ["--data", str(data), "--output", str(output), "--promotion-tolerance", "1e6"]
     procs = [
         cli(
-            [*args, "--seed", str(seed)],
+            [*args, "--holdout-fraction", fraction],
             api_url,
             hook={"meet": [str(meeting), 2]},
             server_home=home,
         )
-        for seed, api_url, home in ((11, prefect_api_url, None), (12, None, server_home))
+        for fraction, api_url, home in (("0.25", prefect_api_url, None), ("0.3", None, server_home))
     ]
     for proc in procs:
         stderr = finish(proc, timeout=600)

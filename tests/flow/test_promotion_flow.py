@@ -134,3 +134,19 @@ def test_a_stall_short_of_the_optimum_is_not_promoted(tmp_path):
     weights = read_table(output, "weights")
     weights = weights[weights["run_id"] == manifest["run_id"]].set_index("feature")
     np.testing.assert_allclose(weights.loc[["x1", "x2"], "weight"], solution[:2], rtol=1e-9)
+
+
+def test_a_rerun_on_the_champions_data_keeps_the_champion(tmp_path, solver):
+    output = tmp_path / "out"
+    sales_frame().to_csv(tmp_path / "sales.csv", index=False)
+    champion = train(tmp_path / "sales.csv", output, solver)
+    # the same rows under another name, with a tolerance that would let a worse model through:
+    # the same model
+    sales_frame().to_csv(tmp_path / "again.csv", index=False)
+    again = train(tmp_path / "again.csv", output, solver, promotion_tolerance=0.5)
+    assert not again["promotion"]["promoted"]
+    assert again["promotion"]["reason"].startswith(
+        f"holdout MSE equal to champion {champion['run_id']}'s on "
+    )
+    pointer = json.loads((output / "champion.json").read_text())
+    assert pointer["run_id"] == champion["run_id"]

@@ -186,7 +186,8 @@ def test_a_store_that_stops_answering_mid_publish_shows_no_partial_run_and_the_n
     assert reader.seen() == seen_before == clean_runs({first})
     assert reader.frame(tables.CHAMPIONS)["run_id"].tolist() == [first]
 
-    code, stderr = train(args, env, prefect_api_url)
+    # another split, another model (the champion's own model again would not replace it)
+    code, stderr = train([*args, "--holdout-fraction", "0.3"], env, prefect_api_url)
     assert code == 0, stderr
     (second,) = reader.committed() - {first}
     runs = reader.frame(RUNS).set_index("run_id")
@@ -290,13 +291,14 @@ def test_two_machines_training_at_once_both_commit_whole_with_one_promotion_per_
     meeting = tmp_path / "meeting"
     meeting.mkdir()
     procs = []
-    for seed, env, api_url, home in (
-        (11, machines[0], prefect_api_url, None),
-        (12, machines[1], None, server_home),
+    # other holdout splits than the champion's: other models (its own again would not win)
+    for fraction, env, api_url, home in (
+        ("0.25", machines[0], prefect_api_url, None),
+        ("0.3", machines[1], None, server_home),
     ):
         data = Path(env["HOME"]) / "sales.csv"
         shutil.copy(sales, data)
-        run = [*args, "--data", str(data), "--seed", str(seed)]
+        run = [*args, "--data", str(data), "--holdout-fraction", fraction]
         hook = {"meet": [str(meeting), 2]}
         procs.append(train_process(run, env, api_url, hook=hook, prefect_home=home))
     for proc in procs:

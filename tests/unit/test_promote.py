@@ -56,6 +56,21 @@ def test_better_model_is_promoted_and_worse_is_not(holdout):
     assert down["reason"].startswith("holdout MSE worse than champion old: y:")
 
 
+def test_the_champions_own_model_again_does_not_replace_it_whatever_the_tolerance(holdout):
+    champion = model([2, -1], 1)
+    for tolerance in (0.0, 1e6):
+        again = decide_promotion(model([2, -1], 1), True, champion, "old", holdout, tolerance)
+        assert not again["promoted"]
+        assert again["reason"] == (
+            "holdout MSE equal to champion old's on 50 rows (the same model): the champion stays"
+        )
+    # the last digits of the sums differ between re-runs: still the same model
+    nudged = model([2 * (1 + 1e-15), -1], 1)
+    assert not decide_promotion(nudged, True, champion, "old", holdout, 0.0)["promoted"]
+    better = decide_promotion(model([2, -1], 1), True, model([2, -1], 1.5), "old", holdout, 0.0)
+    assert better["promoted"]
+
+
 def test_tolerance_lets_a_slightly_worse_model_through(holdout):
     champion, candidate = model([2, -1], 1), model([2.2, -1], 1)
     strict = decide_promotion(candidate, True, champion, "old", holdout, 0.0)
