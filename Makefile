@@ -15,7 +15,10 @@ export DO_NOT_TRACK := 1
 .DEFAULT_GOAL := help
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
+		-v data='$(DATA)' -v output='$(OUTPUT)' -v port='$(PORT)' \
+		'{gsub(/\$$\(DATA\)/, data, $$2); gsub(/\$$\(OUTPUT\)/, output, $$2); \
+		gsub(/\$$\(PORT\)/, port, $$2); printf "  %-11s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +28,7 @@ $(STAMP): requirements.txt constraints.txt
 
 install: $(STAMP) ## create .venv and install pinned dependencies
 
-run: $(STAMP) ## train on $(DATA) (default: the dataset), write $(OUTPUT)/, print a summary
+run: $(STAMP) ## train on DATA=$(DATA) ("dataset": data/sales.csv + accepted landed files), write OUTPUT=$(OUTPUT)/, print a summary
 	$(BIN)/python -m flows.train --data $(DATA) --output $(OUTPUT)
 
 land: $(STAMP) ## move FILE=... into data/landing/ (or LANDING=s3://bucket/prefix) and announce it: the landing check starts
@@ -35,7 +38,7 @@ land: $(STAMP) ## move FILE=... into data/landing/ (or LANDING=s3://bucket/prefi
 dataset: $(STAMP) ## list the dataset (data/sales.csv + accepted landed files) and its fingerprint
 	$(BIN)/python -m flows.dataset
 
-serve: $(STAMP) ## local Prefect server (127.0.0.1) + pool + deployments + worker + landing watcher (LANDING=s3://bucket/prefix: a sensor lists it)
+serve: $(STAMP) ## local Prefect server (127.0.0.1:$(PORT), PORT=...) + pool + deployments + worker + landing watcher (LANDING=s3://bucket/prefix: a sensor lists it)
 	$(BIN)/python -m scripts.local_prefect start --port $(PORT) $(if $(LANDING),--landing $(LANDING))
 
 stop: $(STAMP) ## stop the watcher, the worker and the server started by serve, and the local server `make run` keeps warm
@@ -56,8 +59,11 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: $(STAMP) lint ## lint, then the whole test suite
+test: $(STAMP) lint ## lint, then the whole test suite (about 20 minutes on 2 cores)
 	$(BIN)/python -m pytest
+
+test-quick: $(STAMP) lint ## lint, then the unit tests: no Prefect server, no S3 server (a few minutes)
+	$(BIN)/python -m pytest tests/unit
 
 vacuum: $(STAMP) ## remove the rows of runs that died mid-commit from $(OUTPUT)/, delete files no version of the last 24 h needs (HOURS=N)
 	$(BIN)/python -m flows.outputs vacuum --output $(OUTPUT) $(if $(HOURS),--hours $(HOURS))
@@ -71,4 +77,4 @@ clean-cache: ## remove the pass-1 cache under $(OUTPUT)/ (the next run parses ev
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf $(OUTPUT) .pytest_cache .ruff_cache data/ledger
 
-.PHONY: help install run land dataset serve stop bench lint format test vacuum migrate clean-cache clean
+.PHONY: help install run land dataset serve stop bench lint format test test-quick vacuum migrate clean-cache clean

@@ -58,3 +58,17 @@ def resolves(page: Path, target: str) -> bool:
 def test_every_relative_link_points_at_an_existing_file_and_heading(page):
     relative = [target for target in links(page) if not re.match(r"[a-z]+:", target)]
     assert [target for target in relative if not resolves(page, target)] == []
+
+
+def test_make_help_lists_every_target_with_its_variables_filled_in():
+    import subprocess
+
+    shown = subprocess.run(
+        ["make", "-s", "help", "PORT=4390"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    targets = re.findall(r"^([a-z-]+):.*## ", (REPO / "Makefile").read_text(), re.MULTILINE)
+    assert [line.split()[0] for line in shown.splitlines()] == targets
+    assert "$(" not in shown
+    assert "127.0.0.1:4390" in shown  # the value given, not the default
+    assert "test-quick" in targets
+    assert re.search(r"^  test .*about \d+ minutes", shown, re.MULTILINE)
