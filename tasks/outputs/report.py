@@ -3,7 +3,9 @@ outputs, and a few plain lines for the terminal."""
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 from typing import Any
 
 import pandas as pd
@@ -238,21 +240,62 @@ def write_report(root: Location, manifest: dict[str, Any], plots: dict[str, byte
 
 @task(cache_policy=NONE, task_run_name="report-{manifest[run_id]}")
 def report_run(manifest: dict[str, Any], root: Location) -> str:
-    """Publish the run summary (markdown, linking the report and the manifest) and the weights
-    as artifacts: the flow run's page in the UI shows both."""
-    markdown = summary_markdown(manifest, root)
-    links = {"Run manifest": manifest_path(shown(root), manifest["run_id"])}
-    if "report" in manifest["outputs"]:
-        links["Full report with plots"] = store.join(shown(root), manifest["outputs"]["report"])
-    for label, where in links.items():
-        target = where if store.is_remote(where) else f"file://{where}"
-        markdown += f"\n{label}: [{where}]({target})\n"
+    """Publish the run summary and the weights as artifacts: the flow run's page in the UI
+    shows both. The summary carries the report's plots (a browser does not open a file:// or
+    s3:// link from the UI) and names where the report and the manifest are."""
+    markdown = summary_markdown(manifest, root) + "\n" + "\n".join(where_lines(manifest, root))
+    markdown += embedded_plots(manifest, root)
     create_markdown_artifact(
         markdown=markdown, key="sales-model-run", description="Training run summary"
     )
     create_table_artifact(
-        table=manifest["coefficients"],
+        table=weights_artifact(manifest["coefficients"]),
         key="sales-model-weights",
-        description=f"Weights of run {manifest['run_id']} (raw scale)",
+        description=f"Weights of run {manifest['run_id']} (raw scale, 6 significant digits)",
     )
     return markdown
+
+
+def where_lines(manifest: dict[str, Any], root: Location) -> list[str]:
+    """Where the run's report and manifest are, as text to copy."""
+    lines = []
+    if "report" in manifest["outputs"]:
+        lines.append(f"**Report**: `{store.join(shown(root), manifest['outputs']['report'])}`  ")
+    lines.append(f"**Manifest**: `{manifest_path(shown(root), manifest['run_id'])}`")
+    return lines
+
+
+def embedded_plots(manifest: dict[str, Any], root: Location) -> str:
+    """The report's plots as images inside the markdown (data URIs), read back from the report
+    folder; nothing when the run wrote no report."""
+    if "report" not in manifest["outputs"]:
+        return ""
+    folder = report_dir(root, manifest["run_id"])
+    images = []
+    for name, title in PLOTS.items():
+        data = base64.b64encode(store.read(store.join(folder, name))).decode()
+        images.append(f"### {title}\n\n![{title}](data:image/png;base64,{data})\n")
+    return "\n## Plots\n\n" + "\n".join(images)
+
+
+# The weights artifact's columns, in the order an analyst reads them: which coefficient, its
+# estimate and interval, its p-value, then the errors, the trained weight and the note.
+ARTIFACT_COLUMNS = (
+    "target", "feature", "ls_weight", "ci_low", "ci_high", "p_value", "std_error",
+    "robust_std_error", "weight", "confidence", "note",
+)  # fmt: skip
+
+
+def weights_artifact(coefficients: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The coefficient records for the UI's table: columns in ARTIFACT_COLUMNS' order, numbers
+    to 6 significant digits (the tables keep every digit)."""
+    return [
+        {name: _significant(c[name]) for name in ARTIFACT_COLUMNS if name in c}
+        for c in coefficients
+    ]
+
+
+def _significant(value: Any) -> Any:
+    if isinstance(value, float) and math.isfinite(value):
+        return float(format(value, ".6g"))
+    return value

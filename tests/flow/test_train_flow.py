@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -175,6 +177,40 @@ def test_cli_trains_and_prints_where_the_outputs_are(sales_csv, tmp_path, prefec
     assert last.startswith(f"run {run_id} completed: 85 rows in, 80 accepted, 5 quarantined; ")
     assert "; holdout MSE units_sold_k=" in last
     assert last.endswith("; promoted to champion: first model: no champion yet")
+    # the run's page: the summary carries its plots and says where the report is; the weights
+    # table reads estimate and interval first, to 6 significant digits
+    summary, weights = flow_run_artifacts(f"train-{run_id}")
+    images = re.findall(r"!\[[^\]]*\]\(data:image/png;base64,([^)]+)\)", summary)
+    assert len(images) == 5
+    assert all(base64.b64decode(image).startswith(b"\x89PNG") for image in images)
+    assert "file://" not in summary
+    assert f"**Report**: `{output}/reports/{run_id}/report.md`" in summary
+    assert list(weights[0])[:5] == ["target", "feature", "ls_weight", "ci_low", "ci_high"]
+    numbers = [v for row in weights for v in row.values() if isinstance(v, float)]
+    assert numbers
+    assert all(float(f"{v:.6g}") == v for v in numbers)
+
+
+def flow_run_artifacts(name):
+    """(the run summary's markdown, the weights table's rows) of the flow run called `name`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterName,
+    )
+
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+        )
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+        )
+    by_key = {artifact.key: artifact.data for artifact in artifacts}
+    table = by_key["sales-model-weights"]
+    return by_key["sales-model-run"], json.loads(table) if isinstance(table, str) else table
 
 
 def flow_run_logs(name):
