@@ -205,7 +205,7 @@ def estimate_warnings(weights: pd.DataFrame) -> list[str]:
 # The weights columns the manifest (and so the summary and the report) carries.
 COEFFICIENT_COLUMNS = [
     "target", "feature", "weight", "ls_weight", "std_error", "ci_low", "ci_high", "p_value",
-    "robust_std_error", "confidence", "note",
+    "robust_std_error", "confidence", "note", "scaler_std",
 ]  # fmt: skip
 
 

@@ -121,26 +121,39 @@ def _legend(ax) -> None:
 
 def plot_coefficients(coefficients: pd.DataFrame) -> Figure:
     """The least-squares estimate of every feature's coefficient with its confidence interval,
-    one panel per target (the intercept, on another scale, is in the report's table)."""
+    one column of panels per target: on the raw scale (per unit of each feature) and, below,
+    per standard deviation of each feature, where features of different units compare (the
+    intercept, on another scale, is in the report's table)."""
     terms = coefficients[coefficients["feature"] != INTERCEPT]
     targets = list(dict.fromkeys(terms["target"]))
+    scaled = "scaler_std" in terms and terms["scaler_std"].notna().all()
     figure = _figure()
-    axes = figure.subplots(1, max(len(targets), 1), squeeze=False)[0]
-    for ax, target in zip(axes, targets, strict=False):
+    axes = figure.subplots(2 if scaled else 1, max(len(targets), 1), squeeze=False)
+    for column, target in enumerate(targets):
         part = terms[terms["target"] == target].iloc[::-1]
-        rows = np.arange(len(part))
-        estimate = part["ls_weight"].to_numpy(float)
-        low, high = part["ci_low"].to_numpy(float), part["ci_high"].to_numpy(float)
-        ax.axvline(0.0, color="grey", linewidth=1)
-        ax.errorbar(estimate, rows, xerr=[estimate - low, high - estimate], fmt="o", capsize=4)
-        if np.isnan(low).any():
-            ax.text(0.5, 0.02, "no interval: see the note", transform=ax.transAxes, ha="center")
         level = part["confidence"].iloc[0] if len(part) else 0.95
-        ax.set_yticks(rows, part["feature"].tolist())
-        ax.set(title=f"{target}: {level:.0%} intervals", xlabel="coefficient (raw scale)")
-        ax.grid(alpha=0.3, axis="x")
+        _interval_panel(axes[0][column], part, 1.0, f"{target}: {level:.0%} intervals",
+                        "coefficient (raw scale)")  # fmt: skip
+        if scaled:
+            sd = part["scaler_std"].to_numpy(float)
+            _interval_panel(axes[1][column], part, sd, f"{target}: per feature SD",
+                            "change for one SD of the feature")  # fmt: skip
     figure.tight_layout()
     return figure
+
+
+def _interval_panel(ax: Any, part: pd.DataFrame, scale: Any, title: str, xlabel: str) -> None:
+    """Estimates times `scale` with their intervals, one row per feature."""
+    rows = np.arange(len(part))
+    estimate = part["ls_weight"].to_numpy(float) * scale
+    low, high = part["ci_low"].to_numpy(float) * scale, part["ci_high"].to_numpy(float) * scale
+    ax.axvline(0.0, color="grey", linewidth=1)
+    ax.errorbar(estimate, rows, xerr=[estimate - low, high - estimate], fmt="o", capsize=4)
+    if np.isnan(low).any():
+        ax.text(0.5, 0.02, "no interval: see the note", transform=ax.transAxes, ha="center")
+    ax.set_yticks(rows, part["feature"].tolist())
+    ax.set(title=title, xlabel=xlabel)
+    ax.grid(alpha=0.3, axis="x")
 
 
 def plot_history(history: pd.DataFrame) -> Figure:

@@ -94,20 +94,31 @@ def coefficient_markdown(coefficients: list[dict[str, Any]]) -> list[str]:
     level = coefficients[0]["confidence"]
     lines = [
         f"**Coefficients** (least squares on the train split; {level:.0%} intervals; robust SE "
-        "is HC1):",
+        "is HC1; per feature SD: the estimate times the feature's standard deviation, the "
+        "target's change for one SD of the feature, comparable across features):",
         "",
-        "| target | term | estimate | std error | CI low | CI high | p-value | robust SE |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| target | term | estimate | per feature SD | std error | CI low | CI high | p-value "
+        "| robust SE |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     notes = {}
     for c in coefficients:
-        cells = [_number(c[name]) for name in ("ls_weight", "std_error", "ci_low", "ci_high")]
+        cells = [_number(c["ls_weight"]), _number(per_feature_sd(c, "ls_weight"))]
+        cells += [_number(c[name]) for name in ("std_error", "ci_low", "ci_high")]
         cells += [_p(c["p_value"]), _number(c["robust_std_error"])]
         lines.append(f"| {c['target']} | {c['feature']} | " + " | ".join(cells) + " |")
         if c["note"]:
             notes[c["target"]] = c["note"]
     lines += [f"\n**No inference for {target}**: {note}." for target, note in notes.items()]
     return lines
+
+
+def per_feature_sd(coefficient: dict[str, Any], name: str) -> float | None:
+    """A coefficient's `name` value times its feature's standard deviation (train split): the
+    change in the target for one standard deviation of the feature, comparable across features
+    of different units (None for the intercept, and for runs from before it was recorded)."""
+    value, scale = coefficient[name], coefficient.get("scaler_std")
+    return None if value is None or scale is None else value * scale
 
 
 def coefficient_lines(coefficients: list[dict[str, Any]]) -> list[str]:
