@@ -37,7 +37,7 @@ from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
 from flows import local_server
 from flows.local_server import OFFLINE_ENV
 from schemas.params import Option
-from tasks.common.errors import ParameterError, PipelineError
+from tasks.common.errors import PipelineError, exit_code
 
 ENGINE_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 # Where `make serve` (scripts/local_prefect.py) records its server's address and PIDs.
@@ -195,8 +195,8 @@ def running_server() -> str | None:
 
 def find_server() -> str | local_server.LocalServer | None:
     """Where a run's Prefect API is: the configured one, or the local stack's (a URL); else
-    the command line's local server, started now in the background if none runs (its start
-    overlaps the run's own checks); None: Prefect's temporary server (local server off)."""
+    the command line's local server, started now in the background if none runs; None:
+    Prefect's temporary server (local server off)."""
     url = running_server()
     if url or not local_server.enabled():
         return url
@@ -302,14 +302,14 @@ def run_flow(
     finally:
         flows_logger.setLevel(level)
     try:
-        server = find_server()
         if preflight is not None:
             preflight(checked)
+        server = find_server()  # after the checks: a refused run starts no server
         terminal_logging(verbose)
         with prefect_server(server, preload):
             result = flow(**parameters)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ParameterError) else 1
+        return exit_code(exc)
     print(summarize(result))
     return 0

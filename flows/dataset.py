@@ -13,7 +13,7 @@ import sys
 
 from schemas.params import DATASET, DEFAULT_LEDGER
 from tasks.common import store
-from tasks.common.errors import PipelineError
+from tasks.common.errors import PipelineError, exit_code
 from tasks.common.paths import data_roots
 from tasks.common.storage import data_fingerprint
 from tasks.landing.ledger import sha256_of, training_inputs
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(args.ledger))
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exit_code(exc)
     return 0
 
 

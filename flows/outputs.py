@@ -16,7 +16,7 @@ import sys
 
 from flows.cli import exit_now
 from schemas.params import DEFAULT_OUTPUT
-from tasks.common.errors import ParameterError, PipelineError
+from tasks.common.errors import ParameterError, PipelineError, exit_code
 from tasks.common.paths import existing_folder, output_roots
 from tasks.common.storage import output_root
 from tasks.common.store import Location, is_remote
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print(vacuum(root, args.hours) if args.command == "vacuum" else migrate(root))
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ParameterError) else 1
+        return exit_code(exc)
     return 0
 
 

@@ -24,3 +24,9 @@ class TrainingError(PipelineError):
 
 class PublishError(PipelineError):
     """An output could not be written (disk full, permissions); nothing was published."""
+
+
+def exit_code(exc: PipelineError) -> int:
+    """The command line's exit code for a user error: 2 for a parameter refused (its type or
+    bounds, a path outside the allowed folders), 1 for anything else."""
+    return 2 if isinstance(exc, ParameterError) else 1

@@ -106,3 +106,13 @@ def test_make_stop_stops_the_local_server(server_env):
     assert "stopped the command line's local Prefect server" in stopped.stdout
     assert not pid_alive(info["pid"])
     assert server.info() is None
+
+
+def test_a_refused_run_starts_no_server(server_env, tmp_path):
+    env, server = server_env
+    refused = train(env, "/etc/passwd", tmp_path / "out")
+    assert refused.returncode == 2
+    (line,) = refused.stderr.splitlines()  # the error, and no note of a server starting
+    assert line.startswith("error: parameter data: '/etc/passwd' is outside the allowed folders")
+    assert server.info() is None
+    assert not server.lock.exists()

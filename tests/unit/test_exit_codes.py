@@ -1,0 +1,40 @@
+"""Every command's exit code for each kind of user error, as docs/command-line.md states them:
+2 for a parameter refused (its type or bounds, a path outside the allowed folders), 1 for any
+other problem, each with one `error:` line. Refused before any Prefect server is involved."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from tests.conftest import REPO
+
+PARAMETER, OTHER = 2, 1
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "code", "message"),
+    [
+        ("flows.train", ["--max-epochs", "-5"], PARAMETER, "error: parameter max_epochs:"),
+        ("flows.train", ["--data", "/etc/passwd"], PARAMETER, "error: parameter data: '/etc/"),
+        ("flows.train", ["--output", "/etc/out"], PARAMETER, "error: parameter output: '/etc/"),
+        ("flows.train", ["--data", "data/none.csv"], OTHER, "error: data/none.csv: file not"),
+        ("flows.score", ["--data", "/etc/passwd"], PARAMETER, "error: parameter data: '/etc/"),
+        ("flows.score", ["--max-bad-fraction", "5"], PARAMETER, "error: parameter max_bad_"),
+        ("flows.watch", ["--landing", "/etc"], PARAMETER, "error: parameter landing: '/etc'"),
+        ("flows.dataset", ["--ledger", "/etc"], PARAMETER, "error: parameter ledger: '/etc'"),
+        ("flows.outputs", ["vacuum", "--output", "/etc/x"], PARAMETER, "error: parameter output"),
+        ("flows.outputs", ["vacuum", "--hours", "-1"], PARAMETER, "error: parameter hours:"),
+        ("flows.land", ["data/none.csv"], OTHER, "error: data/none.csv: file not found"),
+    ],
+)
+def test_each_kind_of_user_error_has_its_exit_code_and_one_line(
+    command, argv, code, message, capsys, monkeypatch
+):
+    monkeypatch.setenv("SALES_MODEL_DATA_ROOTS", str(REPO / "data"))
+    monkeypatch.setenv("SALES_MODEL_OUTPUT_ROOTS", str(REPO / "output"))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert importlib.import_module(command).main(argv) == code
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(message)
