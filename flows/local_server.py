@@ -119,12 +119,15 @@ def wait_ready(server: LocalServer) -> str:
     """The API URL of the local server once it answers (started by warm_up, here or in another
     run; started again if it died meanwhile). RuntimeError when it does not come up."""
     deadline = time.monotonic() + START_TIMEOUT
+    restarts = 1  # a server that died since warm_up gets one more start, a failing one no more
     while time.monotonic() < deadline:
         url = ready(server)
         if url is not None:
             return url
-        if server.info() is None and not server.lock.exists() and not _start_once(server):
-            break  # no server and none starting: its supervisor gave up
+        if server.info() is None and not server.lock.exists():
+            if not restarts:
+                break  # its supervisor gave up: the server exited
+            restarts -= _start_once(server)
         time.sleep(POLL_SECONDS)
     raise RuntimeError(f"the local Prefect server did not start; see {server.log}")
 
