@@ -1,5 +1,6 @@
 """`make bench`: measure the floor, the pandas/pandera/scikit-learn peer, this pipeline's steps
-and the whole flow through Prefect, side by side in one run, and write BENCHMARKS.md.
+and the whole flow through Prefect, side by side in one run, and write their section of
+BENCHMARKS.md (benchmarks/sections.py: the rest of the file is kept).
 
     python -m benchmarks.run [--sizes 1000000 10000000] [--out BENCHMARKS.md]
 
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.sections import replace_section, unmarked_block
 from benchmarks.server import prefect_server
 
 HERE = Path(__file__).resolve().parent
@@ -103,8 +105,8 @@ def main() -> None:
                     print(rows, case, results[rows][case], flush=True)
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    args.out.write_text(render(results))
-    print(f"wrote {args.out}")
+    replace_section(args.out, SECTION, render(results), legacy=LEGACY_SECTION)
+    print(f"wrote its section of {args.out}")
 
 
 # rows -> (steps / floor, peer / steps, peak RSS in MB), the issue's targets; the floor of
@@ -112,11 +114,19 @@ def main() -> None:
 TARGETS = {1_000_000: (1.5, 2.5, 700), 10_000_000: (1.3, 3.0, 800), 100_000_000: (1.5, None, 800)}
 
 
+# This script's section of BENCHMARKS.md; before it had markers, the block from its first line
+# to its last.
+SECTION = "benchmarks.run"
+LEGACY_SECTION = unmarked_block(
+    lambda line: line.startswith("Measured ") and "by `make bench`" in line,
+    lambda line: line.startswith("Reproduce: `make bench`"),
+)
+
+
 def render(results: dict[int, dict[str, dict]]) -> str:
-    """BENCHMARKS.md: every measurement, then the ratios against the targets."""
+    """This script's section of BENCHMARKS.md: every measurement, then the ratios against the
+    targets."""
     lines = [
-        "# Benchmarks",
-        "",
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `make bench` on "
         f"{os.cpu_count()} cores, {platform.python_implementation()} "
         f"{platform.python_version()}; one run, all cases side by side, each in a fresh process"
