@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.processes import data_file
 from benchmarks.sections import replace_section, unmarked_block
 from benchmarks.server import prefect_server
 
@@ -39,17 +40,6 @@ def cases_for(rows: int) -> tuple[str, ...]:
         return ("stream_floor", "steps")
     cases = ("floor", "stream_floor", "peer", "polars_peer", "steps", "score", "flow")
     return (*cases, "incremental", "stats") if rows == 10_000_000 else cases
-
-
-def data_file(rows: int) -> Path:
-    """The cached input of `rows` rows, generated on first use in a process of its own: a
-    child's peak RSS (wait4) starts from its parent's at fork, so the parent stays small."""
-    path = HERE / ".data" / f"sales_{rows}.csv"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        command = ["-m", "benchmarks.generate", "--rows", str(rows), "--out", str(path)]
-        subprocess.run([sys.executable, *command], cwd=REPO, check=True)
-    return path
 
 
 def run_case(case: str, csv: Path, out: Path, env: dict) -> dict:
