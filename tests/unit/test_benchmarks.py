@@ -1,4 +1,5 @@
-"""`make bench` rewrites only its own sections of BENCHMARKS.md: the hand-written ones stay."""
+"""`make bench` rewrites only its own sections of BENCHMARKS.md (the hand-written ones stay), and
+reads Python's import times as they are: each package's outermost imports, ours left out."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 from benchmarks.run import LEGACY_SECTION, SECTION, render
 from benchmarks.sections import replace_section
+from benchmarks.startup import parse_importtime
 
 HAND_WRITTEN = """# Benchmarks
 
@@ -75,3 +77,29 @@ def test_a_new_file_gets_a_title_and_the_section(tmp_path: Path):
 
     assert path.read_text().startswith("# Benchmarks\n")
     assert "import: 1.5 s" in path.read_text()
+
+
+# `python -X importtime` prints a module once its import finished: children before their parent,
+# two spaces deeper. The interpreter's own start-up (up to `site`) comes first.
+IMPORTTIME = """import time: self [us] | cumulative | imported package
+import time:       100 |        100 |   encodings.aliases
+import time:       200 |        300 | encodings
+import time:      1000 |       1000 | site
+import time:     50000 |      50000 |     numpy.core
+import time:     10000 |      60000 |   numpy
+import time:    200000 |     300000 |     torch._C
+import time:     40000 |     400000 |   torch
+import time:      5000 |     465000 | tasks.model
+import time:     30000 |      30000 |   pandas
+import time:      1000 |      31000 | flows
+import time:      2000 |      98000 |     prefect.flows
+import time:     10000 |     100000 |   prefect
+import time:      3000 |     103000 | flows.train
+"""
+
+
+def test_import_time_is_what_the_command_imported_each_package_counted_at_its_outermost():
+    total, packages = parse_importtime(IMPORTTIME)
+
+    assert total == 0.599
+    assert packages == {"torch": 0.4, "numpy": 0.06, "prefect": 0.1, "pandas": 0.03}
