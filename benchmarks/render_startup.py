@@ -72,7 +72,8 @@ def import_lines(imports: dict) -> list[str]:
     heaviest = ", ".join(f"{name} {s:.2f}" for name, s in imports["packages_s"].items())
     return [
         f"`import flows.train`: {check(imports['importtime_s'], IMPORT_TARGET, unit=' s')} in"
-        f" `python -X importtime`; {median(imports['wall_s']):.2f} s wall for a whole"
+        f" `python -X importtime` (median of {listed_s(imports.get('importtime_each_s', []))});"
+        f" {median(imports['wall_s']):.2f} s wall for a whole"
         f' `python -c "import flows.train"` (median of {len(imports["wall_s"])} fresh'
         f" processes). Heaviest packages, cumulative seconds: {heaviest}.",
         "",
@@ -155,6 +156,10 @@ def profile_lines(profiles: dict) -> list[str]:
             "",
         ]
     return lines
+
+
+def listed_s(values: list[float]) -> str:
+    return ", ".join(f"{value:.2f}" for value in values)
 
 
 def listed(items: list, quoted: bool = False) -> str:

@@ -55,23 +55,35 @@ def user_env(clone: Path) -> dict[str, str]:
     return {**env, **OFFLINE_ENV, "PREFECT_HOME": str(clone / ".prefect")}
 
 
-def import_times(clone: Path, env: dict[str, str], runs: int = 5) -> dict:
-    """`-X importtime` of `import flows.train` (the sum of its top-level imports, and each
-    third-party package's cumulative seconds) and the wall seconds of `runs` fresh processes
-    doing only that import (after one that writes the bytecode caches)."""
+def import_times(clone: Path, env: dict[str, str], runs: int = 5, traces: int = 3) -> dict:
+    """`-X importtime` of `import flows.train`, the trace of median total of `traces` (the sum
+    of its top-level imports, and each third-party package's cumulative seconds), and the wall
+    seconds of `runs` fresh processes doing only that import (after one that writes the
+    bytecode caches)."""
     timed(["-c", IMPORT], env, clone)
-    traced = subprocess.run(
+    parsed = sorted(
+        (parse_importtime(trace_imports(clone, env)) for _ in range(traces)), key=lambda t: t[0]
+    )
+    total, packages = parsed[len(parsed) // 2]
+    walls = [timed(["-c", IMPORT], env, clone)["seconds"] for _ in range(runs)]
+    heaviest = sorted(packages.items(), key=lambda item: -item[1])[:8]
+    return {
+        "importtime_s": total,
+        "importtime_each_s": [t for t, _ in parsed],
+        "packages_s": dict(heaviest),
+        "wall_s": walls,
+    }
+
+
+def trace_imports(clone: Path, env: dict[str, str]) -> str:
+    return subprocess.run(
         [sys.executable, "-X", "importtime", "-c", IMPORT],
         cwd=clone,
         env=env,
         capture_output=True,
         text=True,
         check=True,
-    )
-    total, packages = parse_importtime(traced.stderr)
-    walls = [timed(["-c", IMPORT], env, clone)["seconds"] for _ in range(runs)]
-    heaviest = sorted(packages.items(), key=lambda item: -item[1])[:8]
-    return {"importtime_s": total, "packages_s": dict(heaviest), "wall_s": walls}
+    ).stderr
 
 
 def parse_importtime(stderr: str) -> tuple[float, dict[str, float]]:
