@@ -3,6 +3,8 @@
     python -m benchmarks.cases CASE CSV OUTDIR   ->  prints {"seconds": ..., ...} as JSON
 
 Imports are not timed (each case starts its clock after them); only the work on the file is.
+Each case imports what it uses, so that a case run as a whole process (benchmarks/startup.py
+times the polars script so, imports included) loads only its own libraries.
 """
 
 from __future__ import annotations
@@ -15,9 +17,6 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 FEATURES = ("avg_income_k", "price_k", "tax_k")
 TARGETS = ("units_sold_k",)
@@ -25,6 +24,10 @@ TARGETS = ("units_sold_k",)
 
 def floor(csv: Path, out: Path) -> dict:
     """pyarrow's read_csv (types inferred, all threads) + a predictions-sized Parquet write."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
     started = time.perf_counter()
     table = pacsv.read_csv(csv)
     rows = table.num_rows
@@ -38,6 +41,10 @@ def stream_floor(csv: Path, out: Path) -> dict:
     """pyarrow's streaming reader (open_csv, types inferred from the first block) + a batched
     Parquet write of the same batches with two more columns: the floor for inputs bigger than
     memory."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
     started = time.perf_counter()
     reader = pacsv.open_csv(csv, read_options=pacsv.ReadOptions(block_size=8 << 20))
     rows, writer = 0, None
@@ -198,29 +205,15 @@ STATS_ROWS, STATS_BLOCK, STATS_REPEATS = 10_000_000, 120_000, 5
 def score(csv: Path, out: Path) -> dict:
     """score-sales' steps called directly on the file (its target column ignored), with a
     champion model in place: pass 1 of the features, pass 2 writing the scores, publish."""
-    import pyarrow as pa
-
     from schemas.params import RunConfig
     from tasks.common.storage import new_run, staging_area
     from tasks.ingest.scan import scan_file
     from tasks.ingest.validate import check_quality
-    from tasks.outputs import tables
     from tasks.outputs.predict import score_parts
     from tasks.outputs.score import choose_model, commit_scores
 
     root = out / "score"
-    champion = new_run(root, {})
-    weights = {
-        "target": ["units_sold_k"] * 4,
-        "feature": [*FEATURES, "(intercept)"],
-        "weight": [0.15, -4.0, -12.0, 8.0],
-        "standardized_weight": [1.0] * 4,
-        "scaler_mean": [1.0] * 3 + [None],
-        "scaler_std": [1.0] * 3 + [None],
-    }
-    tables.append(root, "weights", pa.table(weights), champion.run_id)
-    row = {"run_id": champion.run_id, "reason": "benchmark", "holdout_mse": {}}
-    tables.swap_champion(root, None, row)
+    crown_champion(root)
 
     started = time.perf_counter()
     model_run_id, model = choose_model(root, None)
@@ -232,6 +225,52 @@ def score(csv: Path, out: Path) -> dict:
         scored = score_parts(scan.parts, model, model_run_id, config, root, run.run_id)
         manifest = commit_scores(run, scan, scored, model_run_id, config.keep_runs)
     return {"seconds": time.perf_counter() - started, "rows": manifest["rows"]["in"]}
+
+
+def crown_champion(root: Path) -> str:
+    """A champion as a training run leaves one: its weights, its row of `champions` and its
+    row of `runs` in one commit (a champion without a committed run is none: a run that died
+    before its commit). Returns its run id."""
+    import pandas as pd
+
+    from schemas.outputs import WeightsTable, descriptions_of
+    from tasks.common.storage import new_run
+    from tasks.outputs import tables
+    from tasks.outputs.publish import arrow_of, build_manifest, committing, outputs_of
+
+    champion = new_run(root, {})
+    weight = [0.15, -4.0, -12.0, 8.0]
+    empty = [float("nan")] * 4
+    weights = pd.DataFrame(
+        {
+            "target": ["units_sold_k"] * 4,
+            "feature": [*FEATURES, "(intercept)"],
+            "weight": weight,
+            "standardized_weight": [1.0] * 4,
+            "scaler_mean": [1.0] * 3 + [None],
+            "scaler_std": [1.0] * 3 + [None],
+            "ls_weight": weight,
+            **dict.fromkeys(("std_error", "t_stat", "p_value", "ci_low", "ci_high"), empty),
+            "robust_std_error": empty,
+            "confidence": [0.95] * 4,
+            "dof": [1000] * 4,
+            "residual_variance": empty,
+            "covariance": [None] * 4,
+            "note": ["a benchmark's model: no inference"] * 4,
+        }
+    )
+    WeightsTable.validate(weights, lazy=True)
+    promotion = {"promoted": True, "reason": "benchmark", "champion_before": None}
+    with committing(champion) as commit:
+        commit.append("weights", arrow_of(weights), descriptions_of(WeightsTable))
+        row = {"run_id": champion.run_id, "reason": "benchmark", "holdout_mse": {}}
+        if not tables.swap_champion(root, None, row):
+            raise RuntimeError(f"{root}: a champion already")
+        commit.crowned()
+        outputs = outputs_of(champion, ["weights"])
+        results = {"promotion": promotion}
+        commit.finish(build_manifest(champion, (), "completed", outputs, results=results))
+    return champion.run_id
 
 
 def flow(csv: Path, out: Path) -> dict:

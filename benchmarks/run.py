@@ -1,5 +1,6 @@
 """`make bench`: measure the floor, the pandas/pandera/scikit-learn peer, this pipeline's steps
-and the whole flow through Prefect, side by side in one run, and write BENCHMARKS.md.
+and the whole flow through Prefect, side by side in one run, and write their section of
+BENCHMARKS.md (benchmarks/sections.py: the rest of the file is kept).
 
     python -m benchmarks.run [--sizes 1000000 10000000] [--out BENCHMARKS.md]
 
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.processes import data_file
+from benchmarks.sections import replace_section, unmarked_block
 from benchmarks.server import prefect_server
 
 HERE = Path(__file__).resolve().parent
@@ -37,17 +40,6 @@ def cases_for(rows: int) -> tuple[str, ...]:
         return ("stream_floor", "steps")
     cases = ("floor", "stream_floor", "peer", "polars_peer", "steps", "score", "flow")
     return (*cases, "incremental", "stats") if rows == 10_000_000 else cases
-
-
-def data_file(rows: int) -> Path:
-    """The cached input of `rows` rows, generated on first use in a process of its own: a
-    child's peak RSS (wait4) starts from its parent's at fork, so the parent stays small."""
-    path = HERE / ".data" / f"sales_{rows}.csv"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        command = ["-m", "benchmarks.generate", "--rows", str(rows), "--out", str(path)]
-        subprocess.run([sys.executable, *command], cwd=REPO, check=True)
-    return path
 
 
 def run_case(case: str, csv: Path, out: Path, env: dict) -> dict:
@@ -103,8 +95,8 @@ def main() -> None:
                     print(rows, case, results[rows][case], flush=True)
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    args.out.write_text(render(results))
-    print(f"wrote {args.out}")
+    replace_section(args.out, SECTION, render(results), legacy=LEGACY_SECTION)
+    print(f"wrote its section of {args.out}")
 
 
 # rows -> (steps / floor, peer / steps, peak RSS in MB), the issue's targets; the floor of
@@ -112,11 +104,19 @@ def main() -> None:
 TARGETS = {1_000_000: (1.5, 2.5, 700), 10_000_000: (1.3, 3.0, 800), 100_000_000: (1.5, None, 800)}
 
 
+# This script's section of BENCHMARKS.md; before it had markers, the block from its first line
+# to its last.
+SECTION = "benchmarks.run"
+LEGACY_SECTION = unmarked_block(
+    lambda line: line.startswith("Measured ") and "by `make bench`" in line,
+    lambda line: line.startswith("Reproduce: `make bench`"),
+)
+
+
 def render(results: dict[int, dict[str, dict]]) -> str:
-    """BENCHMARKS.md: every measurement, then the ratios against the targets."""
+    """This script's section of BENCHMARKS.md: every measurement, then the ratios against the
+    targets."""
     lines = [
-        "# Benchmarks",
-        "",
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `make bench` on "
         f"{os.cpu_count()} cores, {platform.python_implementation()} "
         f"{platform.python_version()}; one run, all cases side by side, each in a fresh process"
@@ -171,16 +171,17 @@ def render(results: dict[int, dict[str, dict]]) -> str:
         " flow - steps (s) | score / floor |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    nan = {"seconds": float("nan"), "peak_rss_mb": float("nan"), "relative_gap": float("nan")}
     for rows, c in results.items():
-        steps = c.get("steps", nan)
-        floor = c.get("floor", c.get("stream_floor", nan))
+        # a case that failed or did not run: its measures NaN ("not run")
+        seconds = {case: c.get(case, {}).get("seconds", np.nan) for case in cases_for(rows)}
+        steps = c.get("steps", {})
+        floor = seconds["floor"] if "floor" in c else seconds["stream_floor"]
         target = TARGETS.get(rows, (None, None, None))
-        ratio = steps["seconds"] / floor.get("seconds", np.nan)
-        peer = c.get("peer", nan)["seconds"] / steps["seconds"]
+        ratio = seconds["steps"] / floor
+        peer = seconds["peer"] / seconds["steps"]
         at_10m = rows == 10_000_000
-        flow_extra = c.get("flow", nan)["seconds"] - steps["seconds"]
-        score = c.get("score", nan)["seconds"] / floor.get("seconds", np.nan)
+        flow_extra = seconds["flow"] - seconds["steps"]
+        score = seconds["score"] / floor
         cells = [
             _against(ratio, target[0], "x", lower=True),
             _against(peer, target[1], "x", lower=False),
