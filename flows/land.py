@@ -15,14 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from flows.cli import prefect_server
 from schemas.params import DEFAULT_LANDING
 from tasks.common import store
 from tasks.common.errors import PipelineError
 from tasks.common.paths import data_roots, existing_location
-from tasks.landing.check import announce, is_candidate
-from tasks.landing.events import emit_landed
-from tasks.landing.ledger import sha256_of
+from tasks.landing.announce import announce, is_candidate, sha256_of
 
 _CHUNK = 8 << 20
 
@@ -65,6 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for path in landed:
         print(f"landed {path}")
+    return tell_the_server(landed)
+
+
+def tell_the_server(landed: list[str]) -> int:
+    """Emit the landed events to the configured server, or the running stack's."""
+    # Prefect is imported only now, once the files are in: the stack's watcher may already
+    # have seen them, and the landing check started.
+    from flows.cli import prefect_server
+    from tasks.landing.events import emit_landed
+
     with prefect_server() as api:
         if api is None:
             print("no Prefect server to announce them to: the next landing poll picks them up")
