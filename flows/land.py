@@ -15,14 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from flows.cli import prefect_server, running_server
 from schemas.params import DEFAULT_LANDING
 from tasks.common import store
-from tasks.common.errors import PipelineError
+from tasks.common.errors import PipelineError, exit_code
 from tasks.common.paths import data_roots, existing_location
-from tasks.landing.check import announce, is_candidate
-from tasks.landing.events import emit_landed
-from tasks.landing.ledger import sha256_of
+from tasks.landing.announce import announce, is_candidate, sha256_of
 
 _CHUNK = 8 << 20
 
@@ -62,10 +59,20 @@ def main(argv: list[str] | None = None) -> int:
         landed = [land(source, landing) for source in args.files]
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exit_code(exc)
     for path in landed:
         print(f"landed {path}")
-    # a running server only: a local one started now would have no deployment to trigger
+    return tell_the_server(landed)
+
+
+def tell_the_server(landed: list[str]) -> int:
+    """Emit the landed events to the configured server, or the running stack's (never a
+    local server started now: it would have no deployment to trigger)."""
+    # Prefect is imported only now, once the files are in: the stack's watcher may already
+    # have seen them, and the landing check started.
+    from flows.cli import prefect_server, running_server
+    from tasks.landing.events import emit_landed
+
     with prefect_server(running_server()) as api:
         if api is None:
             print("no Prefect server to announce them to: the next landing poll picks them up")

@@ -70,28 +70,45 @@ def watch_landing(
 ) -> dict[str, Any]:
     """Check new landed files; if any were accepted, train on the dataset (the base file plus
     every accepted landed file: what nightly trains on). Returns what was found and, when it
-    trained, the training manifest. `landed_at` (set by the landed-event trigger: the event's
-    time) makes the run wait until the trigger's window has passed, so that it sees every file
-    of a burst whose later events the trigger absorbed."""
+    trained, the training manifest (of the last training, when a second look found more).
+    `landed_at` (set by the landed-event trigger: the event's time) makes the run look once
+    more when the trigger's window has passed, so that it also takes every file of a burst whose
+    later events the trigger absorbed; the first files are trained on at once, not after the
+    window."""
     landing_dir, ledger_dir = check_watch_inputs(landing, ledger, output)
-    if landed_at is not None:
-        wait_out_burst(landed_at)
     config = RunConfig(
         DEFAULT_FEATURES,
         DEFAULT_TARGETS,
         id_column=id_column_of(id_column),
         max_bad_fraction=max_bad_fraction,
     )
+    train = {
+        "ledger": ledger,
+        "output": output,
+        "max_bad_fraction": max_bad_fraction,
+        "id_column": id_column,
+    }
     found = check_landed_files(landing_dir, ledger_dir, settle_seconds, config)
-    if landed_at is not None and found["waiting"]:
-        # Announced files still within their settle time: once more when they have had it,
-        # rather than leaving them to the next poll.
+    trained = train_new_files(**train)
+    if landed_at is not None:
+        # Files announced within the window, or announced but not yet settled: one more look
+        # when the window has passed and they have had their settle time.
+        wait_out_burst(landed_at)
         time.sleep(time_to_settle(landing_dir, found["waiting"], settle_seconds))
         again = check_landed_files(landing_dir, ledger_dir, settle_seconds, config)
         found = merge_found(found, again)
+        trained = train_new_files(**train) or trained
+    return {"found": found, "trained": trained}
+
+
+def train_new_files(
+    ledger: str, output: str, max_bad_fraction: float, id_column: str
+) -> dict[str, Any] | None:
+    """Train on the dataset if the ledger has accepted files no training used yet; returns the
+    training manifest (None: nothing new, no training)."""
     untrained = files_to_train(ledger)
     if not untrained:
-        return {"found": found, "trained": None}
+        return None
     state = train_sales_model(
         data=DATASET,
         ledger=ledger,
@@ -100,8 +117,7 @@ def watch_landing(
         id_column=id_column,
         return_state=True,
     )
-    manifest = record_training(ledger, untrained, quote(state))
-    return {"found": found, "trained": manifest}
+    return record_training(ledger, untrained, quote(state))
 
 
 def merge_found(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,12 @@
 """The local stack's watcher, next to the worker: it emits the landed event
 (tasks/landing/events.py) for every file renamed or written into the landing folder once the file
-has stopped changing, so a producer that only copies a file in needs no announcement; and every
+is complete, so a producer that only copies a file in needs no announcement. Complete here means
+unchanged for QUIET_SECONDS and open for writing in no process: the watcher then announces its
+sha256 beside it (`<name>.sha256`, as `make land` does), so the landing check takes it at once
+instead of waiting out its settle time (a file changed after that no longer matches its
+announcement and waits for the settle time again). A writer the watcher cannot see (another
+user's process) that pauses longer than QUIET_SECONDS would be taken half-written: such producers
+should write under a dot-name or `*.part` and rename, or land with `make land`. And every
 RECOVER_SECONDS it marks Crashed the runs whose process is gone (scripts/local_prefect.recover),
 which the heartbeat automation cannot see (a run still PENDING sends no heartbeats).
 
@@ -18,6 +24,8 @@ Started and stopped by `make serve` / `make stop`; its log is .run/watcher.log.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import threading
 import time
@@ -29,26 +37,53 @@ from schemas.params import DEFAULT_LEDGER
 from scripts.server_setup import recover
 from tasks.common import store
 from tasks.common.errors import PipelineError
-from tasks.landing.check import is_candidate
+from tasks.landing.check import announce, announced_sha256, is_candidate
 from tasks.landing.events import emit_landed
+from tasks.landing.ledger import sha256_of
 from tasks.landing.sensor import DEFAULT_INTERVAL_SECONDS, CursorError, Seen, cursor_location, poll
 
-# A file is announced once it has not changed for this long (a copy still in progress would
-# be checked half-written; the landing check's own settle time covers slower writers).
-QUIET_SECONDS = 1.0
+# A file is announced once it has not changed for this long and no process has it open for
+# writing (a copy still in progress would be checked half-written).
+QUIET_SECONDS = 0.5
 RECOVER_SECONDS = 30.0
+# The watcher's first line once it sees every change (a file copied in before that is missed).
+READY = "watching"
 
 
 def ready(pending: dict[Path, float], now: float) -> list[Path]:
     """Pending files (path -> last change seen) quiet for QUIET_SECONDS and still there."""
     done = []
+    writing = None
     for path, changed in list(pending.items()):
         if not path.exists():
             del pending[path]
         elif now - max(changed, path.stat().st_mtime) >= QUIET_SECONDS:
-            done.append(path)
-            del pending[path]
+            writing = open_for_writing() if writing is None else writing
+            if path.resolve() not in writing:
+                done.append(path)
+                del pending[path]
     return sorted(done)
+
+
+def open_for_writing() -> set[Path]:
+    """The files some process we may inspect (/proc/<pid>/fd: our own user's, or all as root)
+    has open for writing right now."""
+    found = set()
+    for fdinfo in Path("/proc").glob("[0-9]*/fdinfo/*"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            flags = int(fdinfo.read_text().split("flags:", 1)[1].split()[0], 8)
+            if (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR):
+                found.add((fdinfo.parent.parent / "fd" / fdinfo.name).readlink())
+    return found
+
+
+def announce_complete(paths: list[Path]) -> None:
+    """Announce the sha256 of each file beside it, unless its producer announced one (make
+    land: its own word on the content stands)."""
+    for path in paths:
+        with contextlib.suppress(OSError):  # gone meanwhile: the check finds nothing
+            if announced_sha256(str(path)) is None:
+                announce(str(path), sha256_of(str(path)))
 
 
 def announce_landed_files(landing: Path, api_url: str, stop: threading.Event) -> None:
@@ -56,18 +91,23 @@ def announce_landed_files(landing: Path, api_url: str, stop: threading.Event) ->
     runs every RECOVER_SECONDS."""
     pending: dict[Path, float] = {}
     recovered = time.monotonic()
+    watching = False
     for changes in watch(
         landing, stop_event=stop, rust_timeout=250, yield_on_timeout=True, debounce=200
     ):
+        if not watching:  # the first yield: inotify is set up (`make serve` waits for this line)
+            print(f"{READY} {landing}", flush=True)
+            watching = True
         now = time.time()
         for change, name in changes:
             path = Path(name)
             if change != Change.deleted and path.parent == landing and is_candidate(path):
                 pending[path] = now
-        announce = ready(pending, now)
-        if announce:
-            emit_landed(announce)
-            print(f"announced {', '.join(p.name for p in announce)}", flush=True)
+        complete = ready(pending, now)
+        if complete:
+            announce_complete(complete)
+            emit_landed(complete)
+            print(f"announced {', '.join(p.name for p in complete)}", flush=True)
         recovered = recover_if_due(api_url, recovered)
 
 
@@ -124,7 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not store.is_remote(args.landing):
         landing = Path(args.landing).resolve()
-        print(f"watching {landing}", flush=True)
         announce_landed_files(landing, args.api_url, threading.Event())
         return 0
     cursor = cursor_location(args.ledger)
@@ -133,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"listing {args.landing} every {args.interval:g} s (cursor {cursor})", flush=True)
+    # The cursor takes every object not announced before, so the sensor is ready at once.
+    print(
+        f"{READY} {args.landing}: listing it every {args.interval:g} s (cursor {cursor})",
+        flush=True,
+    )
     announce_landed_objects(args.landing, cursor, args.api_url, threading.Event(), args.interval)
     return 0
 

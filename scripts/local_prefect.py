@@ -31,6 +31,7 @@ from pathlib import Path
 from flows import local_server
 from flows.cli import OFFLINE_ENV, STACK_INFO
 from schemas.params import DEFAULT_LANDING as LANDING
+from scripts.landing_watcher import READY
 from scripts.server_setup import recover
 from tasks.common import store
 from tasks.common.errors import PipelineError
@@ -42,11 +43,11 @@ LANDING_DEPLOYMENT = "retrain-on-new-data"
 REPO = Path(__file__).resolve().parents[1]
 POOL = "sales-pool"
 HOST = "127.0.0.1"
-# The worker looks for runs to start every 2 s (Prefect's default is 10 s: a landed file's
-# check would wait for it), and its flow runs send a heartbeat every 30 s, which the zombie
-# automation watches.
+# The worker looks for runs to start every second (Prefect's default is 10 s: a landed file's
+# check would wait for it; a query a second is nothing to a local server), and its flow runs
+# send a heartbeat every 30 s, which the zombie automation watches.
 WORKER_SETTINGS = {
-    "PREFECT_WORKER_QUERY_SECONDS": "2",
+    "PREFECT_WORKER_QUERY_SECONDS": "1",
     "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
 }
 
@@ -156,10 +157,13 @@ def start(
     server_log = stack.state / "server.log"
     began = time.monotonic()
     say(f"starting the Prefect server on {info['ui_url']} (log: {server_log}) ...")
+    # The UI asks the API it was told (PREFECT_UI_API_URL), by default 127.0.0.1:4200: on any
+    # other port it would show another server's runs.
+    ui_env = {"PREFECT_UI_API_URL": api_url, **(server_env or {})}
     server = _spawn(
         _prefect("server", "start", "--host", HOST, "--port", str(port)),
         server_log,
-        stack.env(extra=server_env),
+        stack.env(extra=ui_env),
         stack.repo,
     )
     info["pids"]["server"] = server.pid
@@ -216,15 +220,30 @@ def start_watcher(stack: Stack, landing: str = LANDING) -> int:
     if not store.is_remote(landing):
         (stack.repo / landing).mkdir(parents=True, exist_ok=True)
     command = ["-m", "scripts.landing_watcher", "--landing", landing, "--api-url", info["api_url"]]
-    watcher = _spawn(
-        [sys.executable, *command],
-        stack.state / "watcher.log",
-        stack.env(info["api_url"]),
-        stack.repo,
-    )
+    log = stack.state / "watcher.log"
+    offset = log.stat().st_size if log.exists() else 0
+    watcher = _spawn([sys.executable, *command], log, stack.env(info["api_url"]), stack.repo)
     info["pids"]["watcher"] = watcher.pid
     _write_info(stack, info)
+    wait_for_line(log, offset, READY, watcher, timeout=90)
     return watcher.pid
+
+
+def wait_for_line(
+    log: Path, offset: float, prefix: str, proc: subprocess.Popen, timeout: float
+) -> None:
+    """Wait until `proc` has written a line starting with `prefix` to `log` past `offset`: the
+    watcher's word that it sees every change (a file landed before that would be missed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with log.open("rb") as text:
+            text.seek(offset)
+            if any(line.startswith(prefix.encode()) for line in text):
+                return
+        if proc.poll() is not None:
+            raise RuntimeError(f"the landing watcher exited with {proc.returncode}; see {log}")
+        time.sleep(0.2)
+    raise RuntimeError(f"the landing watcher not ready after {timeout:g} s; see {log}")
 
 
 def _write_info(stack: Stack, info: dict) -> None:

@@ -15,7 +15,6 @@ hash is the one it was found with, so a file rewritten meanwhile waits for the n
 from __future__ import annotations
 
 import hashlib
-import re
 import tempfile
 import time
 import uuid
@@ -32,6 +31,13 @@ from tasks.common import store
 from tasks.common.errors import PipelineError
 from tasks.ingest.scan import scan_file
 from tasks.ingest.validate import FileReport, check_quality
+from tasks.landing.announce import (  # noqa: F401 (announce, is_candidate: read from here too)
+    IN_PROGRESS_SUFFIXES,
+    announce,
+    announced_sha256,
+    is_candidate,
+    is_candidate_name,
+)
 from tasks.landing.ledger import (
     Claim,
     LandedFile,
@@ -45,27 +51,10 @@ from tasks.landing.ledger import (
     store_file,
 )
 
-# Names that writers use while a file is still being written.
-IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", "~")
-# `<name>.sha256` next to a landed file announces its complete content.
-ANNOUNCEMENT_SUFFIX = ".sha256"
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 # A check that hangs (a stuck store) fails after this long, so that it cannot hold up every
 # later check; its claims then expire.
 CHECK_TIMEOUT_SECONDS = 15 * 60
 _CHUNK = 8 << 20
-
-
-def is_candidate_name(name: str) -> bool:
-    """A visible *.csv name, not named as still being written."""
-    return not (
-        name.startswith(".") or name.endswith(IN_PROGRESS_SUFFIXES) or not name.endswith(".csv")
-    )
-
-
-def is_candidate(path: Path) -> bool:
-    """A visible *.csv file not named as still being written."""
-    return is_candidate_name(path.name) and path.is_file()
 
 
 def settle_time(landing: store.Location, settle_seconds: float) -> float:
@@ -83,28 +72,6 @@ def landed_objects(landing: store.Location) -> list[store.Entry]:
         if "/" not in entry.location[len(base) :]
         and is_candidate_name(store.name_of(entry.location))
     ]
-
-
-def announcement_path(location: store.Location) -> str:
-    """Where the content of a landed file is announced: `<name>.sha256` beside it."""
-    return f"{location}{ANNOUNCEMENT_SUFFIX}"
-
-
-def announce(location: store.Location, sha256: str) -> str:
-    """Announce the complete content of the file landing at `location`, as `sha256sum` does."""
-    target = announcement_path(location)
-    store.write(target, f"{sha256}  {store.name_of(location)}\n".encode())
-    return target
-
-
-def announced_sha256(location: store.Location) -> str | None:
-    """The sha256 announced for `location`, if an announcement is there and reads as one."""
-    try:
-        words = store.read(announcement_path(location)).decode(errors="replace").split()
-    except (OSError, PipelineError):
-        return None
-    digest = words[0].lower() if words else ""
-    return digest if _SHA256.fullmatch(digest) else None
 
 
 def scan_landing(

@@ -25,7 +25,6 @@ tasks/landing/check.py.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from prefect.states import State
 from schemas.params import DATASET, DATASET_BASE
 from tasks.common import store
 from tasks.common.paths import Root, confine, resolve_inputs
+from tasks.landing.announce import sha256_of  # noqa: F401 (read from here too)
 
 FILES, ENTRIES, DUPLICATES, CLAIMS, TRAINED = "files", "entries", "duplicates", "claims", "trained"
 _CHUNK = 8 << 20
@@ -71,15 +71,6 @@ class Claim:
 def stamp(moment: datetime | None = None) -> str:
     """A ledger time: UTC ISO 8601 with microseconds (sorts as text)."""
     return (moment or datetime.now(UTC)).isoformat(timespec="microseconds")
-
-
-def sha256_of(location: store.Location) -> str:
-    """Hex sha256 of a file's or object's bytes, read in blocks."""
-    digest = hashlib.sha256()
-    with store.open_input(location) as source:
-        while chunk := source.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _entry(ledger: store.Location, sha256: str) -> str:

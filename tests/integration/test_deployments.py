@@ -12,6 +12,7 @@ Measured latencies are printed (pytest -s shows them).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -58,7 +59,9 @@ def stack(tmp_path_factory):
         server_env={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"},
         say=said.append,
     )
-    yield local, {**info, "said": said}
+    # What the watcher had said when `start` returned (a file landed then must not be missed).
+    watcher_said = (local.state / "watcher.log").read_text()
+    yield local, {**info, "said": said, "watcher_said": watcher_said}
     assert locked_database_errors(local.state / "server.log") == []
     # Stopping leaves no process behind: not the server, the worker, nor a flow run.
     pids = json.loads(local.info_file.read_text())["pids"]
@@ -223,6 +226,26 @@ def test_make_serve_says_what_it_is_doing(stack):
     assert info["ui_url"] in said[0]
 
 
+def test_make_serve_returns_once_the_watcher_sees_the_landing_folder(stack):
+    local, info = stack
+    assert f"watching {local.repo / 'data' / 'landing'}" in info["watcher_said"]
+
+
+def test_the_ui_reads_this_stack_s_own_api_and_serves_offline(stack):
+    # The fixture's port is a free one, never Prefect's default 4200: a UI left on its default
+    # API would show another server's runs.
+    _, info = stack
+    settings = httpx.get(f"{info['ui_url']}/ui-settings", timeout=10)
+    assert settings.status_code == 200
+    assert settings.json()["api_url"] == info["api_url"]
+    page = httpx.get(f"{info['ui_url']}/", timeout=10)
+    assert page.status_code == 200
+    # Its scripts come from the server itself (no internet here).
+    scripts = re.findall(r'src="(/[^"]+\.js)"', page.text)
+    assert scripts, page.text[:500]
+    assert httpx.get(f"{info['ui_url']}{scripts[0]}", timeout=10).status_code == 200
+
+
 def test_nightly_deployment_run_completes_and_publishes(stack):
     local, info = stack
     result, run_id = run_nightly(local, info)
@@ -341,6 +364,25 @@ def test_a_burst_of_files_gives_one_or_two_retrains_each_file_once(stack, tmp_pa
     print(f"\nburst of 50: {len(checks)} landing checks, {len(trainings)} training runs")
     assert len(trainings) == len(retrains)
     assert all(run["state"]["type"] == "COMPLETED" for run in checks)
+
+
+def test_a_file_still_being_written_is_taken_whole_once_its_writer_closes_it(stack):
+    # A producer that writes the file in place, slowly: the watcher waits for it to be closed
+    # (not only quiet), then announces its content beside it, which the check takes at once.
+    local, _ = stack
+    lines = [HEADER, *sales_rows(40, seed=31, start=4000)]
+    target = local.repo / "data" / "landing" / "slow-writer.csv"
+    with target.open("w") as out:
+        out.write("\n".join(lines[:21]) + "\n")
+        out.flush()
+        time.sleep(3)  # quiet for longer than the watcher waits, but still open
+        assert not target.with_name("slow-writer.csv.sha256").exists()
+        assert ledger_row(local, "slow-writer.csv") is None
+        out.write("\n".join(lines[21:]) + "\n")
+    row = trained_row(local, "slow-writer.csv")
+    assert (row["status"], row["rows"], row["accepted"]) == ("accepted", 40, 40)
+    announced = target.with_name("slow-writer.csv.sha256").read_text().split()
+    assert announced == [hashlib.sha256(target.read_bytes()).hexdigest(), "slow-writer.csv"]
 
 
 def test_same_content_under_another_name_is_not_trained_again(stack):

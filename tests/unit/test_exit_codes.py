@@ -27,6 +27,7 @@ PARAMETER, OTHER = 2, 1
         ("flows.outputs", ["vacuum", "--output", "/etc/x"], PARAMETER, "error: parameter output"),
         ("flows.outputs", ["vacuum", "--hours", "-1"], PARAMETER, "error: parameter hours:"),
         ("flows.land", ["data/none.csv"], OTHER, "error: data/none.csv: file not found"),
+        ("flows.land", ["x.csv", "--landing", "/etc"], PARAMETER, "error: parameter landing:"),
     ],
 )
 def test_each_kind_of_user_error_has_its_exit_code_and_one_line(

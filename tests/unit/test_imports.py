@@ -23,3 +23,12 @@ def test_importing_a_flow_loads_none_of_the_heavy_optional_libraries(module):
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     )
     assert result.stdout.split() == [], f"{module} imports {result.stdout.strip()}"
+
+
+def test_make_land_moves_the_files_in_before_loading_prefect():
+    # the stack's watcher sees a landed file sooner than make land's own event can say so
+    probe = "import sys, flows.land; print('prefect' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout.strip() == "False"
