@@ -22,9 +22,9 @@ import json
 import logging
 import os
 import sys
+import time
 import types
 import typing
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -178,14 +178,28 @@ def parse_flow_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
 
 
 def running_stack_api(info_file: Path = STACK_INFO) -> str | None:
-    """The API URL of the local stack's server if it is up and answering, else None."""
+    """The API URL of the local stack's server if it is up and answering (waited for while
+    its server process is still starting), else None."""
     try:
-        url = json.loads(info_file.read_text())["api_url"]
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            response.read()
+        info = json.loads(info_file.read_text())
+        url, pid = info["api_url"], int(info["pids"]["server"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    deadline = time.monotonic() + local_server.START_TIMEOUT
+    while not local_server.healthy(url):
+        if not _is_prefect_server(pid) or time.monotonic() > deadline:
+            return None
+        time.sleep(0.5)
     return url
+
+
+def _is_prefect_server(pid: int) -> bool:
+    """Whether `pid` is a `prefect server start` process (a PID left by a reboot may name any)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"server" in argv and b"start" in argv
 
 
 def running_server() -> str | None:
@@ -196,12 +210,21 @@ def running_server() -> str | None:
 def find_server() -> str | local_server.LocalServer | None:
     """Where a run's Prefect API is: the configured one, or the local stack's (a URL); else
     the command line's local server, started now in the background if none runs; None:
-    Prefect's temporary server (local server off)."""
+    Prefect's temporary server (the local server off, or its state folder not writable)."""
     url = running_server()
     if url or not local_server.enabled():
         return url
     server = local_server.LocalServer.of_environment()
-    if local_server.warm_up(server):
+    try:
+        started = local_server.warm_up(server)
+    except OSError as exc:
+        print(
+            f"note: cannot keep a local Prefect server in {server.state} ({exc.strerror or exc}); "
+            "this run starts a temporary one",
+            file=sys.stderr,
+        )
+        return None
+    if started:
         print(
             "note: starting a local Prefect server for this and later runs; it stops after "
             f"{local_server.idle_minutes():g} idle minutes, or with `make stop`",
@@ -228,17 +251,25 @@ def prefect_server(
                 url = local_server.wait_ready(where)
             except RuntimeError as exc:
                 raise PipelineError(str(exc)) from None
-        stack.enter_context(temporary_settings(updates=_run_settings(url)))
+        local = isinstance(where, local_server.LocalServer)
+        stack.enter_context(temporary_settings(updates=_run_settings(url, local)))
         yield url
 
 
-def _run_settings(url: str | None) -> dict[Any, Any]:
-    """The server's URL, and no flow-run heartbeat thread unless the user asks for one: its
-    join waits up to a second at the end of every run (it sleeps in 1 s steps), and a command
-    line run reports its own end (Ctrl-C included)."""
+# Prefect's default flow-run heartbeat (seconds), and the one runs against a server with the
+# zombie-run automation need (scripts/server_setup.py: 90 s without one crashes the run).
+PREFECT_DEFAULT_HEARTBEAT = 180
+SERVER_HEARTBEAT = 30
+
+
+def _run_settings(url: str | None, local: bool) -> dict[Any, Any]:
+    """The server's URL and, unless the user chose a heartbeat: none against the command
+    line's own or a temporary server (nothing watches it there, and its thread's join costs up
+    to a second at the end of every run), one every SERVER_HEARTBEAT s against another."""
     updates: dict[Any, Any] = {PREFECT_API_URL: url} if url else {}
-    if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" not in os.environ:
-        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
+    if PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() == PREFECT_DEFAULT_HEARTBEAT:
+        remote = url is not None and not local
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = SERVER_HEARTBEAT if remote else None
     return updates
 
 

@@ -2,9 +2,9 @@
 
 When no server is configured (no PREFECT_API_URL, no `make serve` stack), the first run starts
 `prefect server start` on a free 127.0.0.1 port in the background, with the checkout's state
-(.prefect/, the database `make serve` uses too), and later runs reuse it: a run pays the
-server's start (3-9 s) once, not every time. A supervisor process (`serve` below) stops the
-server after IDLE_MINUTES without a command-line run, and on `make stop`.
+(.prefect/ beside the run folder: the database `make serve` uses too), and later runs reuse
+it: a run pays the server's start (3-9 s) once, not every time. A supervisor process (`serve`
+below) stops the server after IDLE_MINUTES without a command-line run, and on `make stop`.
 
     python -m flows.local_server status | stop
 
@@ -33,7 +33,8 @@ from tasks.common.processes import pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
-# Prefect must never phone home from these machines; a user's own setting wins.
+# Prefect must never phone home from these machines (set for every process started here, and
+# by the command line where the user has not set them).
 OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 IDLE_MINUTES = 15.0
 # How long a run waits for a server another run is starting, or for one it started: a new
@@ -75,13 +76,18 @@ class LocalServer:
     def log(self) -> Path:
         return self.state / "server.log"
 
+    @property
+    def home(self) -> Path:
+        """Its PREFECT_HOME: .prefect/ beside the run folder (the checkout's, as `make serve`)."""
+        return self.state.parent.parent / ".prefect"
+
     def info(self) -> dict | None:
         """The running server's {"api_url", "ui_url", "pid"}, or None when there is none."""
         try:
             info = json.loads(self.info_file.read_text())
         except (OSError, ValueError):
             return None
-        return info if pid_alive(info.get("pid", 0)) else None
+        return info if is_supervisor(self, info.get("pid")) else None
 
 
 def idle_minutes() -> float:
@@ -96,14 +102,38 @@ def healthy(api_url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
             return response.status == 200
-    except (OSError, ValueError):
+    except Exception:  # refused, reset, timed out, a half-started server's bad answer
         return False
+
+
+def is_supervisor(server: LocalServer, pid: int | None) -> bool:
+    """Whether `pid` is this state's supervisor: alive, and its command line says so (a PID
+    left in a state file by a reboot may name any process now)."""
+    if not pid or pid <= 0 or not pid_alive(pid):
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"flows.local_server" in argv and str(server.state).encode() in argv
+
+
+def live_clients(server: LocalServer) -> list[int]:
+    """The PIDs of the command-line runs using the server now (files of gone ones removed)."""
+    alive = []
+    with contextlib.suppress(FileNotFoundError):
+        for client in server.clients.iterdir():
+            if client.name.isdigit() and pid_alive(int(client.name)):
+                alive.append(int(client.name))
+            else:
+                client.unlink(missing_ok=True)
+    return alive
 
 
 def warm_up(server: LocalServer) -> bool:
     """Register this process as a client until it exits (the server does not idle out under a
     run) and start the server in the background unless one runs or is starting. Returns at
-    once: whether this call started it."""
+    once: whether this call started it. OSError when the state folder cannot be written."""
     server.clients.mkdir(parents=True, exist_ok=True)
     (server.clients / str(os.getpid())).touch()
     return server.info() is None and _start_once(server)
@@ -117,14 +147,14 @@ def ready(server: LocalServer) -> str | None:
 
 def wait_ready(server: LocalServer) -> str:
     """The API URL of the local server once it answers (started by warm_up, here or in another
-    run; started again if it died meanwhile). RuntimeError when it does not come up."""
+    run; started again once if it died meanwhile). RuntimeError when it does not come up."""
     deadline = time.monotonic() + START_TIMEOUT
     restarts = 1  # a server that died since warm_up gets one more start, a failing one no more
     while time.monotonic() < deadline:
         url = ready(server)
         if url is not None:
             return url
-        if server.info() is None and not server.lock.exists():
+        if server.info() is None and not _starting(server):
             if not restarts:
                 break  # its supervisor gave up: the server exited
             restarts -= _start_once(server)
@@ -139,16 +169,28 @@ def release(server: LocalServer) -> None:
         os.utime(server.clients)
 
 
+def _starting(server: LocalServer) -> bool:
+    """Whether a start is under way: the lock names a live process (the run starting the
+    supervisor, then the supervisor) and is younger than START_TIMEOUT. A lock left empty by a
+    process killed as it wrote it counts for a few seconds only."""
+    try:
+        age = time.time() - server.lock.stat().st_mtime
+        text = server.lock.read_text().strip()
+    except OSError:
+        return False
+    if age > START_TIMEOUT:
+        return False
+    return pid_alive(int(text)) if text.isdigit() and int(text) > 0 else age < 5
+
+
 def _start_once(server: LocalServer) -> bool:
-    """Start the supervisor unless another process is starting one (the lock file, created
-    exclusively; one left by a process that died is taken over). Whether this call started it."""
+    """Start the supervisor unless another start is under way (the lock file, created
+    exclusively; a stale one is removed, for the next call). Whether this call started it."""
     try:
         fd = os.open(server.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
-        with contextlib.suppress(OSError, ValueError):
-            if pid_alive(int(server.lock.read_text() or 0)):
-                return False
-        server.lock.unlink(missing_ok=True)  # its starter died: the next call retries
+        if not _starting(server):
+            server.lock.unlink(missing_ok=True)
         return False
     with os.fdopen(fd, "w") as out:
         out.write(str(os.getpid()))
@@ -165,88 +207,106 @@ def _start_once(server: LocalServer) -> bool:
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # outlives this run; `stop` ends its whole group
         )
-    # the lock names the supervisor from now on: a run that gives up waiting does not free it
-    server.lock.write_text(str(supervisor.pid))
+    # the lock names the supervisor from now on (replaced whole: never read empty)
+    _write(server.lock, str(supervisor.pid))
     return True
+
+
+def _write(path: Path, text: str) -> None:
+    part = path.with_name(f".{path.name}.{os.getpid()}")
+    part.write_text(text)
+    part.replace(path)
 
 
 def serve(server: LocalServer, idle: float) -> int:
     """The supervisor: start the Prefect server, publish its address once it answers, stop it
-    after `idle` minutes without a client, or on SIGTERM."""
+    after `idle` minutes without a client, or on SIGTERM; whatever ends the supervisor stops
+    the server too."""
     port = _free_port()
     api_url = f"http://{HOST}:{port}/api"
+    info = {"api_url": api_url, "ui_url": f"http://{HOST}:{port}", "pid": os.getpid()}
     env = {
         **os.environ,
         **OFFLINE_ENV,
-        "PREFECT_HOME": os.environ.get("PREFECT_HOME") or str(REPO / ".prefect"),
+        "PREFECT_HOME": str(server.home),
         "PREFECT_SERVER_API_HOST": HOST,
         "PREFECT_UI_API_URL": api_url,  # the UI reads this server, whatever else runs
     }
     env.pop("PREFECT_API_URL", None)
-    command = [
-        sys.executable,
-        "-m",
-        "prefect",
-        "server",
-        "start",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-    ]
-    child = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
-    signal.signal(signal.SIGTERM, lambda *_: _end(server, child, 0))
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST]
+    child = subprocess.Popen([*command, "--port", str(port)], env=env, stdin=subprocess.DEVNULL)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while not healthy(api_url):
             if child.poll() is not None:
-                return _end(server, child, 1)
+                return 1
             time.sleep(POLL_SECONDS)
-        info = {"api_url": api_url, "ui_url": f"http://{HOST}:{port}", "pid": os.getpid()}
-        server.info_file.write_text(json.dumps(info) + "\n")
+        _write(server.info_file, json.dumps(info) + "\n")
         server.lock.unlink(missing_ok=True)
-        while child.poll() is None and not _idle(server, idle * 60):
+        while child.poll() is None and not _idled_out(server, info, idle * 60):
             time.sleep(5)
+        return 0
     finally:
-        server.lock.unlink(missing_ok=True)
-    return _end(server, child, 0)
+        _forget(server, os.getpid())
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
 
 
-def _idle(server: LocalServer, seconds: float) -> bool:
-    """No client alive (files of exited runs are removed), and none for `seconds`."""
-    for client in server.clients.iterdir():
-        if client.name.isdigit() and pid_alive(int(client.name)):
-            return False
-        client.unlink(missing_ok=True)
-    return time.time() - server.clients.stat().st_mtime > seconds
-
-
-def _end(server: LocalServer, child: subprocess.Popen, code: int) -> int:
+def _idled_out(server: LocalServer, info: dict, seconds: float) -> bool:
+    """No client for `seconds`. The address is withdrawn before the last look, so a run that
+    registers meanwhile either is seen (the address is put back) or starts a new server."""
+    if live_clients(server) or time.time() - _mtime(server.clients) <= seconds:
+        return False
     server.info_file.unlink(missing_ok=True)
-    if child.poll() is None:
-        child.terminate()
-        try:
-            child.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            child.kill()
-    sys.exit(code)
+    if live_clients(server):
+        _write(server.info_file, json.dumps(info) + "\n")
+        return False
+    return True
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # removed by hand: the idle time starts again
+        path.mkdir(parents=True, exist_ok=True)
+        return time.time()
+
+
+def _forget(server: LocalServer, pid: int) -> None:
+    """Remove the state files that name `pid` (never another supervisor's)."""
+    for path in (server.info_file, server.lock):
+        with contextlib.suppress(OSError, ValueError):
+            text = path.read_text().strip()
+            named = json.loads(text)["pid"] if path == server.info_file else int(text or 0)
+            if named == pid:
+                path.unlink()
 
 
 def stop(server: LocalServer, timeout: float = 20.0) -> bool:
-    """Stop the supervisor and its server (SIGTERM to the group, SIGKILL after `timeout`).
-    Whether one was running."""
-    info = server.info()
-    if info is None:
-        server.info_file.unlink(missing_ok=True)
-        return False
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(info["pid"], signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pid_alive(info["pid"]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(info["pid"], signal.SIGKILL)
+    """Stop the supervisor and its server, running or still starting (SIGTERM to its group,
+    SIGKILL after `timeout`); a PID in a state file that is not this state's supervisor is
+    never signalled. Whether one was running."""
+    pids = set()
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        pids.add(int(json.loads(server.info_file.read_text())["pid"]))
+    with contextlib.suppress(OSError, ValueError):
+        pids.add(int(server.lock.read_text().strip() or 0))
+    supervisors = [pid for pid in pids if is_supervisor(server, pid)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in supervisors:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, sig)
+        deadline = time.monotonic() + timeout
+        while any(map(pid_alive, supervisors)) and time.monotonic() < deadline:
+            time.sleep(0.2)
     server.info_file.unlink(missing_ok=True)
-    return True
+    if not _starting(server):
+        server.lock.unlink(missing_ok=True)
+    return bool(supervisors)
 
 
 def _free_port() -> int:

@@ -151,7 +151,13 @@ def start(
     stack.state.mkdir(parents=True, exist_ok=True)
     stack.home.mkdir(parents=True, exist_ok=True)
     # the command line's own server keeps the same database: one server at a time on it
-    local_server.stop(local_server.LocalServer(stack.state / "local-server"))
+    warm = local_server.LocalServer(stack.state / "local-server")
+    if runs := local_server.live_clients(warm):
+        raise RuntimeError(
+            f"command-line run(s) {', '.join(map(str, runs))} use the local Prefect server on "
+            "this checkout's database; start the stack once they finish"
+        )
+    local_server.stop(warm)
     api_url = f"http://{HOST}:{port}/api"
     info = {"api_url": api_url, "ui_url": f"http://{HOST}:{port}", "pids": {}}
     server_log = stack.state / "server.log"

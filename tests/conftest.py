@@ -28,8 +28,9 @@ os.environ.setdefault(
     "SALES_MODEL_OUTPUT_ROOTS", os.pathsep.join([tempfile.gettempdir(), str(REPO / "output")])
 )
 # A command line run without PREFECT_API_URL gets Prefect's temporary server, not the checkout's
-# warm local server (which would outlive the tests); tests/flow/test_local_server.py turns it on.
-os.environ.setdefault("SALES_MODEL_LOCAL_SERVER", "off")
+# warm local server (which would outlive the tests), whatever the shell says;
+# tests/flow/test_local_server.py turns it on, with its state in a temporary folder.
+os.environ["SALES_MODEL_LOCAL_SERVER"] = "off"
 HEADER = "country,avg_income_k,price_k,tax_k,units_sold_k"
 # The S3 API server and a bucket per test (tests/s3.py), for the tests of object storage.
 pytest_plugins = ["tests.s3"]

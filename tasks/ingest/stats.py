@@ -23,6 +23,10 @@ import numpy as np
 # collinear: a condition number above ~1e10, where float64 least squares keeps fewer than about
 # six digits (NIST's Filip, a degree-10 polynomial, is 8e-10 and is solved to 7.9).
 COLLINEAR_SINGULAR_VALUE = 1e-10
+# A squared error below this share of the targets' squares is an exact fit as far as float64
+# can tell (the residuals' rounding, ~1e-32 of them, with room): no residual variance for the
+# inference, a loss floor for the descent's certificate, one model for the promotion gate.
+EXACT_FIT_SHARE = 1e-20
 
 
 @dataclass(frozen=True)

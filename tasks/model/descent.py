@@ -21,9 +21,8 @@ import numpy as np
 import torch
 
 from tasks.common.errors import TrainingError
-from tasks.ingest.stats import Moments, Scaler, least_squares_of_moments
+from tasks.ingest.stats import EXACT_FIT_SHARE, Moments, Scaler, least_squares_of_moments
 from tasks.model.objective import (
-    EXACT_FIT_SHARE,
     Certificate,
     Objective,
     certificate,

@@ -20,6 +20,7 @@ import numpy as np
 
 from tasks.ingest.stats import (
     COLLINEAR_SINGULAR_VALUE,
+    EXACT_FIT_SHARE,
     Moments,
     column_scale,
     features_svd,
@@ -30,8 +31,6 @@ from tasks.ingest.stats import (
 # constant as far as float64 values can tell: their own rounding (~1e-16 of their size) would
 # be 1e-4 of its spread.
 CONSTANT_SPREAD = 1e-12
-# Residual sum of squares below this share of sum y^2: an exact fit (no residual variance).
-EXACT_FIT_SHARE = 1e-20
 
 
 @dataclass(frozen=True)

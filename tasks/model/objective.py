@@ -15,6 +15,7 @@ import torch
 
 from tasks.ingest.stats import (
     COLLINEAR_SINGULAR_VALUE,
+    EXACT_FIT_SHARE,
     Moments,
     Scaler,
     features_svd,
@@ -23,10 +24,9 @@ from tasks.ingest.stats import (
 )
 from tasks.model.tensors import check_shapes
 
-# An MSE below this share of the targets' variance is an exact fit as far as float64 can tell
-# (the residuals' rounding): the certificate's relative gap is taken against at least that,
-# since no MSE is a small share of a zero optimum.
-EXACT_FIT_SHARE = 1e-20
+# An MSE below EXACT_FIT_SHARE of the targets' variance is an exact fit as far as float64 can
+# tell: the certificate's relative gap is taken against at least that, since no MSE is a small
+# share of a zero optimum.
 # The coefficient certificate is relative to the target's largest standardized coefficient,
 # and to at least this share of the target's standard deviation (features that explain nothing
 # of a target have no size of their own to be relative to).

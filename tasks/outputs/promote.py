@@ -22,7 +22,7 @@ from tasks.common.errors import PipelineError, PublishError
 from tasks.common.storage import write_json
 from tasks.common.store import Location
 from tasks.ingest.profile import compare_profiles
-from tasks.ingest.stats import Moments, moments_mse
+from tasks.ingest.stats import EXACT_FIT_SHARE, Moments, moments_mse
 from tasks.model.evaluate import INTERCEPT
 from tasks.outputs import tables
 
@@ -242,8 +242,9 @@ def decide_promotion(
     float64 statistics (the same MSE, without the rows).
 
     Promoted when training converged and, for every target, the candidate's holdout MSE is at
-    most the champion's times (1 + tolerance), unless it equals the champion's on every target
-    (to SAME_MODEL_RTOL): that is the champion's own model again (a re-run on its data, with
+    most the champion's times (1 + tolerance) (or below the exact-fit floor, where MSEs are
+    rounding), unless it equals the champion's on every target (to SAME_MODEL_RTOL, or both
+    below that floor): that is the champion's own model again (a re-run on its data, with
     parameters that reach the same optimum), and replacing it would change nothing but the
     champion's name. Returns the decision with its reason and figures.
     """
@@ -276,7 +277,14 @@ def decide_promotion(
     champion_mse = holdout_mse(champion, holdout)
     decision["champion_holdout_mse"] = _by_target(champion.targets, champion_mse)
     candidate_mse = np.array(list(decision["candidate_holdout_mse"].values()))
-    if np.allclose(candidate_mse, champion_mse, rtol=SAME_MODEL_RTOL, atol=0.0):
+    if not (np.isfinite(candidate_mse).all() and np.isfinite(champion_mse).all()):
+        return {**decision, "reason": "a holdout MSE is not finite: nothing to compare"}
+    # MSEs below the exact-fit floor (a share of the targets' mean square) are rounding: equal,
+    # whatever their ratio
+    floor = EXACT_FIT_SHARE * (holdout.syy / rows + holdout.mean_y**2)
+    if np.allclose(candidate_mse, champion_mse, rtol=SAME_MODEL_RTOL, atol=0.0) or (
+        (np.maximum(candidate_mse, champion_mse) <= floor).all()
+    ):
         return {
             **decision,
             "reason": f"holdout MSE equal to champion {champion_id}'s on {rows} rows (the same "
@@ -284,8 +292,8 @@ def decide_promotion(
         }
     worse = [
         f"{t}: {c:.6g} > {h:.6g} x (1 + {tolerance:g})"
-        for t, c, h in zip(candidate.targets, candidate_mse, champion_mse, strict=True)
-        if c > h * (1 + tolerance)
+        for t, c, h, f in zip(candidate.targets, candidate_mse, champion_mse, floor, strict=True)
+        if c > max(h * (1 + tolerance), f)
     ]
     if worse:
         return {

@@ -278,14 +278,17 @@ def where_lines(manifest: dict[str, Any], root: Location) -> list[str]:
 
 def embedded_plots(manifest: dict[str, Any], root: Location) -> str:
     """The report's plots as images inside the markdown (data URIs), read back from the report
-    folder; nothing when the run wrote no report."""
+    folder; nothing when the run wrote no report, a line saying why when they cannot be read."""
     if "report" not in manifest["outputs"]:
         return ""
     folder = report_dir(root, manifest["run_id"])
     images = []
-    for name, title in PLOTS.items():
-        data = base64.b64encode(store.read(store.join(folder, name))).decode()
-        images.append(f"### {title}\n\n![{title}](data:image/png;base64,{data})\n")
+    try:
+        for name, title in PLOTS.items():
+            data = base64.b64encode(store.read(store.join(folder, name))).decode()
+            images.append(f"### {title}\n\n![{title}](data:image/png;base64,{data})\n")
+    except Exception as exc:  # the run is committed: a summary without its plots, not a failure
+        return f"\n_The plots could not be read back ({exc}); the report has them._\n"
     return "\n## Plots\n\n" + "\n".join(images)
 
 

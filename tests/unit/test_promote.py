@@ -71,6 +71,23 @@ def test_the_champions_own_model_again_does_not_replace_it_whatever_the_toleranc
     assert better["promoted"]
 
 
+def test_exact_fits_are_one_model_and_a_non_finite_mse_promotes_nothing():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(40, 2))
+    exact = moments_of(X, (X @ [2.0, -1.0] + 1)[:, None])  # no noise: MSEs are rounding
+    champion, nudged = model([2, -1], 1), model([2 * (1 + 1e-15), -1], 1)
+    again = decide_promotion(nudged, True, champion, "old", exact, 0.0)
+    assert again["candidate_holdout_mse"]["y"] != again["champion_holdout_mse"]["y"]
+    assert not again["promoted"]
+    assert "(the same model)" in again["reason"]
+    assert not decide_promotion(champion, True, nudged, "old", exact, 0.0)["promoted"]
+    broken = model([np.nan, -1], 1)
+    for candidate, incumbent in ((broken, champion), (champion, broken)):
+        decision = decide_promotion(candidate, True, incumbent, "old", exact, 1e6)
+        assert not decision["promoted"]
+        assert decision["reason"] == "a holdout MSE is not finite: nothing to compare"
+
+
 def test_tolerance_lets_a_slightly_worse_model_through(holdout):
     champion, candidate = model([2, -1], 1), model([2.2, -1], 1)
     strict = decide_promotion(candidate, True, champion, "old", holdout, 0.0)
@@ -184,6 +201,15 @@ def test_crown_decides_again_against_a_champion_crowned_meanwhile_and_loses(cham
     assert decision["reason"].startswith("holdout MSE worse than champion r2: y:")
     assert [row["run_id"] for row in history] == ["r1", "r2"]
     assert read_champion(champion_r1)["run_id"] == "r2"
+
+
+def test_two_identical_runs_at_once_make_one_champion(champion_r1, holdout):
+    # both beat r1; the twin crowned first is the same model: the second decides again, stays
+    twin = model([2, -1], 1)
+    decision, history = crowned_meanwhile(champion_r1, holdout, twin, model([2, -1], 1))
+    assert not decision["promoted"]
+    assert decision["reason"].startswith("holdout MSE equal to champion r2's on 50 rows")
+    assert [row["run_id"] for row in history] == ["r1", "r2"]
 
 
 def test_crown_of_a_run_the_gate_refused_changes_no_champion(champion_r1, holdout):
