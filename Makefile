@@ -31,9 +31,9 @@ install: $(STAMP) ## create .venv and install pinned dependencies
 run: $(STAMP) ## train on DATA=$(DATA) ("dataset": data/sales.csv + accepted landed files), write OUTPUT=$(OUTPUT)/, print a summary
 	$(BIN)/python -m flows.train --data $(DATA) --output $(OUTPUT)
 
-land: $(STAMP) ## move FILE=... into data/landing/ (or LANDING=s3://bucket/prefix) and announce it: the landing check starts
+land: $(STAMP) ## move FILE=... into data/landing/ (or LANDING=s3://bucket/prefix), announce it and wait for the check's verdict, the training and the gate (NO_WAIT=1: return once landed)
 	@test -n "$(FILE)" || { echo "usage: make land FILE=path/to/file.csv" >&2; exit 2; }
-	$(BIN)/python -m flows.land $(FILE) $(if $(LANDING),--landing $(LANDING))
+	$(BIN)/python -m flows.land $(FILE) $(if $(LANDING),--landing $(LANDING)) $(if $(NO_WAIT),--no-wait)
 
 dataset: $(STAMP) ## list the dataset (data/sales.csv + accepted landed files) and its fingerprint
 	$(BIN)/python -m flows.dataset

@@ -277,18 +277,39 @@ def started(info: dict, flow_run_id: str) -> float:
     return datetime.fromisoformat(flow_run(info, flow_run_id)["start_time"]).timestamp()
 
 
-def land_by_make_land(local: Stack, info: dict, *sources: Path) -> None:
-    """`make land FILE=...`: flows.land moves the files in and emits their events."""
-    result = subprocess.run(
-        [sys.executable, "-m", "flows.land", *map(str, sources)],
+def make_land(local: Stack, info: dict, *args: str) -> subprocess.CompletedProcess:
+    """`make land FILE=...`: flows.land moves the files in, emits their events and waits."""
+    return subprocess.run(
+        [sys.executable, "-m", "flows.land", *args],
         cwd=local.repo,
         env=local.env(info["api_url"]),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=600,
     )
+
+
+def land_by_make_land(local: Stack, info: dict, *sources: Path) -> None:
+    """`make land FILE=...`, waiting: it says what became of each file."""
+    result = make_land(local, info, *map(str, sources))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "announced to" in result.stdout, result.stdout
+    for source in sources:
+        (said,) = [line for line in result.stdout.splitlines() if line.startswith(source.name)]
+        assert said.startswith(f"{source.name}: accepted ("), said
+        assert "; trained by run " in said
+        assert ": promoted to champion: " in said or ": not promoted: " in said
+
+
+def test_make_land_says_a_file_was_rejected_and_why_and_exits_1(stack, tmp_path):
+    local, info = stack
+    bad = tmp_path / "semicolons.csv"
+    bad.write_text("country;price_k\nA;1\n")
+    result = make_land(local, info, str(bad))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1].startswith(
+        "semicolons.csv: rejected: header does not match the expected columns"
+    )
 
 
 def land_by_prefect_event_emit(local: Stack, info: dict, source: Path) -> None:
@@ -527,7 +548,9 @@ def test_a_landing_retrain_waits_for_a_nightly_run_one_training_at_a_time(stack,
     after = datetime.now(UTC)
     source = tmp_path / "while-training.csv"
     source.write_text("\n".join([HEADER, *sales_rows(30, seed=21, start=3000)]) + "\n")
-    land_by_make_land(local, info, source)
+    landed = make_land(local, info, "--no-wait", str(source))  # its retrain will wait
+    assert landed.returncode == 0, landed.stdout + landed.stderr
+    assert not any(line.startswith("while-training.csv:") for line in landed.stdout.splitlines())
     (retrain, *_) = wait_for(
         lambda: flow_runs(info, "train-sales-model", states=["RUNNING"], started_after=after),
         timeout=60,
