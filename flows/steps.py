@@ -13,7 +13,7 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from schemas.params import RunConfig
-from tasks.common import store
+from tasks.common import memory, store
 from tasks.common.runlog import run_logger
 from tasks.common.store import Location
 from tasks.ingest.cache import Pass1Cache, lookup_task, store_task
@@ -79,6 +79,7 @@ def scan_inputs(
     """Pass 1 over every input file (see tasks/ingest/range_scan.py), summed: one Scan. With a
     `cache`, a file whose pass-1 result is cached is not parsed, and every file parsed is
     cached."""
+    memory.limit_arenas()  # before pass 1's threads start
     lookups = []
     if cache is not None:
         for index, (file, spans) in enumerate(plans):
@@ -110,6 +111,7 @@ def scan_inputs(
     if cache is not None:
         wait([store_task.submit(cache, found[i], scans[i]) for i in finished])
     log_parsed(scans)
+    memory.give_back()
     return sum_scans([scans[i] for i in range(len(plans))])
 
 
@@ -132,4 +134,5 @@ def run_pass2(task, scan: Scan, *args) -> Emitted:
     """Pass 2 (`task`: predict_task or score_task) over every file's kept rows."""
     futures = [task.submit(part, *args) for part in scan.parts]
     wait(futures)
+    memory.give_back()
     return combine_emitted([future.result() for future in futures])

@@ -1,4 +1,4 @@
-"""The two number parsers have one meaning: a value the screen's fast parser (polars) returns as
+"""The two number parsers have one meaning: a value the screen's fast parser returns as
 finite is the value the full parser gives, with no problem, so a row the screen clears would
 have been accepted with the same numbers by the full check."""
 

@@ -69,6 +69,25 @@ def test_a_write_that_fails_half_way_leaves_no_object(folder):
     assert store.list_files(folder) == []
 
 
+def test_a_streamed_write_of_many_buffers_lands_whole_or_not_at_all(folder):
+    # several of a local file's write buffers (tasks/common/store.py LOCAL_WRITE_BUFFER)
+    data = bytes(range(256)) * (3 * store.LOCAL_WRITE_BUFFER // 256) + b"tail"
+    location = store.join(folder, "big.bin")
+    with store.open_output(location) as sink:
+        for at in range(0, len(data), 300_000):
+            sink.write(data[at : at + 300_000])
+    assert store.read(location) == data
+
+    def fail_after_parts() -> None:
+        with store.open_output(store.join(folder, "failed.bin")) as sink:
+            sink.write(data)
+            raise RuntimeError("the writer died")
+
+    with pytest.raises(RuntimeError, match="the writer died"):
+        fail_after_parts()
+    assert [entry.location for entry in store.list_files(folder)] == [location]
+
+
 def test_a_local_write_the_disk_refuses_is_an_os_error_with_its_errno(tmp_path):
     import errno
 
