@@ -37,6 +37,7 @@ from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
 from flows import local_server
 from flows.local_server import OFFLINE_ENV
 from schemas.params import Option
+from tasks.common import memory
 from tasks.common.errors import PipelineError, exit_code
 
 ENGINE_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
@@ -319,6 +320,7 @@ def run_flow(
     outside the allowed folders), 1 for any other PipelineError.
     Anything else is a bug and keeps its traceback.
     """
+    memory.limit_arenas()  # first: before any thread (Prefect's start at the flow call) allocates
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     verbose = bool(parameters.pop("verbose", False))

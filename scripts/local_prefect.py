@@ -47,6 +47,7 @@ HOST = "127.0.0.1"
 # check would wait for it; a query a second is nothing to a local server), and its flow runs
 # send a heartbeat every 30 s, which the zombie automation watches.
 WORKER_SETTINGS = {
+    "MALLOC_ARENA_MAX": "2",  # its flow runs' memory, as the command line caps it (memory.py)
     "PREFECT_WORKER_QUERY_SECONDS": "1",
     "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
 }
