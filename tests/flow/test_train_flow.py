@@ -172,14 +172,14 @@ def test_cli_trains_and_prints_where_the_outputs_are(sales_csv, tmp_path, prefec
     # the run's log (the UI's Logs tab, `--watch`) ends with its result, before the engine's
     # own "Finished in state Completed()"
     run_id = result.stdout.split()[1]
-    *_, last, finished = flow_run_logs(f"train-{run_id}")
+    logs, summary, weights = flow_run_page(f"train-{run_id}")
+    *_, last, finished = logs
     assert finished.startswith("Finished in state Completed")
     assert last.startswith(f"run {run_id} completed: 85 rows in, 80 accepted, 5 quarantined; ")
     assert "; holdout MSE units_sold_k=" in last
     assert last.endswith("; promoted to champion: first model: no champion yet")
     # the run's page: the summary carries its plots and says where the report is; the weights
     # table reads estimate and interval first, to 6 significant digits
-    summary, weights = flow_run_artifacts(f"train-{run_id}")
     images = re.findall(r"!\[[^\]]*\]\(data:image/png;base64,([^)]+)\)", summary)
     assert len(images) == 5
     assert all(base64.b64decode(image).startswith(b"\x89PNG") for image in images)
@@ -191,32 +191,13 @@ def test_cli_trains_and_prints_where_the_outputs_are(sales_csv, tmp_path, prefec
     assert all(float(f"{v:.6g}") == v for v in numbers)
 
 
-def flow_run_artifacts(name):
-    """(the run summary's markdown, the weights table's rows) of the flow run called `name`."""
+def flow_run_page(name):
+    """What the UI shows of the flow run called `name`: the messages it logged itself (not its
+    task runs), oldest first; its run summary's markdown; its weights table's rows."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
         ArtifactFilterFlowRunId,
-        FlowRunFilter,
-        FlowRunFilterName,
-    )
-
-    with get_client(sync_client=True) as client:
-        (run,) = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
-        )
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
-        )
-    by_key = {artifact.key: artifact.data for artifact in artifacts}
-    table = by_key["sales-model-weights"]
-    return by_key["sales-model-run"], json.loads(table) if isinstance(table, str) else table
-
-
-def flow_run_logs(name):
-    """The messages the flow run called `name` logged itself (not its task runs), oldest first."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
         FlowRunFilter,
         FlowRunFilterName,
         LogFilter,
@@ -232,7 +213,14 @@ def flow_run_logs(name):
             log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
             sort=LogSort.TIMESTAMP_ASC,
         )
-    return [log.message for log in logs if log.task_run_id is None]
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+        )
+    by_key = {artifact.key: artifact.data for artifact in artifacts}
+    table = by_key["sales-model-weights"]
+    weights = json.loads(table) if isinstance(table, str) else table
+    own = [log.message for log in logs if log.task_run_id is None]
+    return own, by_key["sales-model-run"], weights
 
 
 @pytest.mark.parametrize(
