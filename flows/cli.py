@@ -36,8 +36,9 @@ from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
 
 from flows import local_server
 from flows.local_server import OFFLINE_ENV
+from flows.progress import terminal_progress
 from schemas.params import Option
-from tasks.common import memory
+from tasks.common import memory, progress
 from tasks.common.errors import PipelineError, exit_code
 
 ENGINE_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
@@ -339,8 +340,13 @@ def run_flow(
             preflight(checked)
         server = find_server()  # after the checks: a refused run starts no server
         terminal_logging(verbose)
-        with prefect_server(server, preload):
-            result = flow(**parameters)
+        view = terminal_progress(verbose)
+        with prefect_server(server, preload), progress.listening(view):
+            try:
+                result = flow(**parameters)
+            finally:
+                if view is not None:
+                    view.close()  # erased before the summary or the error line
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exit_code(exc)

@@ -13,7 +13,7 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from schemas.params import RunConfig
-from tasks.common import memory, store
+from tasks.common import memory, progress, store
 from tasks.common.runlog import run_logger
 from tasks.common.store import Location
 from tasks.ingest.cache import Pass1Cache, lookup_task, store_task
@@ -86,6 +86,7 @@ def scan_inputs(
             lookups.append(lookup_task.submit(cache, file, spans, index, config, staging))
     wait(lookups)
     found = [lookup.result() for lookup in lookups] or [None] * len(plans)
+    progress.phase("pass 1: reading", _bytes_to_parse(plans, found), "bytes")
     cluster = on_cluster()
     submitted = []
     for index, ((file, spans), lookup) in enumerate(zip(plans, found, strict=True)):
@@ -115,6 +116,15 @@ def scan_inputs(
     return sum_scans([scans[i] for i in range(len(plans))])
 
 
+def _bytes_to_parse(plans: list[tuple[CsvFile, list[ByteRange]]], found: list) -> int:
+    return sum(
+        span.end - span.start
+        for (_, spans), lookup in zip(plans, found, strict=True)
+        if lookup is None or lookup.scan is None
+        for span in spans
+    )
+
+
 def log_parsed(scans: dict[int, Scan]) -> None:
     """One log line: how much of the data pass 1 parsed and how much came from the cache."""
     reports = [scan.files[0] for scan in scans.values()]
@@ -132,6 +142,7 @@ def log_parsed(scans: dict[int, Scan]) -> None:
 
 def run_pass2(task, scan: Scan, *args) -> Emitted:
     """Pass 2 (`task`: predict_task or score_task) over every file's kept rows."""
+    progress.phase("pass 2: writing", scan.accepted, "rows")
     futures = [task.submit(part, *args) for part in scan.parts]
     wait(futures)
     memory.give_back()

@@ -33,7 +33,7 @@ from prefect import get_run_logger, task
 
 from schemas.outputs import QUARANTINE_ARROW
 from schemas.params import RunConfig
-from tasks.common import store
+from tasks.common import progress, store
 from tasks.common.errors import InputFileError
 from tasks.common.retry import FILE_READ_TASK
 from tasks.common.storage import working_files
@@ -113,6 +113,7 @@ def _scan(
 
             try:
                 for block in read_blocks(file.path, span, config.block_bytes, digest):
+                    progress.advance(len(block.data), block.lines)
                     below = state.stats.profile.sample.threshold
                     window.append(pool.submit(_screen, file, block, config, below))
                     take(config.threads + 1)

@@ -24,7 +24,7 @@ from prefect.cache_policies import NONE
 
 from schemas.outputs import descriptions_of, predictions_schema, scores_schema
 from schemas.params import RunConfig
-from tasks.common import store
+from tasks.common import progress, store
 from tasks.common.storage import working_files
 from tasks.common.store import Location
 from tasks.ingest.scan import FilePart, Scan
@@ -235,8 +235,12 @@ def _emit(
                 writer.write_table(out, row_group_size=len(out))
         return (None if writer is None else path), sums
 
+    results = []
     with working_files(folder), ThreadPoolExecutor(max(1, threads)) as pool:
-        results = list(pool.map(write, units))
+        for result in pool.map(write, units):  # in order, as each is written
+            results.append(result)
+            rows = sum(split["rows"] for split in result[1].values())
+            progress.advance(rows, rows)
     sums = zero_sums(*output.sizes)
     for _, part_sums in results:
         sums = add_sums(sums, part_sums)

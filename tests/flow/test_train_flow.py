@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import pty
 import re
 import subprocess
 import sys
@@ -189,6 +191,33 @@ def test_cli_trains_and_prints_where_the_outputs_are(sales_csv, tmp_path, prefec
     numbers = [v for row in weights for v in row.values() if isinstance(v, float)]
     assert numbers
     assert all(float(f"{v:.6g}") == v for v in numbers)
+
+
+def test_an_interactive_terminal_shows_each_pass_and_then_only_the_summary(
+    sales_csv, tmp_path, prefect_api_url
+):
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "TERM": "xterm"}
+    env["SALES_MODEL_PROGRESS_AFTER"] = "0"  # shown at once, not after the usual 2 s
+    terminal, child = pty.openpty()
+    output = str(tmp_path / "o")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.train", "--data", str(sales_csv), "--output", output],
+        cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=child, stderr=child,
+    )  # fmt: skip
+    os.close(child)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the run has closed its end
+        while chunk := os.read(terminal, 1 << 16):
+            shown += chunk
+    os.close(terminal)
+    assert proc.wait(timeout=300) == 0, shown
+    text = shown.decode(errors="replace")
+    assert "pass 1: reading" in text
+    assert "pass 2: writing" in text
+    assert "rows" in text
+    # erased when done: the terminal ends with the summary
+    assert text.rstrip().endswith(".json")
+    assert "80 accepted, 5 quarantined" in text.split("pass 2: writing")[-1]
 
 
 def flow_run_page(name):
