@@ -5,12 +5,14 @@ other problem, each with one `error:` line. Refused before any Prefect server is
 from __future__ import annotations
 
 import importlib
+import os
 
 import pytest
 
 from tests.conftest import REPO
 
 PARAMETER, OTHER = 2, 1
+HOURS = "error: parameter hours:"
 
 
 @pytest.mark.parametrize(
@@ -25,17 +27,26 @@ PARAMETER, OTHER = 2, 1
         ("flows.watch", ["--landing", "/etc"], PARAMETER, "error: parameter landing: '/etc'"),
         ("flows.dataset", ["--ledger", "/etc"], PARAMETER, "error: parameter ledger: '/etc'"),
         ("flows.outputs", ["vacuum", "--output", "/etc/x"], PARAMETER, "error: parameter output"),
-        ("flows.outputs", ["vacuum", "--hours", "-1"], PARAMETER, "error: parameter hours:"),
+        (
+            "flows.outputs",
+            ["vacuum", "--hours", "-1", "--output", "TMP"],
+            PARAMETER,
+            "error: parameter hours:",
+        ),  # fmt: skip
         ("flows.land", ["data/none.csv"], OTHER, "error: data/none.csv: file not found"),
         ("flows.land", ["x.csv", "--landing", "/etc"], PARAMETER, "error: parameter landing:"),
     ],
 )
 def test_each_kind_of_user_error_has_its_exit_code_and_one_line(
-    command, argv, code, message, capsys, monkeypatch
+    command, argv, code, message, capsys, monkeypatch, tmp_path
 ):
     monkeypatch.setenv("SALES_MODEL_DATA_ROOTS", str(REPO / "data"))
-    monkeypatch.setenv("SALES_MODEL_OUTPUT_ROOTS", str(REPO / "output"))
+    # TMP: an existing output folder (a fresh clone has no output/ yet)
+    monkeypatch.setenv(
+        "SALES_MODEL_OUTPUT_ROOTS", os.pathsep.join([str(REPO / "output"), str(tmp_path)])
+    )
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    argv = [str(tmp_path) if arg == "TMP" else arg for arg in argv]
     assert importlib.import_module(command).main(argv) == code
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(message)
