@@ -27,12 +27,7 @@ HOURS = "error: parameter hours:"
         ("flows.watch", ["--landing", "/etc"], PARAMETER, "error: parameter landing: '/etc'"),
         ("flows.dataset", ["--ledger", "/etc"], PARAMETER, "error: parameter ledger: '/etc'"),
         ("flows.outputs", ["vacuum", "--output", "/etc/x"], PARAMETER, "error: parameter output"),
-        (
-            "flows.outputs",
-            ["vacuum", "--hours", "-1", "--output", "TMP"],
-            PARAMETER,
-            "error: parameter hours:",
-        ),  # fmt: skip
+        ("flows.outputs", ["vacuum", "--hours", "-1", "--output", "TMP"], PARAMETER, HOURS),
         ("flows.land", ["data/none.csv"], OTHER, "error: data/none.csv: file not found"),
         ("flows.land", ["x.csv", "--landing", "/etc"], PARAMETER, "error: parameter landing:"),
     ],
