@@ -136,8 +136,9 @@ def test_a_stall_short_of_the_optimum_is_not_promoted(tmp_path):
     np.testing.assert_allclose(weights.loc[["x1", "x2"], "weight"], solution[:2], rtol=1e-9)
 
 
-def test_a_rerun_on_the_champions_data_keeps_the_champion(tmp_path, solver):
+def test_a_rerun_on_the_champions_data_keeps_the_champion(tmp_path):
     output = tmp_path / "out"
+    solver = "moments"  # the gate compares models, whichever solver made them
     sales_frame().to_csv(tmp_path / "sales.csv", index=False)
     champion = train(tmp_path / "sales.csv", output, solver)
     # the same rows under another name, with a tolerance that would let a worse model through:
