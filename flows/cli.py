@@ -5,45 +5,34 @@ By default the terminal shows the summary, or one `error:` line; Prefect's own l
 the Prefect server (the UI shows them). `--verbose`, or setting PREFECT_LOGGING_LEVEL yourself,
 shows them in the terminal too.
 
-Which server: PREFECT_API_URL (or a Prefect profile) when set; else the local stack's server
-when `make serve` is running (found from its state file); else the command line's own local
-server, started in the background by the first run and kept warm for the next ones
-(flows/local_server.py); with SALES_MODEL_LOCAL_SERVER=off, Prefect's temporary server.
+Which Prefect server a run talks to: flows/server.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
-import importlib
 import inspect
-import json
 import logging
 import os
 import sys
-import time
 import types
 import typing
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 from prefect import Flow
 from prefect.exceptions import ParameterTypeError
 from prefect.logging.handlers import PrefectConsoleHandler
-from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-from flows import local_server
 from flows.local_server import OFFLINE_ENV
 from flows.progress import terminal_progress
+from flows.server import find_server, prefect_server
 from schemas.params import Option
 from tasks.common import memory, progress
 from tasks.common.errors import PipelineError, exit_code
 
 ENGINE_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
-# Where `make serve` (scripts/local_prefect.py) records its server's address and PIDs.
-STACK_INFO = local_server.run_dir() / "stack.json"
 
 
 class _DropUserErrorTracebacks(logging.Filter):
@@ -177,102 +166,6 @@ def parse_flow_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
     """Command-line options -> flow parameters (only those given: the flow has the defaults).
     Values stay text: the flow's typed signature parses and bounds them, one rule for all."""
     return {k: v for k, v in vars(parser.parse_args(argv)).items() if v not in (None, False)}
-
-
-def running_stack_api(info_file: Path = STACK_INFO) -> str | None:
-    """The API URL of the local stack's server if it is up and answering (waited for while
-    its server process is still starting), else None."""
-    try:
-        info = json.loads(info_file.read_text())
-        url, pid = info["api_url"], int(info["pids"]["server"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    deadline = time.monotonic() + local_server.START_TIMEOUT
-    while not local_server.healthy(url):
-        if not _is_prefect_server(pid) or time.monotonic() > deadline:
-            return None
-        time.sleep(0.5)
-    return url
-
-
-def _is_prefect_server(pid: int) -> bool:
-    """Whether `pid` is a `prefect server start` process (a PID left by a reboot may name any)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"server" in argv and b"start" in argv
-
-
-def running_server() -> str | None:
-    """The API URL of the configured Prefect server, or of the local stack's when it runs."""
-    return PREFECT_API_URL.value() or running_stack_api()
-
-
-def find_server() -> str | local_server.LocalServer | None:
-    """Where a run's Prefect API is: the configured one, or the local stack's (a URL); else
-    the command line's local server, started now in the background if none runs; None:
-    Prefect's temporary server (the local server off, or its state folder not writable)."""
-    url = running_server()
-    if url or not local_server.enabled():
-        return url
-    server = local_server.LocalServer.of_environment()
-    try:
-        started = local_server.warm_up(server)
-    except OSError as exc:
-        print(
-            f"note: cannot keep a local Prefect server in {server.state} ({exc.strerror or exc}); "
-            "this run starts a temporary one",
-            file=sys.stderr,
-        )
-        return None
-    if started:
-        print(
-            "note: starting a local Prefect server for this and later runs; it stops after "
-            f"{local_server.idle_minutes():g} idle minutes, or with `make stop`",
-            file=sys.stderr,
-        )
-    return server
-
-
-@contextlib.contextmanager
-def prefect_server(
-    where: str | local_server.LocalServer | None, preload: tuple[str, ...] = ()
-) -> Iterator[str | None]:
-    """Run what is inside against `where` (see find_server), once it answers; yields its API
-    URL (None: Prefect's temporary server). While a local server is still starting, the
-    modules in `preload` are imported: the run needs them later, and the start leaves time."""
-    with contextlib.ExitStack() as stack:
-        url = where
-        if isinstance(where, local_server.LocalServer):
-            stack.callback(local_server.release, where)
-            if local_server.ready(where) is None:
-                for module in preload:
-                    importlib.import_module(module)
-            try:
-                url = local_server.wait_ready(where)
-            except RuntimeError as exc:
-                raise PipelineError(str(exc)) from None
-        local = isinstance(where, local_server.LocalServer)
-        stack.enter_context(temporary_settings(updates=_run_settings(url, local)))
-        yield url
-
-
-# Prefect's default flow-run heartbeat (seconds), and the one runs against a server with the
-# zombie-run automation need (scripts/server_setup.py: 90 s without one crashes the run).
-PREFECT_DEFAULT_HEARTBEAT = 180
-SERVER_HEARTBEAT = 30
-
-
-def _run_settings(url: str | None, local: bool) -> dict[Any, Any]:
-    """The server's URL and, unless the user chose a heartbeat: none against the command
-    line's own or a temporary server (nothing watches it there, and its thread's join costs up
-    to a second at the end of every run), one every SERVER_HEARTBEAT s against another."""
-    updates: dict[Any, Any] = {PREFECT_API_URL: url} if url else {}
-    if PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() == PREFECT_DEFAULT_HEARTBEAT:
-        remote = url is not None and not local
-        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = SERVER_HEARTBEAT if remote else None
-    return updates
 
 
 def parameter_error(exc: ParameterTypeError, given: dict[str, Any]) -> str:

@@ -99,7 +99,7 @@ def tell_the_server(landed: list[str]) -> bool:
     local server started now: it would have no deployment to trigger). Whether it was told."""
     # Prefect is imported only now, once the files are in: the stack's watcher may already
     # have seen them, and the landing check started.
-    from flows.cli import prefect_server, running_server
+    from flows.server import prefect_server, running_server
     from tasks.landing.events import emit_landed
 
     with prefect_server(running_server()) as api:

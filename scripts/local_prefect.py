@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flows import local_server
-from flows.cli import OFFLINE_ENV, STACK_INFO
+from flows.local_server import OFFLINE_ENV
+from flows.server import STACK_INFO
 from schemas.params import DEFAULT_LANDING as LANDING
 from scripts.landing_watcher import READY
 from scripts.server_setup import recover
