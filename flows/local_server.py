@@ -29,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.common.processes import pid_alive
+from tasks.common.processes import command_line, pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -107,14 +107,8 @@ def healthy(api_url: str) -> bool:
 
 
 def is_supervisor(server: LocalServer, pid: int | None) -> bool:
-    """Whether `pid` is this state's supervisor: alive, and its command line says so (a PID
-    left in a state file by a reboot may name any process now)."""
-    if not pid or pid <= 0 or not pid_alive(pid):
-        return False
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
+    """Whether `pid` is this state's supervisor: alive, and its command line says so."""
+    argv = command_line(pid or 0)
     return b"flows.local_server" in argv and str(server.state).encode() in argv
 
 

@@ -19,6 +19,7 @@ from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
 
 from flows import local_server
 from tasks.common.errors import PipelineError
+from tasks.common.processes import command_line
 
 # Where `make serve` (scripts/local_prefect.py) records its server's address and PIDs.
 STACK_INFO = local_server.run_dir() / "stack.json"
@@ -34,19 +35,10 @@ def running_stack_api(info_file: Path = STACK_INFO) -> str | None:
         return None
     deadline = time.monotonic() + local_server.START_TIMEOUT
     while not local_server.healthy(url):
-        if not _is_prefect_server(pid) or time.monotonic() > deadline:
+        if not {b"server", b"start"} <= set(command_line(pid)) or time.monotonic() > deadline:
             return None
         time.sleep(0.5)
     return url
-
-
-def _is_prefect_server(pid: int) -> bool:
-    """Whether `pid` is a `prefect server start` process (a PID left by a reboot may name any)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"server" in argv and b"start" in argv
 
 
 def running_server() -> str | None:
