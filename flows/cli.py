@@ -68,16 +68,19 @@ def send_pending_logs_and_events(timeout: float = 10.0) -> None:
     EventsWorker.drain_all(timeout=timeout)
 
 
-def exit_now(code: int) -> None:
+def exit_now(code: int, last: Callable[[], object] | None = None) -> None:
     """End the command-line process: send Prefect's last logs and events while its server is
     still up (an exit handler stops the temporary server before logging's own flush, which then
     waits ~5 s for a server that is gone), run the exit handlers, flush, and exit without
     tearing the interpreter down, which with torch loaded takes about a second and does
-    nothing a finished run needs."""
+    nothing a finished run needs. `last` runs after the flush (the warm runner's child tells
+    the command its exit code there)."""
     send_pending_logs_and_events()
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
+    if last is not None:
+        last()
     os._exit(code)
 
 

@@ -29,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.common.processes import command_line, pid_alive
+from flows.processes import command_line, pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -213,9 +213,10 @@ def _write(path: Path, text: str) -> None:
 
 
 def serve(server: LocalServer, idle: float) -> int:
-    """The supervisor: start the Prefect server, publish its address once it answers, stop it
-    after `idle` minutes without a client, or on SIGTERM; whatever ends the supervisor stops
-    the server too."""
+    """The supervisor: start the Prefect server, publish its address once it answers, and the
+    warm runner beside it (flows/warm.py: started again when it exits for changed code); stop
+    both after `idle` minutes without a client, or on SIGTERM; whatever ends the supervisor
+    stops them too."""
     port = _free_port()
     api_url = f"http://{HOST}:{port}/api"
     info = {"api_url": api_url, "ui_url": f"http://{HOST}:{port}", "pid": os.getpid()}
@@ -229,6 +230,7 @@ def serve(server: LocalServer, idle: float) -> int:
     env.pop("PREFECT_API_URL", None)
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST]
     child = subprocess.Popen([*command, "--port", str(port)], env=env, stdin=subprocess.DEVNULL)
+    runner = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while not healthy(api_url):
@@ -237,17 +239,36 @@ def serve(server: LocalServer, idle: float) -> int:
             time.sleep(POLL_SECONDS)
         _write(server.info_file, json.dumps(info) + "\n")
         server.lock.unlink(missing_ok=True)
+        runner = _runner(server)
         while child.poll() is None and not _idled_out(server, info, idle * 60):
+            if runner is not None and runner.poll() == 0:  # its code changed: a fresh one
+                runner = _runner(server)
             time.sleep(5)
         return 0
     finally:
         _forget(server, os.getpid())
-        if child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        for process in (runner, child):
+            _end(process)
+
+
+def _runner(server: LocalServer) -> subprocess.Popen | None:
+    """The warm runner for this server's runs (its output goes to the server's log), unless
+    turned off."""
+    from flows import warm
+
+    if not warm.enabled():
+        return None
+    command = [sys.executable, "-m", "flows.warm", "--state", str(server.state)]
+    return subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL)
+
+
+def _end(process: subprocess.Popen | None) -> None:
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def _idled_out(server: LocalServer, info: dict, seconds: float) -> bool:

@@ -5,6 +5,13 @@
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # The command line runs in the warm runner's pre-imported process when one is up
+    # (flows/warm.py): that exits here with the run's code; otherwise the run is this process's.
+    from flows.warm import hand_over
+
+    hand_over("flows.score")
+
 from pathlib import Path
 from typing import Any
 

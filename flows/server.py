@@ -18,8 +18,8 @@ from typing import Any
 from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from flows import local_server
+from flows.processes import command_line
 from tasks.common.errors import PipelineError
-from tasks.common.processes import command_line
 
 # Where `make serve` (scripts/local_prefect.py) records its server's address and PIDs.
 STACK_INFO = local_server.run_dir() / "stack.json"

@@ -30,13 +30,13 @@ from pathlib import Path
 
 from flows import local_server
 from flows.local_server import OFFLINE_ENV
+from flows.processes import pid_alive
 from flows.server import STACK_INFO
 from schemas.params import DEFAULT_LANDING as LANDING
 from scripts.landing_watcher import READY
 from scripts.server_setup import recover
 from tasks.common import store
 from tasks.common.errors import PipelineError
-from tasks.common.processes import pid_alive
 
 # The deployment a landed file starts (prefect.yaml).
 LANDING_DEPLOYMENT = "retrain-on-new-data"

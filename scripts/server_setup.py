@@ -25,7 +25,7 @@ from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
 
-from tasks.common.processes import pid_alive
+from flows.processes import pid_alive
 from tasks.landing.slots import ensure_training_limit
 
 ZOMBIE_AUTOMATION = "sales-model: crash zombie flow runs"

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from flows import local_server
-from tasks.common.processes import pid_alive
+from flows.processes import command_line, pid_alive
 from tests.conftest import HEADER, REPO, sales_rows
 
 
@@ -34,6 +36,17 @@ def server_env(tmp_path):
     local_server.stop(server)  # the running one, or the one still starting
     if info is not None:
         assert not pid_alive(info["pid"])
+    assert not runners(server), "the warm runner outlived its supervisor"
+
+
+def runners(server):
+    """The PIDs of this state's warm runners (flows/warm.py)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        argv = command_line(int(entry.name)) if entry.name.isdigit() else []
+        if b"flows.warm" in argv and str(server.state).encode() in argv:
+            found.append(int(entry.name))
+    return found
 
 
 def train(env, data, output):
@@ -129,3 +142,62 @@ def test_a_configured_server_is_used_and_no_local_one_starts(
     assert "note:" not in result.stderr
     assert server.info() is None
     assert not server.lock.exists()
+
+
+def wait_for(condition, seconds, what):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_runs_after_the_first_are_forked_from_the_warm_runner_as_the_command_itself(
+    server_env, write_csv, tmp_path
+):
+    env, server = server_env
+    data = write_csv("\n".join([HEADER, *sales_rows(30)]) + "\n")
+    assert train(env, data, tmp_path / "out").returncode == 0  # starts the server, the runner
+    socket = server.state / "runner.sock"
+    wait_for(socket.exists, 90, "no warm runner")
+    (runner,) = runners(server)
+    report = tmp_path / "report.json"
+    env["SALES_MODEL_RUN_REPORT"] = str(report)
+
+    warm = train(env, data, tmp_path / "out")
+    assert warm.returncode == 0, warm.stderr
+    assert warm.stdout.startswith("run ")  # its summary, through the command's own streams
+    taken = json.loads(report.read_text())
+    assert taken["warm"]
+    assert taken["exit"] == 0
+    assert taken["pid"] != runner
+
+    # the command's environment, not the runner's: this one allows no output there
+    refused = train({**env, "SALES_MODEL_OUTPUT_ROOTS": str(tmp_path / "else")}, data, tmp_path)
+    assert refused.returncode == 2
+    assert "error: parameter output:" in refused.stderr
+    assert json.loads(report.read_text())["exit"] == 2
+
+    # Ctrl-C reaches the run
+    command = [sys.executable, "-m", "flows.train", "--data", str(data), "--output",
+               str(tmp_path / "out")]  # fmt: skip
+    before = set(server.clients.iterdir())
+    interrupted = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE)
+    wait_for(lambda: set(server.clients.iterdir()) - before, 60, "the run did not start")
+    (child,) = {int(path.name) for path in set(server.clients.iterdir()) - before}
+    interrupted.send_signal(signal.SIGINT)
+    assert interrupted.wait(timeout=60) == 130
+    assert child != interrupted.pid
+    wait_for(lambda: not pid_alive(child), 30, "the run outlived its command")
+
+    # changed code: this run is the command's own, and a fresh runner replaces the old one
+    module = REPO / "flows" / "score.py"
+    times = module.stat()
+    report.unlink()
+    try:
+        os.utime(module, ns=(times.st_atime_ns, times.st_mtime_ns + 1_000_000_000))
+        cold = train(env, data, tmp_path / "out")
+    finally:
+        os.utime(module, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert cold.returncode == 0, cold.stderr
+    assert not report.exists()
+    wait_for(lambda: runners(server) not in ([], [runner]), 90, "no fresh runner")

@@ -32,3 +32,16 @@ def test_make_land_moves_the_files_in_before_loading_prefect():
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     )
     assert result.stdout.strip() == "False"
+
+
+def test_the_hand_over_to_the_warm_runner_loads_the_standard_library_only():
+    # `python -m flows.train` with a warm runner up: the command is this process, and little else
+    probe = (
+        "import sys, flows.warm; "
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} - sys.stdlib_module_names)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    # _distutils_hack: setuptools' start-up hook, loaded by every Python of the environment
+    assert set(result.stdout.split()) - {"__main__", "_distutils_hack"} == {"flows"}

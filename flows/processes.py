@@ -1,6 +1,6 @@
 """Processes on this machine: whether one still runs, and what it was started as. The standard
-library only, so the command line's own server supervisor (flows/local_server.py) can use it
-without loading the pipeline."""
+library only, so the command line's own server supervisor (flows/local_server.py) and the
+command's hand-over to the warm runner (flows/warm.py) use it without loading the pipeline."""
 
 from __future__ import annotations
 
