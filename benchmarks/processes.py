@@ -6,6 +6,7 @@ starts from its parent's at fork, so the measuring process stays small.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -39,14 +40,17 @@ def data_file(rows: int) -> Path:
 
 def timed(command: list[str], env: dict[str, str], cwd: Path) -> dict:
     """`python COMMAND` in `cwd` as a fresh process in its own session: wall seconds, peak RSS
-    in MB (wait4: the process and the children it waited for), exit code, and on failure the
-    last lines it wrote."""
-    with tempfile.TemporaryFile() as out:
+    in MB, exit code, and on failure the last lines it wrote. The peak RSS is wait4's (the
+    process and the children it waited for), or, when the warm runner ran the command
+    (flows/warm.py: `warm` is true), that of the runner's child that did the work; the
+    command's own is then `command_rss_mb`."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / "run.json"
         started = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, *command],
             cwd=cwd,
-            env=env,
+            env={**env, "SALES_MODEL_RUN_REPORT": str(report)},
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -56,11 +60,25 @@ def timed(command: list[str], env: dict[str, str], cwd: Path) -> dict:
         seconds = time.perf_counter() - started
         out.seek(0)
         tail = out.read().decode(errors="replace").strip().splitlines()[-5:]
+        warm = json.loads(report.read_text()) if report.exists() else None
     code = os.waitstatus_to_exitcode(status)
     result = {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "exit": code}
+    result["warm"] = warm is not None
+    if warm is not None:
+        result["command_rss_mb"] = result["peak_rss_mb"]
+        result["peak_rss_mb"] = warm.get("peak_rss_kb", float("nan")) / 1024
     if code != 0:
         result["error"] = " / ".join(tail)
     return result
+
+
+def wait_for_runner(checkout: Path, timeout: float = 120) -> bool:
+    """Wait until the warm runner of `checkout`'s local server listens (flows/warm.py)."""
+    listening = checkout / ".run" / "local-server" / "runner.sock"
+    deadline = time.monotonic() + timeout
+    while not listening.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return listening.exists()
 
 
 def _wait(proc: subprocess.Popen) -> tuple[int, os.struct_rusage]:

@@ -6,13 +6,14 @@ from __future__ import annotations
 from benchmarks.processes import median
 
 IMPORT_TARGET = 1.8  # seconds of `-X importtime` for `import flows.train`
-SMALL_TARGETS = {"first": None, "cold": 8.0, "warm": 3.0}  # seconds, 200-row file
+SMALL_TARGETS = {"first": None, "cold": 8.0, "process": None, "warm": 3.0}  # s, 200 rows
 # rows -> (command line / polars script, peak RSS of the command line in MB)
 TARGETS = {1_000_000: (3.0, 450), 10_000_000: (1.5, 600)}
 SMALL_KINDS = {
     "first": "first use: no .prefect/ (no database), no server",
     "cold": "cold: server stopped, its database kept",
-    "warm": "warm: right after, a server running if the command line keeps one",
+    "process": "server running, the run in its own process (SALES_MODEL_WARM_RUNNER=off)",
+    "warm": "warm: server and warm runner running (the run forked from it)",
 }
 
 
@@ -55,8 +56,10 @@ def render(results: dict) -> str:
         f"`benchmarks/startup.py` (part of `make bench`) at commit {results['commit']}, in a fresh"
         f" clone, on {results['cores']} cores; load average (1, 5, 15 min) at the start"
         f" {load['start']}, after the 200-row runs {load.get('small', '-')}, after the whole"
-        f" runs {load.get('whole', '-')}. Wall seconds and peak RSS (wait4) of whole processes;"
-        " medians, compare the ratios (taken in one run, interleaved).",
+        f" runs {load.get('whole', '-')}. Wall seconds of whole commands and the peak RSS of the"
+        " process that ran the pipeline (wait4's for a command in its own process; the warm"
+        " runner's child's VmHWM when the runner ran it); medians, compare the ratios (taken in"
+        " one run, interleaved).",
         "",
         *import_lines(results["imports"]),
         *small_lines(results["small"]),
@@ -117,8 +120,9 @@ def whole_lines(whole: dict) -> list[str]:
         "Whole processes, `--no-cache` (polars: `benchmarks/cases.py polars_peer` as a process,"
         " its imports included), seconds (median), peak RSS in MB (largest):",
         "",
-        "| rows | polars s | CLI, running server: s | / polars | CLI, no server configured: s"
-        " | / polars | polars RSS | CLI RSS, server | CLI RSS, none configured |",
+        "| rows | polars s | CLI in its own process (running server): s | / polars | CLI as a"
+        " user (local server, warm runner): s | / polars | polars RSS | CLI RSS, own process"
+        " | CLI RSS, warm runner's child |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for rows, runs in whole.items():
@@ -144,7 +148,7 @@ def profile_lines(profiles: dict) -> list[str]:
     lines = []
     for rows, p in profiles.items():
         lines += [
-            f"Where the time goes, one CLI run at {int(rows):,} rows as a user runs it (under"
+            f"Where the time goes, one CLI run at {int(rows):,} rows in its own process (under"
             f" py-spy, all threads: {p['wall_s']:.1f} s wall, {p['sampled_s']:.1f} s sampled over"
             " its active threads, in seconds):",
             "",

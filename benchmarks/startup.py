@@ -36,6 +36,7 @@ from benchmarks.processes import (
     prefect_server,
     stop_servers,
     timed,
+    wait_for_runner,
 )
 from benchmarks.render_startup import render
 from benchmarks.sections import replace_section
@@ -45,6 +46,8 @@ IMPORT = "import flows.train"
 OURS = ("flows", "tasks", "schemas", "scripts")
 SMALL_ROWS = 200
 POLARS = ["-m", "benchmarks.cases", "polars_peer"]
+# The command line in its own process, importing everything (flows/warm.py)
+OWN_PROCESS = {"SALES_MODEL_WARM_RUNNER": "off"}
 
 
 def user_env(clone: Path) -> dict[str, str]:
@@ -112,21 +115,25 @@ def parse_importtime(stderr: str) -> tuple[float, dict[str, float]]:
 
 def small_runs(clone: Path, env: dict[str, str], repeats: int) -> dict:
     """The 200-row run, `repeats` times each: first use (the clone's .prefect/ and .run/
-    removed, server stopped), cold (server stopped, its database kept), warm (right after)."""
+    removed, server stopped), cold (server stopped, its database kept), its own process with
+    the server up (the warm runner off), warm (the server and the warm runner up)."""
     csv = clone / "data" / f"bench_{SMALL_ROWS}.csv"
     generate = ["-m", "benchmarks.generate", "--rows", str(SMALL_ROWS), "--out", str(csv)]
     subprocess.run([sys.executable, *generate], cwd=REPO, check=True)
-    runs: dict = {"first": [], "cold": [], "warm": []}
+    runs: dict = {"first": [], "cold": [], "process": [], "warm": []}
     for kind in runs:
         for i in range(repeats):
-            if kind != "warm":
+            if kind in ("first", "cold"):
                 stop_servers(clone, env)
             if kind == "first":
                 for state in (".prefect", ".run"):
                     shutil.rmtree(clone / state, ignore_errors=True)
+            if kind == "warm":
+                wait_for_runner(clone)
             output = clone / "output" / f"bench-{kind}-{i}"
             command = ["-m", "flows.train", "--data", str(csv), "--output", str(output)]
-            runs[kind].append(timed(command, env, clone))
+            kind_env = {**env, **(OWN_PROCESS if kind == "process" else {})}
+            runs[kind].append(timed(command, kind_env, clone))
             shutil.rmtree(output, ignore_errors=True)
     servers = prefect_processes(clone)
     runs["servers_left_running"] = {str(pid): peak_rss_mb(pid) for pid in servers}
@@ -144,11 +151,13 @@ def whole_process(
     clone: Path, env: dict[str, str], sizes: list[int], repeats: int, home: Path
 ) -> dict:
     """At each size, interleaved `repeats` times: the polars script, the command line with
-    `--no-cache` against a server started here, and the same as a user with no server
-    configured; each a whole process writing to a new folder."""
+    `--no-cache` in its own process against a server started here, and the same as a user with
+    no server configured (the local server and its warm runner, waited for); each a whole
+    process writing to a new folder."""
     results: dict = {}
     with prefect_server(home, env) as server_env:
-        modes = {"polars": env, "cli_server": server_env, "cli_user": env}
+        modes = {"polars": env, "cli_server": {**server_env, **OWN_PROCESS}, "cli_user": env}
+        wait_for_runner(clone)  # up since the 200-row runs
         for rows in sizes:
             csv = data_file(rows)
             runs: dict[str, list] = {mode: [] for mode in modes}
@@ -222,7 +231,8 @@ def profile_misses(clone: Path, env: dict[str, str], whole: dict) -> dict:
         if missed(rows, runs):
             csv = data_file(rows)
             out = Path(tempfile.mkdtemp(prefix="bench-profile-"))
-            profiles[rows] = profile(cli_no_cache(csv, out), confined(env, csv, out), clone)
+            own = confined({**env, **OWN_PROCESS}, csv, out)
+            profiles[rows] = profile(cli_no_cache(csv, out), own, clone)
             shutil.rmtree(out, ignore_errors=True)
     return profiles
 

@@ -3,8 +3,9 @@
 When no server is configured (no PREFECT_API_URL, no `make serve` stack), the first run starts
 `prefect server start` on a free 127.0.0.1 port in the background, with the checkout's state
 (.prefect/ beside the run folder: the database `make serve` uses too), and later runs reuse
-it: a run pays the server's start (3-9 s) once, not every time. A supervisor process (`serve`
-below) stops the server after IDLE_MINUTES without a command-line run, and on `make stop`.
+it: a run pays the server's start (3-9 s) once, not every time. A supervisor process
+(flows/supervisor.py) stops the server after IDLE_MINUTES without a command-line run, and on
+`make stop`; it also keeps the warm runner (flows/warm.py) beside the server.
 
     python -m flows.local_server status | stop
 
@@ -21,7 +22,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -202,103 +202,15 @@ def _start_once(server: LocalServer) -> bool:
             start_new_session=True,  # outlives this run; `stop` ends its whole group
         )
     # the lock names the supervisor from now on (replaced whole: never read empty)
-    _write(server.lock, str(supervisor.pid))
+    write(server.lock, str(supervisor.pid))
     return True
 
 
-def _write(path: Path, text: str) -> None:
+def write(path: Path, text: str) -> None:
+    """Replace `path` whole: a reader never sees it half written."""
     part = path.with_name(f".{path.name}.{os.getpid()}")
     part.write_text(text)
     part.replace(path)
-
-
-def serve(server: LocalServer, idle: float) -> int:
-    """The supervisor: start the Prefect server, publish its address once it answers, and the
-    warm runner beside it (flows/warm.py: started again when it exits for changed code); stop
-    both after `idle` minutes without a client, or on SIGTERM; whatever ends the supervisor
-    stops them too."""
-    port = _free_port()
-    api_url = f"http://{HOST}:{port}/api"
-    info = {"api_url": api_url, "ui_url": f"http://{HOST}:{port}", "pid": os.getpid()}
-    env = {
-        **os.environ,
-        **OFFLINE_ENV,
-        "PREFECT_HOME": str(server.home),
-        "PREFECT_SERVER_API_HOST": HOST,
-        "PREFECT_UI_API_URL": api_url,  # the UI reads this server, whatever else runs
-    }
-    env.pop("PREFECT_API_URL", None)
-    command = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST]
-    child = subprocess.Popen([*command, "--port", str(port)], env=env, stdin=subprocess.DEVNULL)
-    runner = None
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        while not healthy(api_url):
-            if child.poll() is not None:
-                return 1
-            time.sleep(POLL_SECONDS)
-        _write(server.info_file, json.dumps(info) + "\n")
-        server.lock.unlink(missing_ok=True)
-        runner = _runner(server)
-        while child.poll() is None and not _idled_out(server, info, idle * 60):
-            if runner is not None and runner.poll() == 0:  # its code changed: a fresh one
-                runner = _runner(server)
-            time.sleep(5)
-        return 0
-    finally:
-        _forget(server, os.getpid())
-        for process in (runner, child):
-            _end(process)
-
-
-def _runner(server: LocalServer) -> subprocess.Popen | None:
-    """The warm runner for this server's runs (its output goes to the server's log), unless
-    turned off."""
-    from flows import warm
-
-    if not warm.enabled():
-        return None
-    command = [sys.executable, "-m", "flows.warm", "--state", str(server.state)]
-    return subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL)
-
-
-def _end(process: subprocess.Popen | None) -> None:
-    if process is not None and process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def _idled_out(server: LocalServer, info: dict, seconds: float) -> bool:
-    """No client for `seconds`. The address is withdrawn before the last look, so a run that
-    registers meanwhile either is seen (the address is put back) or starts a new server."""
-    if live_clients(server) or time.time() - _mtime(server.clients) <= seconds:
-        return False
-    server.info_file.unlink(missing_ok=True)
-    if live_clients(server):
-        _write(server.info_file, json.dumps(info) + "\n")
-        return False
-    return True
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:  # removed by hand: the idle time starts again
-        path.mkdir(parents=True, exist_ok=True)
-        return time.time()
-
-
-def _forget(server: LocalServer, pid: int) -> None:
-    """Remove the state files that name `pid` (never another supervisor's)."""
-    for path in (server.info_file, server.lock):
-        with contextlib.suppress(OSError, ValueError):
-            text = path.read_text().strip()
-            named = json.loads(text)["pid"] if path == server.info_file else int(text or 0)
-            if named == pid:
-                path.unlink()
 
 
 def stop(server: LocalServer, timeout: float = 20.0) -> bool:
@@ -324,12 +236,6 @@ def stop(server: LocalServer, timeout: float = 20.0) -> bool:
     return bool(supervisors)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.local_server")
     parser.add_argument("command", choices=["status", "stop", "serve"])
@@ -337,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     server = LocalServer(args.state) if args.state else LocalServer.of_environment()
     if args.command == "serve":
+        from flows.supervisor import serve
+
         return serve(server, idle_minutes())
     if args.command == "stop":
         print("stopped the local Prefect server" if stop(server) else "no local Prefect server")
