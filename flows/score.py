@@ -19,9 +19,9 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.cli import exit_now, flow_parser, parse_flow_args, run_flow
+from flows.names import current_run_name
 from flows.steps import (
     for_runner,
-    name_flow_run,
     on_cluster,
     open_inputs,
     run_pass2,
@@ -55,7 +55,7 @@ from tasks.outputs.score import choose_model, commit_scores_task
 SCORE_TIMEOUT_SECONDS = 2 * 3600
 
 
-@flow(name="score-sales", timeout_seconds=SCORE_TIMEOUT_SECONDS)
+@flow(name="score-sales", flow_run_name=current_run_name, timeout_seconds=SCORE_TIMEOUT_SECONDS)
 def score_sales(
     data: DataPaths = DEFAULT_SCORE_DATA,
     output: OutputRoot = DEFAULT_OUTPUT,
@@ -77,7 +77,6 @@ def score_sales(
     config = for_runner(config)
     plans = open_inputs(paths, config)
     run = new_run(root, dict(flow_run.parameters))
-    name_flow_run(f"score-{run.run_id}")
     with staging_area(root, run.run_id, shared=on_cluster()) as staging:
         scan = scan_inputs(plans, config, staging)
         check_data_quality(run, scan, max_bad_fraction, "score")

@@ -39,17 +39,6 @@ def for_runner(config: RunConfig) -> RunConfig:
     return config
 
 
-def name_flow_run(name: str) -> None:
-    """Rename the current flow run (the UI's list says what each run was), once its name is
-    known inside the flow (e.g. the run id)."""
-    from prefect.client.orchestration import get_client
-
-    context = FlowRunContext.get()
-    if context is not None and context.flow_run is not None:
-        with get_client(sync_client=True) as client:
-            client.update_flow_run(context.flow_run.id, name=name)
-
-
 def open_inputs(paths: list[Path], config: RunConfig) -> list[tuple[CsvFile, list[ByteRange]]]:
     """Every input file's header checked (before anything is read or written), each file cut
     into its byte ranges."""

@@ -19,9 +19,9 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.cli import exit_now, flow_parser, parse_flow_args, run_flow
+from flows.names import current_run_name
 from flows.steps import (
     for_runner,
-    name_flow_run,
     on_cluster,
     open_inputs,
     pass1_cache,
@@ -89,7 +89,7 @@ from tasks.outputs.report import report_run, result_line, summary_text
 RUN_IMPORTS = ("tasks.model.descent", "scipy.linalg", "scipy.special", "matplotlib.figure")
 
 
-@flow(name="train-sales-model", timeout_seconds=RUN_TIMEOUT_SECONDS)
+@flow(name="train-sales-model", flow_run_name=current_run_name, timeout_seconds=RUN_TIMEOUT_SECONDS)
 def train_sales_model(
     data: TrainingData = DEFAULT_DATA,
     output: OutputRoot = DEFAULT_OUTPUT,
@@ -131,7 +131,6 @@ def _train(
     """One run, inside the training slot: pass 1, training, pass 2, the model's tables, the
     promotion decision and the commit."""
     run = new_run(root, dict(flow_run.parameters))
-    name_flow_run(f"train-{run.run_id}")
     with staging_area(root, run.run_id, shared=on_cluster()) as staging:
         scan = scan_inputs(plans, config, staging, pass1_cache(root, staging, config))
         check_data_quality(run, scan, config.max_bad_fraction, "train")

@@ -10,13 +10,14 @@ and ledger may be folders or s3:// prefixes (the ledger lives where the outputs 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from prefect import flow
 from prefect.utilities.annotations import quote
 
 from flows.cli import exit_now, flow_parser, parse_flow_args, run_flow
+from flows.names import current_run_name
 from flows.train import train_sales_model
 from schemas.params import (
     DATASET,
@@ -53,12 +54,7 @@ from tasks.landing.ledger import files_to_train, record_training, training_input
 WATCH_TIMEOUT_SECONDS = RUN_TIMEOUT_SECONDS + 15 * 60
 
 
-def check_run_name() -> str:
-    """`check-landing-20261201T020000`: when the check ran (UTC)."""
-    return f"check-landing-{datetime.now(UTC):%Y%m%dT%H%M%S}"
-
-
-@flow(name="watch-landing", flow_run_name=check_run_name, timeout_seconds=WATCH_TIMEOUT_SECONDS)
+@flow(name="watch-landing", flow_run_name=current_run_name, timeout_seconds=WATCH_TIMEOUT_SECONDS)
 def watch_landing(
     landing: LandingDir = DEFAULT_LANDING,
     ledger: LedgerDir = DEFAULT_LEDGER,

@@ -8,7 +8,9 @@ announcement and waits for the settle time again). A writer the watcher cannot s
 user's process) that pauses longer than QUIET_SECONDS would be taken half-written: such producers
 should write under a dot-name or `*.part` and rename, or land with `make land`. And every
 RECOVER_SECONDS it marks Crashed the runs whose process is gone (scripts/local_prefect.recover),
-which the heartbeat automation cannot see (a run still PENDING sends no heartbeats).
+which the heartbeat automation cannot see (a run still PENDING sends no heartbeats), and every
+NAME_SECONDS it names the runs the deployments' schedules and triggers created, which Prefect
+names at random (scripts/server_setup.py: name_scheduled_runs).
 
 When the landing location is an `s3://bucket/prefix` URI it is a sensor instead: it lists the
 prefix every `--interval` seconds and emits the event for each object it has not announced
@@ -34,7 +36,7 @@ from pathlib import Path
 from watchfiles import Change, watch
 
 from schemas.params import DEFAULT_LEDGER
-from scripts.server_setup import recover
+from scripts.server_setup import name_scheduled_runs, recover
 from tasks.common import store
 from tasks.common.errors import PipelineError
 from tasks.landing.check import announce, announced_sha256, is_candidate
@@ -46,6 +48,9 @@ from tasks.landing.sensor import DEFAULT_INTERVAL_SECONDS, CursorError, Seen, cu
 # writing (a copy still in progress would be checked half-written).
 QUIET_SECONDS = 0.5
 RECOVER_SECONDS = 30.0
+# How soon a run a schedule or trigger created gets its name (Prefect 3.9 gives it a random
+# one); a bucket's sensor names them at each listing, at most this often.
+NAME_SECONDS = 3.0
 # The watcher's first line once it sees every change (a file copied in before that is missed).
 READY = "watching"
 
@@ -88,9 +93,9 @@ def announce_complete(paths: list[Path]) -> None:
 
 def announce_landed_files(landing: Path, api_url: str, stop: threading.Event) -> None:
     """Announce complete files arriving in `landing` until `stop` is set; recover orphaned
-    runs every RECOVER_SECONDS."""
+    runs every RECOVER_SECONDS, name scheduled runs every NAME_SECONDS."""
     pending: dict[Path, float] = {}
-    recovered = time.monotonic()
+    recovered, named = time.monotonic(), 0.0
     watching = False
     for changes in watch(
         landing, stop_event=stop, rust_timeout=250, yield_on_timeout=True, debounce=200
@@ -109,6 +114,7 @@ def announce_landed_files(landing: Path, api_url: str, stop: threading.Event) ->
             emit_landed(complete)
             print(f"announced {', '.join(p.name for p in complete)}", flush=True)
         recovered = recover_if_due(api_url, recovered)
+        named = name_if_due(api_url, named)
 
 
 def announce_landed_objects(
@@ -119,7 +125,7 @@ def announce_landed_objects(
     does not answer is reported and tried again at the next poll (the cursor is only saved once
     the events are sent, so nothing is lost)."""
     seen: Seen | None = None
-    recovered = time.monotonic()
+    recovered, named = time.monotonic(), 0.0
     while not stop.is_set():
         try:
             fresh, seen = poll(landing, cursor, emit_landed, seen)
@@ -134,6 +140,7 @@ def announce_landed_objects(
             if fresh:
                 print(f"announced {', '.join(map(store.name_of, fresh))}", flush=True)
         recovered = recover_if_due(api_url, recovered)
+        named = name_if_due(api_url, named)
         stop.wait(interval)
 
 
@@ -145,6 +152,20 @@ def recover_if_due(api_url: str, recovered: float) -> float:
     crashed = recover(api_url)
     if crashed:
         print(f"marked Crashed (process gone): {', '.join(crashed)}", flush=True)
+    return time.monotonic()
+
+
+def name_if_due(api_url: str, named: float) -> float:
+    """Name the runs the schedules and triggers created (scripts/server_setup.py:
+    name_scheduled_runs), if NAME_SECONDS have passed since `named`; returns when it last did.
+    A server that does not answer is tried again next time: the watcher goes on announcing."""
+    if time.monotonic() - named < NAME_SECONDS:
+        return named
+    try:
+        name_scheduled_runs(api_url)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"error: naming scheduled runs: {first}", flush=True)
     return time.monotonic()
 
 

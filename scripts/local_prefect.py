@@ -34,7 +34,7 @@ from flows.processes import pid_alive
 from flows.server import STACK_INFO
 from schemas.params import DEFAULT_LANDING as LANDING
 from scripts.landing_watcher import READY
-from scripts.server_setup import recover
+from scripts.server_setup import LOG_STREAM_ENV, recover
 from tasks.common import store
 from tasks.common.errors import PipelineError
 
@@ -167,7 +167,7 @@ def start(
     say(f"starting the Prefect server on {info['ui_url']} (log: {server_log}) ...")
     # The UI asks the API it was told (PREFECT_UI_API_URL), by default 127.0.0.1:4200: on any
     # other port it would show another server's runs.
-    ui_env = {"PREFECT_UI_API_URL": api_url, **(server_env or {})}
+    ui_env = {"PREFECT_UI_API_URL": api_url, **LOG_STREAM_ENV, **(server_env or {})}
     server = _spawn(
         _prefect("server", "start", "--host", HOST, "--port", str(port)),
         server_log,

@@ -8,7 +8,8 @@
 
 And `recover`, for what heartbeats do not reach (a run PENDING whose process never started,
 or a run from before the heartbeats): run by `make serve` at start and every 30 s by the
-landing watcher.
+landing watcher; `name_scheduled_runs`, which names the runs the schedules and triggers create
+(Prefect 3.9 cannot): every few seconds by the landing watcher.
 
     PREFECT_API_URL=... python -m scripts.server_setup
 """
@@ -25,9 +26,17 @@ from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
 
+from flows.names import NAMING, is_named, name_for
 from flows.processes import pid_alive
 from tasks.landing.slots import ensure_training_limit
 
+# The server streams each run's logs to whoever follows it (`prefect deployment run --watch`):
+# Prefect 3.9's server does not by default, and the watch then shows only events, never the
+# run's log nor the result line it ends with.
+LOG_STREAM_ENV = {
+    "PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED": "true",
+    "PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED": "true",
+}
 ZOMBIE_AUTOMATION = "sales-model: crash zombie flow runs"
 # Three missed heartbeats (the worker's flow runs send one every 30 s).
 HEARTBEAT_WINDOW = timedelta(seconds=90)
@@ -99,6 +108,43 @@ def recover(api_url: str) -> list[str]:
             )
             crashed.append(str(run.id))
     return crashed
+
+
+def name_scheduled_runs(api_url: str) -> list[str]:
+    """Name for what it will do (flows/names.py) every scheduled run of our flows that still
+    has Prefect's random name: the server's schedules and triggers cannot name the runs they
+    create. The time in the name is when the run is due. Returns the new names."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    named = []
+    with (
+        temporary_settings(updates={PREFECT_API_URL: api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        flows = client.read_flows(flow_filter=FlowFilter(name=FlowFilterName(any_=list(NAMING))))
+        flow_names = {flow.id: flow.name for flow in flows}
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=list(NAMING))),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+            ),
+        )
+        for run in runs:
+            flow = flow_names.get(run.flow_id)
+            if flow is None or is_named(flow, run.name):
+                continue
+            name = name_for(flow, run.parameters, run.expected_start_time)
+            client.update_flow_run(run.id, name=name)
+            named.append(name)
+    return named
 
 
 def _local_pid(infrastructure_pid: str | None) -> int | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -90,7 +91,9 @@ def test_the_first_run_starts_the_server_the_next_reuses_it_and_it_stops_when_id
     assert server.info() == info  # the same server, the same supervisor
     lines = (first.stdout + second.stdout).splitlines()
     run_ids = [line.split()[1] for line in lines if line.startswith("run ")]
-    assert flow_run_names(info["api_url"]) == sorted(f"train-{run_id}" for run_id in run_ids)
+    names = flow_run_names(info["api_url"])  # both runs, named for what they did
+    assert len(names) == len(run_ids) == 2
+    assert all(re.fullmatch(rf"train-{re.escape(data.name)}-\d{{8}}T\d{{6}}", n) for n in names)
 
     deadline = time.monotonic() + 60
     while pid_alive(info["pid"]) and time.monotonic() < deadline:

@@ -171,10 +171,13 @@ def test_cli_trains_and_prints_where_the_outputs_are(sales_csv, tmp_path, prefec
     assert "80 accepted, 5 quarantined" in result.stdout
     assert f"outputs: {output}" in result.stdout
     assert len(read_table(output, "predictions")) == 80
-    # the run's log (the UI's Logs tab, `--watch`) ends with its result, before the engine's
-    # own "Finished in state Completed()"
+    # the run is named for what it does from its first log line on, and its log (the UI's Logs
+    # tab, `--watch`) ends with its result, before the engine's own "Finished in state ..."
     run_id = result.stdout.split()[1]
-    logs, summary, weights = flow_run_page(f"train-{run_id}")
+    manifest = json.loads((output / "manifests" / f"{run_id}.json").read_text())
+    name, logs, summary, weights = flow_run_page(manifest["flow_run_id"])
+    assert re.fullmatch(rf"train-{re.escape(sales_csv.name)}-\d{{8}}T\d{{6}}", name), name
+    assert logs[0] == f"Beginning flow run '{name}' for flow 'train-sales-model'"
     *_, last, finished = logs
     assert finished.startswith("Finished in state Completed")
     assert last.startswith(f"run {run_id} completed: 85 rows in, 80 accepted, 5 quarantined; ")
@@ -220,24 +223,20 @@ def test_an_interactive_terminal_shows_each_pass_and_then_only_the_summary(
     assert "80 accepted, 5 quarantined" in text.split("pass 2: writing")[-1]
 
 
-def flow_run_page(name):
-    """What the UI shows of the flow run called `name`: the messages it logged itself (not its
-    task runs), oldest first; its run summary's markdown; its weights table's rows."""
+def flow_run_page(flow_run_id):
+    """What the UI shows of a flow run: its name; the messages it logged itself (not its task
+    runs), oldest first; its run summary's markdown; its weights table's rows."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
         ArtifactFilterFlowRunId,
-        FlowRunFilter,
-        FlowRunFilterName,
         LogFilter,
         LogFilterFlowRunId,
     )
     from prefect.client.schemas.sorting import LogSort
 
     with get_client(sync_client=True) as client:
-        (run,) = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
-        )
+        run = client.read_flow_run(flow_run_id)
         logs = client.read_logs(
             log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
             sort=LogSort.TIMESTAMP_ASC,
@@ -249,7 +248,7 @@ def flow_run_page(name):
     table = by_key["sales-model-weights"]
     weights = json.loads(table) if isinstance(table, str) else table
     own = [log.message for log in logs if log.task_run_id is None]
-    return own, by_key["sales-model-run"], weights
+    return run.name, own, by_key["sales-model-run"], weights
 
 
 @pytest.mark.parametrize(

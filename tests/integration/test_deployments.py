@@ -117,10 +117,12 @@ def run_deployment(
     *params: str,
     watch: bool = True,
     job_variables: tuple[str, ...] | list[str] = (),
+    run_name: str | None = None,
 ):
-    """`prefect deployment run NAME --param k=v ... [--job-variable k=v ...] [--watch]` ->
-    (result, flow run id)."""
+    """`prefect deployment run NAME --param k=v ... [--job-variable k=v ...] [--flow-run-name
+    RUN_NAME] [--watch]` -> (result, flow run id)."""
     args = [arg for param in params for arg in ("--param", param)]
+    args += ["--flow-run-name", run_name] if run_name else []
     args += [arg for variable in job_variables for arg in ("--job-variable", variable)]
     if watch:
         args += ["--watch", "--watch-timeout", "150"]
@@ -129,16 +131,25 @@ def run_deployment(
     return result, found.group(1) if found else None
 
 
-def run_nightly(local: Stack, info: dict, *params: str, watch: bool = True, job_variables=()):
-    return run_deployment(
-        local, info, "train-sales-model/nightly", *params, watch=watch, job_variables=job_variables
-    )
+def run_nightly(local: Stack, info: dict, *params: str, watch: bool = True, **options):
+    return run_deployment(local, info, "train-sales-model/nightly", *params, watch=watch, **options)
 
 
 def flow_run(info: dict, run_id: str) -> dict:
     response = httpx.get(f"{info['api_url']}/flow_runs/{run_id}", timeout=10)
     response.raise_for_status()
     return response.json()
+
+
+def events_of(info: dict, flow_run_id: str) -> list[dict]:
+    """The events of a flow run itself (not of its tasks), oldest first."""
+    body = {
+        "filter": {"resource": {"id": [f"prefect.flow-run.{flow_run_id}"]}, "order": "ASC"},
+        "limit": 50,
+    }
+    response = httpx.post(f"{info['api_url']}/events/filter", json=body, timeout=10)
+    response.raise_for_status()
+    return response.json()["events"]
 
 
 def flow_runs(
@@ -248,15 +259,56 @@ def test_the_ui_reads_this_stack_s_own_api_and_serves_offline(stack):
 
 def test_nightly_deployment_run_completes_and_publishes(stack):
     local, info = stack
-    result, run_id = run_nightly(local, info)
+    # As the docs spell it: --flow-run-name "train-dataset-$(date -u +%Y%m%dT%H%M%S)"
+    name = f"train-dataset-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    result, run_id = run_nightly(local, info, run_name=name)
     assert result.returncode == 0, result.stdout + result.stderr
     content = manifest_of(local, run_id)
+    # Named from its creation on (every event of it says so), and it keeps that name.
+    assert f"Created flow run '{name}'" in result.stdout
+    assert flow_run(info, run_id)["name"] == name
+    events = [
+        (e["event"], e["resource"].get("prefect.resource.name")) for e in events_of(info, run_id)
+    ]
+    assert events[0] == ("prefect.flow-run.Scheduled", name), events
+    assert {said for _, said in events} - {None} == {name}, events
+    # `--watch` ends with the run's result, then Prefect's closing lines.
+    shown = " ".join(result.stdout.split())  # the console wraps long lines
+    outcome = f"run {content['run_id']} completed: 300 rows in, "
+    assert outcome in shown, result.stdout[-3000:]
+    assert "; holdout MSE units_sold_k=" in shown.split(outcome)[1]
+    assert re.search(r"; (promoted to champion|not promoted): ", shown.split(outcome)[1])
+    assert shown.index(outcome) < shown.rindex("Finished in state Completed")
+    assert shown.rindex("Finished in state Completed") < shown.rindex("finished successfully")
     assert content["status"] == "completed"
     assert content["rows"]["in"] == 300
     for table in ("weights", "metrics", "quarantine", "predictions", "runs"):
         only = [("run_id", "=", content["run_id"])]  # the training run's id, not the flow run's
         rows = tables.read(local.repo / "output", table, filters=only)
         assert rows.num_rows, table
+
+
+def test_scheduled_runs_are_named_for_what_they_will_do_and_when(stack):
+    # The schedules create their runs ahead of time with Prefect's random names; the stack's
+    # watcher names them within seconds: what they will do, and when they are due.
+    _, info = stack
+
+    def named_and_expected(flow, deployment, action):
+        runs = flow_runs(info, flow, deployment, states=["SCHEDULED"])
+        return [
+            (run["name"], f"{action}-{due:%Y%m%dT%H%M%S}")
+            for run in runs
+            if (due := datetime.fromisoformat(run["expected_start_time"]).astimezone(UTC))
+        ]
+
+    def all_named():
+        nightly = named_and_expected("train-sales-model", "nightly", "train-dataset")
+        polls = named_and_expected("watch-landing", "retrain-on-new-data", "check-landing")
+        pairs = nightly + polls
+        return nightly and polls and all(name == want for name, want in pairs) and pairs
+
+    pairs = wait_for(all_named, timeout=30, what="the scheduled runs to be named")
+    print(f"\nscheduled runs named: {', '.join(name for name, _ in pairs)}")
 
 
 def ledger_row(local: Stack, name: str) -> dict | None:
@@ -385,6 +437,9 @@ def test_a_burst_of_files_gives_one_or_two_retrains_each_file_once(stack, tmp_pa
     print(f"\nburst of 50: {len(checks)} landing checks, {len(trainings)} training runs")
     assert len(trainings) == len(retrains)
     assert all(run["state"]["type"] == "COMPLETED" for run in checks)
+    # The trigger's checks and the retrains they started, each named for what it did.
+    assert all(re.fullmatch(r"check-landing-\d{8}T\d{6}", run["name"]) for run in checks)
+    assert all(re.fullmatch(r"train-dataset-\d{8}T\d{6}", run["name"]) for run in trainings)
 
 
 def test_a_file_still_being_written_is_taken_whole_once_its_writer_closes_it(stack):
@@ -493,6 +548,8 @@ def test_a_second_nightly_run_waits_for_the_first_enqueue(stack):
     done = wait_terminal(info, second)
     assert done["state"]["type"] == "COMPLETED", done["state"]
     assert done["start_time"] >= ended["end_time"]
+    # Run without --flow-run-name: named all the same, for what it did.
+    assert re.fullmatch(r"train-dataset-\d{8}T\d{6}", done["name"]), done["name"]
 
 
 def test_a_check_that_finds_the_previous_one_running_waits_for_it(stack):
