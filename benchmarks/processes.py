@@ -109,13 +109,15 @@ def clean_clone(source: Path, dest: Path) -> Path:
 
 
 def prefect_processes(under: Path) -> list[int]:
-    """PIDs of Prefect processes (a server, a worker) running in `under` or with their
-    PREFECT_HOME there."""
+    """PIDs of Prefect processes (a server, a worker), and of the command line's local server
+    supervisor and warm runner, running in `under` or with their PREFECT_HOME there."""
     found = []
+    kinds = (b"prefect", b"flows.local_server", b"flows.warm")
     for entry in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError):
             command = (entry / "cmdline").read_bytes().split(b"\0")
-            if not any(b"prefect" in part for part in command) or int(entry.name) == os.getpid():
+            ours = any(kind in part for part in command for kind in kinds)
+            if not ours or int(entry.name) == os.getpid():
                 continue
             cwd = (entry / "cwd").readlink()
             environ = (entry / "environ").read_bytes().split(b"\0")

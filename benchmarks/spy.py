@@ -36,7 +36,7 @@ def profile(command: list[str], env: dict[str, str], cwd: Path, top: int = 10) -
         subprocess.run(
             [*record, "--output", str(raw), "--", sys.executable, *command],
             cwd=cwd,
-            env=env,
+            env={**env, "SALES_MODEL_WARM_RUNNER": "off"},  # the run in the profiled process
             capture_output=True,
             check=False,
         )

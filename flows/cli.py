@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import inspect
 import logging
 import os
@@ -80,7 +81,8 @@ def exit_now(code: int, last: Callable[[], object] | None = None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     if last is not None:
-        last()
+        with contextlib.suppress(OSError):
+            last()
     os._exit(code)
 
 

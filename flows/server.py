@@ -25,9 +25,10 @@ from tasks.common.errors import PipelineError
 STACK_INFO = local_server.run_dir() / "stack.json"
 
 
-def running_stack_api(info_file: Path = STACK_INFO) -> str | None:
+def running_stack_api(info_file: Path | None = None) -> str | None:
     """The API URL of the local stack's server if it is up and answering (waited for while
     its server process is still starting), else None."""
+    info_file = info_file or local_server.run_dir() / "stack.json"  # the run's environment's
     try:
         info = json.loads(info_file.read_text())
         url, pid = info["api_url"], int(info["pids"]["server"])

@@ -28,9 +28,8 @@ from flows.local_server import (
 
 def serve(server: LocalServer, idle: float) -> int:
     """The supervisor: start the Prefect server, publish its address once it answers, and the
-    warm runner beside it (flows/warm.py: started again when it exits for changed code); stop
-    both after `idle` minutes without a client, or on SIGTERM; whatever ends the supervisor
-    stops them too."""
+    warm runner beside it (flows/warm.py: started again when it exits); stop both after `idle`
+    minutes without a client, or on SIGTERM; whatever ends the supervisor stops them too."""
     port = _free_port()
     api_url = f"http://{HOST}:{port}/api"
     info = {"api_url": api_url, "ui_url": f"http://{HOST}:{port}", "pid": os.getpid()}
@@ -53,10 +52,10 @@ def serve(server: LocalServer, idle: float) -> int:
             time.sleep(POLL_SECONDS)
         write(server.info_file, json.dumps(info) + "\n")
         server.lock.unlink(missing_ok=True)
-        runner = _runner(server)
+        runner, failures = _runner(server), 0
         while child.poll() is None and not _idled_out(server, info, idle * 60):
-            if runner is not None and runner.poll() == 0:  # its code changed: a fresh one
-                runner = _runner(server)
+            if runner is not None and runner.poll() is not None:
+                runner, failures = _restart(server, runner.returncode, failures)
             time.sleep(5)
         return 0
     finally:
@@ -74,6 +73,18 @@ def _runner(server: LocalServer) -> subprocess.Popen | None:
         return None
     command = [sys.executable, "-m", "flows.warm", "--state", str(server.state)]
     return subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL)
+
+
+def _restart(server: LocalServer, code: int, failures: int) -> tuple[subprocess.Popen, int]:
+    """A fresh runner for one that exited: at once when its code changed (it exits with 0),
+    else (a crash, an import error while a file is being edited, a kill) after a pause that
+    doubles with each failure in a row, up to 5 minutes."""
+    if code == 0:
+        return _runner(server), 0
+    pause = min(5 * 2**failures, 300)
+    print(f"warm runner exited with {code}; starting another in {pause} s", flush=True)
+    time.sleep(pause)
+    return _runner(server), failures + 1
 
 
 def _end(process: subprocess.Popen | None) -> None:

@@ -1,9 +1,11 @@
 """The warm runner's process (flows/warm.py says what it is for): import once, then fork a child
 per command-line run and turn the child into that command.
 
-Forking after the imports is safe because nothing has run yet: the runner starts no thread pool,
-event loop or client of its own (OpenBLAS stops its threads around a fork; torch starts its own
-at first use, in the child).
+Forking after the imports is safe because nothing of the pipeline has run: no thread pool, event
+loop or client of Prefect, torch or pyarrow exists yet (OpenBLAS stops its threads around a
+fork; torch and Arrow start theirs at first use, in the child). The threads the runner has are
+jemalloc's background purgers (Arrow's and deltalake's allocators), which a child goes without:
+freed pages are then returned as allocations go on, not by a thread.
 """
 
 from __future__ import annotations
@@ -14,16 +16,25 @@ import io
 import os
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
 import traceback
 from pathlib import Path
 
-from flows.warm import PRELOAD, REPO, import_time_env, receive, send, socket_path
+from flows.warm import (
+    FORWARDED,
+    GO,
+    PRELOAD,
+    REQUEST_SECONDS,
+    import_time_env,
+    interpreter,
+    peer_uid,
+    receive,
+    send,
+    socket_path,
+)
 
-_PEERCRED = struct.Struct("3i")  # pid, uid, gid
 STALE = "its code changed"
 
 
@@ -31,8 +42,10 @@ def serve(state: Path) -> int:
     """Import, listen on the state folder's socket, fork a child for each run it takes. Returns
     0 once a Python file it imported has changed (the supervisor starts a fresh runner); in a
     child, ends as the command would."""
+    # what a command must share with it, taken before the imports (some extend sys.path)
+    same = {**interpreter(), "env": import_time_env(dict(os.environ))}
     _preload()
-    files, env = _fingerprint(), import_time_env(dict(os.environ))
+    files = _fingerprint()
     runner = os.getpid()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
@@ -51,7 +64,7 @@ def serve(state: Path) -> int:
         print(f"warm runner {runner}: ready", flush=True)
         while True:
             conn, _ = listener.accept()
-            taken = _take(conn, files, env)
+            taken = _take(conn, files, same)
             if isinstance(taken, tuple):
                 break  # the child: it becomes the command, below
             conn.close()
@@ -65,8 +78,7 @@ def serve(state: Path) -> int:
     listener.close()
     os.close(dir_fd)
     request, fds = taken
-    _become(request, fds)
-    return _run(conn, request)
+    return _child(conn, request, fds)
 
 
 def _preload() -> None:
@@ -87,18 +99,16 @@ def _fingerprint() -> dict[str, tuple[int, int]]:
     return files
 
 
-def _take(conn: socket.socket, files: dict, env: dict) -> tuple[dict, list[int]] | str | None:
-    """Read a run's request; refuse it (returns the reason) or fork: the child gets (request,
-    the command's three standard streams), the runner None."""
+def _take(conn: socket.socket, files: dict, same: dict) -> tuple[dict, list[int]] | str | None:
+    """Read a run's request (within REQUEST_SECONDS); refuse it (returns the reason) or fork:
+    the child gets (request, the command's three standard streams), the runner None."""
     try:
-        conn.settimeout(10)
-        raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-        if _PEERCRED.unpack(raw)[1] != os.getuid():
+        if peer_uid(conn) != os.getuid():
             return "another user"
-        request, fds = receive(conn, max_fds=3)
+        request, fds = receive(conn, max_fds=3, seconds=REQUEST_SECONDS)
     except (OSError, ValueError) as exc:
         return f"no request ({exc})"
-    refusal = _refusal(request, fds, files, env)
+    refusal = _refusal(request, fds, files, same)
     if refusal:
         with contextlib.suppress(OSError):
             send(conn, {"refused": refusal})
@@ -109,33 +119,50 @@ def _take(conn: socket.socket, files: dict, env: dict) -> tuple[dict, list[int]]
     return refusal
 
 
-def _refusal(request: dict, fds: list[int], files: dict, env: dict) -> str | None:
+def _refusal(request: dict, fds: list[int], files: dict, same: dict) -> str | None:
     """Why this runner cannot run the request as the command would itself, or None."""
     if len(fds) != 3:
         return "no standard streams"
-    if request.get("prefix") != sys.prefix or request.get("checkout") != str(REPO):
-        return "another Python environment or checkout"
-    if import_time_env(request.get("env", {})) != env:
+    if import_time_env(request.get("env", {})) != same["env"]:
         return "other import-time environment variables"
+    if any(request.get(key) != value for key, value in same.items() if key != "env"):
+        return "another Python environment, checkout, import path or interpreter options"
     if _fingerprint() != files:
         return STALE
     return None
 
 
+def _child(conn: socket.socket, request: dict, fds: list[int]) -> int:
+    """Become the command; start once it says it waits (else it runs the command itself)."""
+    try:
+        _become(request, fds)
+        send(conn, {"pid": os.getpid()})
+        conn.settimeout(10)
+        if conn.recv(1) != GO:
+            os._exit(0)
+    except Exception as exc:  # the command runs itself, and shows any error of its own
+        with contextlib.suppress(OSError):
+            send(conn, {"refused": f"{type(exc).__name__}: {exc}"})
+        os._exit(0)
+    conn.settimeout(None)
+    return _run(conn, request)
+
+
 def _become(request: dict, fds: list[int]) -> None:
     """Turn this child into the command: its signals, streams, folder, environment, arguments,
     and Prefect's settings and logging read again from that environment."""
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for sig in FORWARDED:
+        default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        signal.signal(sig, signal.SIG_IGN if sig in request["ignored"] else default)
     os.setsid()  # not in the supervisor's group: stopping the runner does not stop runs
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
-    out_encoding, err_encoding, out_errors, err_errors = request["encoding"]
-    sys.stdin = sys.__stdin__ = _text(0, "r", out_encoding, out_errors, False)
-    sys.stdout = sys.__stdout__ = _text(1, "w", out_encoding, out_errors, os.isatty(1))
-    sys.stderr = sys.__stderr__ = _text(2, "w", err_encoding, err_errors, True)
+    encodings = request["encoding"]
+    sys.stdin = sys.__stdin__ = _text(0, "r", encodings[0], False)
+    sys.stdout = sys.__stdout__ = _text(1, "w", encodings[1], os.isatty(1))
+    sys.stderr = sys.__stderr__ = _text(2, "w", encodings[2], True)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -147,41 +174,51 @@ def _become(request: dict, fds: list[int]) -> None:
     setup_logging(incremental=False)
 
 
-def _text(fd: int, mode: str, encoding: str, errors: str, line: bool) -> io.TextIOWrapper:
+def _text(fd: int, mode: str, encoding: list[str] | None, line: bool) -> io.TextIOWrapper:
+    name, errors = encoding or ("utf-8", "strict")
     binary = open(fd, mode + "b", closefd=False)  # noqa: SIM115 (the stream outlives this call)
-    return io.TextIOWrapper(binary, encoding=encoding, errors=errors, line_buffering=line)
+    return io.TextIOWrapper(binary, encoding=name, errors=errors, line_buffering=line)
 
 
 def _run(conn: socket.socket, request: dict) -> int:
-    """Run the command's `main` and end as its process would, telling the command its exit
-    code (and this process's peak RSS) last."""
+    """Run the command's `main` and end as its process would, telling the command last how it
+    ended (and this process's peak RSS)."""
     from flows.cli import exit_now
 
-    conn.settimeout(None)
-    send(conn, {"pid": os.getpid()})
-    threading.Thread(target=_end_with, args=(conn,), daemon=True, name="command").start()
+    ending = threading.Event()
+    threading.Thread(target=_end_with, args=(conn, ending), daemon=True, name="command").start()
+    killed_by = None
     try:
         code = importlib.import_module(request["module"]).main(request["argv"][1:])
     except SystemExit as exc:  # argparse's --help and usage errors
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if not isinstance(exc.code, int | None):
             print(exc.code, file=sys.stderr)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Python's own way: the traceback, then death by SIGINT
         traceback.print_exc()
-        code = 130
+        code, killed_by = 130, signal.SIGINT
     except BaseException:  # a bug: its traceback, as the command would show it
         traceback.print_exc()
         code = 1
-    exit_now(code, last=lambda: send(conn, {"exit": code, "pid": os.getpid(), **_peak()}))
+
+    def last() -> None:
+        ending.set()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command may go as soon as it knows
+        send(conn, {"exit": code, "signal": killed_by, "pid": os.getpid(), **_peak()})
+
+    exit_now(code, last=last)
     return code
 
 
-def _end_with(conn: socket.socket) -> None:
+def _end_with(conn: socket.socket, ending: threading.Event) -> None:
     """The command sends nothing more: the connection ends when it is gone (killed, its
     terminal closed), and so does this run: interrupted, so that it gives back what it holds
-    (the training slot), and killed if it has not ended a minute later."""
+    (the training slot), and killed if it has not ended a minute later. Not once the run is
+    telling the command how it ended (the command then goes, closing the connection)."""
     with contextlib.suppress(OSError):
         conn.recv(1)
+    if ending.is_set():
+        return
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(60)
     os.kill(os.getpid(), signal.SIGKILL)

@@ -188,7 +188,7 @@ def test_runs_after_the_first_are_forked_from_the_warm_runner_as_the_command_its
     wait_for(lambda: set(server.clients.iterdir()) - before, 60, "the run did not start")
     (child,) = {int(path.name) for path in set(server.clients.iterdir()) - before}
     interrupted.send_signal(signal.SIGINT)
-    assert interrupted.wait(timeout=60) == 130
+    assert interrupted.wait(timeout=60) == -signal.SIGINT  # as Python itself ends on Ctrl-C
     assert child != interrupted.pid
     wait_for(lambda: not pid_alive(child), 30, "the run outlived its command")
 
