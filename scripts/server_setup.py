@@ -16,9 +16,12 @@ landing watcher; `name_scheduled_runs`, which names the runs the schedules and t
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
+from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 from prefect.automations import Automation
 from prefect.client.schemas.objects import StateType
@@ -75,29 +78,11 @@ def recover(api_url: str) -> list[str]:
     """Mark as Crashed every Running/Pending flow run whose process on this machine is gone
     (e.g. its worker was stopped mid-run), which also frees its concurrency slot. Returns the
     flow run ids it crashed."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-    from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import Crashed
 
     crashed = []
-    with (
-        temporary_settings(updates={PREFECT_API_URL: api_url}),
-        get_client(sync_client=True) as client,
-    ):
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(
-                    type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
-                )
-            )
-        )
-        for run in runs:
+    with _client(api_url) as client:
+        for run in _runs(client, [StateType.RUNNING, StateType.PENDING]):
             pid = _local_pid(run.infrastructure_pid)
             if pid is None or pid_alive(pid):
                 continue
@@ -114,30 +99,13 @@ def name_scheduled_runs(api_url: str) -> list[str]:
     """Name for what it will do (flows/names.py) every scheduled run of our flows that still
     has Prefect's random name: the server's schedules and triggers cannot name the runs they
     create. The time in the name is when the run is due. Returns the new names."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
     named = []
-    with (
-        temporary_settings(updates={PREFECT_API_URL: api_url}),
-        get_client(sync_client=True) as client,
-    ):
-        flows = client.read_flows(flow_filter=FlowFilter(name=FlowFilterName(any_=list(NAMING))))
-        flow_names = {flow.id: flow.name for flow in flows}
-        runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=list(NAMING))),
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
-            ),
-        )
-        for run in runs:
+    ours = FlowFilter(name=FlowFilterName(any_=list(NAMING)))
+    with _client(api_url) as client:
+        flow_names = {flow.id: flow.name for flow in client.read_flows(flow_filter=ours)}
+        for run in _runs(client, [StateType.SCHEDULED], flow_filter=ours):
             flow = flow_names.get(run.flow_id)
             if flow is None or is_named(flow, run.name):
                 continue
@@ -145,6 +113,31 @@ def name_scheduled_runs(api_url: str) -> list[str]:
             client.update_flow_run(run.id, name=name)
             named.append(name)
     return named
+
+
+@contextlib.contextmanager
+def _client(api_url: str) -> Iterator[Any]:
+    """Prefect's synchronous client of the server at `api_url`."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with (
+        temporary_settings(updates={PREFECT_API_URL: api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        yield client
+
+
+def _runs(client: Any, states: list[StateType], **filters: Any) -> list[Any]:
+    """The flow runs in one of `states` (and matching `filters`)."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+
+    in_states = FlowRunFilterState(type=FlowRunFilterStateType(any_=states))
+    return client.read_flow_runs(flow_run_filter=FlowRunFilter(state=in_states), **filters)
 
 
 def _local_pid(infrastructure_pid: str | None) -> int | None:
