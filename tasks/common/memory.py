@@ -35,7 +35,12 @@ def limit_arenas() -> None:
 
 
 def give_back() -> None:
-    """Return the pages malloc holds free to the system (malloc_trim)."""
+    """Return the pages malloc and Arrow's pool hold free to the system (malloc_trim, and
+    jemalloc's purge rather than its decay: what a pass freed is not resident while the next
+    step imports and allocates)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
