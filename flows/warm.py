@@ -47,6 +47,9 @@ IMPORT_TIME_ENV = (
     *("_RJEM_", "JE_", "ARROW_", "MPL", "LANG", "LC_", "TZ", "PREFECT_FLOW", "PREFECT_TASK"),
     *("SALES_MODEL_TRAIN_TIMEOUT_SECONDS", "SALES_MODEL_VACUUM_HOURS"),
 )
+# Set by the pipeline's own imports unless the user did (tasks/__init__.py): the same in a
+# command that has not imported them yet as in the runner that has.
+SET_BY_IMPORTS = {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}
 # What the runner imports: the flows (and so Prefect, pandas, pandera, pyarrow), and what a run
 # imports on its way (flows.train.RUN_IMPORTS, Prefect's engines, the Delta writer).
 PRELOAD = (
@@ -247,7 +250,8 @@ def _wait(conn: socket.socket, deadline: float | None) -> None:
 
 
 def import_time_env(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_ENV)}
+    """The variables of `env` read as modules load, as they are once the pipeline is imported."""
+    return {k: v for k, v in {**SET_BY_IMPORTS, **env}.items() if k.startswith(IMPORT_TIME_ENV)}
 
 
 def main(argv: list[str] | None = None) -> int:
