@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import local_server
+from flows import local_server, warm
 from flows.processes import command_line, pid_alive
 from tests.conftest import HEADER, REPO, sales_rows
 
@@ -147,6 +148,30 @@ def test_a_configured_server_is_used_and_no_local_one_starts(
     assert not server.lock.exists()
 
 
+def started(server, env, data, output, ignore=None):
+    """A command-line run started in the background, once the run's process has registered
+    with the server: (the command, the run's process id)."""
+    command = [sys.executable, "-m", "flows.train", "--data", str(data), "--output", str(output)]
+    before = set(server.clients.iterdir())
+    ignoring = None if ignore is None else (lambda: signal.signal(ignore, signal.SIG_IGN))
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stderr=subprocess.PIPE, preexec_fn=ignoring
+    )
+    wait_for(lambda: set(server.clients.iterdir()) - before, 60, "the run did not start")
+    (child,) = {int(path.name) for path in set(server.clients.iterdir()) - before}
+    return process, child
+
+
+def stall(server):
+    """A connection to the runner that sends two bytes of a request and then nothing."""
+    folder = os.open(server.state, os.O_PATH | os.O_DIRECTORY)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(warm.socket_path(folder))
+    os.close(folder)
+    client.sendall(b"\0\0")
+    return client
+
+
 def wait_for(condition, seconds, what):
     deadline = time.monotonic() + seconds
     while not condition():
@@ -160,15 +185,18 @@ def test_runs_after_the_first_are_forked_from_the_warm_runner_as_the_command_its
     env, server = server_env
     data = write_csv("\n".join([HEADER, *sales_rows(30)]) + "\n")
     assert train(env, data, tmp_path / "out").returncode == 0  # starts the server, the runner
-    socket = server.state / "runner.sock"
-    wait_for(socket.exists, 90, "no warm runner")
+    wait_for((server.state / "runner.sock").exists, 90, "no warm runner")
     (runner,) = runners(server)
     report = tmp_path / "report.json"
     env["SALES_MODEL_RUN_REPORT"] = str(report)
 
+    # a client that stalls mid-request is dropped: it does not keep the next run waiting
+    stalled = stall(server)
     warm = train(env, data, tmp_path / "out")
+    stalled.close()
     assert warm.returncode == 0, warm.stderr
     assert warm.stdout.startswith("run ")  # its summary, through the command's own streams
+    assert "Traceback" not in warm.stderr  # nothing after the run has told the command it ended
     taken = json.loads(report.read_text())
     assert taken["warm"]
     assert taken["exit"] == 0
@@ -180,17 +208,17 @@ def test_runs_after_the_first_are_forked_from_the_warm_runner_as_the_command_its
     assert "error: parameter output:" in refused.stderr
     assert json.loads(report.read_text())["exit"] == 2
 
-    # Ctrl-C reaches the run
-    command = [sys.executable, "-m", "flows.train", "--data", str(data), "--output",
-               str(tmp_path / "out")]  # fmt: skip
-    before = set(server.clients.iterdir())
-    interrupted = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE)
-    wait_for(lambda: set(server.clients.iterdir()) - before, 60, "the run did not start")
-    (child,) = {int(path.name) for path in set(server.clients.iterdir()) - before}
-    interrupted.send_signal(signal.SIGINT)
-    assert interrupted.wait(timeout=60) == -signal.SIGINT  # as Python itself ends on Ctrl-C
-    assert child != interrupted.pid
-    wait_for(lambda: not pid_alive(child), 30, "the run outlived its command")
+    # signals reach the run, and the command ends as the run did (as Python itself would)
+    for sig, ends in ((signal.SIGINT, -signal.SIGINT), (signal.SIGTERM, -signal.SIGTERM)):
+        command, child = started(server, env, data, tmp_path / "out")
+        command.send_signal(sig)
+        assert command.wait(timeout=60) == ends
+        assert child != command.pid
+        wait_for(lambda child=child: not pid_alive(child), 30, "the run outlived its command")
+    # a signal the command ignores (nohup) the run ignores too
+    command, _ = started(server, env, data, tmp_path / "out", ignore=signal.SIGHUP)
+    command.send_signal(signal.SIGHUP)
+    assert command.wait(timeout=120) == 0
 
     # changed code: this run is the command's own, and a fresh runner replaces the old one
     module = REPO / "flows" / "score.py"
