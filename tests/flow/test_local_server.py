@@ -196,11 +196,20 @@ def test_runs_after_the_first_are_forked_from_the_warm_runner_as_the_command_its
     stalled.close()
     assert warm.returncode == 0, warm.stderr
     assert warm.stdout.startswith("run ")  # its summary, through the command's own streams
-    assert "Traceback" not in warm.stderr  # nothing after the run has told the command it ended
     taken = json.loads(report.read_text())
     assert taken["warm"]
     assert taken["exit"] == 0
     assert taken["pid"] != runner
+
+    # nothing after the run has told the command it ended (the command goes at once: quick
+    # runs show a race)
+    for _ in range(10):
+        helped = subprocess.run(
+            [sys.executable, "-m", "flows.train", "--help"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert helped.returncode == 0
+        assert "Traceback" not in helped.stderr
 
     # the command's environment, not the runner's: this one allows no output there
     refused = train({**env, "SALES_MODEL_OUTPUT_ROOTS": str(tmp_path / "else")}, data, tmp_path)
