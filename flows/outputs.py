@@ -21,7 +21,7 @@ from tasks.common.paths import existing_folder, output_roots
 from tasks.common.storage import output_root
 from tasks.common.store import Location, is_remote
 from tasks.outputs.maintenance import migrate_outputs, vacuum_outputs
-from tasks.outputs.retention import VACUUM_HOURS
+from tasks.outputs.retention import DEFAULT_VACUUM_HOURS, VACUUM_HOURS_ENV, vacuum_hours
 
 
 def vacuum(root: Location, hours: float) -> str:
@@ -72,9 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     vacuum_command.add_argument(
         "--hours",
         type=float,
-        default=VACUUM_HOURS,
         help="keep the files the versions of the last this many hours need (default "
-        f"{VACUUM_HOURS:g}: SALES_MODEL_VACUUM_HOURS); 0 breaks reads and runs in flight",
+        f"{VACUUM_HOURS_ENV}, or {DEFAULT_VACUUM_HOURS:g}); 0 breaks reads and runs in flight",
     )
     migrate_command = commands.add_parser("migrate", help="convert an earlier release's outputs")
     for command in (vacuum_command, migrate_command):
@@ -89,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         root = output_folder(args.output)
-        print(vacuum(root, args.hours) if args.command == "vacuum" else migrate(root))
+        if args.command == "vacuum":
+            print(vacuum(root, vacuum_hours() if args.hours is None else args.hours))
+        else:
+            print(migrate(root))
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exit_code(exc)

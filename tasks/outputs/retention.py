@@ -1,7 +1,7 @@
 """Retention: what a later run removes. The rows of runs that died between two commits (in a
 table, not in `runs`, and older than any run can live), and the big tables' rows of runs older
 than the last `keep_runs` of their kind (not the champion's), whose files vacuum deletes once no
-version of the last VACUUM_HOURS needs them.
+version of the last `vacuum_hours()` needs them.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pandas as pd
 
 from schemas.outputs import PRUNED_TABLES, RUNS, RUNS_COLUMNS, TABLES
 from schemas.params import RUN_TIMEOUT_SECONDS
+from tasks.common.errors import ParameterError
 from tasks.common.runlog import run_logger
 from tasks.common.store import Location
 from tasks.outputs import tables
@@ -23,7 +24,21 @@ from tasks.outputs.promote import read_champion
 ORPHAN_AFTER_SECONDS = RUN_TIMEOUT_SECONDS + 3600
 # Files no version needs any more are deleted once they are this old: longer than any run (a
 # part written but not committed yet is protected by its age alone) and any read in flight.
-VACUUM_HOURS = float(os.environ.get("SALES_MODEL_VACUUM_HOURS", 24))
+VACUUM_HOURS_ENV = "SALES_MODEL_VACUUM_HOURS"
+DEFAULT_VACUUM_HOURS = 24.0
+
+
+def vacuum_hours() -> float:
+    """SALES_MODEL_VACUUM_HOURS, read when a run or `make vacuum` needs it (a process that
+    serves many runs, the warm runner, sees each run's environment)."""
+    value = os.environ.get(VACUUM_HOURS_ENV, "")
+    try:
+        hours = float(value) if value else DEFAULT_VACUUM_HOURS
+    except ValueError:
+        hours = -1.0
+    if not hours >= 0:  # also NaN
+        raise ParameterError(f"{VACUUM_HOURS_ENV}={value!r} is not a number of hours, 0 or more")
+    return hours
 
 
 def committed_runs(root: Location) -> pd.DataFrame:
@@ -67,10 +82,11 @@ def _run_ids(root: Location, table: str) -> set[str]:
     return set(tables.read(root, table, filters=None).column("run_id").to_pylist())
 
 
-def apply_retention(root: Location, keep_runs: int, vacuum_hours: float = VACUUM_HOURS) -> None:
+def apply_retention(root: Location, keep_runs: int) -> None:
     """Keep the big tables' rows (predictions, quarantine, scores, score_quarantine) of the last
     `keep_runs` runs of each kind and of the champion; then vacuum what no version of the last
-    `vacuum_hours` needs. Weights, metrics, profile and `runs` are kept whole."""
+    `vacuum_hours()` needs. Weights, metrics, profile and `runs` are kept whole."""
+    hours = math.ceil(vacuum_hours())
     runs = committed_runs(root).sort_values("run_id")
     champion = read_champion(root)
     keep = {champion["run_id"]} if champion else set()
@@ -80,4 +96,4 @@ def apply_retention(root: Location, keep_runs: int, vacuum_hours: float = VACUUM
     for table in PRUNED_TABLES:
         if old:
             tables.delete_runs(root, table, old)
-        tables.vacuum(root, table, math.ceil(vacuum_hours))
+        tables.vacuum(root, table, hours)

@@ -45,3 +45,18 @@ def test_each_kind_of_user_error_has_its_exit_code_and_one_line(
     assert importlib.import_module(command).main(argv) == code
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(message)
+
+
+def test_a_bad_vacuum_hours_setting_is_one_error_line_read_at_the_call(
+    capsys, monkeypatch, tmp_path
+):
+    import flows.outputs  # imported before the setting is made: it must be read when used
+
+    monkeypatch.setenv("SALES_MODEL_OUTPUT_ROOTS", str(tmp_path))
+    monkeypatch.setenv("SALES_MODEL_VACUUM_HOURS", "soon")
+    assert flows.outputs.main(["vacuum", "--output", str(tmp_path)]) == PARAMETER
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == "error: SALES_MODEL_VACUUM_HOURS='soon' is not a number of hours, 0 or more"
+    monkeypatch.setenv("SALES_MODEL_VACUUM_HOURS", "0")
+    assert flows.outputs.main(["vacuum", "--output", str(tmp_path)]) == 0
+    assert "no version of the last 0 h needs" in capsys.readouterr().out
