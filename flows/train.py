@@ -68,6 +68,7 @@ from schemas.params import (
     TrainingData,
     UseCache,
     id_column_of,
+    train_timeout_seconds,
 )
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
 from tasks.common.paths import check_all, data_roots
@@ -167,6 +168,7 @@ def check_train_inputs(
             "columns": lambda: check_columns(features, targets, id_column_of(id_column)),
             "data": lambda: training_inputs(data, ledger, data_roots()),
             "output": lambda: output_root(output),
+            "timeout": train_timeout_seconds,  # the decorator took the default for a bad one
         }
     )
     return found["data"], found["output"]

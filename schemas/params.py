@@ -50,7 +50,35 @@ DEFAULT_KEEP_RUNS = 20
 # training slot, instead of blocking every retrain after it. An operator with bigger data sets
 # SALES_MODEL_TRAIN_TIMEOUT_SECONDS in the worker's environment (or a run's job variables). A run
 # that has not committed this long after it started is dead: a later run removes its rows.
-RUN_TIMEOUT_SECONDS = float(os.environ.get("SALES_MODEL_TRAIN_TIMEOUT_SECONDS", 3 * 3600))
+TRAIN_TIMEOUT_ENV = "SALES_MODEL_TRAIN_TIMEOUT_SECONDS"
+DEFAULT_TRAIN_TIMEOUT_SECONDS = 3 * 3600.0
+
+
+def train_timeout_seconds() -> float:
+    """SALES_MODEL_TRAIN_TIMEOUT_SECONDS, or the default; a value that is not a positive number
+    is a ParameterError naming the variable (check_train_inputs reports it before a run)."""
+    value = os.environ.get(TRAIN_TIMEOUT_ENV, "")
+    try:
+        seconds = float(value) if value else DEFAULT_TRAIN_TIMEOUT_SECONDS
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:  # also NaN
+        from tasks.common.errors import ParameterError  # only on this error: tasks loads pyarrow
+
+        raise ParameterError(f"{TRAIN_TIMEOUT_ENV}={value!r} is not a number of seconds above 0")
+    return seconds
+
+
+def _timeout_at_import() -> float:
+    """The flow decorator takes its timeout as the module loads: a bad setting gives the
+    default there, and the run that would use it is refused by train_timeout_seconds()."""
+    try:
+        return train_timeout_seconds()
+    except Exception:  # the ParameterError above: reported when a run starts, not at import
+        return DEFAULT_TRAIN_TIMEOUT_SECONDS
+
+
+RUN_TIMEOUT_SECONDS = _timeout_at_import()
 # Drift is flagged when a column's mean moved by more than half a standard deviation of the
 # champion's data.
 DEFAULT_DRIFT_THRESHOLD = 0.5

@@ -60,3 +60,27 @@ def test_a_bad_vacuum_hours_setting_is_one_error_line_read_at_the_call(
     monkeypatch.setenv("SALES_MODEL_VACUUM_HOURS", "0")
     assert flows.outputs.main(["vacuum", "--output", str(tmp_path)]) == 0
     assert "no version of the last 0 h needs" in capsys.readouterr().out
+
+
+def test_a_bad_training_timeout_setting_is_one_error_line_not_an_import_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "SALES_MODEL_TRAIN_TIMEOUT_SECONDS": "3h",
+        "SALES_MODEL_WARM_RUNNER": "off",
+    }
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.train", "--output", str(tmp_path)],
+        cwd=REPO,
+        env={**env, "SALES_MODEL_OUTPUT_ROOTS": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stderr.strip()) == (
+        PARAMETER,
+        "error: SALES_MODEL_TRAIN_TIMEOUT_SECONDS='3h' is not a number of seconds above 0",
+    )
