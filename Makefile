@@ -44,10 +44,11 @@ serve: $(STAMP) ## local Prefect server (127.0.0.1:$(PORT), PORT=...) + pool + d
 stop: $(STAMP) ## stop the watcher, the worker and the server started by serve, and the local server `make run` keeps warm
 	$(BIN)/python -m scripts.local_prefect stop
 
-bench: $(STAMP) ## measure floors, peers, the steps, scoring and the flow on 1M, 10M, 100M rows (BENCHMARKS.md), then the import time, the 200-row run (first, cold, warm) and the whole CLI process against the polars script (benchmarks/startup.py), then the publish of 10M predictions and 10M rows on the local S3 server, then the digits each estimate shares with NIST's certified values (StRD)
+bench: $(STAMP) ## measure floors, peers, the steps, scoring and the flow on 1M, 10M, 100M rows (BENCHMARKS.md), then the import time, the 200-row run (first, cold, warm) and the whole CLI process against the polars script (benchmarks/startup.py), a landed file's way to published on the stack (benchmarks/landing.py), then the publish of 10M predictions and 10M rows on the local S3 server, then the digits each estimate shares with NIST's certified values (StRD)
 	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt -c constraints.txt
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.startup
+	$(BIN)/python -m benchmarks.landing
 	$(BIN)/python -m benchmarks.delta_publish --rows 10000000
 	$(BIN)/python -m benchmarks.object_store --rows 10000000
 	$(BIN)/python -m benchmarks.strd
