@@ -71,6 +71,7 @@ from schemas.params import (
     train_timeout_seconds,
 )
 from schemas.sales import DEFAULT_FEATURES, DEFAULT_TARGETS
+from tasks.common.errors import ParameterError
 from tasks.common.paths import check_all, data_roots
 from tasks.common.storage import new_run, output_root, staging_area
 from tasks.common.store import Location
@@ -168,10 +169,17 @@ def check_train_inputs(
             "columns": lambda: check_columns(features, targets, id_column_of(id_column)),
             "data": lambda: training_inputs(data, ledger, data_roots()),
             "output": lambda: output_root(output),
-            "timeout": train_timeout_seconds,  # the decorator took the default for a bad one
+            "timeout": _timeout_setting,  # the decorator took the default for a bad one
         }
     )
     return found["data"], found["output"]
+
+
+def _timeout_setting() -> float:
+    try:
+        return train_timeout_seconds()
+    except ValueError as exc:
+        raise ParameterError(str(exc)) from None
 
 
 def parse_args(argv: list[str] | None = None) -> dict[str, Any]:

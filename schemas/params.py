@@ -55,17 +55,15 @@ DEFAULT_TRAIN_TIMEOUT_SECONDS = 3 * 3600.0
 
 
 def train_timeout_seconds() -> float:
-    """SALES_MODEL_TRAIN_TIMEOUT_SECONDS, or the default; a value that is not a positive number
-    is a ParameterError naming the variable (check_train_inputs reports it before a run)."""
+    """SALES_MODEL_TRAIN_TIMEOUT_SECONDS, or the default; ValueError naming the variable for a
+    value that is not a positive number (check_train_inputs reports it before a run)."""
     value = os.environ.get(TRAIN_TIMEOUT_ENV, "")
     try:
         seconds = float(value) if value else DEFAULT_TRAIN_TIMEOUT_SECONDS
     except ValueError:
         seconds = 0.0
     if not seconds > 0:  # also NaN
-        from tasks.common.errors import ParameterError  # only on this error: tasks loads pyarrow
-
-        raise ParameterError(f"{TRAIN_TIMEOUT_ENV}={value!r} is not a number of seconds above 0")
+        raise ValueError(f"{TRAIN_TIMEOUT_ENV}={value!r} is not a number of seconds above 0")
     return seconds
 
 
@@ -74,7 +72,7 @@ def _timeout_at_import() -> float:
     default there, and the run that would use it is refused by train_timeout_seconds()."""
     try:
         return train_timeout_seconds()
-    except Exception:  # the ParameterError above: reported when a run starts, not at import
+    except ValueError:  # reported when a run starts, not at import
         return DEFAULT_TRAIN_TIMEOUT_SECONDS
 
 
