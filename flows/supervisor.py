@@ -1,9 +1,12 @@
 """The local server's supervisor (`python -m flows.local_server serve`, started by the first
 command-line run that finds no server; flows/local_server.py): the Prefect server and the warm
-runner (flows/warm.py) beside it, stopped when idle. The standard library only."""
+runner (flows/warm.py) beside it, stopped when idle. `python -m flows.supervisor --state DIR`
+keeps only a warm runner, in DIR: `make serve`'s, for its worker's flow runs
+(scripts/local_prefect.py). The standard library only."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -14,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from flows import warm
 from flows.local_server import (
     HOST,
     OFFLINE_ENV,
@@ -24,6 +28,8 @@ from flows.local_server import (
     live_clients,
     write,
 )
+
+RESTART_POLL_SECONDS = 5  # how soon a runner that exited is started again
 
 
 def serve(server: LocalServer, idle: float) -> int:
@@ -52,11 +58,11 @@ def serve(server: LocalServer, idle: float) -> int:
             time.sleep(POLL_SECONDS)
         write(server.info_file, json.dumps(info) + "\n")
         server.lock.unlink(missing_ok=True)
-        runner, failures = _runner(server), 0
+        runner, failures = _runner(server.state) if warm.enabled() else None, 0
         while child.poll() is None and not _idled_out(server, info, idle * 60):
             if runner is not None and runner.poll() is not None:
-                runner, failures = _restart(server, runner.returncode, failures)
-            time.sleep(5)
+                runner, failures = _restart(server.state, runner.returncode, failures)
+            time.sleep(RESTART_POLL_SECONDS)
         return 0
     finally:
         _forget(server, os.getpid())
@@ -64,27 +70,36 @@ def serve(server: LocalServer, idle: float) -> int:
             _end(process)
 
 
-def _runner(server: LocalServer) -> subprocess.Popen | None:
-    """The warm runner for this server's runs (its output goes to the server's log), unless
-    turned off."""
-    from flows import warm
+def keep_runner(state: Path) -> int:
+    """A warm runner in `state`, started again when it exits, stopped with this process (on
+    SIGTERM)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    runner, failures = _runner(state), 0
+    try:
+        while True:
+            if runner.poll() is not None:
+                runner, failures = _restart(state, runner.returncode, failures)
+            time.sleep(RESTART_POLL_SECONDS)
+    finally:
+        _end(runner)
 
-    if not warm.enabled():
-        return None
-    command = [sys.executable, "-m", "flows.warm", "--state", str(server.state)]
+
+def _runner(state: Path) -> subprocess.Popen:
+    """A warm runner listening in `state` (its output goes to this process's: the log)."""
+    command = [sys.executable, "-m", "flows.warm", "--state", str(state)]
     return subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL)
 
 
-def _restart(server: LocalServer, code: int, failures: int) -> tuple[subprocess.Popen, int]:
+def _restart(state: Path, code: int, failures: int) -> tuple[subprocess.Popen, int]:
     """A fresh runner for one that exited: at once when its code changed (it exits with 0),
     else (a crash, an import error while a file is being edited, a kill) after a pause that
     doubles with each failure in a row, up to 5 minutes."""
     if code == 0:
-        return _runner(server), 0
+        return _runner(state), 0
     pause = min(5 * 2**failures, 300)
     print(f"warm runner exited with {code}; starting another in {pause} s", flush=True)
     time.sleep(pause)
-    return _runner(server), failures + 1
+    return _runner(state), failures + 1
 
 
 def _end(process: subprocess.Popen | None) -> None:
@@ -130,3 +145,13 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.supervisor")
+    parser.add_argument("--state", type=Path, required=True, help="the warm runner's folder")
+    return keep_runner(parser.parse_args(argv).state)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

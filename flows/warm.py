@@ -3,16 +3,18 @@ pandera, pyarrow, scipy, matplotlib: about 3 s here) and forks one child per com
 so a run pays none of it.
 
 The local server's supervisor (flows/supervisor.py) starts it beside the server, starts it
-again when it exits, and stops it with the server. `python -m flows.train ...` first offers
-itself here (`hand_over`, standard library only): the child takes the command's arguments,
-working folder, environment and terminal (its three standard streams, passed over a Unix
-socket), runs exactly what the command would have run, and sends back how it ended; the
-command forwards the signals it receives and ends the same way. The runner refuses a run, which
-then runs in its own process as before, when:
+again when it exits, and stops it with the server; `make serve` starts one beside its worker the
+same way (scripts/local_prefect.py), for the worker's flow runs (flows/engine.py).
+`python -m flows.train ...` first offers itself here (`hand_over`, standard library only): the
+child takes the command's arguments, working folder, environment and terminal (its three
+standard streams, passed over a Unix socket), runs exactly what the command would have run, and
+sends back how it ended; the command forwards the signals it receives and ends the same way. The
+runner refuses a run, which then runs in its own process as before, when:
 - a Python file it imported changed since (it exits, and the supervisor starts a fresh one),
 - the command runs another Python, checkout, import path or interpreter options (`-W`, `-X`,
   `-O`, `-u`), or an environment variable read as modules load differs (IMPORT_TIME_ENV);
-- SALES_MODEL_WARM_RUNNER=off, or the local server is off (SALES_MODEL_LOCAL_SERVER=off).
+- SALES_MODEL_WARM_RUNNER=off, or (the command line's runs) the local server is off
+  (SALES_MODEL_LOCAL_SERVER=off).
 
 Only a runner of this user, in a folder of this user that nobody else may write, is trusted
 with the command's environment.
@@ -34,6 +36,7 @@ import struct
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from flows import local_server
 
@@ -51,10 +54,14 @@ IMPORT_TIME_ENV = (
 # command that has not imported them yet as in the runner that has.
 SET_BY_IMPORTS = {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}
 # What the runner imports: the flows (and so Prefect, pandas, pandera, pyarrow), and what a run
-# imports on its way (flows.train.RUN_IMPORTS, Prefect's engines, the Delta writer).
+# imports on its way (flows.train.RUN_IMPORTS, Prefect's engines and deployment steps, the Delta
+# writer).
 PRELOAD = (
     "flows.train",
     "flows.score",
+    "flows.watch",
+    "flows.engine",
+    "prefect.deployments.steps",
     "prefect.flow_engine",
     "prefect.task_engine",
     "fastapi.encoders",
@@ -69,27 +76,35 @@ _HEADER = struct.Struct("!I")
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 
 
+def wanted() -> bool:
+    return os.environ.get("SALES_MODEL_WARM_RUNNER", "on").lower() not in ("off", "0", "false")
+
+
 def enabled() -> bool:
-    off = ("off", "0", "false")
-    wanted = os.environ.get("SALES_MODEL_WARM_RUNNER", "on").lower() not in off
-    return local_server.enabled() and wanted
+    """Whether the command line's runs go through the local server's runner."""
+    return local_server.enabled() and wanted()
 
 
-def hand_over(module: str) -> None:
+def hand_over(module: str, state: Path | None = None) -> str:
     """Run this command (`python -m <module> ...`) in the warm runner and end as the run ended,
-    if a runner is up and takes it; else return, and the command runs here."""
-    if not enabled():
-        return
+    if a runner is up and takes it; else return why not, and the command runs here. `state`:
+    the runner's folder (flows/engine.py: the stack's); by default the local server's."""
+    if state is None:
+        if not enabled():
+            return "the warm runner or the local server is off"
+        state = local_server.LocalServer.of_environment().state
+    elif not wanted():
+        return "SALES_MODEL_WARM_RUNNER is off"
     try:
-        conn = _connect()
+        conn = _connect(state)
         send(conn, _request(module), fds=[0, 1, 2])
         taken = receive(conn)
         if "pid" not in taken:
             conn.close()
-            return
+            return taken.get("refused", "refused")
         conn.sendall(GO)  # from here on the run is the child's: never run it here too
-    except (OSError, ValueError, AttributeError):  # no runner (AttributeError: not Linux)
-        return
+    except (OSError, ValueError, AttributeError) as exc:  # AttributeError: not Linux
+        return f"no runner ({exc})"
     forwarded = _forward_signals(taken["pid"])
     conn.settimeout(None)  # a run takes as long as it takes
     try:
@@ -100,10 +115,10 @@ def hand_over(module: str) -> None:
             print(f"error: the run's process ({taken['pid']}) ended abruptly", file=sys.stderr)
     conn.close()
     _report(result)
-    _end(result)
+    return _end(result)  # never returns: this process ends as the run did
 
 
-def _end(result: dict) -> None:
+def _end(result: dict) -> NoReturn:
     """Exit as the run's process did: with its code, or killed by its signal."""
     sig = result.get("signal")
     if sig:
@@ -138,10 +153,9 @@ def interpreter() -> dict:
     }
 
 
-def _connect() -> socket.socket:
-    """A connection to the runner of this environment's local server; OSError when there is
-    none, or when it is not this user's in a folder only this user writes."""
-    state = local_server.LocalServer.of_environment().state
+def _connect(state: Path) -> socket.socket:
+    """A connection to the runner in `state`; OSError when there is none, or when it is not
+    this user's in a folder only this user writes."""
     fd = os.open(state, os.O_PATH | os.O_DIRECTORY)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -112,8 +112,10 @@ def _take(conn: socket.socket, files: dict, same: dict) -> tuple[dict, list[int]
     if refusal:
         with contextlib.suppress(OSError):
             send(conn, {"refused": refusal})
-    elif os.fork() == 0:
+    elif (child := os.fork()) == 0:
         return request, fds
+    else:  # the runner's log says which runs it served
+        print(f"warm runner {os.getpid()}: {request['module']} in process {child}", flush=True)
     for fd in fds:
         os.close(fd)
     return refusal

@@ -1,8 +1,9 @@
 """A local Prefect stack: server on 127.0.0.1, the process work pool, the training concurrency
 limit and the zombie-run automation (scripts/server_setup.py), every deployment in
-prefect.yaml, a process worker, and the landing watcher (scripts/landing_watcher.py: inotify on
-a landing folder, or a sensor listing an s3:// landing prefix). Used by `make serve` /
-`make stop` and by the integration tests.
+prefect.yaml, a warm runner (flows/warm.py: the worker's flow runs start in its pre-imported
+process, flows/engine.py), a process worker, and the landing watcher
+(scripts/landing_watcher.py: inotify on a landing folder, or a sensor listing an s3:// landing
+prefix). Used by `make serve` / `make stop` and by the integration tests.
 
     python -m scripts.local_prefect start [--port 4200] [--landing s3://bucket/landing]
     python -m scripts.local_prefect stop
@@ -18,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows import local_server
+from flows import local_server, warm
 from flows.local_server import OFFLINE_ENV
 from flows.processes import pid_alive
 from flows.server import STACK_INFO
@@ -180,11 +182,9 @@ def start(
         wait_healthy(api_url, server, server_log, timeout=90)
         say(f"server up after {time.monotonic() - began:.0f} s; creating work pool {POOL} ...")
         env = stack.env(api_url)
-        _run(
-            _prefect("work-pool", "create", POOL, "--type", "process", "--overwrite"),
-            env,
-            stack.repo,
-        )
+        template = _write_pool_template(stack)
+        create = ("work-pool", "create", POOL, "--type", "process", "--overwrite")
+        _run(_prefect(*create, "--base-job-template", str(template)), env, stack.repo)
         crashed = recover(api_url)
         if crashed:
             say(f"marked {len(crashed)} orphaned run(s) of an earlier stack Crashed")
@@ -197,6 +197,7 @@ def start(
             deploy = _prefect("deploy", "-n", LANDING_DEPLOYMENT, "--no-prompt")
             _run([*deploy, "--params", json.dumps({"landing": landing})], env, stack.repo)
         say(f"starting a process worker on {POOL} (log: {stack.state / 'worker.log'}) ...")
+        start_runner(stack, worker_env)
         start_worker(stack, worker_env)
         watched = landing if store.is_remote(landing) else stack.repo / landing
         say(f"watching {watched} (log: {stack.state / 'watcher.log'}) ...")
@@ -207,13 +208,55 @@ def start(
     return json.loads(stack.info_file.read_text())
 
 
+def _write_pool_template(stack: Stack) -> Path:
+    """The pool's base job template: Prefect's, but its flow runs start in the checkout with
+    `python -m flows.engine` (Prefect's engine, in the warm runner when it takes the run)."""
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    variables = template["variables"]["properties"]
+    variables["command"]["default"] = shlex.join([sys.executable, "-m", "flows.engine"])
+    variables["working_dir"]["default"] = str(stack.repo)  # the runner's import path: same
+    path = stack.state / "pool-template.json"
+    path.write_text(json.dumps(template, indent=2) + "\n")
+    return path
+
+
+def _worker_env(stack: Stack, info: dict, worker_env: dict[str, str] | None) -> dict:
+    """The worker's environment, and so its flow runs' (and the warm runner's: it serves only
+    runs whose import-time variables are its own)."""
+    runner = {"SALES_MODEL_WARM_RUNNER_DIR": str(_runner_dir(stack))}
+    return stack.env(info["api_url"], {**WORKER_SETTINGS, **runner, **(worker_env or {})})
+
+
+def _runner_dir(stack: Stack) -> Path:
+    return stack.state / "warm-runner"
+
+
+def start_runner(stack: Stack, worker_env: dict[str, str] | None = None) -> int | None:
+    """Start the warm runner of the worker's flow runs, kept up by its supervisor
+    (flows/supervisor.py); returns the supervisor's PID (None: SALES_MODEL_WARM_RUNNER=off)."""
+    info = json.loads(stack.info_file.read_text())
+    env = _worker_env(stack, info, worker_env)
+    if not warm.wanted():
+        return None
+    folder = _runner_dir(stack)
+    folder.mkdir(mode=0o700, exist_ok=True)
+    folder.chmod(0o700)  # a runner is trusted only in a folder nobody else may write
+    command = [sys.executable, "-m", "flows.supervisor", "--state", str(folder)]
+    runner = _spawn(command, stack.state / "runner.log", env, stack.repo)
+    info["pids"]["runner"] = runner.pid
+    _write_info(stack, info)
+    return runner.pid
+
+
 def start_worker(stack: Stack, worker_env: dict[str, str] | None = None) -> int:
     """Start a process worker on the pool (again, e.g. after it was killed); returns its PID."""
     info = json.loads(stack.info_file.read_text())
     worker = _spawn(
         _prefect("worker", "start", "--pool", POOL, "--type", "process"),
         stack.state / "worker.log",
-        stack.env(info["api_url"], {**WORKER_SETTINGS, **(worker_env or {})}),
+        _worker_env(stack, info, worker_env),
         stack.repo,
     )
     info["pids"]["worker"] = worker.pid
@@ -280,13 +323,14 @@ def _signal_groups(pids: list[int], sig: signal.Signals) -> None:
 
 
 def stop(stack: Stack = Stack(), timeout: float = 20.0) -> list[int]:
-    """Stop the worker with the flow runs it started, then the server: SIGTERM to each process
-    group (flow runs end Crashed, not Running), SIGKILL after `timeout`. Returns the PIDs."""
+    """Stop the worker with the flow runs it started, the warm runner with those it forked,
+    then the server: SIGTERM to each process group (flow runs end Crashed, not Running), SIGKILL
+    after `timeout`. Returns the PIDs."""
     if not stack.info_file.exists():
         return []
     pids = json.loads(stack.info_file.read_text())["pids"]
     stopped = []
-    for name in ("watcher", "worker", "server"):
+    for name in ("watcher", "worker", "runner", "server"):
         pid = pids.get(name)
         if pid is None or not pid_alive(pid):
             continue

@@ -261,9 +261,13 @@ def test_nightly_deployment_run_completes_and_publishes(stack):
     local, info = stack
     # As the docs spell it: --flow-run-name "train-dataset-$(date -u +%Y%m%dT%H%M%S)"
     name = f"train-dataset-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    runner_log = local.state / "runner.log"
+    offset = runner_log.stat().st_size
     result, run_id = run_nightly(local, info, run_name=name)
     assert result.returncode == 0, result.stdout + result.stderr
     content = manifest_of(local, run_id)
+    # The worker's flow run started in the warm runner's pre-imported process (flows/engine.py).
+    assert b"flows.engine in process" in runner_log.read_bytes()[offset:]
     # Named from its creation on (every event of it says so), and it keeps that name.
     assert f"Created flow run '{name}'" in result.stdout
     assert flow_run(info, run_id)["name"] == name
