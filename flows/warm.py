@@ -42,13 +42,13 @@ from flows import local_server
 
 SOCKET = "runner.sock"
 REPO = Path(__file__).resolve().parents[1]
-# Read by Python, a library or this project as modules load (a flow's timeout, retention's
-# default, Prefect's task and flow defaults, thread counts, allocators, locale and time zone):
-# a run with other values must import afresh.
+# Read by Python, a library or this project as modules load (the training flow's timeout,
+# Prefect's task and flow defaults, thread counts, allocators, locale and time zone): a run with
+# other values must import afresh.
 IMPORT_TIME_ENV = (
     *("PYTHON", "LD_", "OMP_", "OPENBLAS_", "MKL_", "KMP_", "TORCH", "PYTORCH", "MALLOC_"),
     *("_RJEM_", "JE_", "ARROW_", "MPL", "LANG", "LC_", "TZ", "PREFECT_FLOW", "PREFECT_TASK"),
-    *("SALES_MODEL_TRAIN_TIMEOUT_SECONDS", "SALES_MODEL_VACUUM_HOURS"),
+    "SALES_MODEL_TRAIN_TIMEOUT_SECONDS",
 )
 # Set by the pipeline's own imports unless the user did (tasks/__init__.py): the same in a
 # command that has not imported them yet as in the runner that has.
