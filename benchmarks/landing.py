@@ -16,7 +16,9 @@ writes its section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -31,6 +33,7 @@ from deltalake import DeltaTable
 
 from benchmarks.processes import REPO, clean_clone, load_average, median, prefect_processes
 from benchmarks.sections import replace_section
+from tasks.landing.ledger import ledger_rows
 
 HEADER = "country,avg_income_k,price_k,tax_k,units_sold_k"
 ROWS = 40
@@ -86,51 +89,69 @@ def states(api: str, flow_run_id: str) -> dict[str, float]:
     return seen
 
 
-def runs_after(api: str, flow_name: str, after: float) -> list[dict]:
+def flow_runs(api: str, flow_name: str) -> list[dict]:
     body = {"flows": {"name": {"any_": [flow_name]}}, "sort": "EXPECTED_START_TIME_ASC"}
     got = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10)
     got.raise_for_status()
-    return [run for run in got.json() if when(run["created"]) >= after - 1]
+    return got.json()
 
 
-def committed(output: Path, flow_run_id: str) -> float | None:
-    """When the training run's row of the `runs` table was committed, once it is."""
-    if not (output / "runs" / "_delta_log").exists():
-        return None
-    runs = DeltaTable(str(output / "runs")).to_pyarrow_table(
-        columns=["flow_run_id", "finished_at", "kind"]
+def checks_going(api: str) -> bool:
+    """Whether a landing check is under way or queued (the fallback poll's future runs aside):
+    a check that runs waits out the trigger's window and would take the next file itself."""
+    return any(
+        run["state"]["type"] in ("SCHEDULED", "PENDING", "RUNNING", "CANCELLING")
+        and run["state"]["name"] != "Scheduled"
+        for run in flow_runs(api, "watch-landing")
     )
-    for row in runs.to_pylist():
-        if row["flow_run_id"] == flow_run_id and row["kind"] == "train":
-            return row["finished_at"].replace(tzinfo=UTC).timestamp()
+
+
+def trained(clone: Path, name: str) -> str | None:
+    """The flow run id of the training run that used the landed file, once that run ended."""
+    for row in ledger_rows(str(clone / "data" / "ledger")):
+        if row["name"] == name and row["run_status"]:
+            manifest = clone / "output" / "manifests" / f"{row['run_id']}.json"
+            return json.loads(manifest.read_text())["flow_run_id"]
     return None
 
 
+def committed(output: Path, flow_run_id: str) -> float:
+    """When the training run's row of the `runs` table was committed."""
+    runs = DeltaTable(str(output / "runs")).to_pyarrow_table(columns=["flow_run_id", "finished_at"])
+    (finished,) = [r["finished_at"] for r in runs.to_pylist() if r["flow_run_id"] == flow_run_id]
+    return finished.replace(tzinfo=UTC).timestamp()
+
+
+def wait(what: str, ready, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := ready():
+            return found
+        time.sleep(0.2)
+    raise RuntimeError(f"{what}: not within {timeout:.0f} s")
+
+
 def land_one(clone: Path, api: str, trial: int, timeout: float = 180) -> dict[str, float]:
-    """Copy a file in; seconds from the copy to each stage."""
+    """Copy a file in once no check is under way; seconds from the copy to each stage."""
+    wait("the landing checks before to end", lambda: not checks_going(api), timeout)
     source = clone.parent / f"bench-{trial:02d}.csv"
     sales_file(source, trial)
     copied = time.time()
     (clone / "data" / "landing" / source.name).write_bytes(source.read_bytes())
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        checks = runs_after(api, "watch-landing", copied)
-        trainings = runs_after(api, "train-sales-model", copied)
-        if checks and trainings:
-            published = committed(clone / "output", trainings[0]["id"])
-            if published is not None:
-                check = states(api, checks[0]["id"])
-                training = states(api, trainings[0]["id"])
-                marks = (
-                    when(checks[0]["created"]),
-                    check.get("PENDING", float("nan")),
-                    check.get("RUNNING", float("nan")),
-                    training.get("RUNNING", float("nan")),
-                    published,
-                )
-                return {stage: mark - copied for stage, mark in zip(STAGES, marks, strict=True)}
-        time.sleep(0.2)
-    raise RuntimeError(f"{source.name}: not published within {timeout:.0f} s")
+    training_id = wait(f"{source.name} trained", lambda: trained(clone, source.name), timeout)
+    check = min(
+        (run for run in flow_runs(api, "watch-landing") if when(run["created"]) >= copied),
+        key=lambda run: run["created"],
+    )
+    check_states, training = states(api, check["id"]), states(api, training_id)
+    marks = (
+        when(check["created"]),
+        check_states.get("PENDING", float("nan")),
+        check_states.get("RUNNING", float("nan")),
+        training.get("RUNNING", float("nan")),
+        committed(clone / "output", training_id),
+    )
+    return {stage: mark - copied for stage, mark in zip(STAGES, marks, strict=True)}
 
 
 def render(trials: list[dict[str, float]], warmup: dict[str, float], context: str) -> str:
@@ -181,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             warmup = land_one(clone, api, 0)
             trials = [land_one(clone, api, n) for n in range(1, args.trials + 1)]
+        except RuntimeError:
+            kept = Path(tempfile.mkdtemp(prefix="bench-landing-logs-"))
+            shutil.copytree(clone / ".run", kept / "run", ignore=shutil.ignore_patterns("*.sock"))
+            shutil.copytree(clone / "data", kept / "data")
+            print(f"the stack's logs and data: {kept}", file=sys.stderr)
+            raise
         finally:
             stack_command(clone, env, "stop")
             left = prefect_processes(clone)
