@@ -49,6 +49,7 @@ from tasks.common.storage import (
     describe_error,
     manifest_path,
     remove_tree,
+    working_files,
     write_json,
 )
 from tasks.common.store import Location
@@ -138,10 +139,11 @@ def commit_training(
     results: dict[str, Any],
     config: RunConfig,
     plots: dict[str, bytes],
+    quarantine: str | None = None,
 ) -> dict[str, Any]:
-    """Commit a training run: weights, metrics, profile, quarantine and the predictions pass 2
-    wrote, the champion (if the gate promotes it), the report, then its row of `runs`. Returns
-    the manifest."""
+    """Commit a training run: weights, metrics, profile, quarantine (the part `quarantine`, if
+    written already) and the predictions pass 2 wrote, the champion (if the gate promotes it),
+    the report, then its row of `runs`. Returns the manifest."""
     for name, frame in model_tables.items():
         SMALL_TABLES[name].validate(frame, lazy=True)
     root, weights = run.output_root, model_tables["weights"]
@@ -150,7 +152,7 @@ def commit_training(
     with committing(run, report_folder) as commit:
         for name, frame in model_tables.items():
             commit.append(name, arrow_of(frame), descriptions_of(SMALL_TABLES[name]))
-        commit_quarantine(commit, scan, "quarantine")
+        commit_quarantine(commit, scan, "quarantine", quarantine)
         commit.parts("predictions", list(predicted.parts), predicted.schema, predicted.described)
         decision = crown(
             root,
@@ -185,17 +187,34 @@ def commit_rejection(run: RunInfo, scan: Scan, error: str, kind: str) -> dict[st
     return manifest
 
 
-def commit_quarantine(commit: Commit, scan: Scan, table: str) -> None:
-    """Every file's quarantine records, in file and line order, as one part of the run's rows of
-    `table`, validated chunk by chunk (bounded memory), committed."""
+def commit_quarantine(commit: Commit, scan: Scan, table: str, path: str | None = None) -> None:
+    """Commit the run's part of `table` (`path`, written by write_quarantine; None: written
+    now)."""
     run = commit.run
-    path = tables.part_path(run.output_root, table, run.run_id)
+    path = path or write_quarantine(run.output_root, run.run_id, scan, table)
+    commit.parts(table, [path], QUARANTINE_ARROW, descriptions_of(QuarantineTable))
+
+
+def write_quarantine(root: Location, run_id: str, scan: Scan, table: str) -> str:
+    """Every file's quarantine records, in file and line order, as one part of the run's rows of
+    `table` (not committed: no reader sees it yet), validated chunk by chunk (bounded memory).
+    Returns the part's path."""
+    path = tables.part_path(root, table, run_id)
     with store.open_output(path) as sink, pq.ParquetWriter(sink, QUARANTINE_ARROW) as writer:
         for part in scan.parts:
             for frame in part.quarantine():
                 QuarantineTable.validate(frame, lazy=True)
                 writer.write_table(quarantine_table(frame))
-    commit.parts(table, [path], QUARANTINE_ARROW, descriptions_of(QuarantineTable))
+    return path
+
+
+@task(cache_policy=NONE, task_run_name="quarantine-{run.run_id}")
+def write_quarantine_task(run: RunInfo, scan: Scan) -> str:
+    """write_quarantine of a training run, as a task: it runs while pass 2 writes, so that the
+    commit only commits the part."""
+    folder = store.parent_of(tables.part_path(run.output_root, "quarantine", run.run_id))
+    with working_files(folder):
+        return write_quarantine(run.output_root, run.run_id, scan, "quarantine")
 
 
 def arrow_of(frame: pd.DataFrame) -> pa.Table:
@@ -317,11 +336,12 @@ def commit_training_task(
     results: dict[str, Any],
     config: RunConfig,
     plots: dict[str, bytes],
+    quarantine: str | None = None,
 ) -> dict[str, Any]:
     """commit_training as a task; returns the manifest."""
     try:
         return commit_training(run, scan, predicted, model_tables, promotion, results, config,
-                               plots)  # fmt: skip
+                               plots, quarantine)  # fmt: skip
     except (OSError, DeltaError) as exc:  # a store that takes no more (disk full, a quota)
         raise PublishError(
             f"{run.output_root}: could not commit run {run.run_id} ({describe_error(exc)})"
