@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -63,7 +64,7 @@ from tasks.outputs.promote import (
     model_from_weights,
     write_champion_copy,
 )
-from tasks.outputs.report import REPORTS, report_dir, write_report
+from tasks.outputs.report import REPORTS, report_dir, report_plots, write_report
 from tasks.outputs.retention import apply_retention, sweep_orphans
 
 # Where each kind of run keeps its rejected rows.
@@ -148,29 +149,34 @@ def commit_training(
         SMALL_TABLES[name].validate(frame, lazy=True)
     root, weights = run.output_root, model_tables["weights"]
     report_folder = report_dir(root, run.run_id)
-    sweep_orphans(root)
-    with committing(run, report_folder) as commit:
-        for name, frame in model_tables.items():
-            commit.append(name, arrow_of(frame), descriptions_of(SMALL_TABLES[name]))
-        commit_quarantine(commit, scan, "quarantine", quarantine)
-        commit.parts("predictions", list(predicted.parts), predicted.schema, predicted.described)
-        decision = crown(
-            root,
-            run.run_id,
-            model_from_weights(weights),
-            results["training"]["converged"],
-            scan.holdout,
-            config.promotion_tolerance,
-            promotion,
-        )
-        if decision["promoted"]:
-            commit.crowned()
-        results = {**results, "promotion": decision, "drift": promotion.drift}
-        outputs = outputs_of(run, [*model_tables, "predictions", "quarantine"])
-        outputs["report"] = f"{REPORTS}/{run.run_id}/report.md"
-        manifest = build_manifest(run, scan.files, "completed", outputs, results=results)
-        write_report(root, manifest, plots)
-        commit.finish(manifest)
+    # the report's plots of the results are drawn while the tables commit
+    with ThreadPoolExecutor(1) as side:
+        drawn = side.submit(report_plots, root, {**results, "run_id": run.run_id})
+        sweep_orphans(root)
+        with committing(run, report_folder) as commit:
+            for name, frame in model_tables.items():
+                commit.append(name, arrow_of(frame), descriptions_of(SMALL_TABLES[name]))
+            commit_quarantine(commit, scan, "quarantine", quarantine)
+            commit.parts(
+                "predictions", list(predicted.parts), predicted.schema, predicted.described
+            )
+            decision = crown(
+                root,
+                run.run_id,
+                model_from_weights(weights),
+                results["training"]["converged"],
+                scan.holdout,
+                config.promotion_tolerance,
+                promotion,
+            )
+            if decision["promoted"]:
+                commit.crowned()
+            results = {**results, "promotion": decision, "drift": promotion.drift}
+            outputs = outputs_of(run, [*model_tables, "predictions", "quarantine"])
+            outputs["report"] = f"{REPORTS}/{run.run_id}/report.md"
+            manifest = build_manifest(run, scan.files, "completed", outputs, results=results)
+            write_report(root, manifest, {**plots, **drawn.result()})
+            commit.finish(manifest)
     after_commit(root, manifest, config.keep_runs)
     return manifest
 
