@@ -84,7 +84,11 @@ from tasks.model.train import train_model
 from tasks.outputs.plots import draw_model_plots
 from tasks.outputs.predict import Scoring, predict_task
 from tasks.outputs.promote import decide_promotion_task
-from tasks.outputs.publish import check_data_quality, commit_training_task
+from tasks.outputs.publish import (
+    check_data_quality,
+    commit_training_task,
+    write_quarantine_task,
+)
 from tasks.outputs.report import report_run, result_line, summary_text
 
 # What a run imports on its way (1.5-2 s here), imported while a local server starts instead.
@@ -138,6 +142,7 @@ def _train(
         check_data_quality(run, scan, config.max_bad_fraction, "train")
         fit = train_model(scan, config)
         plots = draw_model_plots.submit(scan, fit, config)  # drawn while pass 2 writes
+        quarantine = write_quarantine_task.submit(run, scan)  # written while pass 2 writes
         scoring = Scoring.of(fit, scan)
         predicted = run_pass2(predict_task, scan, scoring, config, root, run.run_id)
         tables, results = describe_model_task(fit, scan.train, predicted.sums, config)
@@ -146,8 +151,9 @@ def _train(
             root, tables["weights"], fit.converged, scan.holdout, tables["profile"], config
         )
         manifest = commit_training_task(
-            run, scan, predicted, tables, promotion, results, config, plots.result()
-        )
+            run, scan, predicted, tables, promotion, results, config, plots.result(),
+            quarantine.result(),
+        )  # fmt: skip
     report_run(manifest, root)
     get_run_logger().info(result_line(manifest))  # the Logs tab and `--watch` end with it
     return manifest

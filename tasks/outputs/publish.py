@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -49,6 +50,7 @@ from tasks.common.storage import (
     describe_error,
     manifest_path,
     remove_tree,
+    working_files,
     write_json,
 )
 from tasks.common.store import Location
@@ -62,7 +64,7 @@ from tasks.outputs.promote import (
     model_from_weights,
     write_champion_copy,
 )
-from tasks.outputs.report import REPORTS, report_dir, write_report
+from tasks.outputs.report import REPORTS, report_dir, report_plots, write_report
 from tasks.outputs.retention import apply_retention, sweep_orphans
 
 # Where each kind of run keeps its rejected rows.
@@ -138,37 +140,43 @@ def commit_training(
     results: dict[str, Any],
     config: RunConfig,
     plots: dict[str, bytes],
+    quarantine: str | None = None,
 ) -> dict[str, Any]:
-    """Commit a training run: weights, metrics, profile, quarantine and the predictions pass 2
-    wrote, the champion (if the gate promotes it), the report, then its row of `runs`. Returns
-    the manifest."""
+    """Commit a training run: weights, metrics, profile, quarantine (the part `quarantine`, if
+    written already) and the predictions pass 2 wrote, the champion (if the gate promotes it),
+    the report, then its row of `runs`. Returns the manifest."""
     for name, frame in model_tables.items():
         SMALL_TABLES[name].validate(frame, lazy=True)
     root, weights = run.output_root, model_tables["weights"]
     report_folder = report_dir(root, run.run_id)
-    sweep_orphans(root)
-    with committing(run, report_folder) as commit:
-        for name, frame in model_tables.items():
-            commit.append(name, arrow_of(frame), descriptions_of(SMALL_TABLES[name]))
-        commit_quarantine(commit, scan, "quarantine")
-        commit.parts("predictions", list(predicted.parts), predicted.schema, predicted.described)
-        decision = crown(
-            root,
-            run.run_id,
-            model_from_weights(weights),
-            results["training"]["converged"],
-            scan.holdout,
-            config.promotion_tolerance,
-            promotion,
-        )
-        if decision["promoted"]:
-            commit.crowned()
-        results = {**results, "promotion": decision, "drift": promotion.drift}
-        outputs = outputs_of(run, [*model_tables, "predictions", "quarantine"])
-        outputs["report"] = f"{REPORTS}/{run.run_id}/report.md"
-        manifest = build_manifest(run, scan.files, "completed", outputs, results=results)
-        write_report(root, manifest, plots)
-        commit.finish(manifest)
+    # the report's plots of the results are drawn while the tables commit
+    with ThreadPoolExecutor(1) as side:
+        drawn = side.submit(report_plots, root, {**results, "run_id": run.run_id})
+        sweep_orphans(root)
+        with committing(run, report_folder) as commit:
+            for name, frame in model_tables.items():
+                commit.append(name, arrow_of(frame), descriptions_of(SMALL_TABLES[name]))
+            commit_quarantine(commit, scan, "quarantine", quarantine)
+            commit.parts(
+                "predictions", list(predicted.parts), predicted.schema, predicted.described
+            )
+            decision = crown(
+                root,
+                run.run_id,
+                model_from_weights(weights),
+                results["training"]["converged"],
+                scan.holdout,
+                config.promotion_tolerance,
+                promotion,
+            )
+            if decision["promoted"]:
+                commit.crowned()
+            results = {**results, "promotion": decision, "drift": promotion.drift}
+            outputs = outputs_of(run, [*model_tables, "predictions", "quarantine"])
+            outputs["report"] = f"{REPORTS}/{run.run_id}/report.md"
+            manifest = build_manifest(run, scan.files, "completed", outputs, results=results)
+            write_report(root, manifest, {**plots, **drawn.result()})
+            commit.finish(manifest)
     after_commit(root, manifest, config.keep_runs)
     return manifest
 
@@ -185,17 +193,34 @@ def commit_rejection(run: RunInfo, scan: Scan, error: str, kind: str) -> dict[st
     return manifest
 
 
-def commit_quarantine(commit: Commit, scan: Scan, table: str) -> None:
-    """Every file's quarantine records, in file and line order, as one part of the run's rows of
-    `table`, validated chunk by chunk (bounded memory), committed."""
+def commit_quarantine(commit: Commit, scan: Scan, table: str, path: str | None = None) -> None:
+    """Commit the run's part of `table` (`path`, written by write_quarantine; None: written
+    now)."""
     run = commit.run
-    path = tables.part_path(run.output_root, table, run.run_id)
+    path = path or write_quarantine(run.output_root, run.run_id, scan, table)
+    commit.parts(table, [path], QUARANTINE_ARROW, descriptions_of(QuarantineTable))
+
+
+def write_quarantine(root: Location, run_id: str, scan: Scan, table: str) -> str:
+    """Every file's quarantine records, in file and line order, as one part of the run's rows of
+    `table` (not committed: no reader sees it yet), validated chunk by chunk (bounded memory).
+    Returns the part's path."""
+    path = tables.part_path(root, table, run_id)
     with store.open_output(path) as sink, pq.ParquetWriter(sink, QUARANTINE_ARROW) as writer:
         for part in scan.parts:
             for frame in part.quarantine():
                 QuarantineTable.validate(frame, lazy=True)
                 writer.write_table(quarantine_table(frame))
-    commit.parts(table, [path], QUARANTINE_ARROW, descriptions_of(QuarantineTable))
+    return path
+
+
+@task(cache_policy=NONE, task_run_name="quarantine-{run.run_id}")
+def write_quarantine_task(run: RunInfo, scan: Scan) -> str:
+    """write_quarantine of a training run, as a task: it runs while pass 2 writes, so that the
+    commit only commits the part."""
+    folder = store.parent_of(tables.part_path(run.output_root, "quarantine", run.run_id))
+    with working_files(folder):
+        return write_quarantine(run.output_root, run.run_id, scan, "quarantine")
 
 
 def arrow_of(frame: pd.DataFrame) -> pa.Table:
@@ -317,11 +342,12 @@ def commit_training_task(
     results: dict[str, Any],
     config: RunConfig,
     plots: dict[str, bytes],
+    quarantine: str | None = None,
 ) -> dict[str, Any]:
     """commit_training as a task; returns the manifest."""
     try:
         return commit_training(run, scan, predicted, model_tables, promotion, results, config,
-                               plots)  # fmt: skip
+                               plots, quarantine)  # fmt: skip
     except (OSError, DeltaError) as exc:  # a store that takes no more (disk full, a quota)
         raise PublishError(
             f"{run.output_root}: could not commit run {run.run_id} ({describe_error(exc)})"

@@ -230,14 +230,11 @@ def holdout_history(root: Location, current: dict[str, Any]) -> pd.DataFrame:
 
 def write_report(root: Location, manifest: dict[str, Any], plots: dict[str, bytes]) -> str:
     """Write `<root>/reports/<run_id>/`: report.md, the model's plots (drawn already, see
-    tasks.outputs.plots.model_plots) and the holdout MSE history. Returns report.md."""
+    tasks.outputs.plots.model_plots) and those of report_plots (drawn here unless `plots` has
+    them). Returns report.md."""
     folder = report_dir(root, manifest["run_id"])
-    coefficients = pd.DataFrame.from_records(manifest["coefficients"])
-    plots = {
-        **plots,
-        "coefficients.png": png(plot_coefficients(coefficients)),
-        "history.png": png(plot_history(holdout_history(root, manifest))),
-    }
+    if not {"coefficients.png", "history.png"} <= plots.keys():
+        plots = {**plots, **report_plots(root, manifest)}
     for name, data in plots.items():
         store.write(store.join(folder, name), data)
     body = summary_markdown(manifest, root)
@@ -247,6 +244,16 @@ def write_report(root: Location, manifest: dict[str, Any], plots: dict[str, byte
     report = store.join(folder, "report.md")
     store.write(report, body.encode())
     return report
+
+
+def report_plots(root: Location, results: dict[str, Any]) -> dict[str, bytes]:
+    """The plots of a run's results (`run_id`, `metrics`, `coefficients`, as in its manifest):
+    the coefficients with their intervals and the holdout MSE history."""
+    coefficients = pd.DataFrame.from_records(results["coefficients"])
+    return {
+        "coefficients.png": png(plot_coefficients(coefficients)),
+        "history.png": png(plot_history(holdout_history(root, results))),
+    }
 
 
 @task(cache_policy=NONE, task_run_name="report-{manifest[run_id]}")

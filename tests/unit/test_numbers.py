@@ -38,3 +38,15 @@ def test_the_screen_sends_on_what_is_not_a_plain_number():
     values = ["1,234.5", "0x10", "$5", "12abc", "1_000", "", "NA", "none", "#N/A", "inf", "1e400"]
     fast = fast_floats(pa.table({"x": pa.array(values)}), ("x",))[:, 0]
     assert not np.isfinite(fast).any(), dict(zip(values, fast, strict=True))
+
+
+def test_the_screen_reads_plain_decimals_among_other_values_in_any_chunk():
+    values = ["12", "0.5", ".25", "7.", "-3", "+1e3", "abc", "", "0012.50"]
+    expected = [12, 0.5, 0.25, 7, -3, 1000, np.nan, np.nan, 12.5]
+    for odd in ([], ["1.2.3"], ["."]):  # a value of digits and points that is no number
+        column = pa.chunked_array([pa.array(values[:4]), pa.array(values[4:] + odd)])
+        fast = fast_floats(pa.table({"x": column}), ("x",))[:, 0]
+        np.testing.assert_array_equal(fast, [*expected, *[np.nan] * len(odd)])
+    sliced = pa.array(["x", *values]).slice(1)
+    fast = fast_floats(pa.table({"x": sliced}), ("x",))[:, 0]
+    np.testing.assert_array_equal(fast, expected)

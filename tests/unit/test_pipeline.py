@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import tasks.ingest.dedup
@@ -79,6 +80,8 @@ def test_pass_two_predictions_and_metrics_match_the_whole_file(tmp_path):
     fit = fit_from_moments(scan.train, max_epochs=5000, tol=1e-12, seed=0)
     emitted = predict_parts(scan.parts, Scoring.of(fit, scan), run, tmp_path / "p", "r1")
 
+    # the parts hold the table's types (text, not the dictionaries pass 2 builds them with)
+    assert all(pq.read_schema(p).equals(emitted.schema) for p in emitted.parts)
     written = pd.concat([pd.read_parquet(p) for p in emitted.parts], ignore_index=True)
     written = written.sort_values("source_line", ignore_index=True)
     expected = predictions_frame(whole.accepted, whole.is_holdout, fit, F, T, ID_COLUMN)
