@@ -26,7 +26,7 @@ from tasks.common.store import Location
 from tasks.outputs import tables
 from tasks.outputs.promote import CHAMPION_FILE
 from tasks.outputs.publish import SMALL_TABLES, runs_row
-from tasks.outputs.retention import committed_runs, sweep_orphans
+from tasks.outputs.retention import committed_runs, sweep_orphans, vacuum_hours
 
 # The tables an earlier release wrote as Hive folders.
 LEGACY_TABLES = (*SMALL_TABLES, *PRUNED_TABLES)
@@ -43,12 +43,12 @@ class Vacuumed:
     deleted: dict[str, int]
 
 
-def vacuum_outputs(root: Location, hours: float) -> Vacuumed:
+def vacuum_outputs(root: Location, hours: float | None = None) -> Vacuumed:
     """Sweep the rows of runs that died before their commit, then vacuum every table: delete
     the files no version of the last `hours` needs (0: every file no current row needs, which
-    breaks a read or a run in flight)."""
+    breaks a read or a run in flight; None: SALES_MODEL_VACUUM_HOURS, or 24)."""
     orphans = sweep_orphans(root)
-    retention = math.ceil(hours)
+    retention = math.ceil(vacuum_hours() if hours is None else hours)
     deleted = {table: len(tables.vacuum(root, table, retention)) for table in ALL_TABLES}
     return Vacuumed(orphans, deleted)
 
