@@ -21,13 +21,20 @@ from tasks.common.paths import existing_folder, output_roots
 from tasks.common.storage import output_root
 from tasks.common.store import Location, is_remote
 from tasks.outputs.maintenance import migrate_outputs, vacuum_outputs
-from tasks.outputs.retention import DEFAULT_VACUUM_HOURS, VACUUM_HOURS_ENV, vacuum_hours
+from tasks.outputs.retention import (
+    DEFAULT_VACUUM_HOURS,
+    MAX_VACUUM_HOURS,
+    VACUUM_HOURS_ENV,
+    vacuum_hours,
+)
 
 
 def vacuum(root: Location, hours: float) -> str:
     """Vacuum `root`; what was removed, as lines for the terminal."""
-    if hours < 0:
-        raise ParameterError(f"parameter hours: must be 0 or more (got {hours:g})")
+    if not 0 <= hours <= MAX_VACUUM_HOURS:
+        raise ParameterError(
+            f"parameter hours: must be from 0 to {MAX_VACUUM_HOURS:g} (got {hours:g})"
+        )
     done = vacuum_outputs(root, hours)
     files = sum(done.deleted.values())
     tables = ", ".join(f"{table} {count}" for table, count in done.deleted.items() if count)

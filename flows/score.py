@@ -49,6 +49,7 @@ from tasks.common.store import Location
 from tasks.outputs.predict import score_task
 from tasks.outputs.promote import LinearModel
 from tasks.outputs.publish import check_data_quality
+from tasks.outputs.retention import vacuum_hours
 from tasks.outputs.score import choose_model, commit_scores_task
 
 # Scoring reads and writes once per row, like training's pass 2: well under training's timeout.
@@ -93,6 +94,7 @@ def check_score_inputs(
         {
             "data": lambda: resolve_inputs(data, data_roots()),
             "output": lambda: output_root(output),
+            "vacuum": vacuum_hours,  # retention after the commit reads it
         }
     )
     return found["data"], found["output"], choose_model(found["output"], run_id)

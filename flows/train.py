@@ -90,6 +90,7 @@ from tasks.outputs.publish import (
     write_quarantine_task,
 )
 from tasks.outputs.report import report_run, result_line, summary_text
+from tasks.outputs.retention import vacuum_hours
 
 # What a run imports on its way (1.5-2 s here), imported while a local server starts instead.
 RUN_IMPORTS = ("tasks.model.descent", "scipy.linalg", "scipy.special", "matplotlib.figure")
@@ -176,6 +177,7 @@ def check_train_inputs(
             "data": lambda: training_inputs(data, ledger, data_roots()),
             "output": lambda: output_root(output),
             "timeout": _timeout_setting,  # the decorator took the default for a bad one
+            "vacuum": vacuum_hours,  # retention after the commit reads it
         }
     )
     return found["data"], found["output"]

@@ -109,6 +109,8 @@ def hand_over(module: str, state: Path | None = None) -> str:
     conn.settimeout(None)  # a run takes as long as it takes
     try:
         result = receive(conn)
+        if "exit" not in result:  # the child gave up waiting for GO just as it came
+            raise ValueError("no result")
     except (OSError, ValueError):
         result = {"pid": taken["pid"], "exit": 1, "signal": forwarded[-1] if forwarded else None}
         if not forwarded:

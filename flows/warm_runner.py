@@ -36,6 +36,9 @@ from flows.warm import (
 )
 
 STALE = "its code changed"
+# How long a run whose command is gone (killed) may take to give back what it holds once
+# interrupted, before it is killed: as soon after the command's end as a run can unwind.
+GRACE_SECONDS = 5
 
 
 def serve(state: Path) -> int:
@@ -115,7 +118,9 @@ def _take(conn: socket.socket, files: dict, same: dict) -> tuple[dict, list[int]
     elif (child := os.fork()) == 0:
         return request, fds
     else:  # the runner's log says which runs it served
-        print(f"warm runner {os.getpid()}: {request['module']} in process {child}", flush=True)
+        run = request.get("env", {}).get("PREFECT__FLOW_RUN_ID")
+        served = f"{request['module']}" + (f" (flow run {run})" if run else "")
+        print(f"warm runner {os.getpid()}: {served} in process {child}", flush=True)
     for fd in fds:
         os.close(fd)
     return refusal
@@ -215,14 +220,14 @@ def _run(conn: socket.socket, request: dict) -> int:
 def _end_with(conn: socket.socket, ending: threading.Event) -> None:
     """The command sends nothing more: the connection ends when it is gone (killed, its
     terminal closed), and so does this run: interrupted, so that it gives back what it holds
-    (the training slot), and killed if it has not ended a minute later. Not once the run is
+    (the training slot), and killed if it has not ended GRACE_SECONDS later. Not once the run is
     telling the command how it ended (the command then goes, closing the connection)."""
     with contextlib.suppress(OSError):
         conn.recv(1)
     if ending.is_set():
         return
     os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(60)
+    time.sleep(GRACE_SECONDS)
     os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -52,6 +52,7 @@ DEFAULT_KEEP_RUNS = 20
 # that has not committed this long after it started is dead: a later run removes its rows.
 TRAIN_TIMEOUT_ENV = "SALES_MODEL_TRAIN_TIMEOUT_SECONDS"
 DEFAULT_TRAIN_TIMEOUT_SECONDS = 3 * 3600.0
+MAX_TRAIN_TIMEOUT_SECONDS = 30 * 86400.0  # dates computed from it stay in range
 
 
 def train_timeout_seconds() -> float:
@@ -62,8 +63,11 @@ def train_timeout_seconds() -> float:
         seconds = float(value) if value else DEFAULT_TRAIN_TIMEOUT_SECONDS
     except ValueError:
         seconds = 0.0
-    if not seconds > 0:  # also NaN
-        raise ValueError(f"{TRAIN_TIMEOUT_ENV}={value!r} is not a number of seconds above 0")
+    if not 0 < seconds <= MAX_TRAIN_TIMEOUT_SECONDS:  # also NaN and inf
+        raise ValueError(
+            f"{TRAIN_TIMEOUT_ENV}={value!r} is not a number of seconds above 0 and at most "
+            f"{MAX_TRAIN_TIMEOUT_SECONDS:g} (30 days)"
+        )
     return seconds
 
 

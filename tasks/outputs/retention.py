@@ -26,6 +26,7 @@ ORPHAN_AFTER_SECONDS = RUN_TIMEOUT_SECONDS + 3600
 # part written but not committed yet is protected by its age alone) and any read in flight.
 VACUUM_HOURS_ENV = "SALES_MODEL_VACUUM_HOURS"
 DEFAULT_VACUUM_HOURS = 24.0
+MAX_VACUUM_HOURS = 365 * 24.0
 
 
 def vacuum_hours() -> float:
@@ -36,8 +37,10 @@ def vacuum_hours() -> float:
         hours = float(value) if value else DEFAULT_VACUUM_HOURS
     except ValueError:
         hours = -1.0
-    if not hours >= 0:  # also NaN
-        raise ParameterError(f"{VACUUM_HOURS_ENV}={value!r} is not a number of hours, 0 or more")
+    if not 0 <= hours <= MAX_VACUUM_HOURS:  # also NaN and inf
+        raise ParameterError(
+            f"{VACUUM_HOURS_ENV}={value!r} is not a number of hours from 0 to {MAX_VACUUM_HOURS:g}"
+        )
     return hours
 
 

@@ -267,7 +267,9 @@ def test_nightly_deployment_run_completes_and_publishes(stack):
     assert result.returncode == 0, result.stdout + result.stderr
     content = manifest_of(local, run_id)
     # The worker's flow run started in the warm runner's pre-imported process (flows/engine.py).
-    assert b"flows.engine in process" in runner_log.read_bytes()[offset:]
+    assert (
+        f"flows.engine (flow run {run_id}) in process".encode() in runner_log.read_bytes()[offset:]
+    )
     # Named from its creation on (every event of it says so), and it keeps that name.
     assert f"Created flow run '{name}'" in result.stdout
     assert flow_run(info, run_id)["name"] == name
