@@ -67,7 +67,7 @@ test: $(STAMP) lint ## lint, then the whole test suite (about 20 minutes on 2 co
 test-quick: $(STAMP) lint ## lint, then the unit tests: no Prefect server, no S3 server (a few minutes)
 	$(BIN)/python -m pytest tests/unit
 
-vacuum: $(STAMP) ## remove the rows of runs that died mid-commit from $(OUTPUT)/, delete files no version of the last 24 h needs (HOURS=N)
+vacuum: $(STAMP) ## remove the rows of runs that died mid-commit from $(OUTPUT)/, delete files no version of the last SALES_MODEL_VACUUM_HOURS (24) h needs (HOURS=N)
 	$(BIN)/python -m flows.outputs vacuum --output $(OUTPUT) $(if $(HOURS),--hours $(HOURS))
 
 migrate: $(STAMP) ## convert $(OUTPUT)/ of an earlier release (Parquet folders + manifests) to Delta tables

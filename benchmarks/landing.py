@@ -115,11 +115,17 @@ def trained(clone: Path, name: str) -> str | None:
     return None
 
 
-def committed(output: Path, flow_run_id: str) -> float:
-    """When the training run's row of the `runs` table was committed."""
-    runs = DeltaTable(str(output / "runs")).to_pyarrow_table(columns=["flow_run_id", "finished_at"])
-    (finished,) = [r["finished_at"] for r in runs.to_pylist() if r["flow_run_id"] == flow_run_id]
-    return finished.replace(tzinfo=UTC).timestamp()
+def runs_version(output: Path) -> int:
+    """The `runs` table's version (-1 before its first commit)."""
+    runs = output / "runs"
+    return DeltaTable(str(runs)).version() if (runs / "_delta_log").exists() else -1
+
+
+def committed(output: Path, after: int) -> float:
+    """When the `runs` table's first commit after version `after` was made: the run's row (a
+    trial has one training run, and its row is the run's last write)."""
+    history = DeltaTable(str(output / "runs")).history()
+    return min(entry["timestamp"] for entry in history if entry["version"] > after) / 1000
 
 
 def wait(what: str, ready, timeout: float):
@@ -136,6 +142,7 @@ def land_one(clone: Path, api: str, trial: int, timeout: float = 180) -> dict[st
     wait("the landing checks before to end", lambda: not checks_going(api), timeout)
     source = clone.parent / f"bench-{trial:02d}.csv"
     sales_file(source, trial)
+    before = runs_version(clone / "output")
     copied = time.time()
     (clone / "data" / "landing" / source.name).write_bytes(source.read_bytes())
     training_id = wait(f"{source.name} trained", lambda: trained(clone, source.name), timeout)
@@ -149,7 +156,7 @@ def land_one(clone: Path, api: str, trial: int, timeout: float = 180) -> dict[st
         check_states.get("PENDING", float("nan")),
         check_states.get("RUNNING", float("nan")),
         training.get("RUNNING", float("nan")),
-        committed(clone / "output", training_id),
+        committed(clone / "output", before),
     )
     return {stage: mark - copied for stage, mark in zip(STAGES, marks, strict=True)}
 
@@ -202,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             warmup = land_one(clone, api, 0)
             trials = [land_one(clone, api, n) for n in range(1, args.trials + 1)]
-        except RuntimeError:
+        except Exception:
             kept = Path(tempfile.mkdtemp(prefix="bench-landing-logs-"))
             shutil.copytree(clone / ".run", kept / "run", ignore=shutil.ignore_patterns("*.sock"))
             shutil.copytree(clone / "data", kept / "data")

@@ -112,7 +112,7 @@ def prefect_processes(under: Path) -> list[int]:
     """PIDs of Prefect processes (a server, a worker), and of the command line's local server
     supervisor and warm runner, running in `under` or with their PREFECT_HOME there."""
     found = []
-    kinds = (b"prefect", b"flows.local_server", b"flows.warm")
+    kinds = (b"prefect", b"flows.local_server", b"flows.warm", b"flows.supervisor", b"flows.engine")
     for entry in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError):
             command = (entry / "cmdline").read_bytes().split(b"\0")

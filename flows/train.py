@@ -13,9 +13,10 @@ if __name__ == "__main__":
     hand_over("flows.train")
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger
+from prefect.futures import wait
 from prefect.runtime import flow_run
 
 from flows.cli import exit_now, flow_parser, parse_flow_args, run_flow
@@ -92,6 +93,13 @@ from tasks.outputs.publish import (
 from tasks.outputs.report import report_run, result_line, summary_text
 from tasks.outputs.retention import vacuum_hours
 
+if TYPE_CHECKING:
+    from prefect.futures import PrefectFuture
+
+    from tasks.common.storage import RunInfo
+    from tasks.ingest.scan import Scan
+    from tasks.model.descent import FitResult
+
 # What a run imports on its way (1.5-2 s here), imported while a local server starts instead.
 RUN_IMPORTS = ("tasks.model.descent", "scipy.linalg", "scipy.special", "matplotlib.figure")
 
@@ -142,22 +150,37 @@ def _train(
         scan = scan_inputs(plans, config, staging, pass1_cache(root, staging, config))
         check_data_quality(run, scan, config.max_bad_fraction, "train")
         fit = train_model(scan, config)
-        plots = draw_model_plots.submit(scan, fit, config)  # drawn while pass 2 writes
-        quarantine = write_quarantine_task.submit(run, scan)  # written while pass 2 writes
-        scoring = Scoring.of(fit, scan)
-        predicted = run_pass2(predict_task, scan, scoring, config, root, run.run_id)
-        tables, results = describe_model_task(fit, scan.train, predicted.sums, config)
-        tables["profile"] = scan.profile_table()
-        promotion = decide_promotion_task(
-            root, tables["weights"], fit.converged, scan.holdout, tables["profile"], config
-        )
-        manifest = commit_training_task(
-            run, scan, predicted, tables, promotion, results, config, plots.result(),
-            quarantine.result(),
-        )  # fmt: skip
+        # the plots and the quarantine's part are written while pass 2 writes
+        side = draw_model_plots.submit(scan, fit, config), write_quarantine_task.submit(run, scan)
+        try:
+            manifest = _publish(run, scan, fit, root, config, *side)
+        finally:
+            wait(list(side))  # on a failure too: neither outlives the staged rows it reads
     report_run(manifest, root)
     get_run_logger().info(result_line(manifest))  # the Logs tab and `--watch` end with it
     return manifest
+
+
+def _publish(
+    run: RunInfo,
+    scan: Scan,
+    fit: FitResult,
+    root: Location,
+    config: RunConfig,
+    plots: PrefectFuture,
+    quarantine: PrefectFuture,
+) -> dict[str, Any]:
+    """Pass 2, the model's tables, the promotion decision and the commit; the manifest."""
+    predicted = run_pass2(predict_task, scan, Scoring.of(fit, scan), config, root, run.run_id)
+    tables, results = describe_model_task(fit, scan.train, predicted.sums, config)
+    tables["profile"] = scan.profile_table()
+    promotion = decide_promotion_task(
+        root, tables["weights"], fit.converged, scan.holdout, tables["profile"], config
+    )
+    return commit_training_task(
+        run, scan, predicted, tables, promotion, results, config, plots.result(),
+        quarantine.result(),
+    )  # fmt: skip
 
 
 def check_train_inputs(

@@ -76,8 +76,10 @@ _HEADER = struct.Struct("!I")
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 
 
-def wanted() -> bool:
-    return os.environ.get("SALES_MODEL_WARM_RUNNER", "on").lower() not in ("off", "0", "false")
+def wanted(env: dict[str, str] | None = None) -> bool:
+    """SALES_MODEL_WARM_RUNNER of `env` (this process's by default): on unless off, 0, false."""
+    value = (os.environ if env is None else env).get("SALES_MODEL_WARM_RUNNER", "on")
+    return value.lower() not in ("off", "0", "false")
 
 
 def enabled() -> bool:

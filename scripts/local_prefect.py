@@ -155,13 +155,13 @@ def start(
     stack.state.mkdir(parents=True, exist_ok=True)
     stack.home.mkdir(parents=True, exist_ok=True)
     # the command line's own server keeps the same database: one server at a time on it
-    warm = local_server.LocalServer(stack.state / "local-server")
-    if runs := local_server.live_clients(warm):
+    cli_server = local_server.LocalServer(stack.state / "local-server")
+    if runs := local_server.live_clients(cli_server):
         raise RuntimeError(
             f"command-line run(s) {', '.join(map(str, runs))} use the local Prefect server on "
             "this checkout's database; start the stack once they finish"
         )
-    local_server.stop(warm)
+    local_server.stop(cli_server)
     api_url = f"http://{HOST}:{port}/api"
     info = {"api_url": api_url, "ui_url": f"http://{HOST}:{port}", "pids": {}}
     server_log = stack.state / "server.log"
@@ -225,8 +225,10 @@ def _write_pool_template(stack: Stack) -> Path:
 def _worker_env(stack: Stack, info: dict, worker_env: dict[str, str] | None) -> dict:
     """The worker's environment, and so its flow runs' (and the warm runner's: it serves only
     runs whose import-time variables are its own)."""
-    runner = {"SALES_MODEL_WARM_RUNNER_DIR": str(_runner_dir(stack))}
-    return stack.env(info["api_url"], {**WORKER_SETTINGS, **runner, **(worker_env or {})})
+    env = stack.env(info["api_url"], {**WORKER_SETTINGS, **(worker_env or {})})
+    if warm.wanted(env):
+        env["SALES_MODEL_WARM_RUNNER_DIR"] = str(_runner_dir(stack))
+    return env
 
 
 def _runner_dir(stack: Stack) -> Path:
@@ -238,7 +240,7 @@ def start_runner(stack: Stack, worker_env: dict[str, str] | None = None) -> int 
     (flows/supervisor.py); returns the supervisor's PID (None: SALES_MODEL_WARM_RUNNER=off)."""
     info = json.loads(stack.info_file.read_text())
     env = _worker_env(stack, info, worker_env)
-    if not warm.wanted():
+    if not warm.wanted(env):
         return None
     folder = _runner_dir(stack)
     folder.mkdir(mode=0o700, exist_ok=True)
@@ -332,17 +334,35 @@ def stop(stack: Stack = Stack(), timeout: float = 20.0) -> list[int]:
     stopped = []
     for name in ("watcher", "worker", "runner", "server"):
         pid = pids.get(name)
-        if pid is None or not pid_alive(pid):
-            continue
-        group = [pid, *_descendants(pid)]
-        _signal_groups(group, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while any(pid_alive(p) for p in group) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        _signal_groups([p for p in group if pid_alive(p)], signal.SIGKILL)
-        stopped.extend(group)
+        if pid is not None and pid_alive(pid):
+            stopped += _end_group([pid, *_descendants(pid)], timeout)
+    # A run forked by a runner that exited since (its code changed) is nobody's child any more:
+    # found by the runner's folder in the environment it inherited.
+    if orphans := _with_env(f"SALES_MODEL_WARM_RUNNER_DIR={_runner_dir(stack)}"):
+        stopped += _end_group(orphans, timeout)
     stack.info_file.unlink(missing_ok=True)
     return stopped
+
+
+def _end_group(group: list[int], timeout: float) -> list[int]:
+    """SIGTERM to each process's group, SIGKILL to those left after `timeout`; returns them."""
+    _signal_groups(group, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(p) for p in group) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _signal_groups([p for p in group if pid_alive(p)], signal.SIGKILL)
+    return group
+
+
+def _with_env(entry: str) -> list[int]:
+    """The live processes of this user started with `entry` (NAME=value) in their environment."""
+    found, wanted = [], entry.encode()
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(environ.parent.name)
+            if pid != os.getpid() and wanted in environ.read_bytes().split(b"\0"):
+                found.append(pid)
+    return [pid for pid in found if pid_alive(pid)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,11 +38,10 @@ from tasks.outputs.promote import Uncertainty
 _SPLIT_NAMES = pa.array(list(SPLITS), pa.string())  # index 0 train, 1 holdout
 # The columns of few values (the split, the source file, the model's run) are built as Arrow
 # dictionaries, whose codes the Parquet writer takes as they are: encoding them from text hashed
-# every value (a quarter of a part's write). The line numbers, increasing by one, are delta
-# coded (a sixtieth of the plain size). The parts store no Arrow schema, so every reader sees
-# the table's types (text, not dictionaries).
+# every value (a quarter of a part's write). The parts store no Arrow schema, so every reader
+# sees the table's types (text, not dictionaries). (Delta-coding the line numbers would save
+# disk but Spark before 3.3 cannot read that encoding.)
 _CODED = pa.dictionary(pa.int8(), pa.string())
-_ENCODINGS = {"source_line": "DELTA_BINARY_PACKED"}
 # Rows of each written part checked against the table's pandera schema.
 CHECKED_ROWS = 1000
 
@@ -265,14 +264,7 @@ def _emit(
 
 
 def _part_writer(sink: Any, schema: pa.Schema, output: _Output) -> pq.ParquetWriter:
-    encodings = {name: kind for name, kind in _ENCODINGS.items() if name in schema.names}
-    return pq.ParquetWriter(
-        sink,
-        schema,
-        use_dictionary=output.dictionary,
-        column_encoding=encodings or None,
-        store_schema=False,
-    )
+    return pq.ParquetWriter(sink, schema, use_dictionary=output.dictionary, store_schema=False)
 
 
 @task(cache_policy=NONE, task_run_name="predict-{part.index}")

@@ -219,8 +219,13 @@ def write_quarantine_task(run: RunInfo, scan: Scan) -> str:
     """write_quarantine of a training run, as a task: it runs while pass 2 writes, so that the
     commit only commits the part."""
     folder = store.parent_of(tables.part_path(run.output_root, "quarantine", run.run_id))
-    with working_files(folder):
-        return write_quarantine(run.output_root, run.run_id, scan, "quarantine")
+    try:
+        with working_files(folder):  # a full disk: its own line
+            return write_quarantine(run.output_root, run.run_id, scan, "quarantine")
+    except OSError as exc:  # a store refusing the write, as the commit would say it
+        raise PublishError(
+            f"{run.output_root}: could not commit run {run.run_id} ({describe_error(exc)})"
+        ) from exc
 
 
 def arrow_of(frame: pd.DataFrame) -> pa.Table:
