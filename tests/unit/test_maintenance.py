@@ -182,7 +182,7 @@ def test_the_command_line_reports_user_errors_in_one_line(earlier_release, tmp_p
     code, _, err = run_cli(capsys, "migrate", "--output", str(tmp_path / "nope"))
     assert (code, err) == (2, f"error: parameter output: folder '{tmp_path / 'nope'}' not found\n")
     code, _, err = run_cli(capsys, "vacuum", "--output", str(earlier_release), "--hours", "-1")
-    assert (code, err) == (2, "error: parameter hours: must be 0 or more (got -1)\n")
+    assert (code, err) == (2, "error: parameter hours: must be from 0 to 8760 (got -1)\n")
     code, _, err = run_cli(capsys, "vacuum", "--output", "/etc")
     assert code == 2
     assert err.startswith("error: parameter output: '/etc' is outside the allowed folders")
