@@ -4,6 +4,7 @@ running (each test stops what it started, whatever happens)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import pytest
 
 from flows import local_server, warm
 from flows.processes import command_line, pid_alive
+from tasks.landing.slots import TRAINING_LIMIT
 from tests.conftest import HEADER, REPO, sales_rows
 
 
@@ -162,6 +164,29 @@ def started(server, env, data, output, ignore=None):
     return process, child
 
 
+@contextlib.contextmanager
+def training_slot_taken(api_url):
+    """The training slot (tasks/landing/slots.py) held by this test: a run waits for it."""
+
+    def post(path, body):
+        request = urllib.request.Request(
+            f"{api_url}/v2/concurrency_limits/{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read() or b"null")
+
+    lease = post(
+        "increment-with-lease",
+        {"names": [TRAINING_LIMIT], "slots": 1, "mode": "concurrency", "lease_duration": 60},
+    )
+    try:
+        yield
+    finally:
+        post("decrement-with-lease", {"lease_id": lease["lease_id"]})
+
+
 def stall(server):
     """A connection to the runner that sends two bytes of a request and then nothing."""
     folder = os.open(server.state, os.O_PATH | os.O_DIRECTORY)
@@ -224,6 +249,13 @@ def test_runs_after_the_first_are_forked_from_the_warm_runner_as_the_command_its
         assert command.wait(timeout=60) == ends
         assert child != command.pid
         wait_for(lambda child=child: not pid_alive(child), 30, "the run outlived its command")
+    # a command killed outright (as a worker kills its flow run's process) takes its run with
+    # it: the run, waiting for the training slot this test holds, is interrupted at once
+    with training_slot_taken(server.info()["api_url"]):
+        command, child = started(server, env, data, tmp_path / "out")
+        command.kill()
+        assert command.wait(timeout=60) == -signal.SIGKILL
+        wait_for(lambda child=child: not pid_alive(child), 15, "the run outlived its command")
     # a signal the command ignores (nohup) the run ignores too
     command, _ = started(server, env, data, tmp_path / "out", ignore=signal.SIGHUP)
     command.send_signal(signal.SIGHUP)
