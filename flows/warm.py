@@ -113,6 +113,11 @@ def hand_over(module: str, state: Path | None = None) -> str:
         result = receive(conn)
         if "exit" not in result:  # the child gave up waiting for GO just as it came
             raise ValueError("no result")
+        if result.get("killed") and result["signal"] not in forwarded:
+            name = signal.Signals(result["signal"]).name
+            print(
+                f"error: the run's process ({taken['pid']}) was killed by {name}", file=sys.stderr
+            )
     except (OSError, ValueError):
         result = {"pid": taken["pid"], "exit": 1, "signal": forwarded[-1] if forwarded else None}
         if not forwarded:
@@ -126,7 +131,8 @@ def _end(result: dict) -> NoReturn:
     """Exit as the run's process did: with its code, or killed by its signal."""
     sig = result.get("signal")
     if sig:
-        signal.signal(sig, signal.SIG_DFL)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those two keep their action anyway
+            signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
         time.sleep(1)  # the signal ends this process here
     sys.exit(result["exit"])

@@ -39,6 +39,9 @@ STALE = "its code changed"
 # How long a run whose command is gone (killed) may take to give back what it holds once
 # interrupted, before it is killed: as soon after the command's end as a run can unwind.
 GRACE_SECONDS = 5
+# The runs under way: child pid -> the runner's end of the command's connection, kept so that a
+# run killed outright (the kernel's out-of-memory killer) is still reported, by _reap.
+_RUNS: dict[int, socket.socket] = {}
 
 
 def serve(state: Path) -> int:
@@ -51,7 +54,7 @@ def serve(state: Path) -> int:
     files = _fingerprint()
     runner = os.getpid()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
+    signal.signal(signal.SIGCHLD, _reap)
     dir_fd = os.open(state, os.O_PATH | os.O_DIRECTORY)
     path = socket_path(dir_fd)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -70,6 +73,8 @@ def serve(state: Path) -> int:
             taken = _take(conn, files, same)
             if isinstance(taken, tuple):
                 break  # the child: it becomes the command, below
+            if isinstance(taken, int):
+                continue  # a run forked: its connection is kept until it ends (_reap)
             conn.close()
             if taken == STALE:
                 print(f"warm runner {runner}: {STALE}; exiting", flush=True)
@@ -102,9 +107,9 @@ def _fingerprint() -> dict[str, tuple[int, int]]:
     return files
 
 
-def _take(conn: socket.socket, files: dict, same: dict) -> tuple[dict, list[int]] | str | None:
+def _take(conn: socket.socket, files: dict, same: dict) -> tuple[dict, list[int]] | str | int:
     """Read a run's request (within REQUEST_SECONDS); refuse it (returns the reason) or fork:
-    the child gets (request, the command's three standard streams), the runner None."""
+    the child gets (request, the command's three standard streams), the runner its pid."""
     try:
         if peer_uid(conn) != os.getuid():
             return "another user"
@@ -115,15 +120,45 @@ def _take(conn: socket.socket, files: dict, same: dict) -> tuple[dict, list[int]
     if refusal:
         with contextlib.suppress(OSError):
             send(conn, {"refused": refusal})
-    elif (child := os.fork()) == 0:
+        for fd in fds:
+            os.close(fd)
+        return refusal
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})  # kept before it can end
+    child = os.fork()
+    if child == 0:
+        for other in _RUNS.values():  # the other runs' connections end with their runs only
+            other.close()
+        _RUNS.clear()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         return request, fds
-    else:  # the runner's log says which runs it served
-        run = request.get("env", {}).get("PREFECT__FLOW_RUN_ID")
-        served = f"{request['module']}" + (f" (flow run {run})" if run else "")
-        print(f"warm runner {os.getpid()}: {served} in process {child}", flush=True)
+    _RUNS[child] = conn
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
     for fd in fds:
         os.close(fd)
-    return refusal
+    run = request.get("env", {}).get("PREFECT__FLOW_RUN_ID")
+    served = f"{request['module']}" + (f" (flow run {run})" if run else "")
+    print(f"warm runner {os.getpid()}: {served} in process {child}", flush=True)  # the log
+    return child
+
+
+def _reap(*_: object) -> None:
+    """SIGCHLD: reap the runs that ended; tell the command of one killed by a signal before it
+    could say how it ended (a run that ends tells it itself)."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = _RUNS.pop(pid, None)
+        if conn is None:
+            continue
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            with contextlib.suppress(OSError):
+                send(conn, {"exit": 128 + sig, "signal": sig, "pid": pid, "killed": True})
+        conn.close()
 
 
 def _refusal(request: dict, fds: list[int], files: dict, same: dict) -> str | None:

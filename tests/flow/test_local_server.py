@@ -256,6 +256,12 @@ def test_runs_after_the_first_are_forked_from_the_warm_runner_as_the_command_its
         command.kill()
         assert command.wait(timeout=60) == -signal.SIGKILL
         wait_for(lambda child=child: not pid_alive(child), 15, "the run outlived its command")
+        # and a run killed outright (the out-of-memory killer) ends its command the same way
+        command, child = started(server, env, data, tmp_path / "out")
+        os.kill(child, signal.SIGKILL)
+        assert command.wait(timeout=60) == -signal.SIGKILL
+        said = command.stderr.read().decode()
+        assert f"error: the run's process ({child}) was killed by SIGKILL" in said
     # a signal the command ignores (nohup) the run ignores too
     command, _ = started(server, env, data, tmp_path / "out", ignore=signal.SIGHUP)
     command.send_signal(signal.SIGHUP)
