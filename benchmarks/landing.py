@@ -28,14 +28,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import numpy as np
 from deltalake import DeltaTable
 
+from benchmarks.generate import generate_table, write_csv
 from benchmarks.processes import REPO, clean_clone, load_average, median, prefect_processes
 from benchmarks.sections import replace_section
 from tasks.landing.ledger import ledger_rows
 
-HEADER = "country,avg_income_k,price_k,tax_k,units_sold_k"
 ROWS = 40
 STAGES = ("check created", "check Pending", "check Running", "training Running", "published")
 
@@ -47,18 +46,8 @@ def free_port() -> int:
 
 
 def sales_file(path: Path, trial: int) -> None:
-    """A small file of good rows like data/sales.csv's, of countries no earlier file named."""
-    rng = np.random.default_rng(trial)
-    income = rng.uniform(10, 90, ROWS)
-    price = 0.2 + 0.01 * income + rng.uniform(0, 0.3, ROWS)
-    tax = price * rng.uniform(0.05, 0.25, ROWS)
-    units = 9 + 0.1 * income - 3 * price - 8 * tax + rng.normal(0, 0.5, ROWS)
-    rows = zip(income, price, tax, units, strict=True)
-    lines = [
-        f"L{trial:02d}-{i:03d},{a:.3f},{p:.4f},{t:.4f},{u:.3f}"
-        for i, (a, p, t, u) in enumerate(rows)
-    ]
-    path.write_text("\n".join([HEADER, *lines]) + "\n")
+    """A small file of good rows (benchmarks/generate.py), ids no earlier file used."""
+    write_csv(generate_table(ROWS, seed=trial, bad_fraction=0, first_id=10**8 + 1000 * trial), path)
 
 
 def stack_command(clone: Path, env: dict[str, str], *args: str) -> str:

@@ -95,7 +95,12 @@ def idle_minutes() -> float:
 
 
 def enabled() -> bool:
-    return os.environ.get("SALES_MODEL_LOCAL_SERVER", "on").lower() not in ("off", "0", "false")
+    return switched_on("SALES_MODEL_LOCAL_SERVER")
+
+
+def switched_on(name: str, env: dict[str, str] | None = None) -> bool:
+    """An on/off setting of `env` (this process's by default): on unless off, 0 or false."""
+    return (os.environ if env is None else env).get(name, "on").lower() not in ("off", "0", "false")
 
 
 def healthy(api_url: str) -> bool:

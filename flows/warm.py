@@ -77,9 +77,8 @@ _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 
 
 def wanted(env: dict[str, str] | None = None) -> bool:
-    """SALES_MODEL_WARM_RUNNER of `env` (this process's by default): on unless off, 0, false."""
-    value = (os.environ if env is None else env).get("SALES_MODEL_WARM_RUNNER", "on")
-    return value.lower() not in ("off", "0", "false")
+    """SALES_MODEL_WARM_RUNNER of `env` (this process's by default)."""
+    return local_server.switched_on("SALES_MODEL_WARM_RUNNER", env)
 
 
 def enabled() -> bool:
